@@ -1,0 +1,31 @@
+"""Train one experiment: python experiments/run.py --arch custom_cnn [--config experiments/configs/X.yaml]"""
+
+import argparse
+import sys
+from pathlib import Path
+
+from petlab.cli import add_run_flags, overrides_from
+from petlab.config import ConfigError, load_config
+from petlab.data import DatasetError
+from petlab.engine.experiment import run_experiment
+from petlab.models.zoo import WeightsError
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    add_run_flags(parser)
+    parser.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run")
+    args = parser.parse_args(argv)
+    try:
+        if args.resume:
+            _, code = run_experiment(resume=args.resume)
+        else:
+            _, code = run_experiment(load_config(args.config, overrides_from(args)))
+    except (ConfigError, DatasetError, WeightsError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,46 @@
+"""Command-line flags shared by the experiment scripts, mapped onto dotted config keys."""
+
+from __future__ import annotations
+
+import argparse
+
+# flag -> (config key, argparse kwargs). Flags left unset do not override the config.
+RUN_FLAGS = {
+    "--task": ("task", {}),
+    "--dataset": ("data.dataset", {}),
+    "--data-dir": ("data.data_dir", {}),
+    "--species": ("data.species", {}),
+    "--image-size": ("data.image_size", {"type": int}),
+    "--num-workers": ("data.num_workers", {"type": int}),
+    "--arch": ("model.arch", {}),
+    "--pretrained": ("model.pretrained", {"action": "store_true"}),
+    "--weights": ("model.weights", {"help": "local ImageNet state dict for the backbone"}),
+    "--freeze-backbone": ("model.freeze_backbone", {"action": "store_true"}),
+    "--unfreeze-at": ("model.unfreeze_at", {"type": int}),
+    "--epochs": ("train.epochs", {"type": int}),
+    "--batch-size": ("train.batch_size", {"type": int}),
+    "--lr": ("train.lr", {"type": float}),
+    "--optimizer": ("train.optimizer", {}),
+    "--weight-decay": ("train.weight_decay", {"type": float}),
+    "--scheduler": ("train.scheduler", {}),
+    "--label-smoothing": ("train.label_smoothing", {"type": float}),
+    "--early-stopping-patience": ("train.early_stopping_patience", {"type": int}),
+    "--precision": ("train.precision", {"choices": ["fp32", "bf16"]}),
+    "--channels-last": ("train.channels_last", {"action": "store_true"}),
+    "--limit-batches": ("train.limit_batches", {"type": int, "help": "at most N batches per split per epoch"}),
+    "--threads": ("train.threads", {"type": int}),
+    "--device": ("train.device", {}),
+    "--seed": ("seed", {"type": int}),
+    "--output-dir": ("output_dir", {}),
+}
+
+
+def add_run_flags(parser: argparse.ArgumentParser) -> None:
+    for flag, (key, kwargs) in RUN_FLAGS.items():
+        parser.add_argument(flag, dest=key, default=None, **kwargs)
+    parser.add_argument("--config", help="experiment YAML (experiments/configs/*.yaml); flags override it")
+
+
+def overrides_from(args: argparse.Namespace) -> dict:
+    values = vars(args)
+    return {key: values[key] for key, _ in RUN_FLAGS.values() if values.get(key) not in (None, False)}

@@ -1,0 +1,231 @@
+"""Experiment configuration: plain nested data with defaults, YAML files and CLI overrides.
+
+The resolved config is what gets snapshotted into every run directory and checkpoint, so
+it must round-trip through YAML unchanged (only str/int/float/bool/None/lists in it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+TASKS = ("cats_vs_dogs", "breeds")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULERS = ("none", "cosine", "onecycle")
+PRECISIONS = ("fp32", "bf16")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class ConfigError(ValueError):
+    """A config value or key is wrong; the message names the key and what is allowed."""
+
+
+@dataclass
+class DataConfig:
+    dataset: str | None = None  # a name from DATASETS; None: the layout under data_dir, else the task's default
+    data_dir: str | None = None  # points at one dataset directly (else <data root>/<dataset>)
+    species: str | None = None  # oxford_iiit_pet only: "cat" or "dog" keeps one species
+    val_fraction: float = 0.2  # carved from train (stratified, seeded) when no official val split
+    image_size: int | None = None  # None: the architecture's default input size
+    resize_ratio: float = 1.14  # eval resizes the short side to image_size * ratio, then centre-crops
+    crop_scale_min: float = 0.35  # RandomResizedCrop's lower area bound (train only)
+    hflip: bool = True
+    num_workers: int = 0  # images are decoded once into a cache, so workers rarely pay off
+    cache_dir: str | None = None  # None: $PETLAB_CACHE_DIR or data/cache
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "custom_cnn"
+    pretrained: bool = False  # torchvision weights API (needs a download or a filled TORCH_HOME)
+    weights: str | None = None  # a local ImageNet state dict for the backbone
+    freeze_backbone: bool = False
+    unfreeze_at: int | None = None  # epoch (0-based) at which the backbone starts training
+    backbone_lr_scale: float = 0.1  # backbone lr = lr * scale once unfrozen
+    dropout: float = 0.0  # extra dropout before the new head (on top of any the backbone has)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 20
+    batch_size: int = 32
+    lr: float = 1e-4
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    momentum: float = 0.9  # sgd only
+    scheduler: str = "none"
+    warmup_epochs: float = 0.0  # onecycle: fraction of the run is derived from this
+    label_smoothing: float = 0.0
+    early_stopping_patience: int | None = None  # epochs without val improvement; None: off
+    precision: str = "fp32"
+    channels_last: bool = False
+    limit_batches: int | None = None  # at most N batches per split per epoch (smoke runs)
+    eval_batch_size: int | None = None  # None: 2 x batch_size
+    threads: int | None = None  # torch intra-op threads; None: torch's default
+    device: str = "auto"
+
+
+@dataclass
+class Config:
+    name: str = "default"
+    task: str = "cats_vs_dogs"
+    seed: int = 42
+    output_dir: str = "runs"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def flat(self) -> dict[str, Any]:
+        """{"train.lr": 0.001, ...}: the shape trackers and sweeps want."""
+        return dict(_flatten(self.to_dict()))
+
+
+def _flatten(d: dict, prefix: str = ""):
+    for key, value in d.items():
+        if isinstance(value, dict):
+            yield from _flatten(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    """Convert a YAML/CLI value to the field's declared type, or fail naming the key."""
+    allowed = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+    if value is None:
+        if type(None) in allowed:
+            return None
+        raise ConfigError(f"{key}: must not be null")
+    for kind in allowed:
+        if kind is type(None):
+            continue
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+                return value.lower() in ("true", "1", "yes")
+            continue
+        if kind is int and isinstance(value, bool):
+            continue
+        try:
+            if kind is int and isinstance(value, float) and not value.is_integer():
+                continue
+            return kind(value)
+        except (TypeError, ValueError):
+            continue
+    names = " or ".join(getattr(k, "__name__", str(k)) for k in allowed)
+    raise ConfigError(f"{key}: expected {names}, got {value!r}")
+
+
+def _update(section: Any, updates: dict[str, Any], prefix: str = "") -> None:
+    hints = typing.get_type_hints(type(section))
+    fields = {f.name for f in dataclasses.fields(section)}
+    for key, value in updates.items():
+        full = f"{prefix}{key}"
+        if key not in fields:
+            raise ConfigError(f"unknown config key {full!r}; known keys: {', '.join(sorted(fields))}")
+        current = getattr(section, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{full}: expected a mapping, got {value!r}")
+            _update(current, value, f"{full}.")
+        else:
+            setattr(section, key, _coerce(full, value, hints[key]))
+
+
+def _dotted_to_nested(overrides: dict[str, Any]) -> dict[str, Any]:
+    nested: dict[str, Any] = {}
+    for dotted, value in overrides.items():
+        node = nested
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return nested
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Defaults, then the YAML file (if any), then dotted overrides such as {"train.lr": 0.01}."""
+    cfg = Config()
+    if path is not None:
+        _update(cfg, read_yaml(path))
+    if overrides:
+        _update(cfg, _dotted_to_nested(overrides))
+    validate(cfg)
+    return cfg
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    cfg = Config()
+    _update(cfg, data)
+    validate(cfg)
+    return cfg
+
+
+def _choice(key: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, allowed))}")
+
+
+def validate(cfg: Config) -> None:
+    from petlab.data.datasets import DATASETS
+    from petlab.models import ARCHS
+
+    _choice("task", cfg.task, TASKS)
+    if cfg.data.dataset is not None:
+        _choice("data.dataset", cfg.data.dataset, tuple(DATASETS))
+    _choice("model.arch", cfg.model.arch, tuple(ARCHS))
+    _choice("train.optimizer", cfg.train.optimizer, OPTIMIZERS)
+    _choice("train.scheduler", cfg.train.scheduler, SCHEDULERS)
+    _choice("train.precision", cfg.train.precision, PRECISIONS)
+    _choice("train.device", cfg.train.device, DEVICES)
+    if cfg.data.species is not None:
+        _choice("data.species", cfg.data.species, ("cat", "dog"))
+    positive = {
+        "train.epochs": cfg.train.epochs,
+        "train.batch_size": cfg.train.batch_size,
+        "train.limit_batches": cfg.train.limit_batches,
+        "train.early_stopping_patience": cfg.train.early_stopping_patience,
+        "data.image_size": cfg.data.image_size,
+        "train.eval_batch_size": cfg.train.eval_batch_size,
+        "train.threads": cfg.train.threads,
+    }
+    for key, value in positive.items():
+        if value is not None and value <= 0:
+            raise ConfigError(f"{key}: must be positive, got {value}")
+    if cfg.train.lr < 0:
+        raise ConfigError(f"train.lr: must be >= 0, got {cfg.train.lr}")
+    if not 0.0 < cfg.data.val_fraction < 1.0:
+        raise ConfigError(f"data.val_fraction: must be in (0, 1), got {cfg.data.val_fraction}")
+    if not 0.0 < cfg.data.crop_scale_min <= 1.0:
+        raise ConfigError(f"data.crop_scale_min: must be in (0, 1], got {cfg.data.crop_scale_min}")
+    if cfg.data.resize_ratio < 1.0:
+        raise ConfigError(f"data.resize_ratio: must be >= 1, got {cfg.data.resize_ratio}")
+    if cfg.data.num_workers < 0:
+        raise ConfigError(f"data.num_workers: must be >= 0, got {cfg.data.num_workers}")
+    if cfg.model.unfreeze_at is not None and cfg.model.unfreeze_at < 0:
+        raise ConfigError(f"model.unfreeze_at: must be >= 0, got {cfg.model.unfreeze_at}")
+    if cfg.model.pretrained and cfg.model.weights:
+        raise ConfigError("model.pretrained and model.weights are exclusive: pick one source of weights")
+    ARCHS[cfg.model.arch].check_image_size(cfg.data.image_size)

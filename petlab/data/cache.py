@@ -1,0 +1,111 @@
+"""Decode every image once: a memory-mapped uint8 array of resized squares, per split.
+
+JPEG decoding is the one per-image cost that does not change between epochs, so it is paid
+once and kept on disk, keyed by the files (path, size, mtime) and the square's size. The
+same pass finds the files that are not usable images, so they are counted, logged and
+reported instead of crashing a batch later. Random crops and flips still happen per epoch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import uuid
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from petlab.data.datasets import PROJECT_ROOT, DatasetError
+from petlab.data.images import BadImageError, load_rgb
+from petlab.data.transforms import Preprocessing
+
+log = logging.getLogger(__name__)
+CACHE_FORMAT = 1  # bump when what is stored changes, so old caches are not reused
+
+
+@dataclass
+class DecodedImages:
+    array: np.ndarray  # (N_good, S, S, 3) uint8, memory-mapped
+    labels: np.ndarray  # (N_good,) int64
+    skipped: list[dict]  # {"path", "reason", "detail"} for each file that could not be used
+
+    def skipped_summary(self) -> dict:
+        return {
+            "count": len(self.skipped),
+            "by_reason": dict(Counter(s["reason"] for s in self.skipped)),
+            "files": self.skipped,
+        }
+
+
+def cache_root(configured: str | None = None) -> Path:
+    return Path(configured or os.environ.get("PETLAB_CACHE_DIR") or PROJECT_ROOT / "data" / "cache")
+
+
+def _key(samples: list[tuple[str, int]], size: int) -> str:
+    digest = hashlib.sha256(f"{CACHE_FORMAT}:{size}".encode())
+    for path, label in samples:
+        try:
+            st = os.stat(path)
+            stamp = f"{st.st_size}:{st.st_mtime_ns}"
+        except OSError:
+            stamp = "missing"
+        digest.update(f"{path}\0{label}\0{stamp}\n".encode())
+    return digest.hexdigest()[:24]
+
+
+def _decode(path: str, pre: Preprocessing) -> np.ndarray | dict:
+    try:
+        return pre.square(load_rgb(path)).permute(1, 2, 0).numpy()
+    except FileNotFoundError as exc:
+        return {"path": path, "reason": "missing", "detail": str(exc)}
+    except BadImageError as exc:
+        return {"path": path, "reason": exc.reason, "detail": str(exc)}
+
+
+def decode_split(samples: list[tuple[str, int]], pre: Preprocessing, cache_dir: Path, split: str,
+                 threads: int = 2) -> DecodedImages:
+    size = pre.resize_size
+    key = _key(samples, size)
+    data_file, meta_file = cache_dir / f"{key}.u8", cache_dir / f"{key}.json"
+    if meta_file.is_file() and data_file.is_file():
+        meta = json.loads(meta_file.read_text())
+        array = np.memmap(data_file, np.uint8, "r", shape=(len(meta["labels"]), size, size, 3))
+        return DecodedImages(array, np.asarray(meta["labels"], np.int64), meta["skipped"])
+
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = f".{uuid.uuid4().hex}.tmp"
+    staging = cache_dir / (data_file.name + tmp)
+    out = np.memmap(staging, np.uint8, "w+", shape=(max(len(samples), 1), size, size, 3))
+    labels, skipped = [], []
+    with ThreadPoolExecutor(threads) as pool:  # PIL decodes and resizes without holding the GIL
+        results = pool.map(lambda s: _decode(s[0], pre), samples)
+        for (path, label), result in tqdm(zip(samples, results), total=len(samples),
+                                          desc=f"decoding {split}", unit="img", leave=False):
+            if isinstance(result, dict):
+                skipped.append(result)
+                log.warning("skipping %s (%s): %s", path, result["reason"], result["detail"])
+                continue
+            out[len(labels)] = result
+            labels.append(label)
+    out.flush()
+    del out
+    if not labels:
+        staging.unlink()
+        raise DatasetError(f"{split}: none of its {len(samples)} files is a usable image")
+    # Shrink to the good images, then publish data before metadata: metadata present = complete.
+    os.truncate(staging, max(len(labels), 1) * size * size * 3)
+    os.replace(staging, data_file)
+    meta_tmp = cache_dir / (meta_file.name + tmp)
+    meta_tmp.write_text(json.dumps({"labels": labels, "skipped": skipped, "size": size}))
+    os.replace(meta_tmp, meta_file)
+    if skipped:
+        log.warning("%s: skipped %d of %d files (%s)", split, len(skipped), len(samples),
+                    dict(Counter(s["reason"] for s in skipped)))
+    array = np.memmap(data_file, np.uint8, "r", shape=(len(labels), size, size, 3))
+    return DecodedImages(array, np.asarray(labels, np.int64), skipped)

@@ -1,0 +1,313 @@
+"""Public pet datasets by name, each read in its own published layout.
+
+Every reader returns the same thing (`Splits`): class names from the data, and for each split
+a list of (path, label). Official splits are used as shipped; where a dataset ships no
+validation split, one is carved from train (stratified, seeded) and test stays untouched,
+because test must never take part in model selection.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sklearn.model_selection import train_test_split
+
+from petlab.data.download import ARCHIVES, KAGGLE_HELP, download_dataset
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+VAL_DIR_NAMES = ("val", "valid", "validation")
+SPECIES = ("cat", "dog")  # class names of the cats_vs_dogs task, whatever the dataset calls them
+_SPECIES_ALIASES = {"cat": "cat", "cats": "cat", "dog": "dog", "dogs": "dog"}
+
+Sample = tuple[str, int]
+
+
+class DatasetError(ValueError):
+    """The dataset is missing, laid out wrongly, or does not fit the task; the message names the path."""
+
+
+@dataclass
+class Splits:
+    dataset: str
+    root: str
+    classes: list[str]
+    train: list[Sample]
+    val: list[Sample]
+    test: list[Sample] = field(default_factory=list)
+    notes: dict[str, str] = field(default_factory=dict)  # where each split came from
+
+    def sizes(self) -> dict[str, int]:
+        return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
+
+
+def data_root() -> Path:
+    return Path(os.environ.get("PETLAB_DATA_DIR") or PROJECT_ROOT / "data" / "raw")
+
+
+def pretty_class_name(folder: str) -> str:
+    """'001.Affenpinscher' -> 'Affenpinscher', 'n02085620-Chihuahua' -> 'Chihuahua',
+    'american_bulldog' -> 'American Bulldog'."""
+    name = re.sub(r"^\d+\.", "", folder)
+    name = re.sub(r"^n\d{8}-", "", name)
+    name = name.replace("_", " ").strip()
+    return " ".join(w[:1].upper() + w[1:] for w in name.split())
+
+
+def normalise_class_name(name: str) -> str:
+    """The key class names are matched by: case- and separator-insensitive."""
+    return re.sub(r"[\s_\-.]+", "", pretty_class_name(name)).lower()
+
+
+# ---------------------------------------------------------------- layout readers
+
+
+def _require_dir(path: Path, what: str) -> Path:
+    if not path.is_dir():
+        raise DatasetError(f"{what} not found: {path}")
+    return path
+
+
+def _read_class_folders(split_dir: Path, task: str) -> dict[str, list[str]]:
+    """{class name: [files]} for one ImageFolder split; every file counts (bad ones are skipped
+    and counted later, never silently dropped here)."""
+    folders = sorted(p for p in split_dir.iterdir() if p.is_dir())
+    if not folders:
+        raise DatasetError(f"no class folders in {split_dir}")
+    classes: dict[str, list[str]] = {}
+    for folder in folders:
+        if task == "cats_vs_dogs":
+            name = _SPECIES_ALIASES.get(folder.name.lower())
+            if name is None:
+                raise DatasetError(
+                    f"{folder}: the cats_vs_dogs task needs class folders named cat(s) and dog(s)"
+                )
+        else:
+            name = pretty_class_name(folder.name)
+        files = sorted(str(f) for f in folder.rglob("*") if f.is_file())
+        if not files:
+            raise DatasetError(f"empty class folder: {folder}")
+        classes.setdefault(name, []).extend(files)
+    return classes
+
+
+def _labelled(by_class: dict[str, list[str]], classes: list[str]) -> list[Sample]:
+    index = {name: i for i, name in enumerate(classes)}
+    return [(path, index[name]) for name, paths in by_class.items() for path in paths]
+
+
+def _check_same_classes(reference: tuple[Path, list[str]], other: tuple[Path, list[str]]) -> None:
+    (ref_dir, ref), (dir_, names) = reference, other
+    if names != ref:
+        only_ref, only_other = sorted(set(ref) - set(names)), sorted(set(names) - set(ref))
+        raise DatasetError(
+            f"class names differ between {ref_dir} and {dir_}: only in {ref_dir.name}: {only_ref}; "
+            f"only in {dir_.name}: {only_other}"
+        )
+
+
+def read_split_folders(root: Path, task: str, train: str, val: str | None, test: str | None) -> dict:
+    """Folders of class folders, one per split, that must agree on their classes."""
+    dirs = {"train": _require_dir(root / train, "train split folder")}
+    if val:
+        dirs["val"] = _require_dir(root / val, "validation split folder")
+    if test:
+        dirs["test"] = _require_dir(root / test, "test split folder")
+    by_split = {split: _read_class_folders(path, task) for split, path in dirs.items()}
+    classes = sorted(by_split["train"])
+    for split, found in by_split.items():
+        _check_same_classes((dirs["train"], classes), (dirs[split], sorted(found)))
+    return {"classes": classes, **{s: _labelled(found, classes) for s, found in by_split.items()}}
+
+
+def read_imagefolder(root: Path, task: str, **_) -> dict:
+    """train/ + one of val|valid|validation/ + optional test/. With only train and a held-out
+    folder, that folder becomes test and validation is carved from train."""
+    _require_dir(root / "train", f"ImageFolder layout needs a train/ folder; {root / 'train'}")
+    val = next((n for n in VAL_DIR_NAMES if (root / n).is_dir()), None)
+    has_test = (root / "test").is_dir()
+    if val and not has_test:
+        out = read_split_folders(root, task, "train", None, val)
+        out["notes"] = {"test": f"shipped {val}/ split"}
+        return out
+    out = read_split_folders(root, task, "train", val, "test" if has_test else None)
+    out["notes"] = {"val": f"official {val}/"} if val else {}
+    return out
+
+
+def read_kaggle_cat_and_dog(root: Path, task: str, **_) -> dict:
+    """tongpython/cat-and-dog: training_set/ and test_set/, each possibly nested once more."""
+    if task != "cats_vs_dogs":
+        raise DatasetError("kaggle_cat_and_dog only serves the cats_vs_dogs task")
+
+    def split_dir(name: str) -> str:
+        nested = root / name / name
+        return f"{name}/{name}" if nested.is_dir() else name
+
+    out = read_split_folders(root, task, split_dir("training_set"), None, split_dir("test_set"))
+    out["notes"] = {"test": "shipped test_set/"}
+    return out
+
+
+def _read_oxford_list(path: Path) -> list[tuple[str, int, int]]:
+    rows = []
+    for line_no, line in enumerate(_require_file(path).read_text().splitlines(), 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        parts = line.split()
+        if len(parts) != 4:
+            raise DatasetError(f"{path}:{line_no}: expected '<image> <class id> <species> <breed id>'")
+        rows.append((parts[0], int(parts[1]), int(parts[2])))
+    return rows
+
+
+def _require_file(path: Path) -> Path:
+    if not path.is_file():
+        raise DatasetError(f"file not found: {path}")
+    return path
+
+
+def read_oxford_iiit_pet(root: Path, task: str, species: str | None = None, **_) -> dict:
+    """Official images/ + annotations/{trainval,test}.txt. Species (1 cat, 2 dog) serves
+    cats_vs_dogs; the class id (1..37) serves breeds."""
+    images = _require_dir(root / "images", "Oxford-IIIT Pet images/ folder")
+    lists = {s: _read_oxford_list(root / "annotations" / f"{s}.txt") for s in ("trainval", "test")}
+    if species:
+        keep = SPECIES.index(species) + 1
+        lists = {s: [r for r in rows if r[2] == keep] for s, rows in lists.items()}
+    if task == "cats_vs_dogs":
+        classes = list(SPECIES)
+        labels = {s: [(name, sp - 1) for name, _, sp in rows] for s, rows in lists.items()}
+    else:
+        breed_of = {cid: name.rsplit("_", 1)[0] for rows in lists.values() for name, cid, _ in rows}
+        ids = sorted(breed_of)
+        classes = [pretty_class_name(breed_of[i]) for i in ids]
+        index = {cid: i for i, cid in enumerate(ids)}
+        labels = {s: [(name, index[cid]) for name, cid, _ in rows] for s, rows in lists.items()}
+    if not labels["trainval"]:
+        raise DatasetError(f"no images listed in {root / 'annotations' / 'trainval.txt'}")
+    to_samples = {s: [(str(images / f"{n}.jpg"), y) for n, y in rows] for s, rows in labels.items()}
+    return {"classes": classes, "train": to_samples["trainval"], "test": to_samples["test"],
+            "notes": {"test": "official test.txt"}}
+
+
+def read_stanford_dogs(root: Path, task: str, **_) -> dict:
+    """Either the official Images/ + {train,test}_list.mat, or the same data as an ImageFolder."""
+    if task != "breeds":
+        raise DatasetError("stanford_dogs only serves the breeds task")
+    if (root / "train").is_dir():
+        return read_imagefolder(root, task)
+    images = _require_dir(root / "Images", "Stanford Dogs Images/ folder (or an ImageFolder train/)")
+    from scipy.io import loadmat
+
+    def read_list(name: str) -> list[str]:
+        path = next((p for p in (root / name, root / "lists" / name) if p.is_file()), None)
+        if path is None:
+            raise DatasetError(f"Stanford Dogs split list not found: {root / name}")
+        return [str(entry[0][0]) for entry in loadmat(path)["file_list"]]
+
+    files = {"train": read_list("train_list.mat"), "test": read_list("test_list.mat")}
+    folders = sorted({f.split("/")[0] for split in files.values() for f in split})
+    classes = [pretty_class_name(f) for f in folders]
+    index = {f: i for i, f in enumerate(folders)}
+    out = {s: [(str(images / f), index[f.split("/")[0]]) for f in fs] for s, fs in files.items()}
+    return {"classes": classes, **out, "notes": {"test": "official test_list.mat"}}
+
+
+def read_dog_images(root: Path, task: str, **_) -> dict:
+    """Udacity dogImages: train/ valid/ test/ with folders like 001.Affenpinscher."""
+    if task != "breeds":
+        raise DatasetError("dog_images only serves the breeds task")
+    out = read_split_folders(root, task, "train", "valid", "test")
+    out["notes"] = {"val": "official valid/"}
+    return out
+
+
+def read_cats_and_dogs_filtered(root: Path, task: str, **_) -> dict:
+    if task != "cats_vs_dogs":
+        raise DatasetError("cats_and_dogs_filtered only serves the cats_vs_dogs task")
+    return read_imagefolder(root, task)
+
+
+# name -> (reader, folder name under the data root)
+DATASETS = {
+    "cats_and_dogs_filtered": (read_cats_and_dogs_filtered, "cats_and_dogs_filtered"),
+    "oxford_iiit_pet": (read_oxford_iiit_pet, "oxford-iiit-pet"),
+    "stanford_dogs": (read_stanford_dogs, "stanford-dogs"),
+    "dog_images": (read_dog_images, "dogImages"),
+    "kaggle_cat_and_dog": (read_kaggle_cat_and_dog, "kaggle_cat_and_dog"),
+    "imagefolder": (read_imagefolder, None),
+}
+
+
+def dataset_dir(dataset: str, data_dir: str | None = None, download: bool = True) -> Path:
+    """--data-dir wins; else <data root>/<folder>, downloaded first when missing."""
+    if data_dir:
+        path = Path(data_dir).expanduser()
+        if not path.is_dir():
+            raise DatasetError(f"--data-dir does not exist or is not a folder: {path}")
+        return path
+    _, folder = DATASETS[dataset]
+    if folder is None:
+        raise DatasetError(f"dataset {dataset!r} has no default location: pass --data-dir")
+    path = data_root() / folder
+    if path.is_dir():
+        return path
+    if dataset not in ARCHIVES:
+        raise DatasetError(f"{dataset} not found at {path}. {KAGGLE_HELP.format(path=path)}")
+    if not download:
+        raise DatasetError(f"{dataset} not found at {path} (set PETLAB_DATA_DIR or pass --data-dir)")
+    return download_dataset(dataset, path)
+
+
+def carve_validation(train: list[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+    labels = [y for _, y in train]
+    try:
+        kept, val = train_test_split(train, test_size=fraction, random_state=seed, stratify=labels)
+    except ValueError as exc:  # a class too small to stratify
+        raise DatasetError(f"cannot carve a stratified {fraction:.0%} validation split: {exc}") from exc
+    return sorted(kept), sorted(val)
+
+
+DEFAULT_DATASET = {"cats_vs_dogs": "cats_and_dogs_filtered", "breeds": "stanford_dogs"}
+
+
+def detect_layout(root: Path) -> str:
+    """--data-dir may point at any supported layout; recognise it by its folders."""
+    if (root / "annotations" / "trainval.txt").is_file():
+        return "oxford_iiit_pet"
+    if (root / "Images").is_dir() and not (root / "train").is_dir():
+        return "stanford_dogs"
+    if (root / "training_set").is_dir():
+        return "kaggle_cat_and_dog"
+    if (root / "train").is_dir():
+        return "imagefolder"
+    raise DatasetError(f"{root}: not a recognised dataset layout (expected train/ with val|valid|validation/ "
+                       "or test/, images/ + annotations/, Images/ + lists, or training_set/ + test_set/)")
+
+
+def resolve_dataset_name(dataset: str | None, task: str, data_dir: str | None) -> str:
+    """An explicit name wins; else the layout under --data-dir; else the task's default dataset."""
+    if dataset and dataset != "imagefolder":
+        return dataset
+    if data_dir:
+        return detect_layout(dataset_dir("imagefolder", data_dir))
+    if dataset == "imagefolder":
+        raise DatasetError("dataset 'imagefolder' has no default location: pass --data-dir")
+    return DEFAULT_DATASET[task]
+
+
+def load_splits(dataset: str | None, task: str, data_dir: str | None = None, species: str | None = None,
+                val_fraction: float = 0.2, seed: int = 42, download: bool = True) -> Splits:
+    dataset = resolve_dataset_name(dataset, task, data_dir)
+    reader, _ = DATASETS[dataset]
+    root = dataset_dir(dataset, data_dir, download)
+    found = reader(root, task, species=species)
+    notes = dict(found.get("notes", {}))
+    train, val = found["train"], found.get("val")
+    if not val:
+        train, val = carve_validation(train, val_fraction, seed)
+        notes["val"] = f"carved {val_fraction:.0%} of train, stratified, seed {seed}"
+    return Splits(dataset, str(root), found["classes"], train, val, found.get("test", []), notes)

@@ -1,0 +1,102 @@
+"""Fetching datasets from their public URLs, so that a half-done download never looks done.
+
+Archives land in <root>/.downloads (kept, so a retry skips what already arrived and checks
+it), are verified against their published MD5 where one exists, are extracted into a
+temporary folder beside the target, and only then renamed into place in one step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from torchvision.datasets.utils import check_integrity, download_url, extract_archive
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Archive:
+    url: str
+    md5: str | None  # None: the publisher gives no checksum; we log the SHA-256 we got instead
+
+
+ARCHIVES: dict[str, list[Archive]] = {
+    "cats_and_dogs_filtered": [
+        Archive("https://storage.googleapis.com/mledu-datasets/cats_and_dogs_filtered.zip", None)
+    ],
+    "oxford_iiit_pet": [
+        Archive("https://www.robots.ox.ac.uk/~vgg/data/pets/data/images.tar.gz", "5c4f3ee8e5d25df40f4fd59a7f44e54c"),
+        Archive("https://www.robots.ox.ac.uk/~vgg/data/pets/data/annotations.tar.gz",
+                "95a8c909bbe2e81eed6a22bccdf3f68f"),
+    ],
+    "stanford_dogs": [
+        Archive("http://vision.stanford.edu/aditya86/ImageNetDogs/images.tar", "1bb1f2a596ae7057f99d7d75860002ef"),
+        Archive("http://vision.stanford.edu/aditya86/ImageNetDogs/lists.tar", "edbb9f16854ec66506b5f09b583e0656"),
+    ],
+    "dog_images": [Archive("https://s3-us-west-1.amazonaws.com/udacity-aind/dog-project/dogImages.zip", None)],
+}
+
+KAGGLE_HELP = (
+    "Kaggle needs a login, so petlab cannot fetch it: download "
+    "https://www.kaggle.com/datasets/tongpython/cat-and-dog (or `kaggle datasets download -d "
+    "tongpython/cat-and-dog`) and unzip it so that {path}/training_set and {path}/test_set exist."
+)
+
+
+class DownloadError(RuntimeError):
+    pass
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def fetch(archive: Archive, downloads: Path) -> Path:
+    """Download with a progress bar; verify; a bad file is deleted so the next try starts clean."""
+    filename = archive.url.rstrip("/").rsplit("/", 1)[-1]
+    path = downloads / filename
+    if path.is_file() and (archive.md5 is None or check_integrity(str(path), archive.md5)):
+        log.info("already downloaded: %s", path)
+        return path
+    part = downloads / f"{filename}.part"
+    try:
+        download_url(archive.url, str(downloads), filename=part.name)
+    except Exception as exc:
+        part.unlink(missing_ok=True)
+        raise DownloadError(f"could not download {archive.url}: {exc}") from exc
+    if archive.md5 is not None and not check_integrity(str(part), archive.md5):
+        part.unlink(missing_ok=True)
+        raise DownloadError(f"checksum mismatch for {archive.url} (expected MD5 {archive.md5}); deleted it")
+    if archive.md5 is None:
+        log.warning("%s has no published checksum; SHA-256 of what arrived: %s", filename, _sha256(part))
+    part.replace(path)
+    return path
+
+
+def download_dataset(name: str, target: Path, archives: list[Archive] | None = None) -> Path:
+    """Fetch and unpack `name` into `target`, atomically: `target` appears complete or not at all."""
+    archives = archives if archives is not None else ARCHIVES[name]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    downloads = target.parent / ".downloads"
+    downloads.mkdir(exist_ok=True)
+    log.info("downloading %s into %s", name, target)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        for archive in archives:
+            extract_archive(str(fetch(archive, downloads)), str(staging))
+        entries = list(staging.iterdir())
+        # Many archives wrap everything in one top folder (cats_and_dogs_filtered/, dogImages/).
+        content = entries[0] if len(entries) == 1 and entries[0].is_dir() else staging
+        content.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target

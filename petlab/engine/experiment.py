@@ -1,0 +1,164 @@
+"""One experiment, start to finish: run directory, data, model, training, final evaluation.
+
+Run directory (timm-style, one per run):
+  config.yaml          the fully resolved config (what `--resume` and evaluate.py read back)
+  model_summary.txt    torchinfo summary
+  metrics.csv          one row per epoch
+  checkpoints/         best.pt (by validation accuracy) and last.pt (end of the last epoch)
+  results.json         val and test metrics of best.pt, skipped files, wall time
+  confusion_matrix.png
+  train.log
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from datetime import datetime
+from pathlib import Path
+
+import torch
+import torchinfo
+import yaml
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from petlab.config import Config, config_from_dict
+from petlab.data.cache import cache_root, decode_split
+from petlab.data.datasets import load_splits
+from petlab.data.loaders import make_loader
+from petlab.data.transforms import Preprocessing
+from petlab.engine.checkpoint import load_checkpoint
+from petlab.engine.metrics import classification_metrics, plot_confusion_matrices
+from petlab.engine.trainer import Interrupted, Trainer, seed_everything
+from petlab.models import ARCHS, build_model
+
+log = logging.getLogger("petlab")
+EXIT_INTERRUPTED = 130
+
+
+def setup_logging(run_dir: Path | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    if run_dir is not None:
+        handler = logging.FileHandler(run_dir / "train.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logging.getLogger().addHandler(handler)
+
+
+def new_run_dir(cfg: Config) -> Path:
+    base = Path(cfg.output_dir) / f"{datetime.now():%Y%m%d-%H%M%S}-{cfg.model.arch}-{cfg.task}"
+    run_dir, n = base, 1
+    while run_dir.exists():
+        n += 1
+        run_dir = base.with_name(f"{base.name}-{n}")
+    run_dir.mkdir(parents=True)
+    return run_dir
+
+
+def read_run_config(run_dir: Path) -> Config:
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"not a run directory (no config.yaml): {run_dir}")
+    return config_from_dict(yaml.safe_load(path.read_text()))
+
+
+def write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)
+
+
+def model_summary(model, image_size: int) -> str:
+    # eval mode: a train-mode forward would move BatchNorm statistics before training starts
+    stats = torchinfo.summary(model, input_size=(1, 3, image_size, image_size), verbose=0, mode="eval",
+                              col_names=("output_size", "num_params", "mult_adds"), device="cpu")
+    return str(stats)
+
+
+def prepare_data(cfg: Config):
+    """Splits, preprocessing and decoded images; fills in the config's data defaults."""
+    splits = load_splits(cfg.data.dataset, cfg.task, cfg.data.data_dir, cfg.data.species,
+                         cfg.data.val_fraction, cfg.seed)
+    cfg.data.dataset = splits.dataset
+    pre = Preprocessing.for_model(ARCHS[cfg.model.arch], cfg.data.image_size, cfg.data.resize_ratio)
+    cfg.data.image_size = pre.image_size
+    cache = cache_root(cfg.data.cache_dir)
+    decoded = {name: decode_split(samples, pre, cache, name)
+               for name, samples in (("train", splits.train), ("val", splits.val), ("test", splits.test))
+               if samples}
+    return splits, pre, decoded
+
+
+def run_experiment(cfg: Config | None = None, resume: Path | None = None) -> tuple[Path, int]:
+    """Train (or resume) one run. Returns its directory and an exit code (0, or 130 if interrupted)."""
+    started = time.perf_counter()
+    if resume is not None:
+        run_dir = Path(resume)
+        cfg = read_run_config(run_dir)
+    else:
+        run_dir = new_run_dir(cfg)
+    setup_logging(run_dir)
+    with logging_redirect_tqdm():
+        return run_dir, _run(cfg, run_dir, resume is not None, started)
+
+
+def _run(cfg: Config, run_dir: Path, resuming: bool, started: float) -> int:
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    log.info("run directory: %s", run_dir)
+    splits, pre, decoded = prepare_data(cfg)
+    log.info("%s (%s): %d classes, sizes %s; %s", splits.dataset, splits.root, len(splits.classes),
+             splits.sizes(), splits.notes)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+    seed_everything(cfg.seed)
+    model, weights_report = build_model(cfg.model.arch, len(splits.classes), cfg.model.pretrained,
+                                        cfg.model.weights, cfg.model.dropout)
+    summary_path = run_dir / "model_summary.txt"
+    if not summary_path.is_file():
+        summary_path.write_text(model_summary(model, pre.image_size) + "\n")
+    seed_everything(cfg.seed)
+
+    t = cfg.train
+    eval_bs = t.eval_batch_size or 2 * t.batch_size
+    generator = torch.Generator()
+    loaders = {
+        "train": make_loader(decoded["train"], pre, True, t.batch_size, cfg.data.num_workers, generator,
+                             cfg.data.crop_scale_min, cfg.data.hflip),
+        **{s: make_loader(decoded[s], pre, False, eval_bs, cfg.data.num_workers)
+           for s in ("val", "test") if s in decoded},
+    }
+    trainer = Trainer(cfg, model, pre, loaders, run_dir, splits.classes)
+    last = run_dir / "checkpoints" / "last.pt"
+    if resuming and last.is_file():
+        trainer.resume(last)
+    skipped = {name: d.skipped_summary() for name, d in decoded.items()}
+    base = {"run_dir": str(run_dir), "task": cfg.task, "arch": cfg.model.arch, "dataset": splits.dataset,
+            "dataset_root": splits.root, "classes": splits.classes, "split_sizes": splits.sizes(),
+            "usable_sizes": {n: len(d.labels) for n, d in decoded.items()}, "split_notes": splits.notes,
+            "skipped_files": skipped, "pretrained_weights": weights_report}
+    try:
+        if not trainer.state.finished:
+            trainer.fit()
+    except Interrupted:
+        log.warning("interrupted: checkpoints/last.pt holds epoch %d; continue with --resume %s",
+                    trainer.state.epoch, run_dir)
+        write_json(run_dir / "results.json", {**base, "status": "interrupted",
+                                               "epochs_completed": trainer.state.epoch})
+        return 130
+
+    # Final numbers come from the best-by-validation checkpoint; test is only ever reported.
+    trainer.model.load_state_dict(load_checkpoint(run_dir / "checkpoints" / "best.pt")["model"])
+    final = {}
+    for split in ("val", "test"):
+        if split in loaders:
+            targets, preds, loss = trainer.predict(loaders[split], split)
+            final[split] = classification_metrics(targets, preds, loss, splits.classes)
+    plot_confusion_matrices(final, splits.classes, run_dir / "confusion_matrix.png")
+    state = trainer.state
+    results = {**base, "status": "completed", "epochs_completed": state.epoch, "best_epoch": state.best_epoch,
+               **final, "wall_time_s": time.perf_counter() - started}
+    write_json(run_dir / "results.json", results)
+    summary = ", ".join(f"{s} accuracy {m['accuracy']:.4f}" for s, m in final.items())
+    log.info("done in %.0fs: best epoch %d, %s -> %s", results["wall_time_s"], state.best_epoch, summary, run_dir)
+    return 0

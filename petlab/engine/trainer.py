@@ -1,0 +1,290 @@
+"""The training loop: epochs, early stopping, checkpoints, and clean interruption.
+
+Every epoch reseeds all RNGs from (seed, epoch), and `last.pt` is written at the end of each
+epoch. An interrupted epoch is therefore simply run again on resume, and a resumed run ends
+with exactly the weights an uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import random
+import signal
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from petlab.config import Config
+from petlab.data.transforms import Preprocessing
+from petlab.engine.checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
+from petlab.models import head_parameters
+
+log = logging.getLogger(__name__)
+
+METRIC_COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr",
+                  "epoch_seconds", "images_per_second"]
+
+
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM arrived; last.pt holds the last completed epoch."""
+
+
+class StopFlag:
+    """SIGINT/SIGTERM set a flag the loop checks between batches; a second Ctrl-C aborts at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("received %s: stopping after this batch", signal.Signals(signum).name)
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device is 'cuda' but no CUDA device is available (use auto or cpu)")
+    return torch.device(name)
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0  # epochs completed
+    best_val_accuracy: float = -1.0
+    best_val_loss: float = math.inf
+    best_epoch: int = -1
+    epochs_without_improvement: int = 0
+    finished: bool = False  # all epochs done or stopped early: nothing left to resume
+    history: list[dict] = field(default_factory=list)
+
+
+def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
+    head_ids = head_parameters(model, cfg.model.arch)
+    head = [p for p in model.parameters() if id(p) in head_ids]
+    backbone = [p for p in model.parameters() if id(p) not in head_ids]
+    pretrained = cfg.model.pretrained or cfg.model.weights
+    backbone_lr = cfg.train.lr * (cfg.model.backbone_lr_scale if pretrained else 1.0)
+    groups = [{"params": head, "lr": cfg.train.lr, "name": "head"},
+              {"params": backbone, "lr": backbone_lr, "name": "backbone"}]
+    t = cfg.train
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay, nesterov=True)
+    cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
+    return cls(groups, lr=t.lr, weight_decay=t.weight_decay)
+
+
+def build_scheduler(cfg: Config, optimizer, steps_per_epoch: int):
+    total = max(1, cfg.train.epochs * steps_per_epoch)
+    if cfg.train.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+    if cfg.train.scheduler == "onecycle":
+        warmup = cfg.train.warmup_epochs / cfg.train.epochs if cfg.train.warmup_epochs else 0.3
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total,
+            pct_start=min(max(warmup, 0.01), 0.99))
+    return None
+
+
+class Trainer:
+    def __init__(self, cfg: Config, model: nn.Module, pre: Preprocessing, loaders: dict, run_dir: Path,
+                 classes: list[str]):
+        self.cfg, self.model, self.pre, self.loaders = cfg, model, pre, loaders
+        self.run_dir, self.classes = run_dir, classes
+        self.device = resolve_device(cfg.train.device)
+        self.model.to(self.device)
+        if cfg.train.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
+        self.optimizer = build_optimizer(cfg, model)
+        self.steps_per_epoch = self._steps(loaders["train"])
+        self.scheduler = build_scheduler(cfg, self.optimizer, self.steps_per_epoch)
+        self.state = TrainState()
+        self.generator = loaders["train"].generator
+        self._head_ids = head_parameters(model, cfg.model.arch)
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+
+    # ------------------------------------------------------------------ helpers
+    def _steps(self, loader) -> int:
+        limit = self.cfg.train.limit_batches
+        return min(len(loader), limit) if limit else len(loader)
+
+    def _autocast(self):
+        if self.cfg.train.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+    def _prepare(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.pre.normalize(images.to(self.device, non_blocking=True))
+        return x.contiguous(memory_format=torch.channels_last) if self.cfg.train.channels_last else x
+
+    def backbone_frozen(self, epoch: int) -> bool:
+        m = self.cfg.model
+        return m.freeze_backbone and (m.unfreeze_at is None or epoch < m.unfreeze_at)
+
+    def _set_trainable(self, epoch: int) -> None:
+        frozen = self.backbone_frozen(epoch)
+        for p in self.model.parameters():
+            p.requires_grad_(id(p) in self._head_ids or not frozen)
+        self.model.train()
+        if frozen:  # a frozen backbone keeps its BatchNorm statistics too
+            for module in self.model.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+
+    def checkpoint(self, name: str) -> None:
+        atomic_save({
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+            "state": self.state.__dict__,
+            "rng": rng_state(),
+            "config": self.cfg.to_dict(),
+            "classes": self.classes,
+            "preprocessing": self.pre.to_dict(),
+            "arch": self.cfg.model.arch,
+        }, self.run_dir / "checkpoints" / name)
+
+    def resume(self, path: Path) -> None:
+        ckpt = load_checkpoint(path)
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.scheduler and ckpt["scheduler"]:
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.state = TrainState(**ckpt["state"])
+        set_rng_state(ckpt["rng"])
+        log.info("resumed from %s after epoch %d", path, self.state.epoch)
+
+    # ------------------------------------------------------------------ loops
+    def train_epoch(self, epoch: int, stop: StopFlag) -> dict:
+        self._set_trainable(epoch)
+        loader, steps = self.loaders["train"], self.steps_per_epoch
+        total_loss, correct, seen = 0.0, 0, 0
+        bar = tqdm(loader, total=steps, desc=f"epoch {epoch + 1}/{self.cfg.train.epochs}", unit="batch",
+                   leave=False)
+        for step, (images, targets) in enumerate(bar):
+            if step >= steps:
+                break
+            if stop.requested:
+                raise Interrupted
+            x, y = self._prepare(images), targets.to(self.device)
+            with self._autocast():
+                logits = self.model(x)
+            loss = self.criterion(logits.float(), y)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            if self.scheduler:
+                self.scheduler.step()
+            total_loss += loss.item() * len(y)
+            correct += (logits.argmax(1) == y).sum().item()
+            seen += len(y)
+            bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}")
+        bar.close()
+        return {"train_loss": total_loss / max(seen, 1), "train_accuracy": correct / max(seen, 1), "seen": seen}
+
+    @torch.inference_mode()
+    def predict(self, loader, desc: str = "eval") -> tuple[np.ndarray, np.ndarray, float]:
+        """targets, predictions and mean loss over (at most limit_batches of) a loader."""
+        self.model.eval()
+        steps = self._steps(loader)
+        targets, preds, total_loss = [], [], 0.0
+        for step, (images, y) in enumerate(tqdm(loader, total=steps, desc=desc, unit="batch", leave=False)):
+            if step >= steps:
+                break
+            with self._autocast():
+                logits = self.model(self._prepare(images)).float()
+            y = y.to(self.device)
+            total_loss += self.criterion(logits, y).item() * len(y)
+            targets.append(y.cpu())
+            preds.append(logits.argmax(1).cpu())
+        t, p = torch.cat(targets).numpy(), torch.cat(preds).numpy()
+        return t, p, total_loss / max(len(t), 1)
+
+    def fit(self) -> TrainState:
+        cfg = self.cfg
+        patience = cfg.train.early_stopping_patience
+        with StopFlag() as stop:
+            for epoch in range(self.state.epoch, cfg.train.epochs):
+                seed_everything(cfg.seed * 1000 + epoch)
+                if self.generator is not None:
+                    self.generator.manual_seed(cfg.seed * 1000 + epoch)
+                start = time.perf_counter()
+                train = self.train_epoch(epoch, stop)
+                targets, preds, val_loss = self.predict(self.loaders["val"], "val")
+                seconds = time.perf_counter() - start
+                row = {
+                    "epoch": epoch + 1,
+                    "train_loss": train["train_loss"],
+                    "train_accuracy": train["train_accuracy"],
+                    "val_loss": val_loss,
+                    "val_accuracy": float((targets == preds).mean()),
+                    "lr": self.optimizer.param_groups[0]["lr"],
+                    "epoch_seconds": seconds,
+                    "images_per_second": train["seen"] / seconds,
+                }
+                self._record(epoch, row)
+                if stop.requested:
+                    raise Interrupted
+                if patience and self.state.epochs_without_improvement >= patience:
+                    log.info("early stopping: val accuracy has not improved for %d epochs", patience)
+                    break
+        self.state.finished = True
+        self.checkpoint("last.pt")
+        return self.state
+
+    def _record(self, epoch: int, row: dict) -> None:
+        s = self.state
+        improved = row["val_accuracy"] > s.best_val_accuracy or (
+            row["val_accuracy"] == s.best_val_accuracy and row["val_loss"] < s.best_val_loss)
+        s.epoch = epoch + 1
+        s.history.append(row)
+        if improved:
+            s.best_val_accuracy, s.best_val_loss, s.best_epoch = row["val_accuracy"], row["val_loss"], epoch + 1
+            s.epochs_without_improvement = 0
+        else:
+            s.epochs_without_improvement += 1
+        if improved:
+            self.checkpoint("best.pt")
+        self.checkpoint("last.pt")
+        write_metrics_csv(self.run_dir / "metrics.csv", s.history)
+        log.info(
+            "epoch %d/%d  train loss %.4f acc %.3f | val loss %.4f acc %.3f%s | lr %.2e | %.1fs, %.1f img/s",
+            row["epoch"], self.cfg.train.epochs, row["train_loss"], row["train_accuracy"], row["val_loss"],
+            row["val_accuracy"], " *best*" if improved else "", row["lr"], row["epoch_seconds"],
+            row["images_per_second"])
+
+
+def write_metrics_csv(path: Path, history: list[dict]) -> None:
+    tmp = path.with_suffix(".csv.tmp")
+    with tmp.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=METRIC_COLUMNS)
+        writer.writeheader()
+        writer.writerows({k: row[k] for k in METRIC_COLUMNS} for row in history)
+    tmp.replace(path)
