@@ -44,7 +44,7 @@ class DataConfig:
 class ModelConfig:
     arch: str = "custom_cnn"
     pretrained: bool = False  # torchvision weights API (needs a download or a filled TORCH_HOME)
-    weights: str | None = None  # a local ImageNet state dict for the backbone
+    weights: str | None = None  # a local ImageNet state dict for the backbone (wins over pretrained)
     freeze_backbone: bool = False
     unfreeze_at: int | None = None  # epoch (0-based) at which the backbone starts training
     backbone_lr_scale: float = 0.1  # backbone lr = lr * scale once unfrozen
@@ -226,6 +226,4 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"data.num_workers: must be >= 0, got {cfg.data.num_workers}")
     if cfg.model.unfreeze_at is not None and cfg.model.unfreeze_at < 0:
         raise ConfigError(f"model.unfreeze_at: must be >= 0, got {cfg.model.unfreeze_at}")
-    if cfg.model.pretrained and cfg.model.weights:
-        raise ConfigError("model.pretrained and model.weights are exclusive: pick one source of weights")
     ARCHS[cfg.model.arch].check_image_size(cfg.data.image_size)

@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from sklearn.model_selection import train_test_split
 
 from petlab.data.download import ARCHIVES, KAGGLE_HELP, download_dataset
@@ -206,7 +207,8 @@ def read_stanford_dogs(root: Path, task: str, **_) -> dict:
         path = next((p for p in (root / name, root / "lists" / name) if p.is_file()), None)
         if path is None:
             raise DatasetError(f"Stanford Dogs split list not found: {root / name}")
-        return [str(entry[0][0]) for entry in loadmat(path)["file_list"]]
+        # A MATLAB cell array (N x 1) of 1 x 1 cells holding the relative path.
+        return [str(np.asarray(entry).ravel()[0]).strip() for entry in loadmat(path)["file_list"].ravel()]
 
     files = {"train": read_list("train_list.mat"), "test": read_list("test_list.mat")}
     folders = sorted({f.split("/")[0] for split in files.values() for f in split})

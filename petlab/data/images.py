@@ -54,6 +54,8 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 def load_rgb(source: str | os.PathLike | bytes | BinaryIO) -> Image.Image:
     """Decode fully (so truncation is caught here, not mid-batch) and return an RGB image."""
     if isinstance(source, bytes):
+        if not source:
+            raise BadImageError("empty", "zero bytes")
         source = io.BytesIO(source)
     elif isinstance(source, (str, os.PathLike)) and Path(source).stat().st_size == 0:
         raise BadImageError("empty", f"{source} is a zero-byte file")
@@ -74,7 +76,5 @@ def load_rgb(source: str | os.PathLike | bytes | BinaryIO) -> Image.Image:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise BadImageError("too_large", str(exc)) from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        if isinstance(source, io.BytesIO) and source.getbuffer().nbytes == 0:
-            raise BadImageError("empty", "zero bytes") from exc
         reason = "truncated" if "truncated" in str(exc).lower() else "corrupt"
         raise BadImageError(reason, str(exc)) from exc

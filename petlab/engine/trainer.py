@@ -74,6 +74,37 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def autocast(device: torch.device, precision: str):
+    return torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
+
+
+def prepare_batch(images: torch.Tensor, pre: Preprocessing, device: torch.device, channels_last: bool):
+    x = pre.normalize(images.to(device, non_blocking=True))
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, loader, pre: Preprocessing, device: torch.device, precision: str = "fp32",
+            channels_last: bool = False, limit_batches: int | None = None, criterion=None,
+            desc: str = "eval") -> tuple[np.ndarray, np.ndarray, float]:
+    """targets, predictions and mean loss over (at most limit_batches of) a loader."""
+    model.eval()
+    criterion = criterion or nn.CrossEntropyLoss()
+    steps = min(len(loader), limit_batches) if limit_batches else len(loader)
+    targets, preds, total_loss = [], [], 0.0
+    for step, (images, y) in enumerate(tqdm(loader, total=steps, desc=desc, unit="batch", leave=False)):
+        if step >= steps:
+            break
+        with autocast(device, precision):
+            logits = model(prepare_batch(images, pre, device, channels_last)).float()
+        y = y.to(device)
+        total_loss += criterion(logits, y).item() * len(y)
+        targets.append(y.cpu())
+        preds.append(logits.argmax(1).cpu())
+    t, p = torch.cat(targets).numpy(), torch.cat(preds).numpy()
+    return t, p, total_loss / max(len(t), 1)
+
+
 @dataclass
 class TrainState:
     epoch: int = 0  # epochs completed
@@ -136,13 +167,10 @@ class Trainer:
         return min(len(loader), limit) if limit else len(loader)
 
     def _autocast(self):
-        if self.cfg.train.precision == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return nullcontext()
+        return autocast(self.device, self.cfg.train.precision)
 
     def _prepare(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.pre.normalize(images.to(self.device, non_blocking=True))
-        return x.contiguous(memory_format=torch.channels_last) if self.cfg.train.channels_last else x
+        return prepare_batch(images, self.pre, self.device, self.cfg.train.channels_last)
 
     def backbone_frozen(self, epoch: int) -> bool:
         m = self.cfg.model
@@ -209,23 +237,9 @@ class Trainer:
         bar.close()
         return {"train_loss": total_loss / max(seen, 1), "train_accuracy": correct / max(seen, 1), "seen": seen}
 
-    @torch.inference_mode()
     def predict(self, loader, desc: str = "eval") -> tuple[np.ndarray, np.ndarray, float]:
-        """targets, predictions and mean loss over (at most limit_batches of) a loader."""
-        self.model.eval()
-        steps = self._steps(loader)
-        targets, preds, total_loss = [], [], 0.0
-        for step, (images, y) in enumerate(tqdm(loader, total=steps, desc=desc, unit="batch", leave=False)):
-            if step >= steps:
-                break
-            with self._autocast():
-                logits = self.model(self._prepare(images)).float()
-            y = y.to(self.device)
-            total_loss += self.criterion(logits, y).item() * len(y)
-            targets.append(y.cpu())
-            preds.append(logits.argmax(1).cpu())
-        t, p = torch.cat(targets).numpy(), torch.cat(preds).numpy()
-        return t, p, total_loss / max(len(t), 1)
+        return predict(self.model, loader, self.pre, self.device, self.cfg.train.precision,
+                       self.cfg.train.channels_last, self.cfg.train.limit_batches, self.criterion, desc)
 
     def fit(self) -> TrainState:
         cfg = self.cfg

@@ -1,0 +1,35 @@
+"""Evaluate a run's best checkpoint and print the metrics as JSON.
+
+python experiments/evaluate.py RUN_DIR --data-dir DIR [--dataset NAME] [--split test]
+"""
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from petlab.data import DatasetError
+from petlab.engine.evaluate import evaluate_run
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--data-dir", help="dataset folder (any supported layout)")
+    parser.add_argument("--dataset", help="dataset name; default: detected from --data-dir")
+    parser.add_argument("--split", default="test", choices=["train", "val", "test"])
+    parser.add_argument("--batch-size", type=int, default=64)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    try:
+        result = evaluate_run(args.run_dir, args.data_dir, args.dataset, args.split, args.batch_size)
+    except (DatasetError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""Evaluate a run's best checkpoint on any dataset whose classes match the model's by name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from petlab.config import config_from_dict
+from petlab.data.cache import cache_root, decode_split
+from petlab.data.datasets import DatasetError, load_splits, normalise_class_name
+from petlab.data.loaders import make_loader
+from petlab.data.transforms import Preprocessing
+from petlab.engine.checkpoint import load_checkpoint
+from petlab.engine.metrics import classification_metrics
+from petlab.engine.trainer import predict, resolve_device
+from petlab.models import build_model
+
+
+def match_classes(model_classes: list[str], data_classes: list[str], where: str) -> dict[int, int]:
+    """data label -> model label, matching names case- and separator-insensitively."""
+    index = {normalise_class_name(c): i for i, c in enumerate(model_classes)}
+    unmatched = [c for c in data_classes if normalise_class_name(c) not in index]
+    if unmatched:
+        raise DatasetError(f"classes in {where} that the model does not know: {unmatched}; "
+                           f"the model's classes: {model_classes}")
+    return {i: index[normalise_class_name(c)] for i, c in enumerate(data_classes)}
+
+
+def load_trained_model(run_dir: Path, checkpoint: str = "best.pt"):
+    ckpt = load_checkpoint(Path(run_dir) / "checkpoints" / checkpoint)
+    cfg = config_from_dict(ckpt["config"])
+    model, _ = build_model(cfg.model.arch, len(ckpt["classes"]), dropout=cfg.model.dropout)
+    model.load_state_dict(ckpt["model"])
+    return model.eval(), cfg, ckpt["classes"], Preprocessing.from_dict(ckpt["preprocessing"])
+
+
+def evaluate_run(run_dir: Path, data_dir: str | None = None, dataset: str | None = None,
+                 split: str = "test", batch_size: int = 64) -> dict:
+    model, cfg, classes, pre = load_trained_model(run_dir)
+    splits = load_splits(dataset, cfg.task, data_dir, None, cfg.data.val_fraction, cfg.seed)
+    samples = getattr(splits, split)
+    if not samples:
+        raise DatasetError(f"{splits.root} has no {split} split")
+    to_model = match_classes(classes, splits.classes, splits.root)
+    samples = [(path, to_model[label]) for path, label in samples]
+    decoded = decode_split(samples, pre, cache_root(cfg.data.cache_dir), split)
+    device = resolve_device(cfg.train.device)
+    model.to(device)
+    loader = make_loader(decoded, pre, False, batch_size, cfg.data.num_workers)
+    targets, preds, loss = predict(model, loader, pre, device, cfg.train.precision, cfg.train.channels_last,
+                                   desc=split)
+    metrics = classification_metrics(targets, preds, loss, classes)
+    return {"run_dir": str(run_dir), "dataset": splits.dataset, "data_dir": splits.root, "split": split,
+            "classes": classes, **metrics, "skipped_files": decoded.skipped_summary()}
