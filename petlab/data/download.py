@@ -14,7 +14,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from torchvision.datasets.utils import check_integrity, download_url, extract_archive
+import urllib.request
+
+from torchvision.datasets.utils import check_integrity, extract_archive
+from tqdm import tqdm
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +63,16 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _stream(url: str, dest: Path, timeout: float = 60) -> None:
+    request = urllib.request.Request(url, headers={"User-Agent": "petlab"})
+    with urllib.request.urlopen(request, timeout=timeout) as response, dest.open("wb") as fh:
+        total = int(response.headers.get("Content-Length") or 0) or None
+        with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name.removesuffix(".part")) as bar:
+            for chunk in iter(lambda: response.read(1 << 20), b""):
+                fh.write(chunk)
+                bar.update(len(chunk))
+
+
 def fetch(archive: Archive, downloads: Path) -> Path:
     """Download with a progress bar; verify; a bad file is deleted so the next try starts clean."""
     filename = archive.url.rstrip("/").rsplit("/", 1)[-1]
@@ -69,7 +82,7 @@ def fetch(archive: Archive, downloads: Path) -> Path:
         return path
     part = downloads / f"{filename}.part"
     try:
-        download_url(archive.url, str(downloads), filename=part.name)
+        _stream(archive.url, part)
     except Exception as exc:
         part.unlink(missing_ok=True)
         raise DownloadError(f"could not download {archive.url}: {exc}") from exc

@@ -1,0 +1,170 @@
+"""experiments/run.py and evaluate.py end to end, as a user runs them (real subprocesses)."""
+
+import csv
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.imaging import make_imagefolder, write_bad_files
+
+REPO = Path(__file__).resolve().parents[1]
+RUN_FILES = ["config.yaml", "model_summary.txt", "metrics.csv", "checkpoints/best.pt", "checkpoints/last.pt",
+             "results.json", "confusion_matrix.png", "train.log"]
+# A small, fast setting for generated images: resnet18 at 64 px learns red vs blue in an epoch.
+TINY = ["--arch", "resnet18", "--image-size", "64", "--batch-size", "8", "--lr", "0.003",
+        "--optimizer", "adamw", "--threads", "2"]
+
+
+def script(name, *args, check=True, **kw):
+    proc = subprocess.run([sys.executable, str(REPO / "experiments" / name), *map(str, args)],
+                          capture_output=True, text=True, cwd=REPO, **kw)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{name} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def only_run_dir(out: Path) -> Path:
+    (run_dir,) = list(out.iterdir())
+    return run_dir
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    with (run_dir / "metrics.csv").open() as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_smoke_run_on_real_photos_writes_every_file(shared, tmp_path):
+    # The issue's command, shrunk to batch 4 so it takes seconds.
+    script("run.py", "--arch", "custom_cnn", "--limit-batches", "2", "--epochs", "1", "--batch-size", "4",
+           "--precision", "bf16", "--channels-last", "--data-dir", shared / "cats_and_dogs_filtered",
+           "--output-dir", tmp_path)
+    run_dir = only_run_dir(tmp_path)
+    for name in RUN_FILES:
+        assert (run_dir / name).is_file(), name
+    assert "Total params: 2,668,418" in (run_dir / "model_summary.txt").read_text()
+    rows = read_metrics(run_dir)
+    assert len(rows) == 1 and set(rows[0]) == {"epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
+                                               "lr", "epoch_seconds", "images_per_second"}
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["status"] == "completed" and results["classes"] == ["cat", "dog"]
+    assert results["split_sizes"] == {"train": 1600, "val": 400, "test": 1000}
+    for split in ("val", "test"):
+        assert results[split]["n"] == 16  # 2 eval batches of 2 x 4: --limit-batches holds for every split
+        assert set(results[split]["per_class"]["dog"]) == {"precision", "recall", "f1", "support"}
+        assert np.asarray(results[split]["confusion_matrix"]).sum() == 16
+    assert results["skipped_files"]["train"]["count"] == 0 and results["wall_time_s"] > 0
+    ckpt = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=False)
+    assert ckpt["classes"] == ["cat", "dog"] and ckpt["config"]["model"]["arch"] == "custom_cnn"
+    assert ckpt["preprocessing"]["image_size"] == 224
+
+
+def test_transfer_learning_on_real_photos_learns_in_a_few_batches(shared, tmp_path):
+    script("run.py", "--config", REPO / "experiments/configs/lite0_cats_vs_dogs.yaml", "--epochs", "1",
+           "--limit-batches", "8", "--batch-size", "32", "--data-dir", shared / "cats_and_dogs_filtered",
+           "--output-dir", tmp_path)
+    results = json.loads((only_run_dir(tmp_path) / "results.json").read_text())
+    assert results["val"]["n"] == 400 and results["val"]["accuracy"] >= 0.9
+
+
+def odd_but_valid_images(folder: Path) -> int:
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.new("L", (70, 60), 90).save(folder / "grey.png")
+    Image.new("RGBA", (70, 60), (200, 30, 30, 200)).save(folder / "rgba.png")
+    Image.new("RGB", (70, 60), (200, 30, 30)).convert("CMYK").save(folder / "cmyk.jpg")
+    Image.fromarray(np.full((60, 70), 40000, np.uint16)).save(folder / "sixteen.png")
+    Image.new("RGB", (70, 60), (200, 30, 30)).convert("P").save(folder / "palette.gif")
+    return 5
+
+
+def test_bad_files_are_skipped_counted_and_reported(tmp_path):
+    data = make_imagefolder(tmp_path / "data", {"train": 12, "val": 4, "test": 4})
+    bad = write_bad_files(data / "train" / "cats")
+    write_bad_files(data / "test" / "dogs")
+    odd = odd_but_valid_images(data / "train" / "cats")
+    proc = script("run.py", *TINY, "--epochs", "1", "--data-dir", data, "--output-dir", tmp_path / "runs")
+    results = json.loads((only_run_dir(tmp_path / "runs") / "results.json").read_text())
+    assert results["status"] == "completed"
+    train = results["skipped_files"]["train"]
+    assert train["count"] == len(bad) and train["by_reason"] == {r: 1 for r in bad}
+    assert sorted(f["path"] for f in train["files"]) == sorted(str(p) for p in bad.values())
+    assert results["skipped_files"]["test"]["count"] == 4
+    assert results["usable_sizes"]["train"] == 24 + odd and results["test"]["n"] == 8
+    assert "skipping" in proc.stderr and "truncated" in proc.stderr
+
+
+def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path):
+    data = make_imagefolder(tmp_path / "data", {"train": 40, "val": 6, "test": 6})
+    args = [*TINY, "--epochs", "6", "--data-dir", data, "--scheduler", "cosine"]
+    script("run.py", *args, "--output-dir", tmp_path / "straight")
+    straight = only_run_dir(tmp_path / "straight")
+
+    out = tmp_path / "interrupted"
+    proc = subprocess.Popen([sys.executable, str(REPO / "experiments/run.py"), *map(str, args),
+                             "--output-dir", str(out)], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        runs = list(out.glob("*/metrics.csv")) if out.exists() else []
+        if runs and len(read_metrics(runs[0].parent)) >= 2:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-2000:]
+    run_dir = only_run_dir(out)
+    partial = json.loads((run_dir / "results.json").read_text())
+    assert partial["status"] == "interrupted" and 2 <= partial["epochs_completed"] < 6
+    assert "--resume" in stderr
+
+    script("run.py", "--resume", run_dir)
+    resumed = json.loads((run_dir / "results.json").read_text())
+    expected = json.loads((straight / "results.json").read_text())
+    assert resumed["status"] == "completed" and resumed["best_epoch"] == expected["best_epoch"]
+    columns = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr"]
+    assert [[r[c] for c in columns] for r in read_metrics(run_dir)] == \
+        [[r[c] for c in columns] for r in read_metrics(straight)]
+    a = torch.load(run_dir / "checkpoints/best.pt", weights_only=False)["model"]
+    b = torch.load(straight / "checkpoints/best.pt", weights_only=False)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in b)
+
+
+def test_bad_config_value_is_a_clear_error_and_creates_no_run(tmp_path):
+    proc = script("run.py", "--arch", "vgg99", "--output-dir", tmp_path, check=False)
+    assert proc.returncode == 2 and "model.arch: 'vgg99' is not one of" in proc.stderr
+    assert "Traceback" not in proc.stderr and not tmp_path.joinpath("x").exists()
+    proc = script("run.py", "--data-dir", tmp_path / "missing", "--output-dir", tmp_path, check=False)
+    assert proc.returncode == 2 and str(tmp_path / "missing") in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def breeds_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("breeds")
+    data = make_imagefolder(root / "data", {"train": 10, "val": 3, "test": 3}, classes=("Beagle", "Toy_Poodle"))
+    script("run.py", *TINY, "--task", "breeds", "--epochs", "1", "--data-dir", data, "--output-dir", root / "runs")
+    return only_run_dir(root / "runs")
+
+
+def test_evaluate_matches_class_names_across_spellings(breeds_run, tmp_path):
+    # Same colours per class as in training (red Beagle, blue poodle), names spelt differently.
+    other = make_imagefolder(tmp_path, {"train": 5, "test": 4}, classes=("BEAGLE", "toy-poodle"))
+    proc = script("evaluate.py", breeds_run, "--data-dir", other)
+    result = json.loads(proc.stdout)
+    assert result["classes"] == ["Beagle", "Toy Poodle"] and result["n"] == 8 and result["split"] == "test"
+    assert result["accuracy"] == 1.0
+
+
+def test_evaluate_refuses_unknown_classes_and_lists_them(breeds_run, tmp_path):
+    other = make_imagefolder(tmp_path, {"train": 5, "test": 2}, classes=("Beagle", "Boxer", "Pug"))
+    proc = script("evaluate.py", breeds_run, "--data-dir", other, check=False)
+    assert proc.returncode == 2
+    assert "['Boxer', 'Pug']" in proc.stderr and "Traceback" not in proc.stderr
