@@ -149,9 +149,11 @@ def test_bad_config_value_is_a_clear_error_and_creates_no_run(tmp_path):
 @pytest.fixture(scope="module")
 def breeds_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("breeds")
-    data = make_imagefolder(root / "data", {"train": 10, "val": 3, "test": 3}, classes=("Beagle", "Toy_Poodle"))
-    script("run.py", *TINY, "--task", "breeds", "--epochs", "1", "--data-dir", data, "--output-dir", root / "runs")
-    return only_run_dir(root / "runs")
+    data = make_imagefolder(root / "data", {"train": 16, "val": 4, "test": 4}, classes=("Beagle", "Toy_Poodle"))
+    script("run.py", *TINY, "--task", "breeds", "--epochs", "3", "--data-dir", data, "--output-dir", root / "runs")
+    run_dir = only_run_dir(root / "runs")
+    assert json.loads((run_dir / "results.json").read_text())["test"]["accuracy"] == 1.0
+    return run_dir
 
 
 def test_evaluate_matches_class_names_across_spellings(breeds_run, tmp_path):
@@ -160,7 +162,8 @@ def test_evaluate_matches_class_names_across_spellings(breeds_run, tmp_path):
     proc = script("evaluate.py", breeds_run, "--data-dir", other)
     result = json.loads(proc.stdout)
     assert result["classes"] == ["Beagle", "Toy Poodle"] and result["n"] == 8 and result["split"] == "test"
-    assert result["accuracy"] == 1.0
+    assert {c: m["support"] for c, m in result["per_class"].items()} == {"Beagle": 4, "Toy Poodle": 4}
+    assert result["accuracy"] == 1.0  # labels follow the names, so the model's perfect score carries over
 
 
 def test_evaluate_refuses_unknown_classes_and_lists_them(breeds_run, tmp_path):
