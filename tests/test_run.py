@@ -1,9 +1,7 @@
 """experiments/run.py and evaluate.py end to end, as a user runs them (real subprocesses)."""
 
 import csv
-import io
 import json
-import os
 import signal
 import subprocess
 import sys

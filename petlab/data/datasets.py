@@ -45,7 +45,7 @@ class Splits:
 
 
 def data_root() -> Path:
-    return Path(os.environ.get("PETLAB_DATA_DIR") or PROJECT_ROOT / "data" / "raw")
+    return Path(os.environ.get("PETLAB_DATA_DIR") or PROJECT_ROOT / "data" / "raw").resolve()
 
 
 def pretty_class_name(folder: str) -> str:
@@ -247,7 +247,7 @@ DATASETS = {
 def dataset_dir(dataset: str, data_dir: str | None = None, download: bool = True) -> Path:
     """--data-dir wins; else <data root>/<folder>, downloaded first when missing."""
     if data_dir:
-        path = Path(data_dir).expanduser()
+        path = Path(data_dir).expanduser().resolve()
         if not path.is_dir():
             raise DatasetError(f"--data-dir does not exist or is not a folder: {path}")
         return path

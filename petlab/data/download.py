@@ -11,10 +11,9 @@ import hashlib
 import logging
 import shutil
 import tempfile
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-
-import urllib.request
 
 from torchvision.datasets.utils import check_integrity, extract_archive
 from tqdm import tqdm

@@ -141,8 +141,9 @@ def _run(cfg: Config, run_dir: Path, resuming: bool, started: float) -> int:
         if not trainer.state.finished:
             trainer.fit()
     except Interrupted:
-        log.warning("interrupted: checkpoints/last.pt holds epoch %d; continue with --resume %s",
-                    trainer.state.epoch, run_dir)
+        done = trainer.state.epoch
+        where = f"checkpoints/last.pt holds epoch {done}" if done else "no epoch had finished yet"
+        log.warning("interrupted: %s; continue with --resume %s", where, run_dir)
         write_json(run_dir / "results.json", {**base, "status": "interrupted",
                                                "epochs_completed": trainer.state.epoch})
         return 130
