@@ -18,6 +18,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.resume:
+            if overrides_from(args) or args.config:
+                raise ConfigError("--resume continues a run with the config saved in its config.yaml; "
+                                  "drop the other flags")
             _, code = run_experiment(resume=args.resume)
         else:
             _, code = run_experiment(load_config(args.config, overrides_from(args)))

@@ -83,6 +83,11 @@ def prepare_batch(images: torch.Tensor, pre: Preprocessing, device: torch.device
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
+def batches_per_epoch(loader, limit_batches: int | None) -> int:
+    """--limit-batches caps every split's batches per epoch (smoke runs)."""
+    return min(len(loader), limit_batches) if limit_batches else len(loader)
+
+
 @torch.inference_mode()
 def predict(model: nn.Module, loader, pre: Preprocessing, device: torch.device, precision: str = "fp32",
             channels_last: bool = False, limit_batches: int | None = None, criterion=None,
@@ -90,7 +95,7 @@ def predict(model: nn.Module, loader, pre: Preprocessing, device: torch.device, 
     """targets, predictions and mean loss over (at most limit_batches of) a loader."""
     model.eval()
     criterion = criterion or nn.CrossEntropyLoss()
-    steps = min(len(loader), limit_batches) if limit_batches else len(loader)
+    steps = batches_per_epoch(loader, limit_batches)
     targets, preds, total_loss = [], [], 0.0
     for step, (images, y) in enumerate(tqdm(loader, total=steps, desc=desc, unit="batch", leave=False)):
         if step >= steps:
@@ -154,7 +159,7 @@ class Trainer:
             self.model.to(memory_format=torch.channels_last)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
         self.optimizer = build_optimizer(cfg, model)
-        self.steps_per_epoch = self._steps(loaders["train"])
+        self.steps_per_epoch = batches_per_epoch(loaders["train"], cfg.train.limit_batches)
         self.scheduler = build_scheduler(cfg, self.optimizer, self.steps_per_epoch)
         self.state = TrainState()
         self.generator = loaders["train"].generator
@@ -162,10 +167,6 @@ class Trainer:
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
 
     # ------------------------------------------------------------------ helpers
-    def _steps(self, loader) -> int:
-        limit = self.cfg.train.limit_batches
-        return min(len(loader), limit) if limit else len(loader)
-
     def _autocast(self):
         return autocast(self.device, self.cfg.train.precision)
 
