@@ -252,6 +252,7 @@ class Trainer:
                     self.generator.manual_seed(cfg.seed * 1000 + epoch)
                 start = time.perf_counter()
                 train = self.train_epoch(epoch, stop)
+                train_seconds = time.perf_counter() - start
                 targets, preds, val_loss = self.predict(self.loaders["val"], "val")
                 seconds = time.perf_counter() - start
                 row = {
@@ -262,7 +263,7 @@ class Trainer:
                     "val_accuracy": float((targets == preds).mean()),
                     "lr": self.optimizer.param_groups[0]["lr"],
                     "epoch_seconds": seconds,
-                    "images_per_second": train["seen"] / seconds,
+                    "images_per_second": train["seen"] / train_seconds,  # training throughput only
                 }
                 self._record(epoch, row)
                 if stop.requested:
@@ -283,10 +284,9 @@ class Trainer:
         if improved:
             s.best_val_accuracy, s.best_val_loss, s.best_epoch = row["val_accuracy"], row["val_loss"], epoch + 1
             s.epochs_without_improvement = 0
+            self.checkpoint("best.pt")
         else:
             s.epochs_without_improvement += 1
-        if improved:
-            self.checkpoint("best.pt")
         self.checkpoint("last.pt")
         write_metrics_csv(self.run_dir / "metrics.csv", s.history)
         log.info(
