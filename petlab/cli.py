@@ -30,6 +30,9 @@ RUN_FLAGS = {
     "--limit-batches": ("train.limit_batches", {"type": int, "help": "at most N batches per split per epoch"}),
     "--threads": ("train.threads", {"type": int}),
     "--device": ("train.device", {}),
+    "--tracking": ("tracking.backend", {"choices": ["comet", "none"]}),
+    "--tag": ("tracking.tags", {"action": "append", "help": "extra Comet tag (repeatable)"}),
+    "--profile": ("diagnostics.profile", {"action": "store_true", "help": "torch.profiler trace of a few steps"}),
     "--seed": ("seed", {"type": int}),
     "--output-dir": ("output_dir", {}),
 }

@@ -20,6 +20,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("none", "cosine", "onecycle")
 PRECISIONS = ("fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
+TRACKERS = ("comet", "none")
 
 
 class ConfigError(ValueError):
@@ -72,6 +73,35 @@ class TrainConfig:
 
 
 @dataclass
+class TrackingConfig:
+    backend: str = "comet"  # comet: online with COMET_API_KEY, else offline archive in the run dir; none: off
+    project: str = "petlab"  # COMET_PROJECT_NAME wins
+    workspace: str | None = None  # COMET_WORKSPACE wins
+    tags: list[str] = field(default_factory=list)  # added to task/arch/dataset tags (sweeps add study/trial)
+    log_every_steps: int = 1  # per-step metrics (train loss, lr, gradient norm)
+    log_model: bool = True  # upload best.pt as a Comet model asset
+    online_timeout_s: float = 5.0  # how long to wait for the Comet server before going offline
+
+
+@dataclass
+class DiagnosticsConfig:
+    """Thresholds of the training rules (warnings in the log, events in Comet, entries in results.json)."""
+
+    enabled: bool = True
+    check_every_steps: int = 10  # per-layer gradient checks (they cost one pass over the gradients)
+    vanishing_grad_ratio: float = 1e-5  # a weight's mean |gradient| / the largest layer's, below: vanishing
+    exploding_grad: float = 1e3  # total gradient norm above this (or not finite) is exploding
+    loss_patience: int = 3  # epochs without train loss improving by loss_min_delta -> loss not decreasing
+    loss_min_delta: float = 0.01  # relative improvement that counts
+    overfit_patience: int = 2  # epochs of rising val loss while the train/val accuracy gap grows
+    init_loss_factor: float = 3.0  # first-batch loss above factor * ln(classes) is poor initialisation
+    dead_fraction: float = 0.5  # share of a ReLU layer's channels that never fire on the first batch
+    data_wait_fraction: float = 0.5  # share of training time spent waiting for data -> loader bottleneck
+    profile: bool = False  # write a torch.profiler trace of a few steps (--profile)
+    profile_steps: int = 5
+
+
+@dataclass
 class Config:
     name: str = "default"
     task: str = "cats_vs_dogs"
@@ -80,6 +110,8 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -200,6 +232,7 @@ def validate(cfg: Config) -> None:
     _choice("train.scheduler", cfg.train.scheduler, SCHEDULERS)
     _choice("train.precision", cfg.train.precision, PRECISIONS)
     _choice("train.device", cfg.train.device, DEVICES)
+    _choice("tracking.backend", cfg.tracking.backend, TRACKERS)
     if cfg.data.species is not None:
         _choice("data.species", cfg.data.species, ("cat", "dog"))
     positive = {
@@ -210,6 +243,10 @@ def validate(cfg: Config) -> None:
         "data.image_size": cfg.data.image_size,
         "train.eval_batch_size": cfg.train.eval_batch_size,
         "train.threads": cfg.train.threads,
+        "tracking.log_every_steps": cfg.tracking.log_every_steps,
+        "tracking.online_timeout_s": cfg.tracking.online_timeout_s,
+        "diagnostics.check_every_steps": cfg.diagnostics.check_every_steps,
+        "diagnostics.profile_steps": cfg.diagnostics.profile_steps,
     }
     for key, value in positive.items():
         if value is not None and value <= 0:

@@ -5,8 +5,10 @@ Run directory (timm-style, one per run):
   model_summary.txt    torchinfo summary
   metrics.csv          one row per epoch
   checkpoints/         best.pt (by validation accuracy) and last.pt (end of the last epoch)
-  results.json         val and test metrics of best.pt, skipped files, wall time
-  confusion_matrix.png
+  results.json         val and test metrics of best.pt, skipped files, diagnostics, tracking keys, git
+  confusion_matrix.png, learning_curves.png, misclassified.png
+  comet/<key>.zip      the Comet offline archive (when there is no COMET_API_KEY)
+  profile/             torch.profiler trace (with --profile)
   train.log
 """
 
@@ -18,6 +20,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 import torch
 import torchinfo
 import yaml
@@ -31,7 +34,9 @@ from petlab.data.transforms import Preprocessing
 from petlab.engine.checkpoint import load_checkpoint
 from petlab.engine.metrics import classification_metrics, plot_confusion_matrices
 from petlab.engine.trainer import Interrupted, Trainer, seed_everything
-from petlab.models import ARCHS, build_model
+from petlab.models import ARCHS, build_model, head_parameters
+from petlab.reports.figures import plot_learning_curves, plot_misclassified
+from petlab.tracking import Tracker, create_tracker, git_state, installed_packages
 
 log = logging.getLogger("petlab")
 EXIT_INTERRUPTED = 130
@@ -68,11 +73,30 @@ def write_json(path: Path, data: dict) -> None:
     tmp.replace(path)
 
 
-def model_summary(model, image_size: int) -> str:
+def model_summary(model, image_size: int):
+    """torchinfo's ModelStatistics (str() is the table)."""
     # eval mode: a train-mode forward would move BatchNorm statistics before training starts
-    stats = torchinfo.summary(model, input_size=(1, 3, image_size, image_size), verbose=0, mode="eval",
-                              col_names=("output_size", "num_params", "mult_adds"), device="cpu")
-    return str(stats)
+    return torchinfo.summary(model, input_size=(1, 3, image_size, image_size), verbose=0, mode="eval",
+                             col_names=("output_size", "num_params", "mult_adds"), device="cpu")
+
+
+def run_tags(cfg: Config) -> list[str]:
+    return [f"task:{cfg.task}", f"arch:{cfg.model.arch}", f"dataset:{cfg.data.dataset}", *cfg.tracking.tags]
+
+
+def track_setup(tracker: Tracker, cfg: Config, splits, pre, decoded, summary, trainable: int, git: dict) -> None:
+    """Everything known before training: hyperparameters, data, model summary, provenance."""
+    params = {**cfg.flat(), **{f"preprocessing.{k}": v for k, v in pre.to_dict().items()},
+              **{f"dataset.size.{k}": v for k, v in splits.sizes().items()},
+              **{f"dataset.usable.{k}": len(d.labels) for k, d in decoded.items()},
+              "dataset.classes": splits.classes, "dataset.num_classes": len(splits.classes)}
+    tracker.log_parameters(params)
+    tracker.add_tags(run_tags(cfg))
+    tracker.log_text("model_summary", str(summary))
+    tracker.log_others({"params_total": summary.total_params, "params_trainable": trainable,
+                        "mult_adds": summary.total_mult_adds, "git_commit": git["commit"],
+                        "git_dirty": git["dirty"], "dataset_root": splits.root})
+    tracker.log_others({f"package.{name}": version for name, version in sorted(installed_packages().items())})
 
 
 def prepare_data(cfg: Config):
@@ -89,6 +113,17 @@ def prepare_data(cfg: Config):
     return splits, pre, decoded
 
 
+def build_loaders(cfg: Config, pre: Preprocessing, decoded: dict) -> dict:
+    t = cfg.train
+    eval_bs = t.eval_batch_size or 2 * t.batch_size
+    return {
+        "train": make_loader(decoded["train"], pre, True, t.batch_size, cfg.data.num_workers, torch.Generator(),
+                             cfg.data.crop_scale_min, cfg.data.hflip),
+        **{s: make_loader(decoded[s], pre, False, eval_bs, cfg.data.num_workers)
+           for s in ("val", "test") if s in decoded},
+    }
+
+
 def run_experiment(cfg: Config | None = None, resume: Path | None = None) -> tuple[Path, int]:
     """Train (or resume) one run. Returns its directory and an exit code (0, or 130 if interrupted)."""
     started = time.perf_counter()
@@ -100,6 +135,14 @@ def run_experiment(cfg: Config | None = None, resume: Path | None = None) -> tup
     setup_logging(run_dir)
     with logging_redirect_tqdm():
         return run_dir, _run(cfg, run_dir, resume is not None, started)
+
+
+def previous_tracking_key(run_dir: Path) -> str | None:
+    """A resumed run continues the Comet experiment its first part started."""
+    try:
+        return json.loads((run_dir / "results.json").read_text())["tracking"]["key"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _run(cfg: Config, run_dir: Path, resuming: bool, started: float) -> int:
@@ -114,21 +157,28 @@ def _run(cfg: Config, run_dir: Path, resuming: bool, started: float) -> int:
     seed_everything(cfg.seed)
     model, weights_report = build_model(cfg.model.arch, len(splits.classes), cfg.model.pretrained,
                                         cfg.model.weights, cfg.model.dropout)
+    summary = model_summary(model, pre.image_size)
     summary_path = run_dir / "model_summary.txt"
     if not summary_path.is_file():
-        summary_path.write_text(model_summary(model, pre.image_size) + "\n")
+        summary_path.write_text(f"{summary}\n")
     seed_everything(cfg.seed)
+    head_ids = head_parameters(model, cfg.model.arch)
+    trainable = sum(p.numel() for p in model.parameters() if id(p) in head_ids or not cfg.model.freeze_backbone)
+    git = git_state()
+    tracker = create_tracker(cfg, run_dir, previous_tracking_key(run_dir) if resuming else None)
+    if not resuming:
+        track_setup(tracker, cfg, splits, pre, decoded, summary, trainable, git)
+    try:
+        return _train(cfg, run_dir, resuming, started, splits, pre, decoded, model, weights_report, tracker,
+                      {"params_total": summary.total_params, "params_trainable": trainable,
+                       "mult_adds": summary.total_mult_adds, "git": git, "tags": run_tags(cfg)})
+    finally:
+        tracker.end()
 
-    t = cfg.train
-    eval_bs = t.eval_batch_size or 2 * t.batch_size
-    generator = torch.Generator()
-    loaders = {
-        "train": make_loader(decoded["train"], pre, True, t.batch_size, cfg.data.num_workers, generator,
-                             cfg.data.crop_scale_min, cfg.data.hflip),
-        **{s: make_loader(decoded[s], pre, False, eval_bs, cfg.data.num_workers)
-           for s in ("val", "test") if s in decoded},
-    }
-    trainer = Trainer(cfg, model, pre, loaders, run_dir, splits.classes)
+
+def _train(cfg, run_dir, resuming, started, splits, pre, decoded, model, weights_report, tracker, facts) -> int:
+    loaders = build_loaders(cfg, pre, decoded)
+    trainer = Trainer(cfg, model, pre, loaders, run_dir, splits.classes, tracker)
     last = run_dir / "checkpoints" / "last.pt"
     if resuming and last.is_file():
         trainer.resume(last)
@@ -136,7 +186,7 @@ def _run(cfg: Config, run_dir: Path, resuming: bool, started: float) -> int:
     base = {"run_dir": str(run_dir), "task": cfg.task, "arch": cfg.model.arch, "dataset": splits.dataset,
             "dataset_root": splits.root, "classes": splits.classes, "split_sizes": splits.sizes(),
             "usable_sizes": {n: len(d.labels) for n, d in decoded.items()}, "split_notes": splits.notes,
-            "skipped_files": skipped, "pretrained_weights": weights_report}
+            "skipped_files": skipped, "pretrained_weights": weights_report, **facts, "tracking": tracker.record()}
     try:
         if not trainer.state.finished:
             trainer.fit()
@@ -144,22 +194,61 @@ def _run(cfg: Config, run_dir: Path, resuming: bool, started: float) -> int:
         done = trainer.state.epoch
         where = f"checkpoints/last.pt holds epoch {done}" if done else "no epoch had finished yet"
         log.warning("interrupted: %s; continue with --resume %s", where, run_dir)
-        write_json(run_dir / "results.json", {**base, "status": "interrupted",
-                                               "epochs_completed": trainer.state.epoch})
-        return 130
+        write_json(run_dir / "results.json", {**base, "status": "interrupted", "epochs_completed": trainer.state.epoch,
+                                               "diagnostics": trainer.state.events})
+        tracker.log_others({"status": "interrupted", "epochs_completed": trainer.state.epoch})
+        return EXIT_INTERRUPTED
 
     # Final numbers come from the best-by-validation checkpoint; test is only ever reported.
     trainer.model.load_state_dict(load_checkpoint(run_dir / "checkpoints" / "best.pt")["model"])
-    final = {}
+    final, val_predictions = {}, None
     for split in ("val", "test"):
         if split in loaders:
             targets, preds, loss = trainer.predict(loaders[split], split)
             final[split] = classification_metrics(targets, preds, loss, splits.classes)
-    plot_confusion_matrices(final, splits.classes, run_dir / "confusion_matrix.png")
+            if split == "val":
+                val_predictions = (targets, preds)
     state = trainer.state
+    figures = write_figures(run_dir, final, splits.classes, state.history, decoded["val"], val_predictions, pre, cfg)
     results = {**base, "status": "completed", "epochs_completed": state.epoch, "best_epoch": state.best_epoch,
-               **final, "wall_time_s": time.perf_counter() - started}
+               **final, "diagnostics": state.events, "wall_time_s": time.perf_counter() - started}
+    track_results(tracker, cfg, run_dir, final, splits.classes, figures, results)
+    results["tracking"] = tracker.record()  # the offline archive's name is known once tracking ends
     write_json(run_dir / "results.json", results)
     summary = ", ".join(f"{s} accuracy {m['accuracy']:.4f}" for s, m in final.items())
     log.info("done in %.0fs: best epoch %d, %s -> %s", results["wall_time_s"], state.best_epoch, summary, run_dir)
     return 0
+
+
+def write_figures(run_dir: Path, final: dict, classes: list[str], history: list[dict], val_images,
+                  val_predictions: tuple, pre, cfg: Config) -> dict[str, Path]:
+    figures = {"confusion_matrix": run_dir / "confusion_matrix.png",
+               "learning_curves": run_dir / "learning_curves.png",
+               "misclassified": run_dir / "misclassified.png"}
+    plot_confusion_matrices(final, classes, figures["confusion_matrix"])
+    plot_learning_curves({cfg.name: history}, figures["learning_curves"], f"{cfg.model.arch} on {cfg.data.dataset}")
+    targets, preds = val_predictions  # in loader order, which is the cache's order (val is not shuffled)
+    wrong = np.flatnonzero(targets != preds)[:16]
+    margin = (pre.resize_size - pre.image_size) // 2
+    crops = [val_images.array[i][margin:margin + pre.image_size, margin:margin + pre.image_size] for i in wrong]
+    plot_misclassified(crops, [classes[targets[i]] for i in wrong], [classes[preds[i]] for i in wrong],
+                       figures["misclassified"],
+                       f"misclassified validation images ({len(wrong)} shown)")
+    return figures
+
+
+def track_results(tracker: Tracker, cfg: Config, run_dir: Path, final: dict, classes: list[str],
+                  figures: dict[str, Path], results: dict) -> None:
+    """Final metrics, per-class scores, figures and the best checkpoint; then close the experiment."""
+    for split, metrics in final.items():
+        tracker.log_metrics({f"{split}_accuracy_final": metrics["accuracy"], f"{split}_loss_final": metrics["loss"]})
+        tracker.log_metrics({f"{split}_{score}_{name}": value[score] for name, value in metrics["per_class"].items()
+                             for score in ("precision", "recall", "f1")})
+        tracker.log_confusion_matrix(metrics["confusion_matrix"], classes, f"{split} confusion matrix")
+    for name, path in figures.items():
+        tracker.log_image(path, name)
+    tracker.log_others({"status": "completed", "best_epoch": results["best_epoch"],
+                        "wall_time_s": results["wall_time_s"]})
+    if cfg.tracking.log_model:
+        tracker.log_model(f"petlab-{cfg.task.replace('_', '-')}", run_dir / "checkpoints" / "best.pt")
+    tracker.end()

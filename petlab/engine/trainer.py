@@ -25,12 +25,16 @@ from tqdm import tqdm
 from petlab.config import Config
 from petlab.data.transforms import Preprocessing
 from petlab.engine.checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
+from petlab.engine.diagnostics import Diagnostics, gradient_norm
+from petlab.engine.profiling import EpochProfile, torch_trace
 from petlab.models import head_parameters
+from petlab.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
 METRIC_COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr",
-                  "epoch_seconds", "images_per_second"]
+                  "epoch_seconds", "images_per_second", "train_seconds", "data_seconds", "compute_seconds",
+                  "data_wait_fraction", "cpu_utilisation", "peak_rss_mb"]
 
 
 class Interrupted(Exception):
@@ -119,6 +123,7 @@ class TrainState:
     epochs_without_improvement: int = 0
     finished: bool = False  # all epochs done or stopped early: nothing left to resume
     history: list[dict] = field(default_factory=list)
+    events: list[dict] = field(default_factory=list)  # diagnostics that fired
 
 
 def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
@@ -150,9 +155,10 @@ def build_scheduler(cfg: Config, optimizer, steps_per_epoch: int):
 
 class Trainer:
     def __init__(self, cfg: Config, model: nn.Module, pre: Preprocessing, loaders: dict, run_dir: Path,
-                 classes: list[str]):
+                 classes: list[str], tracker: Tracker | None = None):
         self.cfg, self.model, self.pre, self.loaders = cfg, model, pre, loaders
         self.run_dir, self.classes = run_dir, classes
+        self.tracker = tracker or Tracker()
         self.device = resolve_device(cfg.train.device)
         self.model.to(self.device)
         if cfg.train.channels_last:
@@ -162,6 +168,7 @@ class Trainer:
         self.steps_per_epoch = batches_per_epoch(loaders["train"], cfg.train.limit_batches)
         self.scheduler = build_scheduler(cfg, self.optimizer, self.steps_per_epoch)
         self.state = TrainState()
+        self.diagnostics = self._diagnostics()
         self.generator = loaders["train"].generator
         self._head_ids = head_parameters(model, cfg.model.arch)
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
@@ -187,18 +194,25 @@ class Trainer:
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
                     module.eval()
 
-    def checkpoint(self, name: str) -> None:
-        atomic_save({
+    def _diagnostics(self) -> Diagnostics:
+        def emit(event):
+            self.tracker.log_event(event["rule"], event["message"], {"epoch": event["epoch"]})
+        return Diagnostics(self.cfg.diagnostics, len(self.classes), self.state.events, emit)
+
+    def checkpoint(self, name: str, resumable: bool = True) -> None:
+        """last.pt can resume training; best.pt holds only what evaluation and export need (a third the size)."""
+        ckpt = {
             "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
             "state": self.state.__dict__,
-            "rng": rng_state(),
             "config": self.cfg.to_dict(),
             "classes": self.classes,
             "preprocessing": self.pre.to_dict(),
             "arch": self.cfg.model.arch,
-        }, self.run_dir / "checkpoints" / name)
+        }
+        if resumable:
+            ckpt.update(optimizer=self.optimizer.state_dict(), rng=rng_state(),
+                        scheduler=self.scheduler.state_dict() if self.scheduler else None)
+        atomic_save(ckpt, self.run_dir / "checkpoints" / name)
 
     def resume(self, path: Path) -> None:
         ckpt = load_checkpoint(path)
@@ -207,36 +221,53 @@ class Trainer:
         if self.scheduler and ckpt["scheduler"]:
             self.scheduler.load_state_dict(ckpt["scheduler"])
         self.state = TrainState(**ckpt["state"])
+        self.diagnostics = self._diagnostics()
         set_rng_state(ckpt["rng"])
         log.info("resumed from %s after epoch %d", path, self.state.epoch)
 
     # ------------------------------------------------------------------ loops
-    def train_epoch(self, epoch: int, stop: StopFlag) -> dict:
+    def train_epoch(self, epoch: int, stop: StopFlag, profile_steps: int = 0) -> dict:
         self._set_trainable(epoch)
-        loader, steps = self.loaders["train"], self.steps_per_epoch
+        steps, every = self.steps_per_epoch, self.cfg.tracking.log_every_steps
         total_loss, correct, seen = 0.0, 0, 0
-        bar = tqdm(loader, total=steps, desc=f"epoch {epoch + 1}/{self.cfg.train.epochs}", unit="batch",
-                   leave=False)
-        for step, (images, targets) in enumerate(bar):
-            if step >= steps:
-                break
-            if stop.requested:
-                raise Interrupted
-            x, y = self._prepare(images), targets.to(self.device)
-            with self._autocast():
-                logits = self.model(x)
-            loss = self.criterion(logits.float(), y)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            if self.scheduler:
-                self.scheduler.step()
-            total_loss += loss.item() * len(y)
-            correct += (logits.argmax(1) == y).sum().item()
-            seen += len(y)
-            bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}")
+        profile = EpochProfile()
+        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{self.cfg.train.epochs}", unit="batch", leave=False)
+        with torch_trace(self.run_dir / "profile", profile_steps, profile_steps > 0) as trace_step:
+            for step, (images, targets) in enumerate(profile.batches(self.loaders["train"])):
+                if stop.requested:
+                    raise Interrupted
+                first_batch = epoch == 0 and step == 0
+                if first_batch:
+                    self.diagnostics.watch_activations(self.model)
+                x, y = self._prepare(images), targets.to(self.device)
+                with self._autocast():
+                    logits = self.model(x)
+                loss = self.criterion(logits.float(), y)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = gradient_norm(self.model)
+                lr = self.optimizer.param_groups[0]["lr"]
+                self.optimizer.step()
+                if self.scheduler:
+                    self.scheduler.step()
+                batch_loss = loss.item()
+                if first_batch:
+                    self.diagnostics.check_first_batch(batch_loss)
+                self.diagnostics.check_gradients(self.model, grad_norm, epoch + 1, step)
+                if step % every == 0:
+                    self.tracker.log_metrics({"batch_loss": batch_loss, "lr": lr, "grad_norm": grad_norm},
+                                             step=epoch * steps + step, epoch=epoch + 1)
+                total_loss += batch_loss * len(y)
+                correct += (logits.argmax(1) == y).sum().item()
+                seen += len(y)
+                trace_step()
+                bar.update()
+                bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}")
+                if step + 1 >= steps:
+                    break
         bar.close()
-        return {"train_loss": total_loss / max(seen, 1), "train_accuracy": correct / max(seen, 1), "seen": seen}
+        return {"train_loss": total_loss / max(seen, 1), "train_accuracy": correct / max(seen, 1),
+                **profile.finish(seen)}
 
     def predict(self, loader, desc: str = "eval") -> tuple[np.ndarray, np.ndarray, float]:
         return predict(self.model, loader, self.pre, self.device, self.cfg.train.precision,
@@ -245,25 +276,25 @@ class Trainer:
     def fit(self) -> TrainState:
         cfg = self.cfg
         patience = cfg.train.early_stopping_patience
+        profile_steps = cfg.diagnostics.profile_steps if cfg.diagnostics.profile else 0
         with StopFlag() as stop:
             for epoch in range(self.state.epoch, cfg.train.epochs):
                 seed_everything(cfg.seed * 1000 + epoch)
                 if self.generator is not None:
                     self.generator.manual_seed(cfg.seed * 1000 + epoch)
                 start = time.perf_counter()
-                train = self.train_epoch(epoch, stop)
-                train_seconds = time.perf_counter() - start
+                train = self.train_epoch(epoch, stop, profile_steps)
+                profile_steps = 0  # one trace per process is plenty
                 targets, preds, val_loss = self.predict(self.loaders["val"], "val")
-                seconds = time.perf_counter() - start
                 row = {
                     "epoch": epoch + 1,
-                    "train_loss": train["train_loss"],
-                    "train_accuracy": train["train_accuracy"],
+                    "train_loss": train.pop("train_loss"),
+                    "train_accuracy": train.pop("train_accuracy"),
                     "val_loss": val_loss,
                     "val_accuracy": float((targets == preds).mean()),
                     "lr": self.optimizer.param_groups[0]["lr"],
-                    "epoch_seconds": seconds,
-                    "images_per_second": train["seen"] / train_seconds,  # training throughput only
+                    "epoch_seconds": time.perf_counter() - start,
+                    **train,  # images_per_second is training throughput only, plus the epoch's profile
                 }
                 self._record(epoch, row)
                 if stop.requested:
@@ -281,14 +312,17 @@ class Trainer:
             row["val_accuracy"] == s.best_val_accuracy and row["val_loss"] < s.best_val_loss)
         s.epoch = epoch + 1
         s.history.append(row)
+        self.diagnostics.check_epoch(s.history)
         if improved:
             s.best_val_accuracy, s.best_val_loss, s.best_epoch = row["val_accuracy"], row["val_loss"], epoch + 1
             s.epochs_without_improvement = 0
-            self.checkpoint("best.pt")
+            self.checkpoint("best.pt", resumable=False)
         else:
             s.epochs_without_improvement += 1
         self.checkpoint("last.pt")
         write_metrics_csv(self.run_dir / "metrics.csv", s.history)
+        self.tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"},
+                                 step=(epoch + 1) * self.steps_per_epoch, epoch=epoch + 1)
         log.info(
             "epoch %d/%d  train loss %.4f acc %.3f | val loss %.4f acc %.3f%s | lr %.2e | %.1fs, %.1f img/s",
             row["epoch"], self.cfg.train.epochs, row["train_loss"], row["train_accuracy"], row["val_loss"],

@@ -1,0 +1,1 @@
+"""Figures and comparison reports built from run records."""

@@ -1,0 +1,141 @@
+"""Comet tracking of real runs: the offline archive's contents, no network attempts, the fallbacks."""
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.imaging import make_imagefolder
+from tests.test_run import REPO, TINY, only_run_dir
+
+# Runs experiments/run.py under an audit hook that records every DNS lookup and socket connect.
+AUDITED_RUN = """
+import json, runpy, sys
+attempts = []
+def hook(event, args):
+    if event in ("socket.getaddrinfo", "socket.connect"):
+        attempts.append([event, repr(args[0] if event == "socket.getaddrinfo" else args[1])])
+sys.addaudithook(hook)
+sys.argv = ["experiments/run.py", *sys.argv[2:]]
+try:
+    runpy.run_path("experiments/run.py", run_name="__main__")
+finally:
+    open({out!r}, "w").write(json.dumps(attempts))
+"""
+
+
+def run(tmp_path, *args, env=None, audit=False):
+    data = tmp_path / "data"
+    if not data.exists():
+        make_imagefolder(data, {"train": 12, "val": 4, "test": 4})
+    out = tmp_path / "runs"
+    argv = [*TINY, "--epochs", "2", "--data-dir", data, "--output-dir", out, *args]
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("COMET_")}
+    environ.update(env or {})
+    if audit:
+        command = [sys.executable, "-c", AUDITED_RUN.format(out=str(tmp_path / "network.json")), "-", *map(str, argv)]
+    else:
+        command = [sys.executable, "experiments/run.py", *map(str, argv)]
+    proc = subprocess.run(command, cwd=REPO, env=environ, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dir = only_run_dir(out)
+    return run_dir, json.loads((run_dir / "results.json").read_text()), proc.stderr
+
+
+def read_archive(path: Path) -> dict:
+    """The offline archive as Comet would upload it: experiment.json plus its messages by type."""
+    with zipfile.ZipFile(path) as archive:
+        experiment = json.loads(archive.read("experiment.json"))
+        messages = [json.loads(line) for line in archive.read("messages.json").decode().splitlines()]
+        files = {name: archive.read(name) for name in archive.namelist()}
+    by_type = {}
+    for m in messages:
+        by_type.setdefault(m["type"], []).append(m["payload"])
+    return {"experiment": experiment, "messages": by_type, "files": files}
+
+
+@pytest.fixture(scope="module")
+def offline_run(tmp_path_factory):
+    return run(tmp_path_factory.mktemp("offline"), audit=True)
+
+
+def test_offline_run_writes_an_archive_into_the_run_directory(offline_run):
+    run_dir, results, stderr = offline_run
+    tracking = results["tracking"]
+    assert tracking["backend"] == "comet" and tracking["mode"] == "offline" and tracking["url"] is None
+    archive = Path(tracking["archive"])
+    assert archive.parent == run_dir / "comet" and archive.name == f"{tracking['key']}.zip"
+    assert "comet upload" in stderr and str(archive) in (run_dir / "train.log").read_text()
+
+
+def test_offline_run_makes_no_network_attempt(offline_run, tmp_path_factory):
+    run_dir, _, _ = offline_run
+    attempts = json.loads((run_dir.parents[1] / "network.json").read_text())
+    assert attempts == []
+
+
+def test_archive_holds_config_summary_metrics_figures_model_and_tags(offline_run):
+    run_dir, results, _ = offline_run
+    archive = read_archive(Path(results["tracking"]["archive"]))
+    params = {}
+    for p in archive["messages"]["parameter_msg"]:
+        p = p.get("param") or p["params"]  # list values come as "params"
+        params[p["paramName"]] = p["paramValue"]
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+
+    def flat(d, prefix=""):
+        for k, v in d.items():
+            yield from flat(v, f"{prefix}{k}.") if isinstance(v, dict) else [(f"{prefix}{k}", v)]
+
+    resolved = dict(flat(config))
+    assert set(resolved) <= set(params), set(resolved) - set(params)
+    assert all(params[k] == v for k, v in resolved.items())
+    assert params["dataset.classes"] == ["cat", "dog"] and params["dataset.size.train"] == 24
+    assert params["preprocessing.image_size"] == 64
+
+    uploads = archive["messages"]["file_upload"]
+    texts = [archive["files"][u["file_path"]].decode() for u in uploads if u["upload_type"] == "text-sample"]
+    assert any("Total params: 11,177,538" in t for t in texts)
+    others = {o["key"]: o["value"] for o in archive["messages"]["log_other"]}
+    assert others["params_total"] == 11_177_538 and others["mult_adds"] > 0
+    assert others["git_commit"] == results["git"]["commit"] and "package.torch" in others
+
+    metrics = [m["metric"] for m in archive["messages"]["metric_msg"]]
+    per_epoch = {(m["metricName"], m["epoch"]) for m in metrics}
+    for name in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "images_per_second", "epoch_seconds"):
+        assert {(name, 1), (name, 2)} <= per_epoch, name
+    assert {"batch_loss", "lr", "grad_norm", "test_accuracy_final", "val_f1_cat"} <= {m["metricName"] for m in metrics}
+    final = next(m for m in metrics if m["metricName"] == "test_accuracy_final")
+    assert final["metricValue"] == pytest.approx(results["test"]["accuracy"])
+
+    kinds = {u["upload_type"] for u in uploads}
+    assert {"confusion-matrix", "model-element", "visualization"} <= kinds
+    matrix = next(u for u in uploads if u["upload_type"] == "confusion-matrix"
+                  and u["additional_params"]["fileName"].startswith("val"))
+    content = json.loads(archive["files"][matrix["file_path"]])
+    assert content["labels"] == ["cat", "dog"] and content["matrix"] == results["val"]["confusion_matrix"]
+    model = next(u for u in uploads if u["upload_type"] == "model-element")
+    assert model["additional_params"]["groupingName"] == "petlab-cats-vs-dogs"
+    assert len(archive["files"][model["file_path"]]) == (run_dir / "checkpoints/best.pt").stat().st_size
+    images = {u["additional_params"]["figName"] for u in uploads if u["upload_type"] == "visualization"}
+    assert {"confusion_matrix", "learning_curves", "misclassified"} <= images
+    assert {"task:cats_vs_dogs", "arch:resnet18", "dataset:imagefolder"} <= set(archive["experiment"]["tags"])
+
+
+def test_bad_key_without_network_falls_back_to_offline_and_says_so(tmp_path):
+    _, results, stderr = run(tmp_path, env={"COMET_API_KEY": "not-a-real-key-0123456789"})
+    assert results["status"] == "completed"
+    assert results["tracking"]["mode"] == "offline" and Path(results["tracking"]["archive"]).is_file()
+    assert "falling back to offline mode" in stderr
+
+
+def test_tracking_none_writes_the_local_record_only(tmp_path):
+    run_dir, results, _ = run(tmp_path, "--tracking", "none", "--tag", "ignored")
+    assert results["tracking"] == {"backend": "none", "mode": "off", "key": None, "url": None}
+    assert not (run_dir / "comet").exists()
+    assert (run_dir / "metrics.csv").is_file() and results["test"]["accuracy"] >= 0
