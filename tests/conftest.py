@@ -18,6 +18,14 @@ def shared() -> Path:
     return shared_data()
 
 
+@pytest.fixture(scope="session")
+def real_runs(shared, tmp_path_factory) -> dict[str, Path]:
+    """Three short real runs on the shared cats-vs-dogs photos, shared by the run and compare tests."""
+    from tests.runs import real_photo_runs
+
+    return real_photo_runs(shared, tmp_path_factory.mktemp("real_runs"))
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_cache(tmp_path_factory):
     # Decoded-image caches go to a per-session temp folder, never into the repo's data/cache.

@@ -15,7 +15,7 @@ SHARED_WEIGHTS = "mobilenet_v2_from_qnnpack_float-52fff228.pth"
 
 def test_custom_cnn_reproduces_every_published_figure():
     model, _ = build_model("custom_cnn", 2)
-    text = model_summary(model, 224)
+    text = str(model_summary(model, 224))
     for figure in ("Total params: 2,668,418", "Trainable params: 2,668,418", "Non-trainable params: 0",
                    "Total mult-adds (Units.GIGABYTES): 13.62", "Input size (MB): 0.60",
                    "Forward/backward pass size (MB): 188.26", "Params size (MB): 10.67",

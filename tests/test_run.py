@@ -1,6 +1,5 @@
 """experiments/run.py and evaluate.py end to end, as a user runs them (real subprocesses)."""
 
-import csv
 import json
 import signal
 import subprocess
@@ -13,46 +12,22 @@ import pytest
 import torch
 from PIL import Image
 
+from petlab.engine.trainer import METRIC_COLUMNS
 from tests.imaging import make_imagefolder, write_bad_files
+from tests.runs import REPO, TINY, only_run_dir, read_metrics, script
 
-REPO = Path(__file__).resolve().parents[1]
 RUN_FILES = ["config.yaml", "model_summary.txt", "metrics.csv", "checkpoints/best.pt", "checkpoints/last.pt",
-             "results.json", "confusion_matrix.png", "train.log"]
-# A small, fast setting for generated images: resnet18 at 64 px learns red vs blue in an epoch.
-TINY = ["--arch", "resnet18", "--image-size", "64", "--batch-size", "8", "--lr", "0.003",
-        "--optimizer", "adamw", "--threads", "2"]
+             "results.json", "confusion_matrix.png", "learning_curves.png", "misclassified.png", "train.log"]
 
 
-def script(name, *args, check=True, **kw):
-    proc = subprocess.run([sys.executable, str(REPO / "experiments" / name), *map(str, args)],
-                          capture_output=True, text=True, cwd=REPO, **kw)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{name} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
-    return proc
-
-
-def only_run_dir(out: Path) -> Path:
-    (run_dir,) = list(out.iterdir())
-    return run_dir
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    with (run_dir / "metrics.csv").open() as fh:
-        return list(csv.DictReader(fh))
-
-
-def test_smoke_run_on_real_photos_writes_every_file(shared, tmp_path):
-    # The issue's command, shrunk to batch 4 so it takes seconds.
-    script("run.py", "--arch", "custom_cnn", "--limit-batches", "2", "--epochs", "1", "--batch-size", "4",
-           "--precision", "bf16", "--channels-last", "--data-dir", shared / "cats_and_dogs_filtered",
-           "--output-dir", tmp_path)
-    run_dir = only_run_dir(tmp_path)
+def test_smoke_run_on_real_photos_writes_every_file(real_runs):
+    run_dir = real_runs["custom_cnn"]
     for name in RUN_FILES:
         assert (run_dir / name).is_file(), name
     assert "Total params: 2,668,418" in (run_dir / "model_summary.txt").read_text()
     rows = read_metrics(run_dir)
-    assert len(rows) == 1 and set(rows[0]) == {"epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
-                                               "lr", "epoch_seconds", "images_per_second"}
+    assert len(rows) == 1 and list(rows[0]) == METRIC_COLUMNS
+    assert 0 <= float(rows[0]["data_wait_fraction"]) < 1 and float(rows[0]["peak_rss_mb"]) > 100
     results = json.loads((run_dir / "results.json").read_text())
     assert results["status"] == "completed" and results["classes"] == ["cat", "dog"]
     assert results["split_sizes"] == {"train": 1600, "val": 400, "test": 1000}
@@ -66,12 +41,11 @@ def test_smoke_run_on_real_photos_writes_every_file(shared, tmp_path):
     assert ckpt["preprocessing"]["image_size"] == 224
 
 
-def test_transfer_learning_on_real_photos_learns_in_a_few_batches(shared, tmp_path):
-    script("run.py", "--config", REPO / "experiments/configs/lite0_cats_vs_dogs.yaml", "--epochs", "1",
-           "--limit-batches", "8", "--batch-size", "32", "--data-dir", shared / "cats_and_dogs_filtered",
-           "--output-dir", tmp_path)
-    results = json.loads((only_run_dir(tmp_path) / "results.json").read_text())
-    assert results["val"]["n"] == 400 and results["val"]["accuracy"] >= 0.9
+def test_transfer_learning_on_real_photos_learns_in_a_few_batches(real_runs):
+    for recipe in ("lite0", "mobilenet_v2"):
+        results = json.loads((real_runs[recipe] / "results.json").read_text())
+        assert results["val"]["n"] == 256 and results["val"]["accuracy"] >= 0.9, recipe
+        assert results["diagnostics"] == [], recipe  # a healthy run fires no rule
 
 
 def odd_but_valid_images(folder: Path) -> int:
@@ -131,6 +105,9 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path):
     columns = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr"]
     assert [[r[c] for c in columns] for r in read_metrics(run_dir)] == \
         [[r[c] for c in columns] for r in read_metrics(straight)]
+    # one Comet experiment, continued: an archive per part, all under the first part's key
+    assert resumed["tracking"]["key"] == partial["tracking"]["key"] and len(resumed["tracking"]["archives"]) == 2
+    assert all(Path(a).name.startswith(partial["tracking"]["key"]) for a in resumed["tracking"]["archives"])
     a = torch.load(run_dir / "checkpoints/best.pt", weights_only=False)["model"]
     b = torch.load(straight / "checkpoints/best.pt", weights_only=False)["model"]
     assert all(torch.equal(a[k], b[k]) for k in b)

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from tests.imaging import make_imagefolder
-from tests.test_run import REPO, TINY, only_run_dir
+from tests.runs import REPO, TINY, only_run_dir
 
 # Runs experiments/run.py under an audit hook that records every DNS lookup and socket connect.
 AUDITED_RUN = """
@@ -70,6 +70,7 @@ def test_offline_run_writes_an_archive_into_the_run_directory(offline_run):
     assert tracking["backend"] == "comet" and tracking["mode"] == "offline" and tracking["url"] is None
     archive = Path(tracking["archive"])
     assert archive.parent == run_dir / "comet" and archive.name == f"{tracking['key']}.zip"
+    assert tracking["archives"] == [str(archive)]
     assert "comet upload" in stderr and str(archive) in (run_dir / "train.log").read_text()
 
 
@@ -134,8 +135,11 @@ def test_bad_key_without_network_falls_back_to_offline_and_says_so(tmp_path):
     assert "falling back to offline mode" in stderr
 
 
-def test_tracking_none_writes_the_local_record_only(tmp_path):
-    run_dir, results, _ = run(tmp_path, "--tracking", "none", "--tag", "ignored")
+def test_tracking_none_writes_the_local_record_only_and_profile_writes_a_trace(tmp_path):
+    run_dir, results, stderr = run(tmp_path, "--tracking", "none", "--profile")
     assert results["tracking"] == {"backend": "none", "mode": "off", "key": None, "url": None}
     assert not (run_dir / "comet").exists()
     assert (run_dir / "metrics.csv").is_file() and results["test"]["accuracy"] >= 0
+    trace = json.loads((run_dir / "profile" / "trace.json").read_text())
+    assert any("conv" in event.get("name", "") for event in trace["traceEvents"])
+    assert "Self CPU" in (run_dir / "profile" / "top_ops.txt").read_text() and "profiler: trace" in stderr

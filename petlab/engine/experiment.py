@@ -137,15 +137,17 @@ def run_experiment(cfg: Config | None = None, resume: Path | None = None) -> tup
         return run_dir, _run(cfg, run_dir, resume is not None, started)
 
 
-def previous_tracking_key(run_dir: Path) -> str | None:
-    """A resumed run continues the Comet experiment its first part started."""
+def previous_record(run_dir: Path) -> dict:
+    """What the interrupted part of a resumed run recorded (its Comet key, its start time)."""
     try:
-        return json.loads((run_dir / "results.json").read_text())["tracking"]["key"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+        return json.loads((run_dir / "results.json").read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def _run(cfg: Config, run_dir: Path, resuming: bool, started: float) -> int:
+    previous = previous_record(run_dir) if resuming else {}
+    started_at = previous.get("started_at") or datetime.now().isoformat(timespec="seconds")
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     log.info("run directory: %s", run_dir)
@@ -165,13 +167,14 @@ def _run(cfg: Config, run_dir: Path, resuming: bool, started: float) -> int:
     head_ids = head_parameters(model, cfg.model.arch)
     trainable = sum(p.numel() for p in model.parameters() if id(p) in head_ids or not cfg.model.freeze_backbone)
     git = git_state()
-    tracker = create_tracker(cfg, run_dir, previous_tracking_key(run_dir) if resuming else None)
+    tracker = create_tracker(cfg, run_dir, (previous.get("tracking") or {}).get("key"))
     if not resuming:
         track_setup(tracker, cfg, splits, pre, decoded, summary, trainable, git)
     try:
         return _train(cfg, run_dir, resuming, started, splits, pre, decoded, model, weights_report, tracker,
                       {"params_total": summary.total_params, "params_trainable": trainable,
-                       "mult_adds": summary.total_mult_adds, "git": git, "tags": run_tags(cfg)})
+                       "mult_adds": summary.total_mult_adds, "git": git, "tags": run_tags(cfg),
+                       "started_at": started_at})
     finally:
         tracker.end()
 

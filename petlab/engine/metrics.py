@@ -23,19 +23,17 @@ def classification_metrics(targets: np.ndarray, preds: np.ndarray, loss: float, 
     }
 
 
-def plot_confusion_matrices(panels: dict[str, dict], classes: list[str], path) -> None:
-    """One heatmap per split ({"val": metrics, "test": metrics}), counts annotated."""
-    import matplotlib
+def plot_confusion_matrices(panels: dict[str, dict], classes: list[str], path, title: str = "") -> None:
+    """One heatmap per panel ({"val": metrics, "test": metrics}, or one per run), counts annotated."""
+    from petlab.reports.figures import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     side = max(3.5, 0.55 * len(classes) + 2)
     fig, axes = plt.subplots(1, len(panels), figsize=(side * len(panels), side), squeeze=False)
     for ax, (split, metrics) in zip(axes[0], panels.items()):
         matrix = np.asarray(metrics["confusion_matrix"])
         ax.imshow(matrix, cmap="Blues")
-        ax.set_title(f"{split}: accuracy {metrics['accuracy']:.1%} (n={metrics['n']})")
+        ax.set_title(f"{split}\naccuracy {metrics['accuracy']:.1%} (n={metrics['n']})", fontsize=10)
         ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
         ax.set_yticks(range(len(classes)), classes)
         ax.set_xlabel("predicted")
@@ -44,6 +42,8 @@ def plot_confusion_matrices(panels: dict[str, dict], classes: list[str], path) -
         for (i, j), count in np.ndenumerate(matrix):
             ax.text(j, i, str(count), ha="center", va="center",
                     color="white" if count > threshold else "black")
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

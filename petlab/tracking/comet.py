@@ -178,12 +178,18 @@ class CometTracker(Tracker):
         if self.mode == "offline":
             log.info("comet: offline archive written to %s", self.archive())
 
+    def archives(self) -> list[str]:
+        """Oldest first: a resumed run adds one archive per part, all with the same experiment key."""
+        return [str(p) for p in sorted(self.archive_dir.glob("*.zip"), key=lambda p: p.stat().st_mtime)]
+
     def archive(self) -> str | None:
-        found = sorted(self.archive_dir.glob("*.zip"), key=lambda p: p.stat().st_mtime)
-        return str(found[-1]) if found else None
+        found = self.archives()
+        return found[-1] if found else None
 
     def record(self) -> dict:
-        return {**super().record(), "archive": self.archive() if self.mode == "offline" else None}
+        offline = self.mode == "offline"
+        return {**super().record(), "archive": self.archive() if offline else None,
+                "archives": self.archives() if offline else []}
 
 
 def create_tracker(cfg, run_dir: Path, previous_key: str | None = None) -> Tracker:

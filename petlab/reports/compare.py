@@ -1,0 +1,116 @@
+"""A comparison report of runs: leaderboard (markdown + CSV), figures, and one HTML page with them all."""
+
+from __future__ import annotations
+
+import html
+from datetime import datetime
+from pathlib import Path
+
+import pandas as pd
+
+from petlab.engine.metrics import plot_confusion_matrices
+from petlab.reports.figures import plot_learning_curves, pyplot
+from petlab.reports.runs import RunRecord, leaderboard
+
+
+def run_labels(records: list[RunRecord]) -> dict[str, str]:
+    """Short legend labels: the experiment name (or arch), numbered when several runs share it."""
+    names = {r.run: r.config.get("name") if r.config.get("name") not in (None, "default") else r.arch
+             for r in records}
+    counts: dict[str, int] = {}
+    labels = {}
+    for r in sorted(records, key=lambda r: r.started or datetime.min):
+        base = names[r.run]
+        counts[base] = counts.get(base, 0) + 1
+        labels[r.run] = base if list(names.values()).count(base) == 1 else f"{base} #{counts[base]}"
+    return labels
+
+
+def plot_per_class_accuracy(records: list[RunRecord], labels: dict[str, str], path: Path, split: str) -> None:
+    """Heatmap of recall (the accuracy on each true class), runs by classes."""
+    import seaborn as sns
+
+    plt = pyplot()
+    # a class with no images in the split has no accuracy: blank, not 0%
+    table = pd.DataFrame({labels[r.run]: {c: v["recall"] if v["support"] else float("nan")
+                                          for c, v in r.results[split]["per_class"].items()}
+                          for r in records}).T
+    fig, ax = plt.subplots(figsize=(max(6, 0.7 * table.shape[1] + 3), max(2.5, 0.5 * table.shape[0] + 1.5)))
+    sns.heatmap(table, annot=table.shape[1] <= 30, fmt=".0%", vmin=0, vmax=1, cmap="viridis", ax=ax,
+                cbar_kws={"label": f"{split} accuracy on the class (recall)"})
+    ax.set_xlabel("true class")
+    ax.set_ylabel("")
+    ax.set_title(f"per-class {split} accuracy")
+    plt.setp(ax.get_xticklabels(), rotation=45, ha="right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(records: list[RunRecord], out_dir: Path, title: str) -> dict[str, Path]:
+    """Everything goes in out_dir; returns the written files by kind."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    board = leaderboard(records)
+    labels = run_labels(records)
+    board.insert(1, "label", board["run"].map(labels))
+    files = {"csv": out_dir / "leaderboard.csv", "markdown": out_dir / "leaderboard.md"}
+    board.to_csv(files["csv"], index=False)
+    files["markdown"].write_text(f"# {title}\n\nSorted by best validation accuracy (test is reported, never used to "
+                                 f"rank).\n\n{_markdown(board)}\n")
+    figures = {}
+    for task in board["task"].unique():
+        group = [r for r in records if r.task == task]
+        curves = {labels[r.run]: r.history for r in group if r.history}
+        if curves:
+            figures[f"learning_curves_{task}"] = out_dir / f"learning_curves_{task}.png"
+            plot_learning_curves(curves, figures[f"learning_curves_{task}"], f"{task}: learning curves")
+        split = "test" if all("per_class" in r.results.get("test", {}) for r in group) else "val"
+        with_matrices = [r for r in group if "confusion_matrix" in r.results.get(split, {})]
+        if with_matrices:
+            classes = with_matrices[0].results["classes"]
+            same = [r for r in with_matrices if r.results["classes"] == classes]
+            figures[f"confusion_matrices_{task}"] = out_dir / f"confusion_matrices_{task}.png"
+            plot_confusion_matrices({labels[r.run]: r.results[split] for r in same}, classes,
+                                    figures[f"confusion_matrices_{task}"], f"{split} confusion matrices")
+            figures[f"per_class_accuracy_{task}"] = out_dir / f"per_class_accuracy_{task}.png"
+            plot_per_class_accuracy(same, labels, figures[f"per_class_accuracy_{task}"], split)
+    files.update(figures)
+    files["html"] = out_dir / "index.html"
+    files["html"].write_text(_html(title, board, figures))
+    return files
+
+
+def _markdown(board: pd.DataFrame) -> str:
+    shown = board.drop(columns=["source"]).copy()
+    for column in ("best_val_accuracy", "test_accuracy"):
+        shown[column] = shown[column].map(lambda v: "" if pd.isna(v) else f"{v:.2%}")
+    shown["wall_time_s"] = shown["wall_time_s"].map(lambda v: "" if pd.isna(v) else f"{v:.0f}")
+    shown["params"] = shown["params"].map(lambda v: "" if pd.isna(v) else f"{int(v):,}")
+    header = "| " + " | ".join(shown.columns) + " |"
+    rule = "|" + "|".join("---" for _ in shown.columns) + "|"
+    rows = ["| " + " | ".join(str(v) for v in row) + " |" for row in shown.itertuples(index=False)]
+    return "\n".join([header, rule, *rows])
+
+
+def _html(title: str, board: pd.DataFrame, figures: dict[str, Path]) -> str:
+    table = board.to_html(index=False, float_format=lambda v: f"{v:.4f}", na_rep="", border=0, classes="board")
+    images = "\n".join(f'<h2>{html.escape(name.replace("_", " "))}</h2>\n<img src="{path.name}" alt="{name}">'
+                       for name, path in figures.items())
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2rem; color: #222; }}
+table.board {{ border-collapse: collapse; font-size: 0.9rem; }}
+table.board th, table.board td {{ padding: 0.3rem 0.7rem; border-bottom: 1px solid #ddd; text-align: left; }}
+table.board tbody tr:first-child {{ background: #eef6ee; }}
+img {{ max-width: 100%; border: 1px solid #eee; }}
+</style></head>
+<body>
+<h1>{html.escape(title)}</h1>
+<p>Generated {datetime.now():%Y-%m-%d %H:%M} from {len(board)} runs; sorted by best validation accuracy.
+Figures: <a href="leaderboard.csv">leaderboard.csv</a>, <a href="leaderboard.md">leaderboard.md</a>.</p>
+{table}
+{images}
+</body></html>
+"""
+

@@ -1,0 +1,157 @@
+"""Run records as rows: read local run directories (and, online, a Comet project) for comparison."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunRecord:
+    run: str  # run directory name (or Comet experiment name)
+    config: dict
+    results: dict
+    history: list[dict] = field(default_factory=list)
+    started: datetime | None = None
+    source: str = "local"
+
+    @property
+    def task(self) -> str:
+        return self.config["task"]
+
+    @property
+    def arch(self) -> str:
+        return self.config["model"]["arch"]
+
+    @property
+    def tags(self) -> list[str]:
+        return list(self.results.get("tags") or [])
+
+
+def read_local_run(run_dir: Path) -> RunRecord | None:
+    """A completed run directory as a record; None (with a reason in the log) otherwise."""
+    try:
+        results = json.loads((run_dir / "results.json").read_text())
+        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        log.info("skipping %s: %s", run_dir, exc)
+        return None
+    if results.get("status") != "completed":
+        log.info("skipping %s: status %s", run_dir, results.get("status"))
+        return None
+    metrics = run_dir / "metrics.csv"
+    history = pd.read_csv(metrics).to_dict("records") if metrics.is_file() else []
+    started = results.get("started_at")
+    started = datetime.fromisoformat(started) if started else datetime.fromtimestamp(
+        (run_dir / "config.yaml").stat().st_mtime)
+    return RunRecord(run_dir.name, config, results, history, started)
+
+
+def find_local_runs(roots: list[Path]) -> list[RunRecord]:
+    """Every completed run under the given folders (a run directory itself counts too)."""
+    found = []
+    for root in roots:
+        for results in sorted(Path(root).glob("**/results.json")):
+            record = read_local_run(results.parent)
+            if record:
+                found.append(record)
+    return found
+
+
+def _nested(flat: dict) -> dict:
+    nested: dict = {}
+    for dotted, value in flat.items():
+        node = nested
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                break
+        else:
+            node[leaf] = value
+    return nested
+
+
+def find_comet_runs(workspace: str | None, project: str) -> list[RunRecord]:
+    """Experiments of a Comet project as records (online only: needs COMET_API_KEY)."""
+    from petlab.tracking.comet import configure_comet_environment
+
+    configure_comet_environment()
+    import comet_ml
+
+    api = comet_ml.API(api_key=os.environ["COMET_API_KEY"])
+    workspace = workspace or api.get_default_workspace()
+    records = []
+    for exp in api.get_experiments(workspace, project_name=project):
+        params = {p["name"]: yaml.safe_load(str(p["valueCurrent"])) for p in exp.get_parameters_summary()}
+        metrics = {m["name"]: float(m["valueCurrent"]) for m in exp.get_metrics_summary()
+                   if m.get("valueCurrent") not in (None, "")}
+        others = {o["name"]: o["valueCurrent"] for o in exp.get_others_summary()}
+        if "val_accuracy_final" not in metrics:
+            continue  # unfinished or not a petlab experiment
+        config = _nested(params)
+        history = _comet_history(exp)
+        results = {"val": {"accuracy": metrics["val_accuracy_final"]}, "tags": exp.get_tags(),
+                   "params_total": int(float(others.get("params_total", 0))),
+                   "epochs_completed": len(history), "wall_time_s": float(others.get("wall_time_s", "nan")),
+                   "tracking": {"key": exp.id, "url": exp.url}, "classes": config.get("dataset", {}).get("classes")}
+        if "test_accuracy_final" in metrics:
+            results["test"] = {"accuracy": metrics["test_accuracy_final"]}
+        started = datetime.fromtimestamp(exp.start_server_timestamp / 1000) if exp.start_server_timestamp else None
+        records.append(RunRecord(exp.name or exp.id, config, results, history, started, source="comet"))
+    return records
+
+
+def _comet_history(exp) -> list[dict]:
+    rows: dict[int, dict] = {}
+    for name in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
+        for point in exp.get_metrics(name):
+            epoch = point.get("epoch")
+            if epoch is not None:
+                rows.setdefault(int(epoch), {"epoch": int(epoch)})[name] = float(point["metricValue"])
+    return [rows[e] for e in sorted(rows) if len(rows[e]) == 5]
+
+
+def select(records: list[RunRecord], task: str | None = None, arch: str | None = None, tag: str | None = None,
+           since: datetime | None = None, until: datetime | None = None) -> list[RunRecord]:
+    def keep(r: RunRecord) -> bool:
+        return ((task is None or r.task == task) and (arch is None or r.arch == arch)
+                and (tag is None or tag in r.tags)
+                and (since is None or (r.started is not None and r.started >= since))
+                and (until is None or (r.started is not None and r.started <= until)))
+
+    return [r for r in records if keep(r)]
+
+
+def leaderboard(records: list[RunRecord]) -> pd.DataFrame:
+    """One row per run, best validation accuracy first (test is shown, never used to rank)."""
+    rows = []
+    for r in records:
+        model = r.config["model"]
+        rows.append({
+            "run": r.run,
+            "task": r.task,
+            "arch": r.arch,
+            "pretrained": bool(model.get("pretrained") or model.get("weights")),
+            "params": r.results.get("params_total"),
+            "epochs": r.results.get("epochs_completed"),
+            "wall_time_s": r.results.get("wall_time_s"),
+            "best_val_accuracy": r.results["val"]["accuracy"],
+            "test_accuracy": r.results.get("test", {}).get("accuracy"),
+            "tags": ", ".join(r.tags),
+            "source": r.source,
+        })
+    columns = ["run", "task", "arch", "pretrained", "params", "epochs", "wall_time_s", "best_val_accuracy",
+               "test_accuracy", "tags", "source"]
+    table = pd.DataFrame(rows, columns=columns)
+    return table.sort_values(["best_val_accuracy", "wall_time_s"], ascending=[False, True], kind="stable",
+                             ignore_index=True)

@@ -1,0 +1,51 @@
+"""Running experiments/*.py as a user does (real subprocesses), and the shared real-photo runs."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+# A small, fast setting for generated images: resnet18 at 64 px learns red vs blue in an epoch.
+TINY = ["--arch", "resnet18", "--image-size", "64", "--batch-size", "8", "--lr", "0.003",
+        "--optimizer", "adamw", "--threads", "2"]
+
+
+def script(name, *args, check=True, **kw):
+    proc = subprocess.run([sys.executable, str(REPO / "experiments" / name), *map(str, args)],
+                          capture_output=True, text=True, cwd=REPO, **kw)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{name} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def only_run_dir(out: Path) -> Path:
+    (run_dir,) = list(out.iterdir())
+    return run_dir
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    with (run_dir / "metrics.csv").open() as fh:
+        return list(csv.DictReader(fh))
+
+
+def real_photo_runs(shared: Path, out: Path) -> dict[str, Path]:
+    """The custom CNN and two pretrained recipes on the shared cats-vs-dogs photos, shrunk to seconds."""
+    data = shared / "cats_and_dogs_filtered"
+    recipes = {
+        # the issue's smoke command, at batch 4
+        "custom_cnn": ["--arch", "custom_cnn", "--limit-batches", "2", "--epochs", "1", "--batch-size", "4",
+                       "--precision", "bf16", "--channels-last"],
+        "lite0": ["--config", REPO / "experiments/configs/lite0_cats_vs_dogs.yaml", "--epochs", "2",
+                  "--limit-batches", "4", "--batch-size", "32"],
+        "mobilenet_v2": ["--config", REPO / "experiments/configs/mobilenet_v2_cats_vs_dogs.yaml", "--epochs", "2",
+                         "--limit-batches", "4", "--batch-size", "32",
+                         "--weights", shared.parent / "weights/mobilenet_v2_from_qnnpack_float-52fff228.pth"],
+    }
+    runs = {}
+    for name, args in recipes.items():
+        script("run.py", *args, "--data-dir", data, "--output-dir", out / name)
+        runs[name] = only_run_dir(out / name)
+    return runs
