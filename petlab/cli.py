@@ -12,6 +12,8 @@ RUN_FLAGS = {
     "--species": ("data.species", {}),
     "--image-size": ("data.image_size", {"type": int}),
     "--num-workers": ("data.num_workers", {"type": int}),
+    "--no-augment": ("data.augment", {"action": "store_const", "const": "false",
+                                      "help": "train on eval crops (frozen backbone: cached features)"}),
     "--arch": ("model.arch", {}),
     "--pretrained": ("model.pretrained", {"action": "store_true"}),
     "--weights": ("model.weights", {"help": "local ImageNet state dict for the backbone"}),

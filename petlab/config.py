@@ -37,6 +37,7 @@ class DataConfig:
     resize_ratio: float = 1.14  # eval resizes the short side to image_size * ratio, then centre-crops
     crop_scale_min: float = 0.35  # RandomResizedCrop's lower area bound (train only)
     hflip: bool = True
+    augment: bool = True  # false: train on the eval crop (with a frozen backbone, enables the feature cache)
     num_workers: int = 0  # images are decoded once into a cache, so workers rarely pay off
     cache_dir: str | None = None  # None: $PETLAB_CACHE_DIR or data/cache
 

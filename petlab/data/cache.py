@@ -34,6 +34,7 @@ class DecodedImages:
     array: np.ndarray  # (N_good, S, S, 3) uint8, memory-mapped
     labels: np.ndarray  # (N_good,) int64
     skipped: list[dict]  # {"path", "reason", "detail"} for each file that could not be used
+    key: str = ""  # identifies the files and the square size (what derived caches key on)
 
     def skipped_summary(self) -> dict:
         return {
@@ -76,7 +77,7 @@ def decode_split(samples: list[tuple[str, int]], pre: Preprocessing, cache_dir: 
     if meta_file.is_file() and data_file.is_file():
         meta = json.loads(meta_file.read_text())
         array = np.memmap(data_file, np.uint8, "r", shape=(len(meta["labels"]), size, size, 3))
-        return DecodedImages(array, np.asarray(meta["labels"], np.int64), meta["skipped"])
+        return DecodedImages(array, np.asarray(meta["labels"], np.int64), meta["skipped"], key)
 
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = f".{uuid.uuid4().hex}.tmp"
@@ -108,4 +109,4 @@ def decode_split(samples: list[tuple[str, int]], pre: Preprocessing, cache_dir: 
         log.warning("%s: skipped %d of %d files (%s)", split, len(skipped), len(samples),
                     dict(Counter(s["reason"] for s in skipped)))
     array = np.memmap(data_file, np.uint8, "r", shape=(len(labels), size, size, 3))
-    return DecodedImages(array, np.asarray(labels, np.int64), skipped)
+    return DecodedImages(array, np.asarray(labels, np.int64), skipped, key)

@@ -32,8 +32,9 @@ from petlab.data.datasets import load_splits
 from petlab.data.loaders import make_loader
 from petlab.data.transforms import Preprocessing
 from petlab.engine.checkpoint import load_checkpoint
+from petlab.engine.features import feature_loaders, uses_feature_cache
 from petlab.engine.metrics import classification_metrics, plot_confusion_matrices
-from petlab.engine.trainer import Interrupted, Trainer, seed_everything
+from petlab.engine.trainer import Interrupted, StopRun, Trainer, resolve_device, seed_everything
 from petlab.models import ARCHS, build_model, head_parameters
 from petlab.reports.figures import plot_learning_curves, plot_misclassified
 from petlab.tracking import Tracker, create_tracker, git_state, installed_packages
@@ -118,14 +119,17 @@ def build_loaders(cfg: Config, pre: Preprocessing, decoded: dict) -> dict:
     eval_bs = t.eval_batch_size or 2 * t.batch_size
     return {
         "train": make_loader(decoded["train"], pre, True, t.batch_size, cfg.data.num_workers, torch.Generator(),
-                             cfg.data.crop_scale_min, cfg.data.hflip),
+                             cfg.data.crop_scale_min, cfg.data.hflip, cfg.data.augment),
         **{s: make_loader(decoded[s], pre, False, eval_bs, cfg.data.num_workers)
            for s in ("val", "test") if s in decoded},
     }
 
 
-def run_experiment(cfg: Config | None = None, resume: Path | None = None) -> tuple[Path, int]:
-    """Train (or resume) one run. Returns its directory and an exit code (0, or 130 if interrupted)."""
+def run_experiment(cfg: Config | None = None, resume: Path | None = None, on_epoch=None) -> tuple[Path, int]:
+    """Train (or resume) one run. Returns its directory and an exit code (0, or 130 if interrupted).
+
+    on_epoch(row) runs after each epoch; raising StopRun ends the run with that status (sweeps prune so).
+    """
     started = time.perf_counter()
     if resume is not None:
         run_dir = Path(resume)
@@ -134,7 +138,7 @@ def run_experiment(cfg: Config | None = None, resume: Path | None = None) -> tup
         run_dir = new_run_dir(cfg)
     setup_logging(run_dir)
     with logging_redirect_tqdm():
-        return run_dir, _run(cfg, run_dir, resume is not None, started)
+        return run_dir, _run(cfg, run_dir, resume is not None, started, on_epoch)
 
 
 def previous_record(run_dir: Path) -> dict:
@@ -145,7 +149,7 @@ def previous_record(run_dir: Path) -> dict:
         return {}
 
 
-def _run(cfg: Config, run_dir: Path, resuming: bool, started: float) -> int:
+def _run(cfg: Config, run_dir: Path, resuming: bool, started: float, on_epoch=None) -> int:
     previous = previous_record(run_dir) if resuming else {}
     started_at = previous.get("started_at") or datetime.now().isoformat(timespec="seconds")
     if cfg.train.threads:
@@ -171,7 +175,7 @@ def _run(cfg: Config, run_dir: Path, resuming: bool, started: float) -> int:
     if not resuming:
         track_setup(tracker, cfg, splits, pre, decoded, summary, trainable, git)
     try:
-        return _train(cfg, run_dir, resuming, started, splits, pre, decoded, model, weights_report, tracker,
+        return _train(cfg, run_dir, resuming, started, splits, pre, decoded, model, weights_report, tracker, on_epoch,
                       {"params_total": summary.total_params, "params_trainable": trainable,
                        "mult_adds": summary.total_mult_adds, "git": git, "tags": run_tags(cfg),
                        "started_at": started_at})
@@ -179,9 +183,17 @@ def _run(cfg: Config, run_dir: Path, resuming: bool, started: float) -> int:
         tracker.end()
 
 
-def _train(cfg, run_dir, resuming, started, splits, pre, decoded, model, weights_report, tracker, facts) -> int:
-    loaders = build_loaders(cfg, pre, decoded)
-    trainer = Trainer(cfg, model, pre, loaders, run_dir, splits.classes, tracker)
+def _train(cfg, run_dir, resuming, started, splits, pre, decoded, model, weights_report, tracker, on_epoch,
+           facts) -> int:
+    head_only = uses_feature_cache(cfg)
+    if head_only:  # frozen backbone, no augmentation: the backbone runs once per image, ever
+        log.info("frozen backbone without augmentation: training the head on cached backbone features")
+        device = resolve_device(cfg.train.device)
+        loaders = feature_loaders(cfg, model.to(device), decoded, pre, cache_root(cfg.data.cache_dir), device)
+    else:
+        loaders = build_loaders(cfg, pre, decoded)
+    trainer = Trainer(cfg, model, pre, loaders, run_dir, splits.classes, tracker, head_only)
+    trainer.on_epoch = on_epoch
     last = run_dir / "checkpoints" / "last.pt"
     if resuming and last.is_file():
         trainer.resume(last)
@@ -189,7 +201,8 @@ def _train(cfg, run_dir, resuming, started, splits, pre, decoded, model, weights
     base = {"run_dir": str(run_dir), "task": cfg.task, "arch": cfg.model.arch, "dataset": splits.dataset,
             "dataset_root": splits.root, "classes": splits.classes, "split_sizes": splits.sizes(),
             "usable_sizes": {n: len(d.labels) for n, d in decoded.items()}, "split_notes": splits.notes,
-            "skipped_files": skipped, "pretrained_weights": weights_report, **facts, "tracking": tracker.record()}
+            "skipped_files": skipped, "pretrained_weights": weights_report, "feature_cache": head_only, **facts,
+            "tracking": tracker.record()}
     try:
         if not trainer.state.finished:
             trainer.fit()
@@ -201,6 +214,16 @@ def _train(cfg, run_dir, resuming, started, splits, pre, decoded, model, weights
                                                "diagnostics": trainer.state.events})
         tracker.log_others({"status": "interrupted", "epochs_completed": trainer.state.epoch})
         return EXIT_INTERRUPTED
+    except StopRun as stop:
+        log.info("stopped after epoch %d: %s", trainer.state.epoch, stop)
+        write_json(run_dir / "results.json", {**base, "status": stop.status, "reason": str(stop),
+                                               "epochs_completed": trainer.state.epoch,
+                                               "history": trainer.state.history,
+                                               "best_val_accuracy": trainer.state.best_val_accuracy,
+                                               "diagnostics": trainer.state.events,
+                                               "wall_time_s": time.perf_counter() - started})
+        tracker.log_others({"status": stop.status, "epochs_completed": trainer.state.epoch})
+        return 0
 
     # Final numbers come from the best-by-validation checkpoint; test is only ever reported.
     trainer.model.load_state_dict(load_checkpoint(run_dir / "checkpoints" / "best.pt")["model"])

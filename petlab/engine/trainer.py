@@ -27,7 +27,7 @@ from petlab.data.transforms import Preprocessing
 from petlab.engine.checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
 from petlab.engine.diagnostics import Diagnostics, gradient_norm
 from petlab.engine.profiling import EpochProfile, torch_trace
-from petlab.models import head_parameters
+from petlab.models import ARCHS, head_parameters
 from petlab.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,14 @@ METRIC_COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accu
 
 class Interrupted(Exception):
     """Ctrl-C or SIGTERM arrived; last.pt holds the last completed epoch."""
+
+
+class StopRun(Exception):
+    """Raised by an epoch callback to end a run early on purpose (e.g. a pruned sweep trial)."""
+
+    def __init__(self, status: str, message: str):
+        super().__init__(message)
+        self.status = status
 
 
 class StopFlag:
@@ -82,7 +90,10 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
 
 
-def prepare_batch(images: torch.Tensor, pre: Preprocessing, device: torch.device, channels_last: bool):
+def prepare_batch(images: torch.Tensor, pre: Preprocessing | None, device: torch.device, channels_last: bool):
+    """uint8 images -> the normalised float batch; with pre None the batch is cached features, used as they are."""
+    if pre is None:
+        return images.to(device, non_blocking=True)
     x = pre.normalize(images.to(device, non_blocking=True))
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
@@ -93,7 +104,7 @@ def batches_per_epoch(loader, limit_batches: int | None) -> int:
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, loader, pre: Preprocessing, device: torch.device, precision: str = "fp32",
+def predict(model: nn.Module, loader, pre: Preprocessing | None, device: torch.device, precision: str = "fp32",
             channels_last: bool = False, limit_batches: int | None = None, criterion=None,
             desc: str = "eval") -> tuple[np.ndarray, np.ndarray, float]:
     """targets, predictions and mean loss over (at most limit_batches of) a loader."""
@@ -155,10 +166,14 @@ def build_scheduler(cfg: Config, optimizer, steps_per_epoch: int):
 
 class Trainer:
     def __init__(self, cfg: Config, model: nn.Module, pre: Preprocessing, loaders: dict, run_dir: Path,
-                 classes: list[str], tracker: Tracker | None = None):
+                 classes: list[str], tracker: Tracker | None = None, head_only: bool = False):
+        """head_only: the loaders yield cached backbone features, and only the head runs (see features.py)."""
         self.cfg, self.model, self.pre, self.loaders = cfg, model, pre, loaders
+        self.forward_module = model.get_submodule(ARCHS[cfg.model.arch].head) if head_only else model
+        self.input_pre = None if head_only else pre
         self.run_dir, self.classes = run_dir, classes
         self.tracker = tracker or Tracker()
+        self.on_epoch = None  # callable(row) after each epoch is recorded; may raise StopRun
         self.device = resolve_device(cfg.train.device)
         self.model.to(self.device)
         if cfg.train.channels_last:
@@ -178,7 +193,7 @@ class Trainer:
         return autocast(self.device, self.cfg.train.precision)
 
     def _prepare(self, images: torch.Tensor) -> torch.Tensor:
-        return prepare_batch(images, self.pre, self.device, self.cfg.train.channels_last)
+        return prepare_batch(images, self.input_pre, self.device, self.cfg.train.channels_last)
 
     def backbone_frozen(self, epoch: int) -> bool:
         m = self.cfg.model
@@ -241,7 +256,7 @@ class Trainer:
                     self.diagnostics.watch_activations(self.model)
                 x, y = self._prepare(images), targets.to(self.device)
                 with self._autocast():
-                    logits = self.model(x)
+                    logits = self.forward_module(x)
                 loss = self.criterion(logits.float(), y)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -270,7 +285,7 @@ class Trainer:
                 **profile.finish(seen)}
 
     def predict(self, loader, desc: str = "eval") -> tuple[np.ndarray, np.ndarray, float]:
-        return predict(self.model, loader, self.pre, self.device, self.cfg.train.precision,
+        return predict(self.forward_module, loader, self.input_pre, self.device, self.cfg.train.precision,
                        self.cfg.train.channels_last, self.cfg.train.limit_batches, self.criterion, desc)
 
     def fit(self) -> TrainState:
@@ -297,6 +312,8 @@ class Trainer:
                     **train,  # images_per_second is training throughput only, plus the epoch's profile
                 }
                 self._record(epoch, row)
+                if self.on_epoch:
+                    self.on_epoch(row)
                 if stop.requested:
                     raise Interrupted
                 if patience and self.state.epochs_without_improvement >= patience:

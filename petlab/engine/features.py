@@ -1,0 +1,108 @@
+"""Frozen-backbone feature cache: head-only training without running the backbone every epoch.
+
+When the backbone is frozen for the whole run and training images are not augmented, every
+epoch would push the same pixels through the same backbone. So each image's features are
+computed once, stored under the cache root keyed by (architecture, weights, preprocessing,
+precision, images), and the head trains on them: a sweep's head-only trials then cost seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+from tqdm import tqdm
+
+from petlab.config import Config
+from petlab.data.cache import DecodedImages
+from petlab.data.loaders import make_loader
+from petlab.data.transforms import Preprocessing
+from petlab.models import ARCHS
+
+log = logging.getLogger(__name__)
+FEATURES_FORMAT = 1
+
+
+def uses_feature_cache(cfg: Config) -> bool:
+    m = cfg.model
+    return m.freeze_backbone and m.unfreeze_at is None and not cfg.data.augment
+
+
+def weights_identity(cfg: Config) -> str:
+    """What the backbone's weights are, for the cache key: a file's content stamp, or the pretrained source."""
+    if cfg.model.weights:
+        st = os.stat(cfg.model.weights)
+        return f"file:{Path(cfg.model.weights).resolve()}:{st.st_size}:{st.st_mtime_ns}"
+    return f"pretrained:{cfg.model.arch}" if cfg.model.pretrained else f"random:{cfg.model.arch}:seed{cfg.seed}"
+
+
+@contextmanager
+def without_head(model: nn.Module, head: str):
+    """The model with its head swapped for Identity, so a forward pass returns the head's input."""
+    parent_name, _, child = head.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    original = getattr(parent, child) if not child.isdigit() else parent[int(child)]
+    _set(parent, child, nn.Identity())
+    try:
+        yield model
+    finally:
+        _set(parent, child, original)
+
+
+def _set(parent: nn.Module, child: str, module: nn.Module) -> None:
+    if child.isdigit():
+        parent[int(child)] = module
+    else:
+        setattr(parent, child, module)
+
+
+@torch.inference_mode()
+def backbone_features(cfg: Config, model: nn.Module, decoded: DecodedImages, pre: Preprocessing, split: str,
+                      cache_dir: Path, device: torch.device) -> np.ndarray:
+    """(N, F) float32 features of the eval crops of `decoded`, from the cache when already computed."""
+    from petlab.engine.trainer import autocast, prepare_batch
+
+    t = cfg.train
+    identity = [FEATURES_FORMAT, cfg.model.arch, weights_identity(cfg), pre.to_dict(), t.precision,
+                t.channels_last, decoded.key]
+    key = hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:24]
+    path = cache_dir / "features" / f"{key}.npy"
+    if path.is_file():
+        log.info("features (%s): cached %s", split, path.name)
+        return np.load(path)
+    loader = make_loader(decoded, pre, False, t.eval_batch_size or 2 * t.batch_size, cfg.data.num_workers)
+    model.eval()
+    chunks = []
+    with without_head(model, ARCHS[cfg.model.arch].head) as backbone:
+        for images, _ in tqdm(loader, desc=f"features {split}", unit="batch", leave=False):
+            with autocast(device, t.precision):
+                chunks.append(backbone(prepare_batch(images, pre, device, t.channels_last)).float().cpu())
+    features = torch.cat(chunks).flatten(1).numpy()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(f".{uuid.uuid4().hex}.npy")
+    np.save(staging, features)
+    os.replace(staging, path)
+    return features
+
+
+def feature_loaders(cfg: Config, model: nn.Module, decoded: dict, pre: Preprocessing, cache_dir: Path,
+                    device: torch.device) -> dict:
+    """Loaders of (features, label) with the same batching as the image loaders."""
+    loaders = {}
+    for split, images in decoded.items():
+        features = torch.from_numpy(backbone_features(cfg, model, images, pre, split, cache_dir, device))
+        dataset = TensorDataset(features, torch.from_numpy(images.labels))
+        train = split == "train"
+        batch = cfg.train.batch_size if train else cfg.train.eval_batch_size or 2 * cfg.train.batch_size
+        loaders[split] = DataLoader(dataset, batch_size=batch, shuffle=train,
+                                    generator=torch.Generator() if train else None)
+    return loaders
