@@ -1,0 +1,108 @@
+"""Hyperparameter sweep: python experiments/sweep.py --config experiments/configs/sweep_X.yaml [--trials N]
+
+Runs trials until the study holds N (complete, pruned or running) -- so running the same command
+again resumes the study instead of starting over. Any run.py flag (--data-dir, --epochs,
+--limit-batches, ...) overrides the base experiment for every trial. Storage: SQLite in runs/ by
+default, `journal:FILE` for several processes on one host, `postgresql://...` for several machines.
+"""
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+from tqdm import tqdm
+
+from petlab.cli import add_run_flags, overrides_from
+from petlab.config import ConfigError
+from petlab.data import DatasetError
+from petlab.engine.experiment import setup_logging
+from petlab.models.zoo import WeightsError
+from petlab.search.report import write_study_report
+from petlab.search.runner import open_study, retrain_best, work
+from petlab.search.space import load_sweep
+from petlab.search.storage import counted_trials
+
+log = logging.getLogger("petlab")
+
+
+def parse(argv):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_run_flags(parser)  # --config here is the sweep YAML
+    parser.add_argument("--trials", type=int, help="trials in the study in all (default: the sweep config's)")
+    parser.add_argument("--storage", help="sqlite:///FILE (default runs/optuna.db), journal:FILE or postgresql://...")
+    parser.add_argument("--study-name", help="default: the sweep config's study")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
+    parser.add_argument("--timeout", type=float, help="stop starting trials after S seconds")
+    parser.add_argument("--retrain-best", action="store_true", help="retrain the best trial's settings (--epochs E)")
+    parser.add_argument("--report-only", action="store_true", help="only write the study report")
+    parser.add_argument("--report-dir", type=Path, default=Path("reports/sweeps"), help="reports go to DIR/<study>")
+    parser.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
+    return parser, parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    parser, args = parse(argv)
+    if not args.config:
+        parser.error("--config SWEEP_YAML is required")
+    setup_logging()
+    try:
+        sweep = load_sweep(args.config)
+        overrides = overrides_from(args)
+        name = args.study_name or sweep.study
+        n_trials = args.trials or sweep.trials
+        if args.workers < 1 or n_trials < 1:
+            raise ConfigError("--workers and --trials must be positive")
+        if args.worker_index is not None:  # one of the processes started below
+            work(sweep, args.storage, name, n_trials, args.timeout, overrides, args.worker_index)
+            return 0
+        if args.retrain_best:
+            run_dir = retrain_best(sweep, args.storage, name, overrides)
+            print(f"final run: {run_dir}")
+            return 0
+        if not args.report_only:
+            run_workers(args, argv if argv is not None else sys.argv[1:], sweep, name, n_trials)
+        study = open_study(sweep, args.storage, name, create=False)
+        files = write_study_report(study, sweep, args.report_dir / name)
+    except (ConfigError, DatasetError, WeightsError, FileNotFoundError, KeyError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    states = {s.name.lower(): len(study.get_trials(deepcopy=False, states=(s,))) for s in optuna.trial.TrialState}
+    print(f"study {name}: " + ", ".join(f"{n} {s}" for s, n in states.items() if n))
+    if "best" in files:
+        best = study.best_trial
+        print(f"best trial {best.number}: {sweep.metric} {best.value:.4f} {best.params}\n"
+              f"  run: {best.user_attrs.get('run_dir')}\n  config: {files['best']}")
+    print(f"report: {files['trials'].parent}")
+    return 0
+
+
+def run_workers(args, argv, sweep, name, n_trials) -> None:
+    """K worker processes on one study, with one progress bar over the study's finished trials."""
+    if args.workers == 1:
+        work(sweep, args.storage, name, n_trials, args.timeout, overrides_from(args), 0)
+        return
+    threads = max(1, len(os.sched_getaffinity(0)) // args.workers)  # workers share the cores
+    procs = [subprocess.Popen([sys.executable, __file__, *argv, "--worker-index", str(i),
+                               *([] if "train.threads" in overrides_from(args) else ["--threads", str(threads)])])
+             for i in range(args.workers)]
+    study = open_study(sweep, args.storage, name)
+    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    with tqdm(total=n_trials, desc=f"study {name}", unit="trial") as bar:
+        while any(p.poll() is None for p in procs):
+            bar.n = len(study.get_trials(deepcopy=False, states=finished))
+            bar.refresh()
+            time.sleep(2)
+    failed = [p.returncode for p in procs if p.returncode]
+    if failed:
+        log.warning("%d worker(s) exited with errors %s; run the same command again to finish the study",
+                    len(failed), failed)
+    log.info("study %s now holds %d trials", name, counted_trials(study))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

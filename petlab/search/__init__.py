@@ -1,0 +1,1 @@
+"""Optuna sweeps: search spaces, storages, workers, and study reports."""

@@ -1,0 +1,92 @@
+"""Sweep configs: a base experiment, fixed overrides, and a search space over any config key."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from petlab.config import ConfigError, load_config, read_yaml
+
+KINDS = ("loguniform", "uniform", "int", "categorical")
+PRUNERS = ("median", "hyperband", "none")
+
+
+@dataclass
+class SweepConfig:
+    study: str
+    base: Path  # the experiment YAML every trial starts from
+    space: dict[str, dict]
+    overrides: dict[str, Any] = field(default_factory=dict)  # fixed for every trial
+    trials: int = 20
+    metric: str = "val_accuracy"  # or val_loss: reported per epoch (pruning); objective: the best checkpoint's
+    direction: str = "maximize"
+    pruner: str = "median"
+    seed: int = 42
+    output_dir: str = "runs/sweeps"
+    heartbeat_s: int = 5  # RDB storages: how often a running trial says it is alive
+    grace_s: int = 20  # ... and how long silence means its worker died (the trial is then retried)
+
+
+def load_sweep(path: str | Path) -> SweepConfig:
+    path = Path(path)
+    data = read_yaml(path)
+    unknown = set(data) - set(SweepConfig.__dataclass_fields__)
+    if unknown:
+        raise ConfigError(f"{path}: unknown sweep keys {sorted(unknown)}")
+    for key in ("study", "base", "space"):
+        if key not in data:
+            raise ConfigError(f"{path}: missing {key!r}")
+    data["base"] = (path.parent / data["base"]).resolve()
+    sweep = SweepConfig(**data)
+    if sweep.pruner not in PRUNERS:
+        raise ConfigError(f"pruner: {sweep.pruner!r} is not one of {', '.join(PRUNERS)}")
+    if sweep.direction not in ("maximize", "minimize"):
+        raise ConfigError(f"direction: {sweep.direction!r} is not maximize or minimize")
+    for key, spec in sweep.space.items():
+        check_dimension(key, spec)
+    load_config(sweep.base, {**sweep.overrides, **sample_midpoint(sweep.space)})  # every key must exist
+    return sweep
+
+
+def check_dimension(key: str, spec: dict) -> None:
+    kind = spec.get("type")
+    if kind not in KINDS:
+        raise ConfigError(f"space.{key}.type: {kind!r} is not one of {', '.join(KINDS)}")
+    if kind == "categorical":
+        if not spec.get("choices"):
+            raise ConfigError(f"space.{key}: categorical needs a non-empty 'choices' list")
+    else:
+        if "low" not in spec or "high" not in spec or not spec["low"] < spec["high"]:
+            raise ConfigError(f"space.{key}: needs low < high, got {spec.get('low')!r}, {spec.get('high')!r}")
+        if kind == "loguniform" and spec["low"] <= 0:
+            raise ConfigError(f"space.{key}: loguniform needs low > 0")
+
+
+def sample_midpoint(space: dict[str, dict]) -> dict[str, Any]:
+    return {k: s["choices"][0] if s["type"] == "categorical" else s["low"] for k, s in space.items()}
+
+
+def suggest(trial: optuna.Trial, space: dict[str, dict]) -> dict[str, Any]:
+    """{dotted config key: value} for one trial."""
+    values = {}
+    for key, s in space.items():
+        if s["type"] == "loguniform":
+            values[key] = trial.suggest_float(key, float(s["low"]), float(s["high"]), log=True)
+        elif s["type"] == "uniform":
+            values[key] = trial.suggest_float(key, float(s["low"]), float(s["high"]))
+        elif s["type"] == "int":
+            values[key] = trial.suggest_int(key, int(s["low"]), int(s["high"]), step=int(s.get("step", 1)))
+        else:
+            values[key] = trial.suggest_categorical(key, list(s["choices"]))
+    return values
+
+
+def make_pruner(name: str) -> optuna.pruners.BasePruner:
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1)
+    return optuna.pruners.NopPruner()

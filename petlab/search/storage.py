@@ -1,0 +1,139 @@
+"""Where a study lives, and the two things several workers on one study need: admission and reaping.
+
+- `sqlite:///path.db` (the default, embedded, no server), `journal:path.log` (Optuna's journal
+  file: several processes on one host), or any SQLAlchemy URL such as `postgresql://...`
+  (several machines on one study).
+- Admission: a worker starts a trial only while the study has fewer than N trials that are
+  complete, pruned, running or waiting, checked and created under a lock (a file lock beside
+  SQLite/journal files, a PostgreSQL advisory lock), so K workers never overshoot N.
+- Reaping: a trial whose worker died is failed and re-enqueued (same parameters). RDB storages
+  detect it by heartbeat (works across machines); the journal by the worker's pid on this host.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import socket
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+
+import optuna
+from optuna.storages import RetryFailedTrialCallback
+from optuna.storages.journal import JournalFileBackend, JournalStorage
+from optuna.trial import TrialState
+
+from petlab.config import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_STORAGE = f"sqlite:///{REPO_ROOT / 'runs' / 'optuna.db'}"
+MAX_RETRY = 3
+COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+
+
+def open_storage(url: str | None, heartbeat_s: int = 5, grace_s: int = 20) -> optuna.storages.BaseStorage:
+    url = url or DEFAULT_STORAGE
+    retry = RetryFailedTrialCallback(max_retry=MAX_RETRY)
+    if url.startswith("journal:"):
+        path = Path(url.removeprefix("journal:").removeprefix("//"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    kwargs = {}
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}  # several workers write one file
+    elif "://" not in url:
+        raise ConfigError(f"--storage {url!r}: expected sqlite:///FILE, journal:FILE or a database URL "
+                          "such as postgresql://user:password@host/db")
+    return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat_s, grace_period=grace_s,
+                                      failed_trial_callback=retry, **kwargs)
+
+
+def storage_url(url: str | None) -> str:
+    return url or DEFAULT_STORAGE
+
+
+@contextmanager
+def admission_lock(url: str | None):
+    """Serialises 'count the trials, then create one' across every worker of the study."""
+    url = storage_url(url)
+    if url.startswith(("sqlite:///", "journal:")):
+        path = url.removeprefix("sqlite:///").removeprefix("journal:").removeprefix("//")
+        with open(f"{path}.lock", "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+    elif url.startswith("postgresql"):
+        import sqlalchemy
+
+        key = int(hashlib.sha256(b"petlab-admission").hexdigest()[:15], 16)
+        engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            try:
+                yield
+            finally:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+        engine.dispose()
+    else:  # other databases: no cross-machine lock here, so K workers may overshoot by up to K - 1
+        yield
+
+
+def counted_trials(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=COUNTED))
+
+
+def reap_dead_workers(study: optuna.Study) -> None:
+    """Fail and re-enqueue the trials of workers that died (kill -9, a lost machine)."""
+    storage = study._storage  # noqa: SLF001 - optuna exposes no public accessor
+    if isinstance(storage, optuna.storages.RDBStorage) or hasattr(storage, "get_heartbeat_interval"):
+        optuna.storages.fail_stale_trials(study)
+        return
+    host = socket.gethostname()
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        attrs = trial.user_attrs
+        if attrs.get("worker_host") == host and not _alive(attrs.get("worker_pid", -1)):
+            study_id = storage.get_study_id_from_name(study.study_name)
+            trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+            if storage.set_trial_state_values(trial_id, TrialState.FAIL):
+                RetryFailedTrialCallback(max_retry=MAX_RETRY)(study, storage.get_trial(trial_id))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return pid > 0
+
+
+@contextmanager
+def heartbeat(study: optuna.Study, trial: optuna.Trial):
+    """Keeps the trial's heartbeat fresh while it runs (what study.optimize does for its own trials)."""
+    storage = study._storage  # noqa: SLF001
+    interval = storage.get_heartbeat_interval() if hasattr(storage, "get_heartbeat_interval") else None
+    if not interval:
+        yield
+        return
+    study_id = storage.get_study_id_from_name(study.study_name)
+    trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+    stop = threading.Event()
+
+    def beat():
+        while not stop.is_set():
+            storage.record_heartbeat(trial_id)
+            stop.wait(interval)
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()

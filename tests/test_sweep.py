@@ -1,0 +1,146 @@
+"""experiments/sweep.py end to end on generated images: resume, workers, a killed worker, the report."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+import yaml
+from optuna.storages import RetryFailedTrialCallback
+from optuna.trial import TrialState
+
+from petlab.config import load_config
+from tests.imaging import make_imagefolder
+from tests.runs import REPO, script
+
+BASE = {"name": "tiny", "task": "cats_vs_dogs",
+        "model": {"arch": "resnet18", "freeze_backbone": True},
+        "data": {"image_size": 64, "augment": False},  # head-only on cached features: trials take seconds
+        "train": {"epochs": 2, "batch_size": 8, "lr": 0.01, "threads": 1}}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_imagefolder(tmp_path_factory.mktemp("sweepdata"), {"train": 12, "val": 4, "test": 2})
+
+
+def sweep_files(tmp_path, trials=4, base=None, **extra):
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base or BASE))
+    sweep = {"study": "tiny", "base": "base.yaml", "trials": trials, "pruner": "median", "seed": 1,
+             "heartbeat_s": 1, "grace_s": 3, "output_dir": str(tmp_path / "runs"),
+             "space": {"train.lr": {"type": "loguniform", "low": 1e-3, "high": 1e-1},
+                       "train.batch_size": {"type": "categorical", "choices": [4, 8]}}, **extra}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    return path
+
+
+def sweep_args(tmp_path, data, storage, *more):
+    return ["--config", sweep_files(tmp_path) if not (tmp_path / "sweep.yaml").exists() else tmp_path / "sweep.yaml",
+            "--data-dir", data, "--storage", storage, "--tracking", "none", "--report-dir", tmp_path / "reports",
+            *more]
+
+
+def trials(storage, name="tiny"):
+    return optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+
+
+def states(storage):
+    found = {}
+    for t in trials(storage):
+        found[t.state.name] = found.get(t.state.name, 0) + 1
+    return found
+
+
+def test_a_study_runs_resumes_to_its_total_and_never_overshoots(tmp_path, data):
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    sweep_files(tmp_path, trials=3)
+    script("sweep.py", *sweep_args(tmp_path, data, storage))
+    assert states(storage) == {"COMPLETE": 3}
+    script("sweep.py", *sweep_args(tmp_path, data, storage, "--trials", "5"))
+    assert states(storage) == {"COMPLETE": 5}
+    proc = script("sweep.py", *sweep_args(tmp_path, data, storage, "--trials", "5"))
+    assert states(storage) == {"COMPLETE": 5} and "5 complete" in proc.stdout
+    for t in trials(storage):  # the trial knows its run, and the run its trial
+        results = json.loads(open(f"{t.user_attrs['run_dir']}/results.json").read())
+        assert f"trial:{t.number}" in results["tags"] and "study:tiny" in results["tags"]
+        assert results["feature_cache"] is True
+        config = yaml.safe_load(open(f"{t.user_attrs['run_dir']}/config.yaml"))
+        assert config["train"]["lr"] == pytest.approx(t.params["train.lr"])
+        assert config["train"]["batch_size"] == t.params["train.batch_size"]
+        assert t.value == pytest.approx(results["val"]["accuracy"])
+
+
+def test_study_report_has_figures_table_and_a_runnable_best_config(tmp_path, data):
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    script("sweep.py", *sweep_args(tmp_path, data, storage, "--trials", "4"))
+    folder = tmp_path / "reports" / "tiny"
+    for name in ("optimization_history", "param_importances", "parallel_coordinate", "slice"):
+        assert (folder / f"{name}.png").stat().st_size > 10_000, name
+        assert "plotly" in (folder / f"{name}.html").read_text()[:5000].lower(), name
+    table = (folder / "trials.csv").read_text().splitlines()
+    assert len(table) == 5 and "params_train.lr" in table[0]
+    best = load_config(folder / "best_params.yaml")
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    assert best.train.lr == pytest.approx(study.best_params["train.lr"]) and best.model.arch == "resnet18"
+    final = script("sweep.py", *sweep_args(tmp_path, data, storage, "--retrain-best", "--epochs", "3"))
+    run_dir = final.stdout.split("final run: ")[1].strip()
+    results = json.loads(open(f"{run_dir}/results.json").read())
+    assert results["epochs_completed"] == 3 and "final" in results["tags"]
+    assert optuna.load_study(study_name="tiny", storage=storage).user_attrs["final_run"] == run_dir
+
+
+@pytest.mark.parametrize("storage_kind", ["journal", "sqlite"])
+def test_two_workers_share_one_study_without_losing_or_duplicating_trials(tmp_path, data, storage_kind):
+    storage = f"journal:{tmp_path / 'study.log'}" if storage_kind == "journal" else f"sqlite:///{tmp_path / 's.db'}"
+    sweep_files(tmp_path, trials=6)
+    script("sweep.py", *sweep_args(tmp_path, data, storage, "--workers", "2"))
+    if storage_kind == "journal":
+        storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "study.log")))
+    done = trials(storage)
+    assert [t.state for t in done] == [TrialState.COMPLETE] * 6
+    assert sorted(t.number for t in done) == list(range(6))
+    assert len({t.user_attrs["worker_pid"] for t in done}) == 2  # both workers ran trials
+    assert len({t.user_attrs["run_dir"] for t in done}) == 6
+
+
+def test_a_killed_worker_s_trial_is_detected_and_retried(tmp_path, data):
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    slow = {**BASE, "data": {"image_size": 64, "augment": True}, "train": {**BASE["train"], "epochs": 200}}
+    sweep_files(tmp_path, trials=3, base=slow)
+    worker = subprocess.Popen([sys.executable, str(REPO / "experiments/sweep.py"),
+                               *map(str, sweep_args(tmp_path, data, storage))], cwd=REPO,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    victim = None
+    while time.monotonic() < deadline and victim is None:
+        time.sleep(0.5)
+        try:
+            running = [t for t in trials(storage) if t.state == TrialState.RUNNING and "run_dir" not in t.user_attrs]
+        except (KeyError, optuna.exceptions.StorageInternalError):
+            continue
+        victim = running[0] if running and any((tmp_path / "runs").rglob("metrics.csv")) else None
+    assert victim is not None, "no trial started"
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    assert trials(storage)[victim.number].state == TrialState.RUNNING  # left behind by the dead worker
+
+    script("sweep.py", *sweep_args(tmp_path, data, storage, "--epochs", "1"))
+    final = trials(storage)
+    assert final[victim.number].state == TrialState.FAIL
+    retries = [t for t in final if RetryFailedTrialCallback.retried_trial_number(t) == victim.number]
+    assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
+    assert retries[0].params == victim.params
+    assert sum(t.state == TrialState.COMPLETE for t in final) == 3
+
+
+def test_bad_sweep_configs_are_clear_errors(tmp_path, data):
+    path = sweep_files(tmp_path, space={"train.lr": {"type": "loguniform", "low": 0, "high": 1}})
+    proc = script("sweep.py", "--config", path, "--data-dir", data, check=False)
+    assert proc.returncode == 2 and "loguniform needs low > 0" in proc.stderr
+    path = sweep_files(tmp_path, space={"train.nope": {"type": "uniform", "low": 0, "high": 1}})
+    proc = script("sweep.py", "--config", path, "--data-dir", data, check=False)
+    assert proc.returncode == 2 and "unknown config key" in proc.stderr
