@@ -9,10 +9,10 @@ import time
 import optuna
 import pytest
 import yaml
-from optuna.storages import RetryFailedTrialCallback
 from optuna.trial import TrialState
 
 from petlab.config import load_config
+from petlab.search.storage import open_storage
 from tests.imaging import make_imagefolder
 from tests.runs import REPO, script
 
@@ -99,7 +99,7 @@ def test_two_workers_share_one_study_without_losing_or_duplicating_trials(tmp_pa
     sweep_files(tmp_path, trials=6)
     script("sweep.py", *sweep_args(tmp_path, data, storage, "--workers", "2"))
     if storage_kind == "journal":
-        storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "study.log")))
+        storage = open_storage(storage)  # optuna.load_study takes URLs of databases only
     done = trials(storage)
     assert [t.state for t in done] == [TrialState.COMPLETE] * 6
     assert sorted(t.number for t in done) == list(range(6))
@@ -131,7 +131,7 @@ def test_a_killed_worker_s_trial_is_detected_and_retried(tmp_path, data):
     script("sweep.py", *sweep_args(tmp_path, data, storage, "--epochs", "1"))
     final = trials(storage)
     assert final[victim.number].state == TrialState.FAIL
-    retries = [t for t in final if RetryFailedTrialCallback.retried_trial_number(t) == victim.number]
+    retries = [t for t in final if t.system_attrs.get("failed_trial") == victim.number]
     assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
     assert retries[0].params == victim.params
     assert sum(t.state == TrialState.COMPLETE for t in final) == 3
