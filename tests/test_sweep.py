@@ -14,6 +14,7 @@ from optuna.trial import TrialState
 from petlab.config import load_config
 from petlab.search.storage import open_storage
 from tests.imaging import make_imagefolder
+from tests.postgres import postgres_server
 from tests.runs import REPO, script
 
 BASE = {"name": "tiny", "task": "cats_vs_dogs",
@@ -93,9 +94,20 @@ def test_study_report_has_figures_table_and_a_runnable_best_config(tmp_path, dat
     assert optuna.load_study(study_name="tiny", storage=storage).user_attrs["final_run"] == run_dir
 
 
-@pytest.mark.parametrize("storage_kind", ["journal", "sqlite"])
-def test_two_workers_share_one_study_without_losing_or_duplicating_trials(tmp_path, data, storage_kind):
-    storage = f"journal:{tmp_path / 'study.log'}" if storage_kind == "journal" else f"sqlite:///{tmp_path / 's.db'}"
+@pytest.fixture(scope="module")
+def postgres():
+    with postgres_server() as url:
+        yield url
+
+
+@pytest.mark.parametrize("storage_kind", ["journal", "postgresql"])
+def test_two_workers_share_one_study_without_losing_or_duplicating_trials(tmp_path, data, storage_kind, request):
+    if storage_kind == "journal":
+        storage = f"journal:{tmp_path / 'study.log'}"
+    else:  # the multi-machine path: a real server; a fresh study name per run of the suite
+        storage = request.getfixturevalue("postgres")
+        optuna.delete_study(study_name="tiny", storage=storage) if "tiny" in optuna.get_all_study_names(storage) \
+            else None
     sweep_files(tmp_path, trials=6)
     script("sweep.py", *sweep_args(tmp_path, data, storage, "--workers", "2"))
     if storage_kind == "journal":
