@@ -8,6 +8,7 @@ from pathlib import Path
 
 import optuna
 import yaml
+from matplotlib.ticker import NullFormatter
 
 from petlab.reports.figures import pyplot
 from petlab.search.space import SweepConfig
@@ -41,10 +42,14 @@ def write_study_report(study: optuna.Study, sweep: SweepConfig, out_dir: Path) -
             try:
                 ax = getattr(optuna.visualization.matplotlib, function)(study)
                 fig = (ax.flat[0] if hasattr(ax, "flat") else ax).get_figure()
-                fig.set_size_inches(max(fig.get_size_inches()[0], 8), max(fig.get_size_inches()[1], 5))
-                fig.tight_layout()
+                panels = len(ax.flat) if hasattr(ax, "flat") else 1
+                fig.set_size_inches(max(8, 5 * panels + 2), 5)  # room for each slice and the colour bar
+                for axis in fig.axes:  # log axes: major ticks only, or the labels run into each other
+                    for which in (axis.xaxis, axis.yaxis):
+                        if which.get_scale() == "log":
+                            which.set_minor_formatter(NullFormatter())
                 files[f"{name}_png"] = out_dir / f"{name}.png"
-                fig.savefig(files[f"{name}_png"], dpi=110)
+                fig.savefig(files[f"{name}_png"], dpi=110, bbox_inches="tight")
                 plt.close(fig)
                 files[f"{name}_html"] = out_dir / f"{name}.html"
                 getattr(optuna.visualization, function)(study).write_html(files[f"{name}_html"],

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import optuna
-from optuna.storages import RetryFailedTrialCallback
+from optuna.storages import RetryHeartbeatStaleTrialCallback as RetryStale
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import TrialState
 
@@ -35,7 +35,6 @@ COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialStat
 
 def open_storage(url: str | None, heartbeat_s: int = 5, grace_s: int = 20) -> optuna.storages.BaseStorage:
     url = url or DEFAULT_STORAGE
-    retry = RetryFailedTrialCallback(max_retry=MAX_RETRY)
     if url.startswith("journal:"):
         path = Path(url.removeprefix("journal:").removeprefix("//"))
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -48,7 +47,7 @@ def open_storage(url: str | None, heartbeat_s: int = 5, grace_s: int = 20) -> op
         raise ConfigError(f"--storage {url!r}: expected sqlite:///FILE, journal:FILE or a database URL "
                           "such as postgresql://user:password@host/db")
     return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat_s, grace_period=grace_s,
-                                      failed_trial_callback=retry, **kwargs)
+                                      heartbeat_stale_trial_callback=RetryStale(max_retry=MAX_RETRY), **kwargs)
 
 
 def storage_url(url: str | None) -> str:
@@ -100,7 +99,7 @@ def reap_dead_workers(study: optuna.Study) -> None:
             study_id = storage.get_study_id_from_name(study.study_name)
             trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
             if storage.set_trial_state_values(trial_id, TrialState.FAIL):
-                RetryFailedTrialCallback(max_retry=MAX_RETRY)(study, storage.get_trial(trial_id))
+                RetryStale(max_retry=MAX_RETRY)(study, storage.get_trial(trial_id))
 
 
 def _alive(pid: int) -> bool:
