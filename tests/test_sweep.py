@@ -12,6 +12,7 @@ import yaml
 from optuna.trial import TrialState
 
 from petlab.config import load_config
+from petlab.search.space import load_sweep
 from petlab.search.storage import open_storage
 from tests.imaging import make_imagefolder
 from tests.postgres import postgres_server
@@ -156,3 +157,10 @@ def test_bad_sweep_configs_are_clear_errors(tmp_path, data):
     path = sweep_files(tmp_path, space={"train.nope": {"type": "uniform", "low": 0, "high": 1}})
     proc = script("sweep.py", "--config", path, "--data-dir", data, check=False)
     assert proc.returncode == 2 and "unknown config key" in proc.stderr
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "experiments/configs/sweeps").glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_sweep_configs_load(path):
+    sweep = load_sweep(path)
+    assert sweep.base.is_file() and sweep.trials >= 20
+    assert load_config(sweep.base, sweep.overrides).model.freeze_backbone  # head-only: the feature cache applies
