@@ -118,6 +118,8 @@ def test_two_workers_share_one_study_without_losing_or_duplicating_trials(tmp_pa
     assert sorted(t.number for t in done) == list(range(6))
     assert len({t.user_attrs["worker_pid"] for t in done}) == 2  # both workers ran trials
     assert len({t.user_attrs["run_dir"] for t in done}) == 6
+    for t in done:  # a worker runs several experiments; each train.log holds only its own
+        assert open(f"{t.user_attrs['run_dir']}/train.log").read().count("done in") == 1
 
 
 def test_a_killed_worker_s_trial_is_detected_and_retried(tmp_path, data):

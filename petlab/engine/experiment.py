@@ -43,12 +43,15 @@ log = logging.getLogger("petlab")
 EXIT_INTERRUPTED = 130
 
 
-def setup_logging(run_dir: Path | None = None) -> None:
+def setup_logging(run_dir: Path | None = None) -> logging.Handler | None:
+    """Console logging, plus the run's train.log; returns that file's handler so it can be removed."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    if run_dir is not None:
-        handler = logging.FileHandler(run_dir / "train.log")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        logging.getLogger().addHandler(handler)
+    if run_dir is None:
+        return None
+    handler = logging.FileHandler(run_dir / "train.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+    return handler
 
 
 def new_run_dir(cfg: Config) -> Path:
@@ -136,9 +139,13 @@ def run_experiment(cfg: Config | None = None, resume: Path | None = None, on_epo
         cfg = read_run_config(run_dir)
     else:
         run_dir = new_run_dir(cfg)
-    setup_logging(run_dir)
-    with logging_redirect_tqdm():
-        return run_dir, _run(cfg, run_dir, resume is not None, started, on_epoch)
+    handler = setup_logging(run_dir)
+    try:
+        with logging_redirect_tqdm():
+            return run_dir, _run(cfg, run_dir, resume is not None, started, on_epoch)
+    finally:  # a sweep worker runs many experiments: each train.log gets only its own run
+        logging.getLogger().removeHandler(handler)
+        handler.close()
 
 
 def previous_record(run_dir: Path) -> dict:

@@ -60,7 +60,8 @@ def admission_lock(url: str | None):
     url = storage_url(url)
     if url.startswith(("sqlite:///", "journal:")):
         path = url.removeprefix("sqlite:///").removeprefix("journal:").removeprefix("//")
-        with open(f"{path}.lock", "a") as fh:
+        # not "<path>.lock": that name is the journal backend's own symlink lock
+        with open(f"{path}.admission.lock", "a") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
                 yield
