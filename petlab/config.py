@@ -174,7 +174,8 @@ def _update(section: Any, updates: dict[str, Any], prefix: str = "") -> None:
             setattr(section, key, _coerce(full, value, hints[key]))
 
 
-def _dotted_to_nested(overrides: dict[str, Any]) -> dict[str, Any]:
+def dotted_to_nested(overrides: dict[str, Any]) -> dict[str, Any]:
+    """{"train.lr": 0.1} -> {"train": {"lr": 0.1}}: the inverse of Config.flat()."""
     nested: dict[str, Any] = {}
     for dotted, value in overrides.items():
         node = nested
@@ -204,7 +205,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     if path is not None:
         _update(cfg, read_yaml(path))
     if overrides:
-        _update(cfg, _dotted_to_nested(overrides))
+        _update(cfg, dotted_to_nested(overrides))
     validate(cfg)
     return cfg
 

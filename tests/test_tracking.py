@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from petlab.config import config_from_dict
 from tests.imaging import make_imagefolder
 from tests.runs import REPO, TINY, only_run_dir
 
@@ -87,13 +88,7 @@ def test_archive_holds_config_summary_metrics_figures_model_and_tags(offline_run
     for p in archive["messages"]["parameter_msg"]:
         p = p.get("param") or p["params"]  # list values come as "params"
         params[p["paramName"]] = p["paramValue"]
-    config = yaml.safe_load((run_dir / "config.yaml").read_text())
-
-    def flat(d, prefix=""):
-        for k, v in d.items():
-            yield from flat(v, f"{prefix}{k}.") if isinstance(v, dict) else [(f"{prefix}{k}", v)]
-
-    resolved = dict(flat(config))
+    resolved = config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text())).flat()
     assert set(resolved) <= set(params), set(resolved) - set(params)
     assert all(params[k] == v for k, v in resolved.items())
     assert params["dataset.classes"] == ["cat", "dog"] and params["dataset.size.train"] == 24

@@ -225,7 +225,6 @@ def _train(cfg, run_dir, resuming, started, splits, pre, decoded, model, weights
         log.info("stopped after epoch %d: %s", trainer.state.epoch, stop)
         write_json(run_dir / "results.json", {**base, "status": stop.status, "reason": str(stop),
                                                "epochs_completed": trainer.state.epoch,
-                                               "history": trainer.state.history,
                                                "best_val_accuracy": trainer.state.best_val_accuracy,
                                                "diagnostics": trainer.state.events,
                                                "wall_time_s": time.perf_counter() - started})

@@ -49,20 +49,13 @@ def weights_identity(cfg: Config) -> str:
 def without_head(model: nn.Module, head: str):
     """The model with its head swapped for Identity, so a forward pass returns the head's input."""
     parent_name, _, child = head.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    original = getattr(parent, child) if not child.isdigit() else parent[int(child)]
-    _set(parent, child, nn.Identity())
+    parent = model.get_submodule(parent_name)  # "" is the model itself
+    original = model.get_submodule(head)
+    setattr(parent, child, nn.Identity())  # also right for Sequential indices such as "classifier.1"
     try:
         yield model
     finally:
-        _set(parent, child, original)
-
-
-def _set(parent: nn.Module, child: str, module: nn.Module) -> None:
-    if child.isdigit():
-        parent[int(child)] = module
-    else:
-        setattr(parent, child, module)
+        setattr(parent, child, original)
 
 
 @torch.inference_mode()

@@ -12,6 +12,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from petlab.config import dotted_to_nested
+
 log = logging.getLogger(__name__)
 
 
@@ -67,20 +69,6 @@ def find_local_runs(roots: list[Path]) -> list[RunRecord]:
     return found
 
 
-def _nested(flat: dict) -> dict:
-    nested: dict = {}
-    for dotted, value in flat.items():
-        node = nested
-        *parents, leaf = dotted.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                break
-        else:
-            node[leaf] = value
-    return nested
-
-
 def find_comet_runs(workspace: str | None, project: str) -> list[RunRecord]:
     """Experiments of a Comet project as records (online only: needs COMET_API_KEY)."""
     from petlab.tracking.comet import configure_comet_environment
@@ -98,7 +86,7 @@ def find_comet_runs(workspace: str | None, project: str) -> list[RunRecord]:
         others = {o["name"]: o["valueCurrent"] for o in exp.get_others_summary()}
         if "val_accuracy_final" not in metrics:
             continue  # unfinished or not a petlab experiment
-        config = _nested(params)
+        config = dotted_to_nested(params)
         history = _comet_history(exp)
         results = {"val": {"accuracy": metrics["val_accuracy_final"]}, "tags": exp.get_tags(),
                    "params_total": int(float(others.get("params_total", 0))),

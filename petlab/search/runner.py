@@ -33,10 +33,10 @@ def open_study(sweep: SweepConfig, storage_url: str | None, study_name: str | No
         return optuna.load_study(study_name=name, storage=storage)
     # Seeded TPE; each worker (and each resumption) gets its own stream, or parallel workers
     # would draw identical startup trials.
-    probe = optuna.create_study(study_name=name, storage=storage, direction=sweep.direction, load_if_exists=True)
-    seed = sweep.seed + 1000 * seed_offset + len(probe.trials)
-    return optuna.create_study(study_name=name, storage=storage, direction=sweep.direction, load_if_exists=True,
-                               sampler=optuna.samplers.TPESampler(seed=seed), pruner=make_pruner(sweep.pruner))
+    study = optuna.create_study(study_name=name, storage=storage, direction=sweep.direction, load_if_exists=True,
+                                pruner=make_pruner(sweep.pruner))
+    study.sampler = optuna.samplers.TPESampler(seed=sweep.seed + 1000 * seed_offset + len(study.trials))
+    return study
 
 
 def trial_config(sweep: SweepConfig, study: str, params: dict, overrides: dict, tags: list[str]) -> Config:

@@ -33,15 +33,23 @@ MAX_RETRY = 3
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 
 
+def storage_file(url: str) -> Path | None:
+    """The file behind a sqlite:/// or journal: URL; None for a database server."""
+    for prefix in ("sqlite:///", "journal://", "journal:"):
+        if url.startswith(prefix):
+            return Path(url.removeprefix(prefix))
+    return None
+
+
 def open_storage(url: str | None, heartbeat_s: int = 5, grace_s: int = 20) -> optuna.storages.BaseStorage:
     url = url or DEFAULT_STORAGE
-    if url.startswith("journal:"):
-        path = Path(url.removeprefix("journal:").removeprefix("//"))
+    path = storage_file(url)
+    if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
+    if url.startswith("journal:"):
         return JournalStorage(JournalFileBackend(str(path)))
     kwargs = {}
-    if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    if path is not None:
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}  # several workers write one file
     elif "://" not in url:
         raise ConfigError(f"--storage {url!r}: expected sqlite:///FILE, journal:FILE or a database URL "
@@ -50,16 +58,12 @@ def open_storage(url: str | None, heartbeat_s: int = 5, grace_s: int = 20) -> op
                                       heartbeat_stale_trial_callback=RetryStale(max_retry=MAX_RETRY), **kwargs)
 
 
-def storage_url(url: str | None) -> str:
-    return url or DEFAULT_STORAGE
-
-
 @contextmanager
 def admission_lock(url: str | None):
     """Serialises 'count the trials, then create one' across every worker of the study."""
-    url = storage_url(url)
-    if url.startswith(("sqlite:///", "journal:")):
-        path = url.removeprefix("sqlite:///").removeprefix("journal:").removeprefix("//")
+    url = url or DEFAULT_STORAGE
+    path = storage_file(url)
+    if path is not None:
         # not "<path>.lock": that name is the journal backend's own symlink lock
         with open(f"{path}.admission.lock", "a") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
@@ -90,7 +94,7 @@ def counted_trials(study: optuna.Study) -> int:
 def reap_dead_workers(study: optuna.Study) -> None:
     """Fail and re-enqueue the trials of workers that died (kill -9, a lost machine)."""
     storage = study._storage  # noqa: SLF001 - optuna exposes no public accessor
-    if isinstance(storage, optuna.storages.RDBStorage) or hasattr(storage, "get_heartbeat_interval"):
+    if hasattr(storage, "get_heartbeat_interval"):  # RDB storages (behind optuna's cache): heartbeats
         optuna.storages.fail_stale_trials(study)
         return
     host = socket.gethostname()
