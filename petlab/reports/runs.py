@@ -25,6 +25,7 @@ class RunRecord:
     history: list[dict] = field(default_factory=list)
     started: datetime | None = None
     source: str = "local"
+    path: Path | None = None  # the run directory (local runs)
 
     @property
     def task(self) -> str:
@@ -55,7 +56,7 @@ def read_local_run(run_dir: Path) -> RunRecord | None:
     started = results.get("started_at")
     started = datetime.fromisoformat(started) if started else datetime.fromtimestamp(
         (run_dir / "config.yaml").stat().st_mtime)
-    return RunRecord(run_dir.name, config, results, history, started)
+    return RunRecord(run_dir.name, config, results, history, started, path=run_dir)
 
 
 def find_local_runs(roots: list[Path]) -> list[RunRecord]:

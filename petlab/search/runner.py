@@ -25,6 +25,13 @@ from petlab.search.storage import admission_lock, counted_trials, heartbeat, ope
 log = logging.getLogger(__name__)
 
 
+def study_run_dirs(study_name: str, storage_url: str | None) -> list[Path]:
+    """The run directories of a study's trials, plus its --retrain-best run."""
+    study = optuna.load_study(study_name=study_name, storage=open_storage(storage_url))
+    dirs = [t.user_attrs.get("run_dir") for t in study.trials] + [study.user_attrs.get("final_run")]
+    return [Path(d) for d in dirs if d and Path(d).is_dir()]
+
+
 def open_study(sweep: SweepConfig, storage_url: str | None, study_name: str | None, seed_offset: int = 0,
                create: bool = True) -> optuna.Study:
     storage = open_storage(storage_url, sweep.heartbeat_s, sweep.grace_s)

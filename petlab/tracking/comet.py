@@ -163,6 +163,12 @@ class CometTracker(Tracker):
         self.experiment.log_model(name, str(path))
 
     @guarded
+    def register_model(self, name, version, status, description, tags):
+        """Register a model logged in this experiment (offline: queued in the archive until upload)."""
+        self.experiment.register_model(name, version=version, status=status, description=description, tags=tags)
+        return True
+
+    @guarded
     def add_tags(self, tags):
         self.experiment.add_tags(list(tags))
 

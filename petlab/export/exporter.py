@@ -1,0 +1,111 @@
+"""Export a trained model twice and prove both copies compute what the eager model computes.
+
+- TorchScript by `torch.jit.trace`, as the seed project did. A TracerWarning means the trace
+  may have frozen a data-dependent branch, so any TracerWarning fails the export.
+- `torch.export` (an ExportedProgram saved as .pt2), the format current PyTorch recommends
+  now that TorchScript is deprecated; the batch dimension is dynamic.
+Both take float32 NCHW tensors already normalised (preprocessing stays outside the graph, see
+the model card) and return logits. Each file is saved, loaded back, and compared with the eager
+model on real images at batch sizes 1 and 8 that differ from the tracing batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+EXPORT_FILES = {"torch_export": "model.pt2", "torchscript": "model.ts"}
+PREFERENCE = ("torch_export", "torchscript")  # what a server should load first
+MAX_BATCH = 1024
+
+
+class ExportError(RuntimeError):
+    pass
+
+
+def _trace(model: torch.nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        traced = torch.jit.trace(model, example)  # check_trace re-runs it: a mismatch is a TracerWarning too
+    tracer = [w for w in caught if issubclass(w.category, torch.jit.TracerWarning)]
+    if tracer:
+        details = "; ".join(f"{Path(w.filename).name}:{w.lineno}: {w.message}" for w in tracer[:3])
+        raise ExportError(f"torch.jit.trace gave {len(tracer)} TracerWarning(s), so the traced graph may not "
+                          f"match the model on other inputs: {details}")
+    for w in caught:  # TorchScript's own deprecation notice is expected; anything else is worth seeing
+        if not (issubclass(w.category, FutureWarning) and "deprecated" in str(w.message)):
+            log.warning("while tracing: %s: %s", w.category.__name__, w.message)
+    return traced
+
+
+def _export(model: torch.nn.Module, example: torch.Tensor) -> torch.export.ExportedProgram:
+    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    try:
+        return torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
+    except Exception as exc:  # torch.export's errors are long; the first lines say what broke
+        raise ExportError(f"torch.export failed: {str(exc).strip().splitlines()[0]}") from exc
+
+
+def load_exported(path: str | Path):
+    """A saved export as a callable module: tensor [N, 3, H, W] -> logits."""
+    path = Path(path)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, message=".*deprecated")
+        if path.suffix == ".pt2":
+            return torch.export.load(path).module()
+        return torch.jit.load(path, map_location="cpu").eval()
+
+
+def preferred_export(folder: Path) -> tuple[str, object]:
+    """(format, module) for the first format in PREFERENCE that loads from `folder`."""
+    errors = []
+    for fmt in PREFERENCE:
+        path = Path(folder) / EXPORT_FILES[fmt]
+        if not path.is_file():
+            errors.append(f"{path.name}: missing")
+            continue
+        try:
+            return fmt, load_exported(path)
+        except Exception as exc:  # noqa: BLE001 - fall back to the next format
+            log.warning("could not load %s (%s: %s); trying the next format", path, type(exc).__name__, exc)
+            errors.append(f"{path.name}: {type(exc).__name__}: {exc}")
+    raise ExportError(f"no exported model loads from {folder}: {'; '.join(errors)}")
+
+
+@torch.no_grad()
+def export_and_verify(model: torch.nn.Module, trace_batch: torch.Tensor, check_batches: list[torch.Tensor],
+                      out_dir: Path) -> dict:
+    """Write both exports into out_dir and verify each after a save/load round trip.
+
+    Returns per format its file and the largest absolute difference from eager per batch size;
+    raises ExportError when a format fails to export or disagrees with eager (torch.testing.assert_close
+    at float32's default tolerances).
+    """
+    model = model.float().eval()
+    trace_batch = trace_batch.float().contiguous()
+    if trace_batch.shape[0] < 2:  # a batch of 1 would let torch.export specialise the batch size
+        raise ExportError("the tracing batch needs at least 2 images")
+    traced = _trace(model, trace_batch)
+    with warnings.catch_warnings():  # TorchScript's deprecation notice: known, and why .pt2 is preferred
+        warnings.filterwarnings("ignore", category=FutureWarning, message=".*deprecated")
+        torch.jit.save(traced, out_dir / EXPORT_FILES["torchscript"])
+    torch.export.save(_export(model, trace_batch), out_dir / EXPORT_FILES["torch_export"])
+    report = {}
+    for fmt, name in EXPORT_FILES.items():
+        loaded = load_exported(out_dir / name)
+        diffs = {}
+        for batch in check_batches:
+            expected, got = model(batch.float()), loaded(batch.float())
+            try:
+                torch.testing.assert_close(got, expected)
+            except AssertionError as exc:
+                raise ExportError(f"{name} disagrees with the eager model at batch size {batch.shape[0]}: "
+                                  f"{exc}") from exc
+            diffs[f"batch_{batch.shape[0]}"] = float((got - expected).abs().max())
+        report[fmt] = {"file": name, "max_abs_diff": diffs}
+    return report

@@ -1,0 +1,234 @@
+"""Promotion: pick a task's best run by a validation metric, export and verify it, register it.
+
+The test split is reported in the model card but never consulted to choose: selecting on test
+would turn it into a second validation set and its number into an optimistic estimate.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import torch
+
+from petlab.data.datasets import DatasetError, load_splits
+from petlab.data.images import BadImageError, load_rgb
+from petlab.engine.evaluate import load_trained_model
+from petlab.export import EXPORT_FILES, export_and_verify
+from petlab.registry.card import preprocessing_steps
+from petlab.registry.store import Registry, RegistryError, model_name, now_iso
+from petlab.reports.runs import RunRecord, find_local_runs, read_local_run
+
+log = logging.getLogger(__name__)
+
+# metric -> (key in results["val"], higher is better)
+VALIDATION_METRICS = {"val_accuracy": ("accuracy", True), "val_loss": ("loss", False)}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
+
+
+class PromotionError(RuntimeError):
+    pass
+
+
+def check_metric(metric: str) -> tuple[str, bool]:
+    if metric.startswith("test"):
+        raise PromotionError(f"{metric}: promotion chooses by a validation metric only; the test split is "
+                             f"reported, never used to choose (one of {sorted(VALIDATION_METRICS)})")
+    if metric not in VALIDATION_METRICS:
+        raise PromotionError(f"unknown metric {metric!r}; one of {sorted(VALIDATION_METRICS)}")
+    return VALIDATION_METRICS[metric]
+
+
+def candidate_runs(task: str, runs_root: Path = Path("runs"), study: str | None = None,
+                   storage: str | None = None, run: Path | None = None) -> list[RunRecord]:
+    """Completed runs of `task`: one run, the runs of a sweep study, or every run under runs_root."""
+    if run is not None:
+        record = read_local_run(Path(run))
+        if record is None:
+            raise PromotionError(f"{run} is not a completed run (it needs results.json with status completed "
+                                 "and config.yaml)")
+        if record.task != task:
+            raise PromotionError(f"{run} is a {record.task} run, not {task}")
+        return [record]
+    if study is not None:
+        from petlab.search.runner import study_run_dirs
+
+        try:
+            run_dirs = study_run_dirs(study, storage)
+        except KeyError as exc:
+            raise PromotionError(f"no study named {study!r} in {storage or 'the default storage'}") from exc
+        records = [r for r in map(read_local_run, run_dirs) if r is not None]
+        where = f"study {study}"
+    else:
+        records = find_local_runs([runs_root]) if Path(runs_root).is_dir() else []
+        where = str(runs_root)
+    records = [r for r in records if r.task == task]
+    if not records:
+        raise PromotionError(f"no completed {task} runs in {where}; train one first, e.g. "
+                             f"`python experiments/run.py --config experiments/configs/<name>.yaml`")
+    return records
+
+
+def select_best(records: list[RunRecord], metric: str) -> tuple[RunRecord, float]:
+    """The best run by the validation metric; ties go to the faster run, then the earlier one."""
+    key, higher = check_metric(metric)
+    scored = [(r, r.results["val"][key]) for r in records if r.results.get("val", {}).get(key) is not None]
+    if not scored:
+        raise PromotionError(f"none of the {len(records)} runs recorded {metric}")
+    sign = -1 if higher else 1
+    return min(scored, key=lambda rv: (sign * rv[1], rv[0].results.get("wall_time_s") or 0.0, rv[0].run))
+
+
+def _image_files(folder: Path) -> list[tuple[Path, str]]:
+    files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    return [(p, p.parent.name) for p in files]
+
+
+def sample_images(cfg, classes: list[str], images_dir: Path | None, per_class: int) -> list[tuple[Path, str]]:
+    """Real photos for verification and the demo's examples: round-robin over the classes of the
+    run's own validation split (or any folder given), so every class is represented."""
+    if images_dir is not None:
+        pool = _image_files(images_dir)
+    else:
+        try:
+            splits = load_splits(cfg.data.dataset, cfg.task, cfg.data.data_dir, cfg.data.species,
+                                 cfg.data.val_fraction, cfg.seed, download=False)
+        except DatasetError as exc:
+            raise PromotionError(f"export verification needs real images, but the run's dataset is not here "
+                                 f"({exc}); pass --images DIR") from exc
+        samples = splits.val or splits.test or splits.train
+        pool = [(Path(path), splits.classes[label]) for path, label in samples]
+    by_class: dict[str, list[Path]] = {}
+    for path, label in pool:
+        by_class.setdefault(label, []).append(path)
+    picked = []
+    for i in range(per_class):
+        picked += [(paths[i], label) for label, paths in sorted(by_class.items()) if i < len(paths)]
+    return picked
+
+
+def _tensors(pre, paths: list[Path]) -> torch.Tensor:
+    return pre.normalize(torch.stack([pre.eval_tensor(load_rgb(p)) for p in paths]))
+
+
+def _build_card(record: RunRecord, cfg, classes, pre, metric, value, n_candidates, verification) -> dict:
+    results = record.results
+    return {
+        "arch": cfg.model.arch,
+        "classes": list(classes),
+        "num_classes": len(classes),
+        "preprocessing": {**pre.to_dict(), "steps": preprocessing_steps(pre.to_dict())},
+        "metrics": {split: {k: results[split][k] for k in ("accuracy", "loss", "n") if k in results[split]}
+                    for split in ("val", "test") if split in results},
+        "selected_by": {"metric": metric, "value": value, "candidates": n_candidates},
+        "dataset": results.get("dataset"),
+        "dataset_root": results.get("dataset_root"),
+        "source_run": str(record.path.resolve()),
+        "comet": {k: (results.get("tracking") or {}).get(k) for k in ("key", "url", "mode")},
+        "git": results.get("git"),
+        "created_at": now_iso(),
+        "torch_version": torch.__version__,
+        "files": {EXPORT_FILES["torch_export"]: "torch.export ExportedProgram (torch.export.load(...).module())",
+                  EXPORT_FILES["torchscript"]: "TorchScript, traced (torch.jit.load)",
+                  "state_dict.pt": f"the eager weights (petlab.models.build_model('{cfg.model.arch}', "
+                                   f"{len(classes)}))",
+                  "examples/": "real photos from the validation split, for the demo"},
+        "verification": verification,
+    }
+
+
+def promote(task: str, metric: str = "val_accuracy", runs_root: Path = Path("runs"), study: str | None = None,
+            storage: str | None = None, run: Path | None = None, registry: Registry | None = None,
+            images_dir: Path | None = None, status: str = "production") -> dict:
+    """Select, export, verify and register; returns the new version's model card."""
+    registry = registry or Registry()
+    check_metric(metric)
+    records = candidate_runs(task, runs_root, study, storage, run)
+    best, value = select_best(records, metric)
+    log.info("promoting %s (%s = %.4f, best of %d %s runs)", best.path, metric, value, len(records), task)
+    model, cfg, classes, pre = load_trained_model(best.path)
+    images = sample_images(cfg, classes, images_dir, per_class=6)
+    if len(images) < 11:
+        raise PromotionError(f"export verification needs 11 real images; found {len(images)}")
+    try:  # tracing batch (2 images) and check batches of 1 and 8, all different photos
+        trace, one, eight = (_tensors(pre, [p for p, _ in part]) for part in (images[:2], images[2:3], images[3:11]))
+    except BadImageError as exc:
+        raise PromotionError(f"a verification image is unreadable: {exc}") from exc
+    staged = registry.staging_dir(task)
+    try:
+        verification = export_and_verify(model, trace, [one, eight], staged)
+        torch.save(model.state_dict(), staged / "state_dict.pt")
+        (staged / "examples").mkdir()
+        per_class_seen: dict[str, int] = {}
+        for path, label in images:  # up to 2 examples per class, 8 in all
+            if per_class_seen.get(label, 0) < 2 and sum(per_class_seen.values()) < 8:
+                per_class_seen[label] = per_class_seen.get(label, 0) + 1
+                shutil.copyfile(path, staged / "examples" / f"{label}-{per_class_seen[label]}{path.suffix.lower()}")
+        card = _build_card(best, cfg, classes, pre, metric, value, len(records), verification)
+        version = registry.add_version(task, staged, card, status)
+    except BaseException:
+        registry.discard(staged)
+        raise
+    comet = register_in_comet(best, cfg, registry, task, version, status)
+    registry.annotate(task, version, comet={**card["comet"], **comet})
+    return registry.card(task, version)
+
+
+def register_in_comet(record: RunRecord, cfg, registry: Registry, task: str, version: int, status: str) -> dict:
+    """The same version in Comet's model registry, registered from the run's own experiment.
+
+    Online it is registered at once; offline, comet_ml queues the registration in a new archive
+    of the same experiment (`<run>/comet/`), and `comet upload` performs it later.
+    """
+    key = (record.results.get("tracking") or {}).get("key")
+    if cfg.tracking.backend == "none" or not key:
+        return {"registration": "not registered in Comet: the source run was not tracked"}
+    from petlab.tracking.comet import CometTracker
+
+    name, folder = model_name(task), registry.version_dir(task, version)
+    tracker = CometTracker(record.path, cfg.tracking.project, cfg.tracking.workspace, previous_key=key,
+                           online_timeout_s=cfg.tracking.online_timeout_s)
+    for file in sorted(folder.rglob("*")):
+        if file.is_file():
+            tracker.log_model(name, file)
+    ok = tracker.register_model(name, f"{version}.0.0", status.capitalize(),
+                                f"petlab {task} v{version}: {cfg.model.arch}", [f"task:{task}", f"v{version}"])
+    tracker.end()
+    if not ok:
+        return {"registration": "failed (see the log); the local registry is unaffected"}
+    if tracker.mode == "online":
+        if status == "production":
+            sync_comet_statuses(registry, task)
+        return {"registration": f"registered online as {name} {version}.0.0 ({status})", "url": tracker.url}
+    return {"registration": f"queued offline in {tracker.archive()} (`comet upload` registers it)",
+            "archive": tracker.archive()}
+
+
+def sync_comet_statuses(registry: Registry, task: str) -> None:
+    """Online only: mirror the local statuses of registered versions in Comet's registry."""
+    import os
+
+    if not os.environ.get("COMET_API_KEY"):
+        return
+    try:
+        import comet_ml
+
+        api = comet_ml.API()
+        workspace = os.environ.get("COMET_WORKSPACE") or api.get_default_workspace()
+        model = api.get_model(workspace, model_name(task))
+        for entry in registry.versions(task):
+            if entry["status"] in ("production", "archived", "staging"):
+                model.set_status(f"{entry['version']}.0.0", entry["status"].capitalize())
+    except Exception as exc:  # noqa: BLE001 - the local registry stays the source of truth
+        log.warning("comet: could not update registry statuses (%s: %s)", type(exc).__name__, exc)
+
+
+def rollback(task: str, version: int, registry: Registry | None = None) -> dict:
+    registry = registry or Registry()
+    entry = registry.entry(task, version)
+    if entry["status"] == "production":
+        raise RegistryError(f"{task} v{version} is already production")
+    registry.set_status(task, version, "production")
+    sync_comet_statuses(registry, task)
+    return registry.card(task, version)

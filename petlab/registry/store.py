@@ -1,0 +1,179 @@
+"""The local model registry: per task a model name and numbered versions, each with a status.
+
+Layout (root: $PETLAB_REGISTRY_DIR or models/registry):
+    <task>/index.json      the versions and their statuses: the single source of truth
+    <task>/v<N>/           model.pt2, model.ts, state_dict.pt, card.json, card.md, examples/
+    .lock                  held (flock) by every writer, so concurrent promotions serialise
+
+Crash safety: a new version is written in full to a `.staging-*` folder first and renamed into
+place under the lock; index.json and the cards are replaced atomically (temp file + rename).
+A crash leaves at worst an orphaned staging folder or an unindexed v<N>, both of which readers
+ignore and the next version number skips. Readers never take the lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+# The statuses Comet's model registry uses, lower-cased.
+STATUSES = ("none", "staging", "production", "archived")
+
+
+class RegistryError(RuntimeError):
+    pass
+
+
+def registry_root() -> Path:
+    return Path(os.environ.get("PETLAB_REGISTRY_DIR") or "models/registry")
+
+
+def model_name(task: str) -> str:
+    """The registered model's name, the same locally and in Comet."""
+    return f"petlab-{task.replace('_', '-')}"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide the registry from other users (a demo service)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class Registry:
+    def __init__(self, root: str | os.PathLike | None = None):
+        self.root = Path(root) if root else registry_root()
+
+    # ---- reading (no lock: every file a reader opens was written atomically) ----
+    def tasks(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.parent.name for p in self.root.glob("*/index.json"))
+
+    def index(self, task: str) -> dict:
+        path = self.root / task / "index.json"
+        if not path.is_file():
+            return {"task": task, "name": model_name(task), "versions": []}
+        return json.loads(path.read_text())
+
+    def versions(self, task: str) -> list[dict]:
+        return self.index(task)["versions"]
+
+    def version_dir(self, task: str, version: int) -> Path:
+        return self.root / task / f"v{version}"
+
+    def entry(self, task: str, version: int) -> dict:
+        for entry in self.versions(task):
+            if entry["version"] == version:
+                return entry
+        known = [e["version"] for e in self.versions(task)]
+        raise RegistryError(f"{task} has no version {version} in {self.root} (versions: {known or 'none'})")
+
+    def card(self, task: str, version: int) -> dict:
+        card = json.loads((self.version_dir(task, version) / "card.json").read_text())
+        card["status"] = self.entry(task, version)["status"]  # the index is the truth
+        return card
+
+    def production(self, task: str) -> dict | None:
+        """The index entry of the task's production version, or None."""
+        return next((e for e in self.versions(task) if e["status"] == "production"), None)
+
+    # ---- writing (always under the registry lock) ----
+    @contextlib.contextmanager
+    def _locked(self):
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".lock", "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def staging_dir(self, task: str) -> Path:
+        """A private folder to write a new version into before add_version() moves it in."""
+        path = self.root / task / f".staging-{uuid.uuid4().hex[:12]}"
+        path.mkdir(parents=True)
+        return path
+
+    def add_version(self, task: str, staged: Path, card: dict, status: str = "production") -> int:
+        """Move a fully written staging folder in as the next version; returns its number."""
+        _check_status(status)
+        with self._locked():
+            index = self.index(task)
+            taken = [e["version"] for e in index["versions"]]
+            taken += [int(p.name[1:]) for p in (self.root / task).glob("v*") if p.name[1:].isdigit()]
+            version = max(taken, default=0) + 1
+            card = {**card, "name": index["name"], "task": task, "version": version, "status": "none"}
+            _write_card(staged, card)
+            os.replace(staged, self.version_dir(task, version))
+            index["versions"].append({"version": version, "status": "none", "created_at": card["created_at"],
+                                      "arch": card["arch"], "source_run": card["source_run"],
+                                      "selected_by": card["selected_by"]})
+            self._commit(task, index)
+            if status != "none":
+                self._set_status(task, version, status)
+        return version
+
+    def set_status(self, task: str, version: int, status: str) -> None:
+        """Making a version production archives the previous production version (one at a time)."""
+        _check_status(status)
+        with self._locked():
+            self._set_status(task, version, status)
+
+    def _set_status(self, task: str, version: int, status: str) -> None:
+        index = self.index(task)
+        changed = []
+        for entry in index["versions"]:
+            if entry["version"] == version:
+                entry.update(status=status, status_changed_at=now_iso())
+                changed.append(entry)
+            elif status == "production" and entry["status"] == "production":
+                entry.update(status="archived", status_changed_at=now_iso())
+                changed.append(entry)
+        if not any(e["version"] == version for e in changed):
+            self.entry(task, version)  # raises with the known versions
+        self._commit(task, index)
+        for entry in changed:  # cards mirror the index (rewritten after it, so a crash leaves the truth)
+            folder = self.version_dir(task, entry["version"])
+            card = json.loads((folder / "card.json").read_text())
+            _write_card(folder, {**card, "status": entry["status"]})
+
+    def annotate(self, task: str, version: int, **fields) -> None:
+        """Add fields to a version's card (e.g. its Comet registration, known only after it is added)."""
+        with self._locked():
+            folder = self.version_dir(task, version)
+            card = json.loads((folder / "card.json").read_text())
+            _write_card(folder, {**card, **fields, "status": self.entry(task, version)["status"]})
+
+    def _commit(self, task: str, index: dict) -> None:
+        (self.root / task).mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.root / task / "index.json", json.dumps(index, indent=2) + "\n")
+
+    def discard(self, staged: Path) -> None:
+        shutil.rmtree(staged, ignore_errors=True)
+
+
+def _check_status(status: str) -> None:
+    if status not in STATUSES:
+        raise RegistryError(f"unknown status {status!r}; one of {STATUSES}")
+
+
+def _write_card(folder: Path, card: dict) -> None:
+    from petlab.registry.card import card_markdown
+
+    atomic_write_text(folder / "card.json", json.dumps(card, indent=2) + "\n")
+    atomic_write_text(folder / "card.md", card_markdown(card))
