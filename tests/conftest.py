@@ -26,6 +26,23 @@ def real_runs(shared, tmp_path_factory) -> dict[str, Path]:
     return real_photo_runs(shared, tmp_path_factory.mktemp("real_runs"))
 
 
+@pytest.fixture(scope="session")
+def promoted_registry(real_runs, tmp_path_factory) -> Path:
+    """A registry whose cats_vs_dogs production model is the short real Lite0 run, promoted as a user does.
+
+    The run is cloned first (sharing its checkpoints), so the Comet archive the promotion queues
+    lands in the clone; tests only read this registry.
+    """
+    from tests.registry import clone_run
+    from tests.runs import script
+
+    runs = tmp_path_factory.mktemp("promoted_runs")
+    clone_run(real_runs["lite0"], runs / real_runs["lite0"].name)
+    registry = tmp_path_factory.mktemp("registry")
+    script("promote.py", "--registry", registry, "--task", "cats_vs_dogs", "--runs-root", runs)
+    return registry
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_cache(tmp_path_factory):
     # Decoded-image caches go to a per-session temp folder, never into the repo's data/cache.

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -61,3 +63,39 @@ def write_bad_files(folder: Path) -> dict[str, Path]:
     data[60:200] = bytes(140)  # zero the pixel data's start: the PNG CRC check fails
     files["corrupt"].write_bytes(bytes(data))
     return files
+
+
+def encode(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def odd_photos(upright: Image.Image) -> dict[str, bytes]:
+    """The same real photo in every odd-but-valid form a user might upload (each must be predicted)."""
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored rotated: "rotate 90 degrees clockwise to display"
+    sixteen = (np.asarray(upright.convert("L"), np.uint16) * 257).astype(np.uint16)
+    frames = [upright, Image.new("RGB", upright.size, (0, 0, 255))]
+    return {
+        "grayscale.jpg": encode(upright.convert("L"), "JPEG", quality=95),
+        "palette.png": encode(upright.convert("P", palette=Image.Palette.ADAPTIVE), "PNG"),
+        "rgba.png": encode(upright.convert("RGBA"), "PNG"),
+        "cmyk.jpg": encode(upright.convert("CMYK"), "JPEG", quality=95),
+        "sixteen_bit.png": encode(Image.fromarray(sixteen), "PNG"),
+        "exif_rotated.png": encode(upright.transpose(Image.Transpose.ROTATE_90), "PNG", exif=exif.tobytes()),
+        "animated.gif": encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0),
+        "one_pixel.png": encode(Image.new("RGB", (1, 1), (120, 90, 60)), "PNG"),
+    }
+
+
+def png_bomb(side: int = 30000) -> bytes:
+    """A valid 1-bit PNG of side x side pixels that compresses to ~100 KB: a decompression bomb."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row = b"\x00" + bytes((side + 7) // 8)  # filter byte + packed bits
+    compressor = zlib.compressobj(9)
+    idat = b"".join(compressor.compress(row) for _ in range(side)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")

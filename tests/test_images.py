@@ -1,19 +1,11 @@
 """Odd but valid images convert correctly; unusable files fail with a specific reason."""
 
-import io
-
 import numpy as np
 import pytest
 from PIL import Image
 
 from petlab.data.images import MAX_PIXELS, BadImageError, load_rgb
-from tests.imaging import jpeg_bytes, write_bad_files
-
-
-def encode(img: Image.Image, fmt: str, **kw) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, fmt, **kw)
-    return buf.getvalue()
+from tests.imaging import encode, jpeg_bytes, png_bomb, write_bad_files
 
 
 def test_grayscale_becomes_rgb_with_equal_channels():
@@ -95,3 +87,9 @@ def test_decompression_bomb_is_refused_before_decoding():
 
 def test_good_jpeg_round_trips():
     assert load_rgb(jpeg_bytes()).size == (80, 64)
+
+
+def test_thirty_thousand_pixel_square_png_is_refused():
+    with pytest.raises(BadImageError) as info:
+        load_rgb(png_bomb(30000))
+    assert info.value.reason == "too_large" and "900000000 pixels" in str(info.value)

@@ -189,9 +189,8 @@ def register_in_comet(record: RunRecord, cfg, registry: Registry, task: str, ver
     name, folder = model_name(task), registry.version_dir(task, version)
     tracker = CometTracker(record.path, cfg.tracking.project, cfg.tracking.workspace, previous_key=key,
                            online_timeout_s=cfg.tracking.online_timeout_s)
-    for file in sorted(folder.rglob("*")):
-        if file.is_file():
-            tracker.log_model(name, file)
+    for file in [folder / EXPORT_FILES["torch_export"], folder / "card.json", folder / "card.md"]:
+        tracker.log_model(name, file)  # the deployable export and its card (the weights are the run's model)
     ok = tracker.register_model(name, f"{version}.0.0", status.capitalize(),
                                 f"petlab {task} v{version}: {cfg.model.arch}", [f"task:{task}", f"v{version}"])
     tracker.end()

@@ -20,8 +20,10 @@ import os
 import shutil
 import tempfile
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
+
+from petlab.processes import pid_alive
 
 # The statuses Comet's model registry uses, lower-cased.
 STATUSES = ("none", "staging", "production", "archived")
@@ -51,7 +53,7 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 class Registry:
@@ -105,7 +107,7 @@ class Registry:
 
     def staging_dir(self, task: str) -> Path:
         """A private folder to write a new version into before add_version() moves it in."""
-        path = self.root / task / f".staging-{uuid.uuid4().hex[:12]}"
+        path = self.root / task / f".staging-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         path.mkdir(parents=True)
         return path
 
@@ -113,6 +115,7 @@ class Registry:
         """Move a fully written staging folder in as the next version; returns its number."""
         _check_status(status)
         with self._locked():
+            self._reap_staging(task)
             index = self.index(task)
             taken = [e["version"] for e in index["versions"]]
             taken += [int(p.name[1:]) for p in (self.root / task).glob("v*") if p.name[1:].isdigit()]
@@ -127,6 +130,13 @@ class Registry:
             if status != "none":
                 self._set_status(task, version, status)
         return version
+
+    def _reap_staging(self, task: str) -> None:
+        """Remove staging folders of promotions that died (their pid is gone); live ones are left alone."""
+        for folder in (self.root / task).glob(".staging-*"):
+            pid = folder.name.split("-")[1]
+            if pid.isdigit() and not pid_alive(int(pid)):
+                shutil.rmtree(folder, ignore_errors=True)
 
     def set_status(self, task: str, version: int, status: str) -> None:
         """Making a version production archives the previous production version (one at a time)."""

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import os
 import socket
 import threading
 from contextlib import contextmanager
@@ -26,6 +25,7 @@ from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import TrialState
 
 from petlab.config import ConfigError
+from petlab.processes import pid_alive
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_STORAGE = f"sqlite:///{REPO_ROOT / 'runs' / 'optuna.db'}"
@@ -100,21 +100,11 @@ def reap_dead_workers(study: optuna.Study) -> None:
     host = socket.gethostname()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         attrs = trial.user_attrs
-        if attrs.get("worker_host") == host and not _alive(attrs.get("worker_pid", -1)):
+        if attrs.get("worker_host") == host and not pid_alive(attrs.get("worker_pid", -1)):
             study_id = storage.get_study_id_from_name(study.study_name)
             trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
             if storage.set_trial_state_values(trial_id, TrialState.FAIL):
                 RetryStale(max_retry=MAX_RETRY)(study, storage.get_trial(trial_id))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return pid > 0
 
 
 @contextmanager

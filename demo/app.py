@@ -1,0 +1,178 @@
+"""petlab demo: the registry's production models behind a Gradio page and a JSON API, one server.
+
+    python demo/app.py [--host 127.0.0.1] [--port 7860] [--registry DIR] [--max-upload-mb 10]
+
+- /              the Gradio page: upload, paste or drag a photo -> top-5 classes
+- POST /api/predict   multipart: file, optional task and top_k -> JSON predictions
+- GET  /api/health    status and the versions served
+- the Gradio client API (api_name "/classify")
+It listens on 127.0.0.1 unless told otherwise (no share link, ever), needs no network, and only
+reads the registry. On a Hugging Face Space, GRADIO_SERVER_NAME/PORT set the address.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # read when gradio is imported
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import gradio as gr  # noqa: E402
+import uvicorn  # noqa: E402
+from fastapi import FastAPI, Request  # noqa: E402
+from fastapi.responses import JSONResponse  # noqa: E402
+from starlette.concurrency import run_in_threadpool  # noqa: E402
+
+from petlab.registry import Registry  # noqa: E402
+from petlab.registry.card import card_markdown  # noqa: E402
+from petlab.serving import ServedModels, ServingError, decode_upload, parse_top_k  # noqa: E402
+
+log = logging.getLogger("petlab.demo")
+MULTIPART_OVERHEAD = 64 * 1024  # form fields and boundaries around the file, for the early size check
+
+
+def log_request(**fields) -> None:
+    """One JSON line per request: what was asked, what answered, how long it took."""
+    log.info(json.dumps(fields, sort_keys=True))
+
+
+def classify(models: ServedModels, data: bytes, filename: str | None, task: str | None, top_k: int) -> dict:
+    """The one prediction path the API and the page share (runs in a worker thread)."""
+    model = models.model(task)
+    image = decode_upload(data, filename)
+    return {"task": model.task, "model": {"name": model.name, "version": model.version, "format": model.fmt},
+            "predictions": model.predict(image, top_k)}
+
+
+def create_api(models: ServedModels, max_upload_bytes: int) -> FastAPI:
+    app = FastAPI(title="petlab", docs_url="/api/docs", openapi_url="/api/openapi.json", redoc_url=None)
+
+    def too_large(size: int) -> ServingError:
+        return ServingError(413, "too_large", f"upload of {size} bytes is over the {max_upload_bytes} byte limit")
+
+    @app.get("/api/health")
+    def health():
+        return models.health()
+
+    @app.post("/api/predict")
+    async def predict(request: Request):
+        start = time.perf_counter()
+        record = {"route": "/api/predict", "task": None, "version": None}
+        try:
+            length = request.headers.get("content-length")
+            if length and length.isdigit() and int(length) > max_upload_bytes + MULTIPART_OVERHEAD:
+                raise too_large(int(length))  # before reading the body at all
+            try:
+                form = await request.form(max_files=1, max_fields=8)
+            except Exception as exc:  # noqa: BLE001 - malformed multipart bodies
+                raise ServingError(400, "bad_form", f"could not parse the form: {exc}") from None
+            upload = form.get("file")
+            if upload is None or isinstance(upload, str):
+                raise ServingError(400, "missing_file", "missing form field 'file': POST multipart/form-data "
+                                                        "with the photo in a field named file")
+            task = form.get("task") or None
+            record["task"] = task
+            top_k = parse_top_k(form.get("top_k"))
+            data = await upload.read()
+            if len(data) > max_upload_bytes:
+                raise too_large(len(data))
+            result = await run_in_threadpool(classify, models, data, upload.filename, task, top_k)
+        except ServingError as err:
+            log_request(**record, status=err.status, outcome=err.code,
+                        latency_ms=round(1000 * (time.perf_counter() - start), 2))
+            return JSONResponse({"error": err.code, "message": err.message}, status_code=err.status)
+        except Exception:  # noqa: BLE001 - the trace goes to the log, never to the client
+            log.exception("predict failed")
+            log_request(**record, status=500, outcome="internal_error")
+            return JSONResponse({"error": "internal_error", "message": "internal error; see the server log"},
+                                status_code=500)
+        result["latency_ms"] = round(1000 * (time.perf_counter() - start), 2)
+        log_request(route="/api/predict", task=result["task"], version=result["model"]["version"], status=200,
+                    outcome="ok", latency_ms=result["latency_ms"], top=result["predictions"][0]["label"])
+        return result
+
+    return app
+
+
+def build_page(models: ServedModels) -> gr.Blocks:
+    served = models.production()
+    tasks = sorted(served)
+    examples = [[str(p), task] for task in tasks
+                for p in sorted((models.registry.version_dir(task, served[task]) / "examples").glob("*"))]
+
+    def current_card(task: str | None) -> str:
+        served_now = models.production()
+        if task not in served_now:
+            return ("**No production model yet.** Train a run, then "
+                    "`python experiments/promote.py --task cats_vs_dogs`.")
+        return card_markdown(models.registry.card(task, served_now[task]))
+
+    def on_load():
+        served_now = sorted(models.production())
+        value = served_now[0] if served_now else None
+        return gr.Dropdown(choices=served_now, value=value, visible=len(served_now) > 1), current_card(value)
+
+    def on_image(path: str | None, task: str | None):
+        if path is None:
+            return None
+        start = time.perf_counter()
+        try:
+            result = classify(models, Path(path).read_bytes(), Path(path).name, task or None, 5)
+        except ServingError as err:
+            log_request(route="page", task=task, status=err.status, outcome=err.code)
+            raise gr.Error(err.message) from None
+        log_request(route="page", task=result["task"], version=result["model"]["version"], status=200,
+                    outcome="ok", latency_ms=round(1000 * (time.perf_counter() - start), 2))
+        return {p["label"]: p["probability"] for p in result["predictions"]}
+
+    with gr.Blocks(title="petlab demo") as page:
+        gr.Markdown("# petlab\nUpload, paste or drag a pet photo: the production model names the class.")
+        task = gr.Dropdown(choices=tasks, value=tasks[0] if tasks else None, label="Task",
+                           visible=len(tasks) > 1, interactive=True)
+        with gr.Row():
+            # filepath + image_mode=None: the untouched upload reaches petlab's own decoding.
+            image = gr.Image(type="filepath", image_mode=None, sources=["upload", "clipboard"], label="Photo",
+                             elem_id="photo")
+            label = gr.Label(num_top_classes=5, label="Prediction", elem_id="prediction")
+        if examples:
+            gr.Examples(examples=examples, inputs=[image, task], label="Examples (validation photos)",
+                        cache_examples=False)
+        with gr.Accordion("Model card", open=False):
+            card = gr.Markdown(current_card(tasks[0] if tasks else None))
+        image.change(on_image, [image, task], label, api_name="classify")
+        task.change(current_card, task, card, api_name=False).then(on_image, [image, task], label, api_name=False)
+        page.load(on_load, None, [task, card], api_name=False)
+    return page
+
+
+def create_app(registry_dir: str | os.PathLike | None = None, max_upload_mb: float = 10.0) -> FastAPI:
+    registry = Registry(registry_dir)
+    models = ServedModels(registry)
+    models.warm_up()
+    max_bytes = int(max_upload_mb * 1024 * 1024)
+    app = create_api(models, max_bytes)
+    registry.root.mkdir(parents=True, exist_ok=True)  # so the page can list examples once models arrive
+    return gr.mount_gradio_app(app, build_page(models), path="/", allowed_paths=[str(registry.root.resolve())],
+                               max_file_size=max_bytes, footer_links=["api"])
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
+    parser.add_argument("--registry", help="registry folder (default $PETLAB_REGISTRY_DIR or models/registry)")
+    parser.add_argument("--max-upload-mb", type=float, default=10.0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(args.registry, args.max_upload_mb)
+    log.info("serving on http://%s:%d (registry %s)", args.host, args.port, Registry(args.registry).root)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,164 @@
+"""Serving registered models: the production version of each task, read-only, with its own card's preprocessing.
+
+`ServedModels` reads the registry on each request (a small JSON file) and loads a version the
+first time it is asked for, so promoting or rolling back takes effect without a restart. It never
+writes to the registry. Exported models are preferred (.pt2, then TorchScript); eager weights
+are the last resort, so a server runs whatever the registry holds.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+import torch
+
+from petlab.data.images import load_rgb
+from petlab.data.transforms import Preprocessing
+from petlab.export import preferred_export
+from petlab.registry.store import Registry
+
+log = logging.getLogger(__name__)
+MAX_TOP_K = 100
+
+
+class ServingError(Exception):
+    """A request the server cannot serve; `status` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+@dataclass
+class LoadedModel:
+    task: str
+    name: str
+    version: int
+    card: dict
+    fmt: str
+    module: object
+    pre: Preprocessing
+
+    @property
+    def classes(self) -> list[str]:
+        return self.card["classes"]
+
+    @torch.inference_mode()
+    def probabilities(self, images: list) -> torch.Tensor:
+        """RGB PIL images -> [N, classes] probabilities, preprocessed exactly as the card says."""
+        batch = self.pre.normalize(torch.stack([self.pre.eval_tensor(img) for img in images]))
+        return torch.softmax(self.module(batch).float(), dim=1)
+
+    def predict(self, image, top_k: int = 5) -> list[dict]:
+        probs = self.probabilities([image])[0]
+        values, indices = probs.topk(min(top_k, len(self.classes)))
+        return [{"label": self.classes[i], "probability": round(float(v), 6)} for v, i in zip(values, indices)]
+
+
+def load_version(registry: Registry, task: str, version: int) -> LoadedModel:
+    folder = registry.version_dir(task, version)
+    card = registry.card(task, version)
+    try:
+        fmt, module = preferred_export(folder)
+    except Exception as exc:  # noqa: BLE001 - an old or damaged export: serve the eager weights
+        log.warning("serving %s v%d from its state dict: %s", task, version, exc)
+        from petlab.models import build_model
+
+        module, _ = build_model(card["arch"], len(card["classes"]), pretrained=False)
+        module.load_state_dict(torch.load(folder / "state_dict.pt", map_location="cpu", weights_only=True))
+        fmt, module = "eager", module.eval()
+    return LoadedModel(task, card["name"], version, card, fmt, module, Preprocessing.from_dict(card["preprocessing"]))
+
+
+class ServedModels:
+    def __init__(self, registry: Registry):
+        self.registry = registry
+        self._loaded: dict[tuple[str, int], LoadedModel] = {}
+        self._lock = threading.Lock()
+
+    def production(self) -> dict[str, int]:
+        """task -> production version, for every task that has one."""
+        out = {}
+        for task in self.registry.tasks():
+            entry = self.registry.production(task)
+            if entry:
+                out[task] = entry["version"]
+        return out
+
+    def model(self, task: str | None) -> LoadedModel:
+        served = self.production()
+        if task is None:
+            if len(served) > 1:
+                raise ServingError(400, "task_required",
+                                   f"several tasks are served; pass task, one of {sorted(served)}")
+            task = next(iter(served), None)
+            if task is None:
+                raise ServingError(503, "no_production_model",
+                                   f"no production model in {self.registry.root}: train a run, then "
+                                   "`python experiments/promote.py --task cats_vs_dogs`")
+        if task not in served:
+            known = set(self.registry.tasks())
+            if task in known:
+                raise ServingError(503, "no_production_model",
+                                   f"{task} has no production version: `python experiments/promote.py --task {task}`"
+                                   " (or --rollback VERSION)")
+            raise ServingError(404, "unknown_task", f"unknown task {task!r}; served: {sorted(served) or 'none'}")
+        key = (task, served[task])
+        with self._lock:  # loading takes a second; concurrent first requests load once
+            if key not in self._loaded:
+                start = time.perf_counter()
+                self._loaded[key] = load_version(self.registry, *key)
+                log.info("loaded %s v%d (%s) in %.2fs", task, key[1], self._loaded[key].fmt,
+                         time.perf_counter() - start)
+            return self._loaded[key]
+
+    def warm_up(self) -> None:
+        """Load every production model now, so the first request does not pay for it."""
+        for task in self.production():
+            try:
+                self.model(task)
+            except Exception as exc:  # noqa: BLE001 - a broken version must not stop the others being served
+                log.error("could not load %s: %s", task, exc)
+
+    def health(self) -> dict:
+        served = self.production()
+        models = {}
+        for task, version in served.items():
+            card = self.registry.card(task, version)
+            loaded = self._loaded.get((task, version))
+            models[task] = {"name": card["name"], "version": version, "arch": card["arch"],
+                            "classes": len(card["classes"]), "format": loaded.fmt if loaded else "not loaded yet"}
+        return {"status": "ok" if served else "no_production_model", "registry": str(self.registry.root),
+                "models": models}
+
+
+def parse_top_k(value) -> int:
+    if value is None or value == "":
+        return 5
+    try:
+        top_k = int(str(value))
+    except ValueError:
+        raise ServingError(422, "bad_top_k", f"top_k must be an integer from 1 to {MAX_TOP_K}, got {value!r}") from None
+    if not 1 <= top_k <= MAX_TOP_K:
+        raise ServingError(422, "bad_top_k", f"top_k must be an integer from 1 to {MAX_TOP_K}, got {top_k}")
+    return top_k
+
+
+def decode_upload(data: bytes, filename: str | None = None):
+    """Upload bytes -> RGB image, or a 4xx ServingError that says what is wrong with the file."""
+    from petlab.data.images import BadImageError
+
+    try:
+        return load_rgb(data)
+    except BadImageError as exc:
+        what = {"empty": "the file is empty (zero bytes)",
+                "not_an_image": "the file is not an image Pillow can read",
+                "truncated": "the image is truncated (incomplete file)",
+                "too_large": "the image has too many pixels (possible decompression bomb)",
+                "corrupt": "the image data is corrupt"}[exc.reason]
+        detail = f" ({exc.args[0].split(': ', 1)[-1]})" if exc.reason in ("too_large", "truncated") else ""
+        raise ServingError(400, exc.reason, f"{filename or 'upload'}: {what}{detail}") from None
+

@@ -1,0 +1,191 @@
+"""Promotion, the registry and verified export, on the real short runs of the shared photos."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from petlab.data.images import load_rgb
+from petlab.engine.evaluate import load_trained_model
+from petlab.export import ExportError, export_and_verify, load_exported
+from petlab.registry import Registry, RegistryError
+from petlab.registry.promote import PromotionError, candidate_runs, check_metric, promote, rollback, select_best
+from tests.registry import clone_run
+from tests.runs import REPO, script
+
+TASK = "cats_vs_dogs"
+# Validation and test accuracies written into the cloned runs: the test ranking is the opposite
+# of the validation ranking, so a promotion that peeked at test would pick custom_cnn.
+SCORES = {"custom_cnn": (0.90, 1.00), "lite0": (0.95, 0.50), "mobilenet_v2": (0.93, 0.99)}
+
+
+@pytest.fixture
+def candidates(real_runs, tmp_path) -> Path:
+    root = tmp_path / "runs"
+    for name, run in real_runs.items():
+        clone_run(run, root / run.name, *SCORES[name])
+    return root
+
+
+def cli(registry: Path, *args, check=True):
+    return script("promote.py", "--registry", registry, *args, check=check)
+
+
+def test_promotion_picks_the_best_validation_run_and_never_test(candidates, real_runs):
+    records = candidate_runs(TASK, candidates)
+    best, value = select_best(records, "val_accuracy")
+    assert best.path.name == real_runs["lite0"].name and value == 0.95 and len(records) == 3
+    best, value = select_best(records, "val_loss")  # lower is better for a loss
+    assert value == min(r.results["val"]["loss"] for r in records)
+    # with the test numbers removed entirely, the choice is the same
+    for results in candidates.glob("*/results.json"):
+        record = json.loads(results.read_text())
+        del record["test"]
+        results.write_text(json.dumps(record))
+    assert select_best(candidate_runs(TASK, candidates), "val_accuracy")[0].path.name == real_runs["lite0"].name
+    for metric in ("test_accuracy", "test_loss"):  # choosing by test is refused outright
+        with pytest.raises(PromotionError, match="validation metric only"):
+            check_metric(metric)
+
+
+def test_a_promoted_version_is_complete_verified_and_queued_in_comet(promoted_registry, real_runs, shared):
+    folder = promoted_registry / TASK / "v1"
+    card = json.loads((folder / "card.json").read_text())
+    source = real_runs["lite0"]
+    results = json.loads((source / "results.json").read_text())
+    assert card["name"] == "petlab-cats-vs-dogs" and card["status"] == "production" and card["version"] == 1
+    assert card["arch"] == "efficientnet_lite0" and card["classes"] == ["cat", "dog"]
+    assert card["preprocessing"]["image_size"] == 224 and card["preprocessing"]["mean"] == [0.5, 0.5, 0.5]
+    assert "centre-crop 224x224" in card["preprocessing"]["steps"]
+    assert card["dataset"] == "cats_and_dogs_filtered" and card["git"]["commit"] == results["git"]["commit"]
+    assert card["comet"]["key"] == results["tracking"]["key"] and card["created_at"]
+    assert set(card["verification"]) == {"torch_export", "torchscript"}
+    assert "# petlab-cats-vs-dogs v1 (production)" in (folder / "card.md").read_text()
+    assert sorted(p.name for p in (folder / "examples").iterdir())[:2] == ["cat-1.jpg", "cat-2.jpg"]
+
+    # the exports, loaded here independently, match the eager model on real photos
+    model, _, _, pre = load_trained_model(source)
+    photos = sorted((shared / "cats_and_dogs_filtered" / "validation" / "dogs").glob("*.jpg"))[-8:]
+    batch = pre.normalize(torch.stack([pre.eval_tensor(load_rgb(p)) for p in photos]))
+    with torch.no_grad():
+        expected = model(batch)
+        for name in ("model.pt2", "model.ts"):
+            exported = load_exported(folder / name)
+            torch.testing.assert_close(exported(batch), expected)
+            torch.testing.assert_close(exported(batch[:1]), expected[:1])
+    state = torch.load(folder / "state_dict.pt", weights_only=True)
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+
+    # offline, the Comet registration is queued in a new archive of the run's own experiment
+    archive = Path(card["comet"]["archive"])
+    assert archive.parent.parent.name == source.name and archive.parent.parent != source
+    with zipfile.ZipFile(archive) as zf:
+        messages = [json.loads(line) for line in zf.read("messages.json").decode().splitlines()]
+    (register,) = [m["payload"] for m in messages if m["type"] == "register_model"]
+    assert register["model_name"] == "petlab-cats-vs-dogs" and register["version"] == "1.0.0"
+    assert register["status"] == "Production" and register["experiment_id"] == card["comet"]["key"]
+
+
+def test_a_new_production_archives_the_old_and_rollback_restores_it(real_runs, tmp_path):
+    registry = tmp_path / "registry"
+    reg = Registry(registry)
+    for name in ("lite0", "mobilenet_v2"):
+        promote(TASK, run=clone_run(real_runs[name], tmp_path / name), registry=reg)
+    assert [(e["version"], e["status"]) for e in reg.versions(TASK)] == [(1, "archived"), (2, "production")]
+    assert reg.card(TASK, 1)["status"] == "archived"
+    assert json.loads((registry / TASK / "v1" / "card.json").read_text())["status"] == "archived"
+
+    cli(registry, "--task", TASK, "--rollback", "1")
+    assert [(e["version"], e["status"]) for e in reg.versions(TASK)] == [(1, "production"), (2, "archived")]
+    assert "(production)" in (registry / TASK / "v1" / "card.md").read_text()
+    listing = cli(registry, "--list").stdout.splitlines()
+    assert listing[0].split()[:4] == ["task", "name", "version", "status"]
+    assert listing[1].split()[2:5] == ["1", "production", "efficientnet_lite0"]
+    assert listing[2].split()[2:5] == ["2", "archived", "mobilenet_v2"]
+
+    with pytest.raises(RegistryError, match=r"no version 7 .*\(versions: \[1, 2\]\)"):
+        rollback(TASK, 7, reg)
+
+
+def test_two_promotions_at_once_leave_a_consistent_registry(real_runs, tmp_path):
+    registry = tmp_path / "registry"
+    procs = [subprocess.Popen([sys.executable, str(REPO / "experiments/promote.py"), "--registry", str(registry),
+                               "--task", TASK, "--run", str(real_runs[name])], cwd=REPO, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+             for name in ("lite0", "mobilenet_v2")]
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-2000:]
+    reg = Registry(registry)
+    entries = reg.versions(TASK)
+    assert sorted(e["version"] for e in entries) == [1, 2]
+    assert sorted(e["status"] for e in entries) == ["archived", "production"]
+    assert {Path(e["source_run"]).name for e in entries} == {real_runs["lite0"].name, real_runs["mobilenet_v2"].name}
+    for e in entries:
+        folder = registry / TASK / f"v{e['version']}"
+        assert {"model.pt2", "model.ts", "state_dict.pt", "card.json", "card.md"} <= {p.name for p in folder.iterdir()}
+        assert reg.card(TASK, e["version"])["version"] == e["version"]
+    assert not list((registry / TASK).glob(".staging-*"))
+
+
+def test_a_promotion_killed_mid_write_leaves_the_previous_state(real_runs, tmp_path):
+    registry = tmp_path / "registry"
+    promote(TASK, run=clone_run(real_runs["lite0"], tmp_path / "lite0"), registry=Registry(registry))
+    before = (registry / TASK / "index.json").read_bytes()
+    mobilenet = clone_run(real_runs["mobilenet_v2"], tmp_path / "mobilenet_v2")
+    proc = subprocess.Popen([sys.executable, str(REPO / "experiments/promote.py"), "--registry", str(registry),
+                             "--task", TASK, "--run", str(mobilenet)], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not any((registry / TASK).glob(".staging-*/model.ts")) and time.time() < deadline:
+        time.sleep(0.05)  # killed while the export is being written
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert (registry / TASK / "index.json").read_bytes() == before
+    assert not (registry / TASK / "v2").exists()
+    assert Registry(registry).production(TASK)["version"] == 1
+    # the next promotion works, takes number 2, and clears the dead process's staging folder
+    promote(TASK, run=mobilenet, registry=Registry(registry))
+    assert [(e["version"], e["status"]) for e in Registry(registry).versions(TASK)] == [(1, "archived"),
+                                                                                         (2, "production")]
+    assert not list((registry / TASK).glob(".staging-*"))
+
+
+def test_promotion_errors_are_clear(real_runs, tmp_path):
+    registry = Registry(tmp_path / "registry")
+    with pytest.raises(PromotionError, match="no completed dog_breeds runs"):
+        promote("dog_breeds", runs_root=real_runs["lite0"].parent, registry=registry)
+    with pytest.raises(PromotionError, match="is not a completed run"):
+        promote(TASK, run=tmp_path, registry=registry)
+    with pytest.raises(PromotionError, match="is a cats_vs_dogs run, not dog_breeds"):
+        promote("dog_breeds", run=real_runs["lite0"], registry=registry)
+    assert registry.tasks() == []
+
+
+class DataDependent(nn.Module):
+    """A Python branch on a tensor's value: tracing freezes whichever branch the example took."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 3)
+
+    def forward(self, x):
+        y = self.conv(x).mean(dim=(2, 3))
+        if y.sum() > 0:
+            return y
+        return -y
+
+
+def test_a_tracer_warning_fails_the_export(tmp_path):
+    images = torch.randn(11, 3, 16, 16)
+    with pytest.raises(ExportError, match="TracerWarning"):
+        export_and_verify(DataDependent().eval(), images[:2], [images[2:3], images[3:]], tmp_path)
+
