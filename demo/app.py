@@ -104,18 +104,27 @@ def build_page(models: ServedModels) -> gr.Blocks:
     tasks = sorted(served)
     examples = [[str(p), task] for task in tasks
                 for p in sorted((models.registry.version_dir(task, served[task]) / "examples").glob("*"))]
+    if len(tasks) == 1:  # no task column when there is nothing to choose
+        examples = [row[:1] for row in examples]
 
-    def current_card(task: str | None) -> str:
+    def current_card(task: str | None) -> tuple[str, str]:
+        """(one-line summary, full card) of the version served for `task`."""
         served_now = models.production()
         if task not in served_now:
-            return ("**No production model yet.** Train a run, then "
-                    "`python experiments/promote.py --task cats_vs_dogs`.")
-        return card_markdown(models.registry.card(task, served_now[task]))
+            missing = ("**No production model yet.** Train a run, then "
+                       "`python experiments/promote.py --task cats_vs_dogs`.")
+            return missing, missing
+        card = models.registry.card(task, served_now[task])
+        metrics = card["metrics"]
+        summary = (f"Serving **{card['name']} v{card['version']}** ({card['arch']}, "
+                   f"validation {100 * metrics['val']['accuracy']:.2f}%"
+                   + (f", test {100 * metrics['test']['accuracy']:.2f}%" if "test" in metrics else "") + ")")
+        return summary, card_markdown(card)
 
     def on_load():
         served_now = sorted(models.production())
         value = served_now[0] if served_now else None
-        return gr.Dropdown(choices=served_now, value=value, visible=len(served_now) > 1), current_card(value)
+        return gr.Dropdown(choices=served_now, value=value, visible=len(served_now) > 1), *current_card(value)
 
     def on_image(path: str | None, task: str | None):
         if path is None:
@@ -138,15 +147,19 @@ def build_page(models: ServedModels) -> gr.Blocks:
             # filepath + image_mode=None: the untouched upload reaches petlab's own decoding.
             image = gr.Image(type="filepath", image_mode=None, sources=["upload", "clipboard"], label="Photo",
                              elem_id="photo")
-            label = gr.Label(num_top_classes=5, label="Prediction", elem_id="prediction")
+            with gr.Column():
+                label = gr.Label(num_top_classes=5, label="Prediction", elem_id="prediction")
+                summary_text, card_text = current_card(tasks[0] if tasks else None)
+                summary = gr.Markdown(summary_text, elem_id="served")
         if examples:
-            gr.Examples(examples=examples, inputs=[image, task], label="Examples (validation photos)",
-                        cache_examples=False)
+            gr.Examples(examples=examples, inputs=[image, task] if len(tasks) > 1 else [image],
+                        label="Examples (validation photos)", cache_examples=False)
         with gr.Accordion("Model card", open=False):
-            card = gr.Markdown(current_card(tasks[0] if tasks else None))
+            card = gr.Markdown(card_text, elem_id="card")
         image.change(on_image, [image, task], label, api_name="classify")
-        task.change(current_card, task, card, api_name=False).then(on_image, [image, task], label, api_name=False)
-        page.load(on_load, None, [task, card], api_name=False)
+        task.change(current_card, task, [summary, card], api_name=False).then(
+            on_image, [image, task], label, api_name=False)
+        page.load(on_load, None, [task, summary, card], api_name=False)
     return page
 
 

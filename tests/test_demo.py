@@ -1,0 +1,156 @@
+"""The demo against a real running server: JSON API, odd and bad uploads, gradio_client, and a real browser."""
+
+import io
+import json
+import os
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+from petlab.serving import demo_process
+from tests.imaging import encode, odd_photos, png_bomb, write_bad_files
+
+CATS = ["cat.2001.jpg", "cat.2010.jpg", "cat.2027.jpg", "cat.2042.jpg"]
+DOGS = ["dog.2001.jpg", "dog.2010.jpg", "dog.2027.jpg", "dog.2042.jpg"]
+
+
+@pytest.fixture(scope="module")
+def server(promoted_registry, tmp_path_factory):
+    log = tmp_path_factory.mktemp("demo") / "demo.log"
+    with demo_process(promoted_registry, log) as url:
+        yield url, log
+
+
+@pytest.fixture(scope="module")
+def validation(shared) -> Path:
+    return shared / "cats_and_dogs_filtered" / "validation"
+
+
+def predict(url, data: bytes, name="photo.jpg", **fields):
+    return httpx.post(f"{url}/api/predict", files={"file": (name, data)}, data=fields, timeout=60)
+
+
+def probabilities(response) -> dict:
+    assert response.status_code == 200, response.text
+    return {p["label"]: p["probability"] for p in response.json()["predictions"]}
+
+
+def test_health_reports_the_production_version(server):
+    url, _ = server
+    health = httpx.get(f"{url}/api/health").json()
+    assert health["status"] == "ok"
+    model = health["models"]["cats_vs_dogs"]
+    assert model["name"] == "petlab-cats-vs-dogs" and model["version"] == 1 and model["format"] == "torch_export"
+
+
+def test_clear_cats_and_dogs_get_the_right_label(server, validation):
+    url, _ = server
+    for label, names in (("cat", CATS), ("dog", DOGS)):
+        for name in names:
+            response = predict(url, (validation / f"{label}s" / name).read_bytes(), name, top_k="2")
+            body = response.json()
+            assert body["task"] == "cats_vs_dogs" and body["model"] == {
+                "name": "petlab-cats-vs-dogs", "version": 1, "format": "torch_export"}
+            assert body["predictions"][0]["label"] == label, (name, body)
+            assert sum(p["probability"] for p in body["predictions"]) == pytest.approx(1.0, abs=1e-4)
+            assert body["latency_ms"] > 0
+
+
+def test_every_odd_but_valid_photo_is_predicted(server, validation):
+    url, _ = server
+    upright = Image.open(validation / "cats" / CATS[0]).convert("RGB")
+    baseline = probabilities(predict(url, encode(upright, "PNG"), "upright.png"))
+    odd = odd_photos(upright)
+    results = {name: probabilities(predict(url, data, name)) for name, data in odd.items()}
+    # the EXIF orientation is applied: the rotated file predicts exactly as the upright one
+    assert results["exif_rotated.png"]["cat"] == pytest.approx(baseline["cat"], abs=1e-5)
+    # 16-bit is scaled, not clipped: the same as the 8-bit grayscale picture
+    gray8 = probabilities(predict(url, encode(upright.convert("L"), "PNG"), "gray8.png"))
+    assert results["sixteen_bit.png"]["cat"] == pytest.approx(gray8["cat"], abs=1e-4)
+    # an animated GIF is judged by its first frame (the cat), not the blue second frame
+    first = probabilities(predict(url, first_frame_png(odd["animated.gif"]), "first_frame.png"))
+    assert results["animated.gif"]["cat"] == pytest.approx(first["cat"], abs=1e-5)
+    for name in ("grayscale.jpg", "palette.png", "rgba.png", "cmyk.jpg", "animated.gif"):
+        assert results[name]["cat"] > 0.5, (name, results[name])
+    assert set(results["one_pixel.png"]) == {"cat", "dog"}
+
+
+def first_frame_png(gif: bytes) -> bytes:
+    with Image.open(io.BytesIO(gif)) as img:
+        img.seek(0)
+        return encode(img.convert("RGB"), "PNG")
+
+
+def test_bad_uploads_get_a_clear_4xx_and_the_server_keeps_serving(server, validation, tmp_path):
+    url, log = server
+    good = (validation / "dogs" / DOGS[0]).read_bytes()
+    bad_files = write_bad_files(tmp_path)
+    cases = {
+        "not_an_image": (400, lambda: predict(url, bad_files["not_an_image"].read_bytes(), "notes.jpg")),
+        "empty": (400, lambda: predict(url, b"", "zero.jpg")),
+        "truncated": (400, lambda: predict(url, good[: len(good) // 2], "half.jpg")),
+        "too_large": (400, lambda: predict(url, png_bomb(30000), "bomb.png")),
+        "missing_file": (400, lambda: httpx.post(f"{url}/api/predict", data={"task": "cats_vs_dogs"})),
+        "unknown_task": (404, lambda: predict(url, good, task="zebras")),
+        "bad_top_k": (422, lambda: predict(url, good, top_k="0")),
+        "bad_top_k ": (422, lambda: predict(url, good, top_k="five")),
+        "too_large ": (413, lambda: predict(url, os.urandom(11 * 1024 * 1024), "huge.jpg")),
+    }
+    for code, (status, send) in cases.items():
+        response = send()
+        assert response.status_code == status, (code, response.text)
+        body = response.json()
+        assert body["error"] == code.strip() and body["message"], body
+        assert "Traceback" not in response.text
+        assert probabilities(predict(url, good))["dog"] > 0.5  # the next good request still succeeds
+    assert "zebras" in predict(url, good, task="zebras").json()["message"]
+    assert "900000000 pixels" in predict(url, png_bomb(30000), "bomb.png").json()["message"]
+    # one structured log line per request, with its outcome
+    lines = [json.loads(line.split("petlab.demo: ", 1)[1]) for line in log.read_text().splitlines()
+             if "petlab.demo: {" in line]
+    outcomes = {entry["outcome"] for entry in lines}
+    assert {"ok", "not_an_image", "empty", "truncated", "too_large", "missing_file", "unknown_task",
+            "bad_top_k"} <= outcomes
+    ok = [e for e in lines if e["outcome"] == "ok"]
+    assert all(e["version"] == 1 and e["task"] == "cats_vs_dogs" and e["latency_ms"] > 0 for e in ok)
+
+
+def test_no_production_model_is_a_503_that_says_what_to_run(tmp_path, validation):
+    with demo_process(tmp_path / "empty-registry", tmp_path / "demo.log") as url:
+        assert httpx.get(f"{url}/api/health").json()["status"] == "no_production_model"
+        response = predict(url, (validation / "cats" / CATS[0]).read_bytes())
+        assert response.status_code == 503 and "promote.py" in response.json()["message"]
+        assert httpx.get(url).status_code == 200  # the page still renders
+
+
+def test_gradio_client_predicts(server, validation):
+    from gradio_client import Client, handle_file
+
+    url, _ = server
+    client = Client(url, verbose=False)
+    result = client.predict(handle_file(str(validation / "dogs" / DOGS[1])), "cats_vs_dogs", api_name="/classify")
+    assert result["label"] == "dog"
+    assert {c["label"] for c in result["confidences"]} == {"cat", "dog"}
+
+
+def test_a_browser_uploads_a_photo_and_reads_the_label(server, validation, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    url, _ = server
+    shots = Path(os.environ.get("PETLAB_SCREENSHOT_DIR") or tmp_path)
+    with sync_playwright() as p:
+        # Debian's chromium (installed by .ci/run), never a browser downloaded by Playwright.
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.goto(url)
+        page.locator("#photo input[type=file]").set_input_files(str(validation / "cats" / CATS[1]))
+        expect(page.locator("#prediction")).to_contain_text("cat", timeout=60_000)
+        expect(page.locator("#prediction")).to_contain_text("%", timeout=10_000)
+        expect(page.locator("#served")).to_contain_text("petlab-cats-vs-dogs v1")
+        page.screenshot(path=str(shots / "demo.png"), full_page=True)
+        browser.close()
+    assert (shots / "demo.png").stat().st_size > 20_000
