@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test lint clean-runs
+.PHONY: setup run test lint promote demo space clean-runs
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,18 @@ setup: $(STAMP)
 # The main job: the seed project's custom CNN on the default cats-vs-dogs dataset.
 run: setup
 	$(PY) experiments/run.py --config experiments/configs/custom_cnn_cats_vs_dogs.yaml $(ARGS)
+
+# Register the best cats-vs-dogs run (by validation accuracy) as production: ARGS="--task dog_breeds" etc.
+promote: setup
+	$(PY) experiments/promote.py $(if $(ARGS),$(ARGS),--task cats_vs_dogs)
+
+# The Gradio page and JSON API on http://127.0.0.1:7860 (ARGS="--port 8000" etc.).
+demo: setup
+	$(PY) demo/app.py $(ARGS)
+
+# A Hugging Face Space in build/space: the demo, petlab and the production models.
+space: setup
+	$(PY) demo/build_space.py $(ARGS)
 
 test: setup
 	$(PY) -m pytest $(ARGS)

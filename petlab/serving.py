@@ -167,11 +167,11 @@ def decode_upload(data: bytes, filename: str | None = None):
 
 
 @contextlib.contextmanager
-def demo_process(registry: str | os.PathLike, log_path: str | os.PathLike, *args: str, timeout: float = 180.0):
-    """Run demo/app.py in a child process on a free local port; yields its base URL once /api/health answers.
-
-    For tests and benchmarks: a real server, started and stopped as a user would.
-    """
+def demo_process(registry: str | os.PathLike | None, log_path: str | os.PathLike, *args: str,
+                 app: str | os.PathLike | None = None, cwd: str | os.PathLike | None = None, timeout: float = 180.0):
+    """Run the demo (demo/app.py, or another copy of it) in a child process on a free local port;
+    yields its base URL once /api/health answers. For tests and benchmarks: a real server,
+    started and stopped as a user would."""
     import socket
     import subprocess
     import sys
@@ -181,10 +181,11 @@ def demo_process(registry: str | os.PathLike, log_path: str | os.PathLike, *args
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    app = Path(__file__).resolve().parents[1] / "demo" / "app.py"
+    app = app or Path(__file__).resolve().parents[1] / "demo" / "app.py"
+    command = [sys.executable, str(app), "--port", str(port), *(["--registry", str(registry)] if registry else []),
+               *args]
     with open(log_path, "w") as log_file:
-        proc = subprocess.Popen([sys.executable, str(app), "--port", str(port), "--registry", str(registry), *args],
-                                stdout=log_file, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, cwd=cwd)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout

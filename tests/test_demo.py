@@ -3,6 +3,8 @@
 import io
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -11,6 +13,7 @@ from PIL import Image
 
 from petlab.serving import demo_process
 from tests.imaging import encode, odd_photos, png_bomb, write_bad_files
+from tests.runs import REPO
 
 CATS = ["cat.2001.jpg", "cat.2010.jpg", "cat.2027.jpg", "cat.2042.jpg"]
 DOGS = ["dog.2001.jpg", "dog.2010.jpg", "dog.2027.jpg", "dog.2042.jpg"]
@@ -154,3 +157,37 @@ def test_a_browser_uploads_a_photo_and_reads_the_label(server, validation, tmp_p
         page.screenshot(path=str(shots / "demo.png"), full_page=True)
         browser.close()
     assert (shots / "demo.png").stat().st_size > 20_000
+
+
+def test_the_latency_benchmark_runs_against_a_real_server(promoted_registry):
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks/serve_latency.py"), "--registry",
+                           str(promoted_registry), "--requests", "12", "--concurrency", "1", "4", "--repeats", "2",
+                           "--json"], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout)
+    assert [p["concurrency"] for p in result["serving"]] == [1, 4]
+    for phase in result["serving"]:
+        assert phase["errors"] == 0 and 0 < phase["p50_ms"] <= phase["p95_ms"] and phase["throughput_rps"] > 0
+    for size in ("batch_1", "batch_8"):
+        timing = result["inference"][size]
+        assert timing["eager_ms"] > 0 and timing["torch_export_over_eager"] > 0 and timing["torchscript_ms"] > 0
+
+
+def test_the_hugging_face_space_bundle_runs_on_its_own(promoted_registry, validation, tmp_path):
+    space = tmp_path / "space"
+    subprocess.run([sys.executable, str(REPO / "demo/build_space.py"), "--out", str(space), "--registry",
+                    str(promoted_registry)], check=True, capture_output=True, cwd=REPO)
+    readme = (space / "README.md").read_text()
+    assert readme.startswith("---\n") and "sdk: gradio\n" in readme and "app_file: app.py\n" in readme
+    pins = {line for line in (space / "requirements.txt").read_text().splitlines() if "==" in line}
+    assert pins <= set((REPO / "requirements.txt").read_text().splitlines())  # the same versions as the repo
+    assert {p.name for p in (space / "models/registry/cats_vs_dogs/v1").iterdir()} == {
+        "model.pt2", "model.ts", "card.json", "card.md", "examples"}
+    # run from inside the bundle, as the Space does: its own petlab copy and models/registry
+    which = subprocess.run([sys.executable, "-c", "import petlab; print(petlab.__file__)"], cwd=space,
+                           capture_output=True, text=True, check=True)
+    assert Path(which.stdout.strip()).is_relative_to(space)
+    with demo_process(None, tmp_path / "space.log", app=space / "app.py", cwd=space) as url:
+        health = httpx.get(f"{url}/api/health").json()
+        assert health["registry"] == "models/registry" and health["models"]["cats_vs_dogs"]["version"] == 1
+        assert probabilities(predict(url, (validation / "dogs" / DOGS[2]).read_bytes()))["dog"] > 0.5

@@ -1,0 +1,150 @@
+"""Serving latency of the production model, and exported vs eager inference time, in one run.
+
+    python benchmarks/serve_latency.py [--task cats_vs_dogs] [--requests 200] [--concurrency 1 8] [--json]
+
+Starts the demo (a real server in its own process) on the registry's production model, posts
+real photos to /api/predict at each concurrency, and prints client-side latency p50/p95, the
+server's own latency_ms, throughput and errors. Then, in this process, times the exported model
+against the eager one (same weights, same photos) at batch sizes 1 and 8.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import torch
+
+from petlab.data.images import load_rgb
+from petlab.data.transforms import Preprocessing
+from petlab.export import EXPORT_FILES, load_exported
+from petlab.models import build_model
+from petlab.registry import Registry
+from petlab.serving import demo_process
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def default_photos() -> Path:
+    data = Path(os.environ.get("PETLAB_DATA_DIR") or REPO.parent / "shared" / "data")
+    return data / "cats_and_dogs_filtered" / "validation"
+
+
+def percentile(values, q) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def load_phase(url: str, task: str, photos: list[bytes], requests: int, concurrency: int) -> dict:
+    def one(i: int):
+        start = time.perf_counter()
+        response = client.post(f"{url}/api/predict", files={"file": (f"{i}.jpg", photos[i % len(photos)])},
+                               data={"task": task})
+        elapsed = 1000 * (time.perf_counter() - start)
+        ok = response.status_code == 200
+        return elapsed, (response.json()["latency_ms"] if ok else None), ok
+
+    with httpx.Client(timeout=120, limits=httpx.Limits(max_connections=concurrency)) as client:
+        for i in range(min(10, requests)):  # warm-up, not counted
+            one(i)
+        start = time.perf_counter()
+        with ThreadPoolExecutor(concurrency) as pool:
+            results = list(pool.map(one, range(requests)))
+        wall = time.perf_counter() - start
+    client_ms = [r[0] for r in results]
+    server_ms = [r[1] for r in results if r[2]]
+    return {"concurrency": concurrency, "requests": requests, "errors": sum(not r[2] for r in results),
+            "p50_ms": percentile(client_ms, 50), "p95_ms": percentile(client_ms, 95),
+            "server_p50_ms": percentile(server_ms, 50) if server_ms else None,
+            "throughput_rps": requests / wall}
+
+
+def time_call(fn, batch: torch.Tensor, repeats: int) -> float:
+    """Median seconds per call after two warm-up calls."""
+    with torch.inference_mode():
+        for _ in range(2):
+            fn(batch)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn(batch)
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def exported_vs_eager(registry: Registry, task: str, version: int, photos: list[Path], repeats: int) -> dict:
+    """Median ms per call of the eager model and of each export, and each export's time over eager's."""
+    card = registry.card(task, version)
+    folder = registry.version_dir(task, version)
+    eager, _ = build_model(card["arch"], len(card["classes"]))
+    eager.load_state_dict(torch.load(folder / "state_dict.pt", map_location="cpu", weights_only=True))
+    models = {"eager": eager.eval(), **{fmt: load_exported(folder / name) for fmt, name in EXPORT_FILES.items()}}
+    pre = Preprocessing.from_dict(card["preprocessing"])
+    images = pre.normalize(torch.stack([pre.eval_tensor(load_rgb(p)) for p in photos[:8]]))
+    out = {}
+    for size in (1, 8):
+        ms = {name: 1000 * time_call(model, images[:size], repeats) for name, model in models.items()}
+        out[f"batch_{size}"] = {**{f"{name}_ms": v for name, v in ms.items()},
+                                **{f"{fmt}_over_eager": ms[fmt] / ms["eager"] for fmt in EXPORT_FILES}}
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", default="cats_vs_dogs")
+    parser.add_argument("--registry", help="default $PETLAB_REGISTRY_DIR or models/registry")
+    parser.add_argument("--photos", type=Path, default=None, help="folder of real photos (default: the shared "
+                                                                  "cats_and_dogs_filtered/validation)")
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--repeats", type=int, default=30, help="timed calls per batch size, exported vs eager")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(argv)
+
+    registry = Registry(args.registry)
+    production = registry.production(args.task)
+    if production is None:
+        print(f"error: no production {args.task} model in {registry.root}; run "
+              f"`python experiments/promote.py --task {args.task}` first", file=sys.stderr)
+        return 2
+    folder = args.photos or default_photos()
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png"})[:64]
+    if len(paths) < 8:
+        print(f"error: need at least 8 photos in {folder}", file=sys.stderr)
+        return 2
+    photos = [p.read_bytes() for p in paths]
+    torch.set_num_threads(os.cpu_count() or 1)
+
+    with tempfile.TemporaryDirectory() as tmp, demo_process(registry.root, Path(tmp) / "demo.log") as url:
+        phases = [load_phase(url, args.task, photos, args.requests, c) for c in args.concurrency]
+    inference = exported_vs_eager(registry, args.task, production["version"], paths, args.repeats)
+    result = {"task": args.task, "version": production["version"], "cpu_count": os.cpu_count(),
+              "torch": torch.__version__, "serving": phases, "inference": inference}
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{args.task} v{production['version']} ({registry.card(args.task, production['version'])['arch']}), "
+          f"{os.cpu_count()} CPU cores, {args.requests} requests per row")
+    print(f"{'concurrency':>11} {'p50 ms':>8} {'p95 ms':>8} {'server p50':>10} {'req/s':>7} {'errors':>6}")
+    for p in phases:
+        print(f"{p['concurrency']:>11} {p['p50_ms']:>8.1f} {p['p95_ms']:>8.1f} {p['server_p50_ms'] or 0:>10.1f} "
+              f"{p['throughput_rps']:>7.1f} {p['errors']:>6}")
+    print(f"inference, median ms of {args.repeats} calls (the server uses torch_export):")
+    for size in (1, 8):
+        b = inference[f"batch_{size}"]
+        print(f"  batch {size}: eager {b['eager_ms']:.1f}, torch_export {b['torch_export_ms']:.1f} "
+              f"({b['torch_export_over_eager']:.2f}x eager), torchscript {b['torchscript_ms']:.1f} "
+              f"({b['torchscript_over_eager']:.2f}x eager)")
+    return 0 if all(p["errors"] == 0 for p in phases) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

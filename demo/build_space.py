@@ -1,0 +1,96 @@
+"""Assemble a Hugging Face Space: the demo, the petlab package and the production models.
+
+    python demo/build_space.py [--out build/space] [--registry DIR]
+
+The folder it writes is a complete Space (sdk: gradio, app_file: app.py). Push it with git:
+    cd build/space && git init && git lfs track "*.pt2" "*.ts" && git add . && git commit -m "petlab demo"
+    git push --force https://huggingface.co/spaces/<user>/<space> HEAD:main
+On the Space, GRADIO_SERVER_NAME=0.0.0.0 makes app.py listen publicly; locally it stays on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from petlab.registry import Registry
+from petlab.registry.store import atomic_write_text
+
+DEMO = Path(__file__).resolve().parent
+REPO = DEMO.parent
+MARKER = ".petlab-space"
+SPACE_FILES = ("model.pt2", "model.ts", "card.json", "card.md")  # the state dict stays home: exports suffice
+
+FRONT_MATTER = """---
+title: petlab pet classifier
+emoji: 🐾
+colorFrom: indigo
+colorTo: yellow
+sdk: gradio
+sdk_version: {gradio}
+app_file: app.py
+pinned: false
+---
+
+# petlab demo
+
+Upload a pet photo; the production model of each task names the class. JSON API: `POST /api/predict`
+(multipart `file`, optional `task`, `top_k`), `GET /api/health`. Built by `demo/build_space.py`
+from the petlab repository; the models and their cards are in `models/registry/`.
+
+{models}
+"""
+
+
+def build_space(out: Path, registry: Registry) -> list[str]:
+    """Write the Space into `out` (replacing an earlier build); returns the tasks it serves."""
+    served = {task: registry.production(task) for task in registry.tasks()}
+    served = {task: entry for task, entry in served.items() if entry}
+    if not served:
+        raise SystemExit(f"error: no production model in {registry.root}; run experiments/promote.py first")
+    if out.exists():
+        if not (out / MARKER).is_file():
+            raise SystemExit(f"error: {out} exists and is not an earlier Space build; choose another --out")
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    (out / MARKER).write_text("built by demo/build_space.py\n")
+    shutil.copy(DEMO / "app.py", out / "app.py")
+    shutil.copy(DEMO / "requirements.txt", out / "requirements.txt")
+    shutil.copytree(REPO / "petlab", out / "petlab", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    lines = []
+    for task, entry in served.items():
+        version = entry["version"]
+        source = registry.version_dir(task, version)
+        target = out / "models" / "registry" / task / f"v{version}"
+        target.mkdir(parents=True)
+        for name in SPACE_FILES:
+            if (source / name).is_file():
+                shutil.copy(source / name, target / name)
+        if (source / "examples").is_dir():
+            shutil.copytree(source / "examples", target / "examples")
+        index = {**registry.index(task), "versions": [entry]}  # only what the Space serves
+        atomic_write_text(target.parent / "index.json", json.dumps(index, indent=2) + "\n")
+        card = registry.card(task, version)
+        lines.append(f"- `{task}`: {card['name']} v{version} ({card['arch']}, validation "
+                     f"{100 * card['metrics']['val']['accuracy']:.2f}%)")
+    gradio = next(line.split("==")[1] for line in (DEMO / "requirements.txt").read_text().splitlines()
+                  if line.startswith("gradio=="))
+    (out / "README.md").write_text(FRONT_MATTER.format(gradio=gradio, models="\n".join(lines)))
+    return sorted(served)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("build/space"))
+    parser.add_argument("--registry", help="default $PETLAB_REGISTRY_DIR or models/registry")
+    args = parser.parse_args(argv)
+    tasks = build_space(args.out, Registry(args.registry))
+    print(f"Space written to {args.out} (serving {', '.join(tasks)}); see this script's help to push it")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
