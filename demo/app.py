@@ -169,7 +169,6 @@ def create_app(registry_dir: str | os.PathLike | None = None, max_upload_mb: flo
     models.warm_up()
     max_bytes = int(max_upload_mb * 1024 * 1024)
     app = create_api(models, max_bytes)
-    registry.root.mkdir(parents=True, exist_ok=True)  # so the page can list examples once models arrive
     return gr.mount_gradio_app(app, build_page(models), path="/", allowed_paths=[str(registry.root.resolve())],
                                max_file_size=max_bytes, footer_links=["api"])
 

@@ -112,6 +112,8 @@ class ServedModels:
         with self._lock:  # loading takes a second; concurrent first requests load once
             if key not in self._loaded:
                 start = time.perf_counter()
+                # a promotion or rollback replaced the version: forget the task's others
+                self._loaded = {k: m for k, m in self._loaded.items() if k[0] != task}
                 self._loaded[key] = load_version(self.registry, *key)
                 log.info("loaded %s v%d (%s) in %.2fs", task, key[1], self._loaded[key].fmt,
                          time.perf_counter() - start)

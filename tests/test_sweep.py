@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import optuna
 import pytest
@@ -12,6 +13,7 @@ import yaml
 from optuna.trial import TrialState
 
 from petlab.config import load_config
+from petlab.registry import Registry
 from petlab.search.space import load_sweep
 from petlab.search.storage import open_storage
 from tests.imaging import make_imagefolder
@@ -93,6 +95,17 @@ def test_study_report_has_figures_table_and_a_runnable_best_config(tmp_path, dat
     results = json.loads(open(f"{run_dir}/results.json").read())
     assert results["epochs_completed"] == 3 and "final" in results["tags"]
     assert optuna.load_study(study_name="tiny", storage=storage).user_attrs["final_run"] == run_dir
+    # promotion from the study picks its best run by validation accuracy, the final run included
+    registry = tmp_path / "registry"
+    script("promote.py", "--registry", registry, "--task", "cats_vs_dogs", "--from-study", "tiny", "--storage",
+           storage, "--images", data)
+    card = Registry(registry).card("cats_vs_dogs", 1)
+    records = [json.loads(open(f"{d}/results.json").read())
+               for d in [t.user_attrs["run_dir"] for t in study.trials] + [run_dir]]
+    candidates = [r["run_dir"] for r in records if r["status"] == "completed"]  # pruned runs are not candidates
+    best_val = max(r["val"]["accuracy"] for r in records if r["status"] == "completed")
+    assert card["selected_by"] == {"metric": "val_accuracy", "value": best_val, "candidates": len(candidates)}
+    assert card["source_run"] in {str(Path(d).resolve()) for d in candidates}
 
 
 @pytest.fixture(scope="module")

@@ -170,7 +170,11 @@ def promote(task: str, metric: str = "val_accuracy", runs_root: Path = Path("run
     except BaseException:
         registry.discard(staged)
         raise
-    comet = register_in_comet(best, cfg, registry, task, version, status)
+    try:
+        comet = register_in_comet(best, cfg, registry, task, version, status)
+    except Exception as exc:  # noqa: BLE001 - the local registry is the truth; Comet is a mirror
+        log.warning("comet: registration failed (%s: %s); the local registry is unaffected", type(exc).__name__, exc)
+        comet = {"registration": f"failed: {type(exc).__name__}: {exc}"}
     registry.annotate(task, version, comet={**card["comet"], **comet})
     return registry.card(task, version)
 
