@@ -18,7 +18,7 @@ import yaml
 TASKS = ("cats_vs_dogs", "breeds")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("none", "cosine", "onecycle")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 TRACKERS = ("comet", "none")
 
@@ -65,8 +65,8 @@ class TrainConfig:
     warmup_epochs: float = 0.0  # onecycle: fraction of the run is derived from this
     label_smoothing: float = 0.0
     early_stopping_patience: int | None = None  # epochs without val improvement; None: off
-    precision: str = "fp32"
-    channels_last: bool = False
+    precision: str = "auto"  # auto: the architecture's measured setting for the device (engine/speed.py)
+    channels_last: bool | None = None  # None: likewise
     limit_batches: int | None = None  # at most N batches per split per epoch (smoke runs)
     eval_batch_size: int | None = None  # None: 2 x batch_size
     threads: int | None = None  # torch intra-op threads; None: torch's default

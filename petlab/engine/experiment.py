@@ -34,6 +34,7 @@ from petlab.data.transforms import Preprocessing
 from petlab.engine.checkpoint import load_checkpoint
 from petlab.engine.features import feature_loaders, uses_feature_cache
 from petlab.engine.metrics import classification_metrics, plot_confusion_matrices
+from petlab.engine.speed import resolve_speed_settings
 from petlab.engine.trainer import Interrupted, StopRun, Trainer, resolve_device, seed_everything
 from petlab.models import ARCHS, build_model, head_parameters
 from petlab.reports.figures import plot_learning_curves, plot_misclassified
@@ -161,6 +162,7 @@ def _run(cfg: Config, run_dir: Path, resuming: bool, started: float, on_epoch=No
     started_at = previous.get("started_at") or datetime.now().isoformat(timespec="seconds")
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
+    resolve_speed_settings(cfg, resolve_device(cfg.train.device))
     log.info("run directory: %s", run_dir)
     splits, pre, decoded = prepare_data(cfg)
     log.info("%s (%s): %d classes, sizes %s; %s", splits.dataset, splits.root, len(splits.classes),

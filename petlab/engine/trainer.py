@@ -27,6 +27,7 @@ from petlab.data.transforms import Preprocessing
 from petlab.engine.checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
 from petlab.engine.diagnostics import Diagnostics, gradient_norm
 from petlab.engine.profiling import EpochProfile, torch_trace
+from petlab.engine.speed import resolve_speed_settings
 from petlab.models import ARCHS, head_parameters
 from petlab.tracking import Tracker
 
@@ -175,6 +176,7 @@ class Trainer:
         self.tracker = tracker or Tracker()
         self.on_epoch = None  # callable(row) after each epoch is recorded; may raise StopRun
         self.device = resolve_device(cfg.train.device)
+        resolve_speed_settings(cfg, self.device)  # a no-op when run_experiment already resolved them
         self.model.to(self.device)
         if cfg.train.channels_last:
             self.model.to(memory_format=torch.channels_last)

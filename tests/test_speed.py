@@ -1,0 +1,46 @@
+"""Speed defaults resolve per architecture and device; the throughput benchmark runs and reports."""
+
+import json
+import subprocess
+import sys
+
+import torch
+
+from petlab.cli import add_run_flags, overrides_from
+from petlab.config import load_config
+from petlab.engine.speed import native_bf16, resolve_speed_settings
+from tests.runs import REPO
+
+
+def test_auto_settings_become_the_measured_ones_and_explicit_ones_stay():
+    cpu = torch.device("cpu")
+    cfg = load_config(None, {"model.arch": "mobilenet_v2"})
+    assert (cfg.train.precision, cfg.train.channels_last) == ("auto", None)
+    resolve_speed_settings(cfg, cpu)
+    assert cfg.train.precision == ("bf16" if native_bf16(cpu) else "fp32") and cfg.train.channels_last is True
+    explicit = load_config(None, {"model.arch": "resnet18", "train.precision": "fp32", "train.channels_last": "false"})
+    resolve_speed_settings(explicit, cpu)
+    assert (explicit.train.precision, explicit.train.channels_last) == ("fp32", False)
+
+
+def test_channels_last_flag_takes_an_optional_value():
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_run_flags(parser)
+    assert overrides_from(parser.parse_args(["--channels-last"]))["train.channels_last"] == "true"
+    assert overrides_from(parser.parse_args(["--channels-last", "false"]))["train.channels_last"] == "false"
+    assert "train.channels_last" not in overrides_from(parser.parse_args([]))
+
+
+def test_the_throughput_benchmark_compares_both_loops_and_the_exports(tmp_path):
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks/train_throughput.py"), "--models", "resnet18",
+                           "--warmup", "1", "--window", "1", "--windows", "1", "--repeats", "2", "--json"],
+                          capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)["resnet18"]
+    assert result["plain_img_s"] > 0 and result["petlab_img_s"] > 0
+    assert result["ratio"] == result["petlab_img_s"] / result["plain_img_s"]
+    assert result["peak_rss_mb"]["plain"] > 100 and result["peak_rss_mb"]["petlab"] > 100
+    assert result["petlab_settings"]["channels_last"] is True  # resolved, as written to the run's config.yaml
+    assert all(v > 0 for v in result["inference"].values()) and len(result["inference"]) == 6
