@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -23,20 +22,13 @@ from pathlib import Path
 import httpx
 import numpy as np
 import torch
+from common import median_call_seconds, shared_data  # benchmarks/common.py (this script's folder)
 
 from petlab.data.images import load_rgb
 from petlab.data.transforms import Preprocessing
 from petlab.export import EXPORT_FILES, load_exported
-from petlab.models import build_model
 from petlab.registry import Registry
-from petlab.serving import demo_process
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def default_photos() -> Path:
-    data = Path(os.environ.get("PETLAB_DATA_DIR") or REPO.parent / "shared" / "data")
-    return data / "cats_and_dogs_filtered" / "validation"
+from petlab.serving import demo_process, load_eager
 
 
 def percentile(values, q) -> float:
@@ -67,31 +59,17 @@ def load_phase(url: str, task: str, photos: list[bytes], requests: int, concurre
             "throughput_rps": requests / wall}
 
 
-def time_call(fn, batch: torch.Tensor, repeats: int) -> float:
-    """Median seconds per call after two warm-up calls."""
-    with torch.inference_mode():
-        for _ in range(2):
-            fn(batch)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn(batch)
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def exported_vs_eager(registry: Registry, task: str, version: int, photos: list[Path], repeats: int) -> dict:
     """Median ms per call of the eager model and of each export, and each export's time over eager's."""
     card = registry.card(task, version)
     folder = registry.version_dir(task, version)
-    eager, _ = build_model(card["arch"], len(card["classes"]))
-    eager.load_state_dict(torch.load(folder / "state_dict.pt", map_location="cpu", weights_only=True))
-    models = {"eager": eager.eval(), **{fmt: load_exported(folder / name) for fmt, name in EXPORT_FILES.items()}}
+    models = {"eager": load_eager(registry, task, version),
+              **{fmt: load_exported(folder / name) for fmt, name in EXPORT_FILES.items()}}
     pre = Preprocessing.from_dict(card["preprocessing"])
     images = pre.normalize(torch.stack([pre.eval_tensor(load_rgb(p)) for p in photos[:8]]))
     out = {}
     for size in (1, 8):
-        ms = {name: 1000 * time_call(model, images[:size], repeats) for name, model in models.items()}
+        ms = {name: 1000 * median_call_seconds(model, images[:size], repeats) for name, model in models.items()}
         out[f"batch_{size}"] = {**{f"{name}_ms": v for name, v in ms.items()},
                                 **{f"{fmt}_over_eager": ms[fmt] / ms["eager"] for fmt in EXPORT_FILES}}
     return out
@@ -115,7 +93,7 @@ def main(argv=None) -> int:
         print(f"error: no production {args.task} model in {registry.root}; run "
               f"`python experiments/promote.py --task {args.task}` first", file=sys.stderr)
         return 2
-    folder = args.photos or default_photos()
+    folder = args.photos or shared_data() / "cats_and_dogs_filtered" / "validation"
     paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png"})[:64]
     if len(paths) < 8:
         print(f"error: need at least 8 photos in {folder}", file=sys.stderr)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import statistics
 import subprocess
@@ -26,13 +25,13 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from common import REPO, median_call_seconds, shared_data  # benchmarks/common.py (this script's folder)
+
 BATCH = {"resnet18": 32, "mobilenet_v2": 32, "custom_cnn": 16}
 
 
 def data_root() -> Path:
-    data = Path(os.environ.get("PETLAB_DATA_DIR") or REPO.parent / "shared" / "data")
-    return data / "cats_and_dogs_filtered"
+    return shared_data() / "cats_and_dogs_filtered"
 
 
 def peak_rss_mb() -> float:
@@ -118,15 +117,9 @@ def inference(arch: str, repeats: int) -> dict:
         models = {"eager": model, **{fmt: load_exported(Path(tmp) / name) for fmt, name in EXPORT_FILES.items()}}
         for batch in (1, 32):
             x = torch.randn(batch, 3, size, size)
+            calls = repeats if batch == 1 else max(2, repeats // 8)
             for name, fn in models.items():
-                with torch.inference_mode():
-                    fn(x)
-                    times = []
-                    for _ in range(repeats if batch == 1 else max(2, repeats // 8)):
-                        start = time.perf_counter()
-                        fn(x)
-                        times.append(time.perf_counter() - start)
-                out[f"{name}_batch_{batch}_img_s"] = batch / statistics.median(times)
+                out[f"{name}_batch_{batch}_img_s"] = batch / median_call_seconds(fn, x, calls, warmup=1)
     return out
 
 

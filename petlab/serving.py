@@ -60,18 +60,24 @@ class LoadedModel:
         return [{"label": self.classes[i], "probability": round(float(v), 6)} for v, i in zip(values, indices)]
 
 
+def load_eager(registry: Registry, task: str, version: int) -> torch.nn.Module:
+    """A registered version's eager model, from its state dict, in eval mode."""
+    from petlab.models import build_model
+
+    card = registry.card(task, version)
+    module, _ = build_model(card["arch"], len(card["classes"]), pretrained=False)
+    state = torch.load(registry.version_dir(task, version) / "state_dict.pt", map_location="cpu", weights_only=True)
+    module.load_state_dict(state)
+    return module.eval()
+
+
 def load_version(registry: Registry, task: str, version: int) -> LoadedModel:
-    folder = registry.version_dir(task, version)
     card = registry.card(task, version)
     try:
-        fmt, module = preferred_export(folder)
+        fmt, module = preferred_export(registry.version_dir(task, version))
     except Exception as exc:  # noqa: BLE001 - an old or damaged export: serve the eager weights
         log.warning("serving %s v%d from its state dict: %s", task, version, exc)
-        from petlab.models import build_model
-
-        module, _ = build_model(card["arch"], len(card["classes"]), pretrained=False)
-        module.load_state_dict(torch.load(folder / "state_dict.pt", map_location="cpu", weights_only=True))
-        fmt, module = "eager", module.eval()
+        fmt, module = "eager", load_eager(registry, task, version)
     return LoadedModel(task, card["name"], version, card, fmt, module, Preprocessing.from_dict(card["preprocessing"]))
 
 

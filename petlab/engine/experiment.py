@@ -37,6 +37,7 @@ from petlab.engine.metrics import classification_metrics, plot_confusion_matrice
 from petlab.engine.speed import resolve_speed_settings
 from petlab.engine.trainer import Interrupted, StopRun, Trainer, resolve_device, seed_everything
 from petlab.models import ARCHS, build_model, head_parameters
+from petlab.registry.store import model_name
 from petlab.reports.figures import plot_learning_curves, plot_misclassified
 from petlab.tracking import Tracker, create_tracker, git_state, installed_packages
 
@@ -284,5 +285,5 @@ def track_results(tracker: Tracker, cfg: Config, run_dir: Path, final: dict, cla
     tracker.log_others({"status": "completed", "best_epoch": results["best_epoch"],
                         "wall_time_s": results["wall_time_s"]})
     if cfg.tracking.log_model:
-        tracker.log_model(f"petlab-{cfg.task.replace('_', '-')}", run_dir / "checkpoints" / "best.pt")
+        tracker.log_model(model_name(cfg.task), run_dir / "checkpoints" / "best.pt")
     tracker.end()

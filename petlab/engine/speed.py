@@ -33,6 +33,8 @@ def native_bf16(device: torch.device) -> bool:
 
 def resolve_speed_settings(cfg: Config, device: torch.device) -> None:
     """Fill in `auto` precision and unset channels_last, in place."""
+    if cfg.train.precision != "auto" and cfg.train.channels_last is not None:
+        return  # already resolved (run_experiment did it; the Trainer checks again for direct users)
     spec = ARCHS[cfg.model.arch]
     if cfg.train.precision == "auto":
         cfg.train.precision = "bf16" if spec.bf16 and native_bf16(device) else "fp32"

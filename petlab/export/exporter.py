@@ -11,6 +11,7 @@ model on real images at batch sizes 1 and 8 that differ from the tracing batch.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
 from pathlib import Path
@@ -26,6 +27,14 @@ MAX_BATCH = 1024
 
 class ExportError(RuntimeError):
     pass
+
+
+@contextlib.contextmanager
+def _deprecation_notice_silenced():
+    """TorchScript's deprecation notice is known (it is why .pt2 is preferred); hide only that."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, message=".*deprecated")
+        yield
 
 
 def _trace(model: torch.nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
@@ -54,8 +63,7 @@ def _export(model: torch.nn.Module, example: torch.Tensor) -> torch.export.Expor
 def load_exported(path: str | Path):
     """A saved export as a callable module: tensor [N, 3, H, W] -> logits."""
     path = Path(path)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=FutureWarning, message=".*deprecated")
+    with _deprecation_notice_silenced():
         if path.suffix == ".pt2":
             return torch.export.load(path).module()
         return torch.jit.load(path, map_location="cpu").eval()
@@ -91,8 +99,7 @@ def export_and_verify(model: torch.nn.Module, trace_batch: torch.Tensor, check_b
     if trace_batch.shape[0] < 2:  # a batch of 1 would let torch.export specialise the batch size
         raise ExportError("the tracing batch needs at least 2 images")
     traced = _trace(model, trace_batch)
-    with warnings.catch_warnings():  # TorchScript's deprecation notice: known, and why .pt2 is preferred
-        warnings.filterwarnings("ignore", category=FutureWarning, message=".*deprecated")
+    with _deprecation_notice_silenced():
         torch.jit.save(traced, out_dir / EXPORT_FILES["torchscript"])
     torch.export.save(_export(model, trace_batch), out_dir / EXPORT_FILES["torch_export"])
     report = {}

@@ -7,6 +7,7 @@ would turn it into a second validation set and its number into an optimistic est
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from petlab.export import EXPORT_FILES, export_and_verify
 from petlab.registry.card import preprocessing_steps
 from petlab.registry.store import Registry, RegistryError, model_name, now_iso
 from petlab.reports.runs import RunRecord, find_local_runs, read_local_run
+from petlab.tracking.comet import CometTracker, configure_comet_environment
 
 log = logging.getLogger(__name__)
 
@@ -188,8 +190,6 @@ def register_in_comet(record: RunRecord, cfg, registry: Registry, task: str, ver
     key = (record.results.get("tracking") or {}).get("key")
     if cfg.tracking.backend == "none" or not key:
         return {"registration": "not registered in Comet: the source run was not tracked"}
-    from petlab.tracking.comet import CometTracker
-
     name, folder = model_name(task), registry.version_dir(task, version)
     tracker = CometTracker(record.path, cfg.tracking.project, cfg.tracking.workspace, previous_key=key,
                            online_timeout_s=cfg.tracking.online_timeout_s)
@@ -210,11 +210,10 @@ def register_in_comet(record: RunRecord, cfg, registry: Registry, task: str, ver
 
 def sync_comet_statuses(registry: Registry, task: str) -> None:
     """Online only: mirror the local statuses of registered versions in Comet's registry."""
-    import os
-
     if not os.environ.get("COMET_API_KEY"):
         return
     try:
+        configure_comet_environment()
         import comet_ml
 
         api = comet_ml.API()
