@@ -21,6 +21,7 @@ SCHEDULERS = ("none", "cosine", "onecycle")
 PRECISIONS = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 TRACKERS = ("comet", "none")
+AUGMENT_POLICIES = ("none", "trivial")
 
 
 class ConfigError(ValueError):
@@ -37,6 +38,7 @@ class DataConfig:
     resize_ratio: float = 1.14  # eval resizes the short side to image_size * ratio, then centre-crops
     crop_scale_min: float = 0.35  # RandomResizedCrop's lower area bound (train only)
     hflip: bool = True
+    policy: str = "none"  # extra per-image augmentation after crop + flip: none, or trivial (TrivialAugmentWide)
     augment: bool = True  # false: train on the eval crop (with a frozen backbone, enables the feature cache)
     num_workers: int = 0  # images are decoded once into a cache, so workers rarely pay off
     cache_dir: str | None = None  # None: $PETLAB_CACHE_DIR or data/cache
@@ -235,6 +237,7 @@ def validate(cfg: Config) -> None:
     _choice("train.precision", cfg.train.precision, PRECISIONS)
     _choice("train.device", cfg.train.device, DEVICES)
     _choice("tracking.backend", cfg.tracking.backend, TRACKERS)
+    _choice("data.policy", cfg.data.policy, AUGMENT_POLICIES)
     if cfg.data.species is not None:
         _choice("data.species", cfg.data.species, ("cat", "dog"))
     positive = {

@@ -90,3 +90,17 @@ def test_custom_cnn_has_no_pretrained_weights():
 def test_torchinfo_summary_for_a_backbone_runs():
     model, _ = build_model("mobilenet_v3_small", 2)
     assert torchinfo.summary(model, input_size=(1, 3, 224, 224), verbose=0).total_params > 1e6
+
+
+def test_fast_resnet_is_the_small_cpu_net_it_claims_to_be():
+    model, _ = build_model("fast_resnet", 2)
+    summary = model_summary(model, 128)
+    assert 2.5e6 < summary.total_params < 3.0e6
+    assert summary.total_mult_adds < 0.5e9  # at 128 px: a quarter of ResNet18's at 224 px
+    model.eval()
+    with torch.inference_mode():
+        for size in (32, 128, 160, 224):  # global pooling: any size from 32 px
+            assert model(torch.zeros(2, 3, size, size)).shape == (2, 2)
+    assert ARCHS["fast_resnet"].image_size == 128
+    with pytest.raises(WeightsError, match="no pretrained weights"):
+        build_model("fast_resnet", 2, pretrained=True)

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from petlab.data.datasets import PROJECT_ROOT, DatasetError
 from petlab.data.images import BadImageError, load_rgb
 from petlab.data.transforms import Preprocessing
+from petlab.progress import progress
 
 log = logging.getLogger(__name__)
 CACHE_FORMAT = 1  # bump when what is stored changes, so old caches are not reused
@@ -86,7 +86,7 @@ def decode_split(samples: list[tuple[str, int]], pre: Preprocessing, cache_dir: 
     labels, skipped = [], []
     with ThreadPoolExecutor(threads) as pool:  # PIL decodes and resizes without holding the GIL
         results = pool.map(lambda s: _decode(s[0], pre), samples)
-        for (path, label), result in tqdm(zip(samples, results), total=len(samples),
+        for (path, label), result in progress(zip(samples, results), total=len(samples),
                                           desc=f"decoding {split}", unit="img", leave=False):
             if isinstance(result, dict):
                 skipped.append(result)

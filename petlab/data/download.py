@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from torchvision.datasets.utils import check_integrity, extract_archive
-from tqdm import tqdm
+
+from petlab.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ def _stream(url: str, dest: Path, timeout: float = 60) -> None:
     request = urllib.request.Request(url, headers={"User-Agent": "petlab"})
     with urllib.request.urlopen(request, timeout=timeout) as response, dest.open("wb") as fh:
         total = int(response.headers.get("Content-Length") or 0) or None
-        with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name.removesuffix(".part")) as bar:
+        with progress(total=total, unit="B", unit_scale=True, desc=dest.name.removesuffix(".part")) as bar:
             for chunk in iter(lambda: response.read(1 << 20), b""):
                 fh.write(chunk)
                 bar.update(len(chunk))

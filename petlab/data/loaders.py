@@ -24,9 +24,10 @@ class CachedImages(Dataset):
 
 def make_loader(decoded: DecodedImages, pre: Preprocessing, train: bool, batch_size: int,
                 num_workers: int, generator: torch.Generator | None = None,
-                crop_scale_min: float = 0.35, hflip: bool = True, augment: bool = True) -> DataLoader:
-    """train: shuffled, and randomly cropped and flipped unless augment is False."""
-    transform = pre.train_augment(crop_scale_min, hflip) if train and augment else pre.eval_crop
+                crop_scale_min: float = 0.35, hflip: bool = True, augment: bool = True,
+                policy: str = "none") -> DataLoader:
+    """train: shuffled, and randomly cropped and flipped (+ the policy) unless augment is False."""
+    transform = pre.train_augment(crop_scale_min, hflip, policy) if train and augment else pre.eval_crop
     return DataLoader(
         CachedImages(decoded, transform),
         batch_size=batch_size,

@@ -52,10 +52,14 @@ class Preprocessing:
         """The whole eval path for one RGB image, as the demo and evaluate.py use it: uint8 CHW."""
         return self.eval_crop(self.square(img))
 
-    def train_augment(self, crop_scale_min: float, hflip: bool) -> v2.Transform:
+    def train_augment(self, crop_scale_min: float, hflip: bool, policy: str = "none") -> v2.Transform:
+        """Random resized crop (+ flip) of the cached square; policy "trivial" adds TrivialAugmentWide,
+        one random photometric or geometric op per image (about 0.25 ms on a 128 px uint8 crop here)."""
         steps = [v2.RandomResizedCrop(self.image_size, scale=(crop_scale_min, 1.0), antialias=True)]
         if hflip:
             steps.append(v2.RandomHorizontalFlip())
+        if policy == "trivial":
+            steps.append(v2.TrivialAugmentWide())
         return v2.Compose(steps)
 
     def normalize(self, batch: torch.Tensor) -> torch.Tensor:

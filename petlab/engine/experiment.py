@@ -31,6 +31,7 @@ from petlab.data.cache import cache_root, decode_split
 from petlab.data.datasets import load_splits
 from petlab.data.loaders import make_loader
 from petlab.data.transforms import Preprocessing
+from petlab.engine import distributed
 from petlab.engine.checkpoint import load_checkpoint
 from petlab.engine.features import feature_loaders, uses_feature_cache
 from petlab.engine.metrics import classification_metrics, plot_confusion_matrices
@@ -124,7 +125,7 @@ def build_loaders(cfg: Config, pre: Preprocessing, decoded: dict) -> dict:
     eval_bs = t.eval_batch_size or 2 * t.batch_size
     return {
         "train": make_loader(decoded["train"], pre, True, t.batch_size, cfg.data.num_workers, torch.Generator(),
-                             cfg.data.crop_scale_min, cfg.data.hflip, cfg.data.augment),
+                             cfg.data.crop_scale_min, cfg.data.hflip, cfg.data.augment, cfg.data.policy),
         **{s: make_loader(decoded[s], pre, False, eval_bs, cfg.data.num_workers)
            for s in ("val", "test") if s in decoded},
     }
@@ -137,17 +138,21 @@ def run_experiment(cfg: Config | None = None, resume: Path | None = None, on_epo
     """
     started = time.perf_counter()
     if resume is not None:
+        cfg = read_run_config(Path(resume))
+    dist = distributed.setup(cfg, resolve_device(cfg.train.device))  # one process: a no-op
+    if resume is not None:
         run_dir = Path(resume)
-        cfg = read_run_config(run_dir)
     else:
-        run_dir = new_run_dir(cfg)
-    handler = setup_logging(run_dir)
+        run_dir = dist.broadcast(new_run_dir(cfg) if dist.is_main else None)
+    handler = setup_logging(run_dir if dist.is_main else None)
     try:
         with logging_redirect_tqdm():
-            return run_dir, _run(cfg, run_dir, resume is not None, started, on_epoch)
+            return run_dir, _run(cfg, run_dir, resume is not None, started, on_epoch, dist)
     finally:  # a sweep worker runs many experiments: each train.log gets only its own run
-        logging.getLogger().removeHandler(handler)
-        handler.close()
+        if handler is not None:
+            logging.getLogger().removeHandler(handler)
+            handler.close()
+        distributed.teardown()
 
 
 def previous_record(run_dir: Path) -> dict:
@@ -158,51 +163,56 @@ def previous_record(run_dir: Path) -> dict:
         return {}
 
 
-def _run(cfg: Config, run_dir: Path, resuming: bool, started: float, on_epoch=None) -> int:
+def _run(cfg: Config, run_dir: Path, resuming: bool, started: float, on_epoch, dist: distributed.Distributed) -> int:
     previous = previous_record(run_dir) if resuming else {}
     started_at = previous.get("started_at") or datetime.now().isoformat(timespec="seconds")
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     resolve_speed_settings(cfg, resolve_device(cfg.train.device))
     log.info("run directory: %s", run_dir)
-    splits, pre, decoded = prepare_data(cfg)
+    with dist.main_first():  # rank 0 decodes; the other ranks then read its cache
+        splits, pre, decoded = prepare_data(cfg)
     log.info("%s (%s): %d classes, sizes %s; %s", splits.dataset, splits.root, len(splits.classes),
              splits.sizes(), splits.notes)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    if dist.is_main:
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
     seed_everything(cfg.seed)
     model, weights_report = build_model(cfg.model.arch, len(splits.classes), cfg.model.pretrained,
                                         cfg.model.weights, cfg.model.dropout)
     summary = model_summary(model, pre.image_size)
     summary_path = run_dir / "model_summary.txt"
-    if not summary_path.is_file():
+    if dist.is_main and not summary_path.is_file():
         summary_path.write_text(f"{summary}\n")
     seed_everything(cfg.seed)
     head_ids = head_parameters(model, cfg.model.arch)
     trainable = sum(p.numel() for p in model.parameters() if id(p) in head_ids or not cfg.model.freeze_backbone)
     git = git_state()
-    tracker = create_tracker(cfg, run_dir, (previous.get("tracking") or {}).get("key"))
-    if not resuming:
+    # One tracked experiment per run, however many processes train it: rank 0's.
+    tracker = create_tracker(cfg, run_dir, (previous.get("tracking") or {}).get("key")) if dist.is_main else Tracker()
+    if dist.is_main and not resuming:
         track_setup(tracker, cfg, splits, pre, decoded, summary, trainable, git)
     try:
         return _train(cfg, run_dir, resuming, started, splits, pre, decoded, model, weights_report, tracker, on_epoch,
                       {"params_total": summary.total_params, "params_trainable": trainable,
                        "mult_adds": summary.total_mult_adds, "git": git, "tags": run_tags(cfg),
-                       "started_at": started_at})
+                       "started_at": started_at, "world_size": dist.world_size}, dist)
     finally:
         tracker.end()
 
 
 def _train(cfg, run_dir, resuming, started, splits, pre, decoded, model, weights_report, tracker, on_epoch,
-           facts) -> int:
+           facts, dist) -> int:
     head_only = uses_feature_cache(cfg)
     if head_only:  # frozen backbone, no augmentation: the backbone runs once per image, ever
         log.info("frozen backbone without augmentation: training the head on cached backbone features")
         device = resolve_device(cfg.train.device)
-        loaders = feature_loaders(cfg, model.to(device), decoded, pre, cache_root(cfg.data.cache_dir), device)
+        with dist.main_first():
+            loaders = feature_loaders(cfg, model.to(device), decoded, pre, cache_root(cfg.data.cache_dir), device)
     else:
         loaders = build_loaders(cfg, pre, decoded)
-    trainer = Trainer(cfg, model, pre, loaders, run_dir, splits.classes, tracker, head_only)
+    loaders = {split: distributed.shard(loader, dist, split == "train", cfg.seed) for split, loader in loaders.items()}
+    trainer = Trainer(cfg, model, pre, loaders, run_dir, splits.classes, tracker, head_only, dist)
     trainer.on_epoch = on_epoch
     last = run_dir / "checkpoints" / "last.pt"
     if resuming and last.is_file():
@@ -220,21 +230,25 @@ def _train(cfg, run_dir, resuming, started, splits, pre, decoded, model, weights
         done = trainer.state.epoch
         where = f"checkpoints/last.pt holds epoch {done}" if done else "no epoch had finished yet"
         log.warning("interrupted: %s; continue with --resume %s", where, run_dir)
-        write_json(run_dir / "results.json", {**base, "status": "interrupted", "epochs_completed": trainer.state.epoch,
-                                               "diagnostics": trainer.state.events})
+        if dist.is_main:
+            write_json(run_dir / "results.json", {**base, "status": "interrupted",
+                                                   "epochs_completed": trainer.state.epoch,
+                                                   "diagnostics": trainer.state.events})
         tracker.log_others({"status": "interrupted", "epochs_completed": trainer.state.epoch})
         return EXIT_INTERRUPTED
     except StopRun as stop:
         log.info("stopped after epoch %d: %s", trainer.state.epoch, stop)
-        write_json(run_dir / "results.json", {**base, "status": stop.status, "reason": str(stop),
-                                               "epochs_completed": trainer.state.epoch,
-                                               "best_val_accuracy": trainer.state.best_val_accuracy,
-                                               "diagnostics": trainer.state.events,
-                                               "wall_time_s": time.perf_counter() - started})
+        if dist.is_main:
+            write_json(run_dir / "results.json", {**base, "status": stop.status, "reason": str(stop),
+                                                   "epochs_completed": trainer.state.epoch,
+                                                   "best_val_accuracy": trainer.state.best_val_accuracy,
+                                                   "diagnostics": trainer.state.events,
+                                                   "wall_time_s": time.perf_counter() - started})
         tracker.log_others({"status": stop.status, "epochs_completed": trainer.state.epoch})
         return 0
 
     # Final numbers come from the best-by-validation checkpoint; test is only ever reported.
+    dist.barrier()  # rank 0 has written best.pt
     trainer.model.load_state_dict(load_checkpoint(run_dir / "checkpoints" / "best.pt")["model"])
     final, val_predictions = {}, None
     for split in ("val", "test"):
@@ -243,6 +257,8 @@ def _train(cfg, run_dir, resuming, started, splits, pre, decoded, model, weights
             final[split] = classification_metrics(targets, preds, loss, splits.classes)
             if split == "val":
                 val_predictions = (targets, preds)
+    if not dist.is_main:
+        return 0
     state = trainer.state
     figures = write_figures(run_dir, final, splits.classes, state.history, decoded["val"], val_predictions, pre, cfg)
     results = {**base, "status": "completed", "epochs_completed": state.epoch, "best_epoch": state.best_epoch,

@@ -20,13 +20,13 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
-from tqdm import tqdm
 
 from petlab.config import Config
 from petlab.data.cache import DecodedImages
 from petlab.data.loaders import make_loader
 from petlab.data.transforms import Preprocessing
 from petlab.models import ARCHS
+from petlab.progress import progress
 
 log = logging.getLogger(__name__)
 FEATURES_FORMAT = 1
@@ -76,7 +76,7 @@ def backbone_features(cfg: Config, model: nn.Module, decoded: DecodedImages, pre
     model.eval()
     chunks = []
     with without_head(model, ARCHS[cfg.model.arch].head) as backbone:
-        for images, _ in tqdm(loader, desc=f"features {split}", unit="batch", leave=False):
+        for images, _ in progress(loader, desc=f"features {split}", unit="batch", leave=False):
             with autocast(device, t.precision):
                 chunks.append(backbone(prepare_batch(images, pre, device, t.channels_last)).float().cpu())
     features = torch.cat(chunks).flatten(1).numpy()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import os
 import random
 import signal
 import time
@@ -20,15 +21,16 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from petlab.config import Config
 from petlab.data.transforms import Preprocessing
 from petlab.engine.checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
 from petlab.engine.diagnostics import Diagnostics, gradient_norm
+from petlab.engine.distributed import Distributed, gather_predictions
 from petlab.engine.profiling import EpochProfile, torch_trace
 from petlab.engine.speed import resolve_speed_settings
 from petlab.models import ARCHS, head_parameters
+from petlab.progress import progress
 from petlab.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -80,10 +82,13 @@ def seed_everything(seed: int) -> None:
 
 
 def resolve_device(name: str) -> torch.device:
+    """auto: CUDA when there is one. Under torchrun each process takes the GPU of its LOCAL_RANK."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device is 'cuda' but no CUDA device is available (use auto or cpu)")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("train.device is 'cuda' but no CUDA device is available (use auto or cpu)")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return torch.device(name)
 
 
@@ -113,7 +118,7 @@ def predict(model: nn.Module, loader, pre: Preprocessing | None, device: torch.d
     criterion = criterion or nn.CrossEntropyLoss()
     steps = batches_per_epoch(loader, limit_batches)
     targets, preds, total_loss = [], [], 0.0
-    for step, (images, y) in enumerate(tqdm(loader, total=steps, desc=desc, unit="batch", leave=False)):
+    for step, (images, y) in enumerate(progress(loader, total=steps, desc=desc, unit="batch", leave=False)):
         if step >= steps:
             break
         with autocast(device, precision):
@@ -147,10 +152,13 @@ def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
     groups = [{"params": head, "lr": cfg.train.lr, "name": "head"},
               {"params": backbone, "lr": backbone_lr, "name": "backbone"}]
     t = cfg.train
+    # One fused kernel per step instead of a dozen foreach passes over the weights (CPU and CUDA).
+    fused = next(model.parameters()).device.type in ("cpu", "cuda")
     if t.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay, nesterov=True)
+        return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay, nesterov=True,
+                               fused=fused)
     cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
-    return cls(groups, lr=t.lr, weight_decay=t.weight_decay)
+    return cls(groups, lr=t.lr, weight_decay=t.weight_decay, fused=fused)
 
 
 def build_scheduler(cfg: Config, optimizer, steps_per_epoch: int):
@@ -167,10 +175,15 @@ def build_scheduler(cfg: Config, optimizer, steps_per_epoch: int):
 
 class Trainer:
     def __init__(self, cfg: Config, model: nn.Module, pre: Preprocessing, loaders: dict, run_dir: Path,
-                 classes: list[str], tracker: Tracker | None = None, head_only: bool = False):
-        """head_only: the loaders yield cached backbone features, and only the head runs (see features.py)."""
+                 classes: list[str], tracker: Tracker | None = None, head_only: bool = False,
+                 dist: Distributed | None = None):
+        """head_only: the loaders yield cached backbone features, and only the head runs (see features.py).
+        dist: this process's place in a torchrun job (distributed.py); the loaders are already sharded."""
         self.cfg, self.model, self.pre, self.loaders = cfg, model, pre, loaders
+        self.dist = dist or Distributed()
         self.forward_module = model.get_submodule(ARCHS[cfg.model.arch].head) if head_only else model
+        self.train_module = self.forward_module  # wrapped in DistributedDataParallel with several processes
+        self._wrapped_for = None  # the frozen/unfrozen state the DDP wrapper was built for
         self.input_pre = None if head_only else pre
         self.run_dir, self.classes = run_dir, classes
         self.tracker = tracker or Tracker()
@@ -210,6 +223,13 @@ class Trainer:
             for module in self.model.modules():
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
                     module.eval()
+        if self.dist.enabled and self._wrapped_for != frozen:
+            # DDP registers the parameters that require grad when it is built, so unfreezing rebuilds it.
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.train_module = DistributedDataParallel(
+                self.forward_module, device_ids=[self.device] if self.device.type == "cuda" else None)
+            self._wrapped_for = frozen
 
     def _diagnostics(self) -> Diagnostics:
         def emit(event):
@@ -218,6 +238,8 @@ class Trainer:
 
     def checkpoint(self, name: str, resumable: bool = True) -> None:
         """last.pt can resume training; best.pt holds only what evaluation and export need (a third the size)."""
+        if not self.dist.is_main:
+            return  # every rank holds the same weights; rank 0 writes them
         ckpt = {
             "model": self.model.state_dict(),
             "state": self.state.__dict__,
@@ -248,17 +270,17 @@ class Trainer:
         steps, every = self.steps_per_epoch, self.cfg.tracking.log_every_steps
         total_loss, correct, seen = 0.0, 0, 0
         profile = EpochProfile()
-        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{self.cfg.train.epochs}", unit="batch", leave=False)
+        bar = progress(total=steps, desc=f"epoch {epoch + 1}/{self.cfg.train.epochs}", unit="batch", leave=False)
         with torch_trace(self.run_dir / "profile", profile_steps, profile_steps > 0) as trace_step:
             for step, (images, targets) in enumerate(profile.batches(self.loaders["train"])):
-                if stop.requested:
+                if self.dist.any(stop.requested):  # every rank stops at the same step
                     raise Interrupted
                 first_batch = epoch == 0 and step == 0
                 if first_batch:
                     self.diagnostics.watch_activations(self.model)
                 x, y = self._prepare(images), targets.to(self.device)
                 with self._autocast():
-                    logits = self.forward_module(x)
+                    logits = self.train_module(x)
                 loss = self.criterion(logits.float(), y)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -283,12 +305,16 @@ class Trainer:
                 if step + 1 >= steps:
                     break
         bar.close()
+        total_loss, correct, seen = self.dist.sum(total_loss, correct, seen)  # over all ranks' shards
         return {"train_loss": total_loss / max(seen, 1), "train_accuracy": correct / max(seen, 1),
-                **profile.finish(seen)}
+                **profile.finish(int(seen))}
 
     def predict(self, loader, desc: str = "eval") -> tuple[np.ndarray, np.ndarray, float]:
-        return predict(self.forward_module, loader, self.input_pre, self.device, self.cfg.train.precision,
-                       self.cfg.train.channels_last, self.cfg.train.limit_batches, self.criterion, desc)
+        """Targets, predictions and mean loss over the whole split (each rank predicts its shard)."""
+        self.dist.sync_buffers(self.forward_module)  # BatchNorm statistics as rank 0 has (and saves) them
+        out = predict(self.forward_module, loader, self.input_pre, self.device, self.cfg.train.precision,
+                      self.cfg.train.channels_last, self.cfg.train.limit_batches, self.criterion, desc)
+        return gather_predictions(self.dist, loader, *out)
 
     def fit(self) -> TrainState:
         cfg = self.cfg
@@ -296,9 +322,11 @@ class Trainer:
         profile_steps = cfg.diagnostics.profile_steps if cfg.diagnostics.profile else 0
         with StopFlag() as stop:
             for epoch in range(self.state.epoch, cfg.train.epochs):
-                seed_everything(cfg.seed * 1000 + epoch)
+                seed_everything(cfg.seed * 1000 + epoch + 7919 * self.dist.rank)  # ranks augment differently
                 if self.generator is not None:
                     self.generator.manual_seed(cfg.seed * 1000 + epoch)
+                if hasattr(self.loaders["train"].sampler, "set_epoch"):  # DistributedSampler: a new shuffle
+                    self.loaders["train"].sampler.set_epoch(epoch)
                 start = time.perf_counter()
                 train = self.train_epoch(epoch, stop, profile_steps)
                 profile_steps = 0  # one trace per process is plenty
@@ -339,7 +367,8 @@ class Trainer:
         else:
             s.epochs_without_improvement += 1
         self.checkpoint("last.pt")
-        write_metrics_csv(self.run_dir / "metrics.csv", s.history)
+        if self.dist.is_main:
+            write_metrics_csv(self.run_dir / "metrics.csv", s.history)
         self.tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"},
                                  step=(epoch + 1) * self.steps_per_epoch, epoch=epoch + 1)
         log.info(

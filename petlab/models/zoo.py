@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from petlab.models.custom_cnn import MAX_SIZE, MIN_SIZE, CustomCNN
+from petlab.models.fast_resnet import FastResNet
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,8 @@ ARCHS: dict[str, ArchSpec] = {
     for spec in [
         ArchSpec("custom_cnn", lambda: CustomCNN(1000), "head.1", min_size=MIN_SIZE, max_size=MAX_SIZE,
                  torchvision=False),
+        # Designed for training from scratch on a CPU (fast_resnet.py): 128 px by default.
+        ArchSpec("fast_resnet", lambda: FastResNet(1000), "fc", image_size=128, min_size=32, torchvision=False),
         *(ArchSpec(n, _torchvision(n), "fc") for n in ("resnet18", "resnet34", "resnet50")),
         *(ArchSpec(n, _torchvision(n), "classifier.1") for n in ("mobilenet_v2", "efficientnet_b0")),
         *(ArchSpec(n, _torchvision(n), "classifier.3") for n in ("mobilenet_v3_small", "mobilenet_v3_large")),

@@ -1,0 +1,19 @@
+"""Progress bars (tqdm), drawn by one process only: rank 0 when torchrun starts several."""
+
+from __future__ import annotations
+
+from tqdm import tqdm
+
+_shown = True
+
+
+def hide_progress() -> None:
+    """For the other ranks of a multi-process run (tqdm reads TQDM_DISABLE only at import)."""
+    global _shown
+    _shown = False
+
+
+def progress(*args, **kwargs) -> tqdm:
+    if not _shown:
+        kwargs["disable"] = True
+    return tqdm(*args, **kwargs)
