@@ -54,6 +54,8 @@ RECIPES = {
 def run_recipe(name: str, out: Path) -> dict:
     recipe = RECIPES[name]
     cache, runs = out / name / "cache", out / name / "runs"
+    if (out / name).exists():
+        raise SystemExit(f"{out / name} exists: a cold start needs an empty --output-dir")
     cache.mkdir(parents=True)  # empty: nothing decoded or extracted yet
     command = [sys.executable, str(REPO / "experiments" / "run.py"),
                "--config", str(REPO / "experiments" / "configs" / f"{name}.yaml"),
@@ -62,10 +64,11 @@ def run_recipe(name: str, out: Path) -> dict:
     print(f"[{name}] {recipe.what} (target {recipe.target:.1%} within {recipe.budget_minutes:g} min)",
           file=sys.stderr, flush=True)
     start = time.perf_counter()
-    proc = subprocess.run(command, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # The run's own progress bars and log go to stderr; stdout stays for this script's table or JSON.
+    proc = subprocess.run(command, env=env, cwd=REPO, stdout=sys.stderr)
     minutes = (time.perf_counter() - start) / 60
     if proc.returncode != 0:
-        raise SystemExit(f"{name} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+        raise SystemExit(f"{name} failed with exit code {proc.returncode} (its log is above)")
     (run_dir,) = runs.iterdir()
     results = json.loads((run_dir / "results.json").read_text())
     accuracy = results["test"]["accuracy"]
@@ -103,6 +106,7 @@ def draw(results: dict, path: Path) -> None:
         ax.barh(i, r["minutes"], height=0.5, color="#2a9d8f" if r["met"] else "#e76f51")
         ax.text(r["minutes"] + 0.15, i, f"{r['test_accuracy']:.1%} test (target {r['target']:.1%}), "
                                         f"{r['minutes']:.1f} min", va="center", fontsize=9)
+    ax.set_xlim(0, 1.5 * max(max(r["budget_minutes"], r["minutes"]) for r in results.values()))
     ax.set_yticks(range(len(names)), names)
     ax.invert_yaxis()
     ax.set_xlabel("minutes from a cold start (grey: the budget)")

@@ -22,6 +22,8 @@ RUN_FLAGS = {
     "--weights": ("model.weights", {"help": "local ImageNet state dict for the backbone"}),
     "--freeze-backbone": ("model.freeze_backbone", {"action": "store_true"}),
     "--unfreeze-at": ("model.unfreeze_at", {"type": int}),
+    "--freeze-batchnorm": ("model.freeze_batchnorm", {"action": "store_true",
+                                                      "help": "keep pretrained BatchNorm statistics"}),
     "--epochs": ("train.epochs", {"type": int}),
     "--batch-size": ("train.batch_size", {"type": int}),
     "--lr": ("train.lr", {"type": float}),

@@ -51,6 +51,9 @@ class ModelConfig:
     weights: str | None = None  # a local ImageNet state dict for the backbone (wins over pretrained)
     freeze_backbone: bool = False
     unfreeze_at: int | None = None  # epoch (0-based) at which the backbone starts training
+    # Keep the pretrained BatchNorm statistics when fine-tuning: small batches of a small dataset
+    # would otherwise replace ImageNet's statistics with noisy ones (the affine weights still train).
+    freeze_batchnorm: bool = False
     backbone_lr_scale: float = 0.1  # backbone lr = lr * scale once unfrozen
     dropout: float = 0.0  # extra dropout before the new head (on top of any the backbone has)
 

@@ -44,3 +44,24 @@ def test_the_throughput_benchmark_compares_both_loops_and_the_exports(tmp_path):
     assert result["peak_rss_mb"]["plain"] > 100 and result["peak_rss_mb"]["petlab"] > 100
     assert result["petlab_settings"]["channels_last"] is True  # resolved, as written to the run's config.yaml
     assert all(v > 0 for v in result["inference"].values()) and len(result["inference"]) == 6
+
+
+def test_time_to_accuracy_runs_a_recipe_cold_and_reports_it(tmp_path):
+    """The dog-breed recipe end to end (real photos, cold cache): the smallest one, about half a minute."""
+    out = tmp_path / "runs"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks/time_to_accuracy.py"), "--recipe",
+                           "lite0_features_breeds", "--output-dir", out, "--no-report", "--json"],
+                          capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)["lite0_features_breeds"]
+    assert result["dataset"] == "stanford-dogs-3breeds" and result["test_images"] == 81
+    assert 0 < result["minutes"] < result["budget_minutes"]
+    assert result["test_accuracy"] >= result["target"] and result["met"] is True
+    run = json.loads((out / "lite0_features_breeds" / "runs").glob("*/results.json").__next__().read_text())
+    assert run["feature_cache"] is True and run["test"]["accuracy"] == result["test_accuracy"]
+    assert any((out / "lite0_features_breeds" / "cache").iterdir())  # it started from this empty cache
+
+    again = subprocess.run([sys.executable, str(REPO / "benchmarks/time_to_accuracy.py"), "--recipe",
+                            "lite0_features_breeds", "--output-dir", out, "--no-report"],
+                           capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert again.returncode != 0 and "a cold start needs an empty --output-dir" in again.stderr

@@ -50,6 +50,13 @@ def test_unfreeze_at_trains_the_backbone_from_that_epoch(tmp_path):
     assert groups == {"head": 0.01, "backbone": 0.01}  # random-init backbone: no lr scaling
 
 
+def test_freeze_batchnorm_trains_every_weight_but_keeps_the_statistics(tmp_path):
+    _, ckpt = train(tmp_path, **{"model.freeze_batchnorm": True, "train.epochs": 1})
+    _, backbone_changed = split_changed(initial_weights(), ckpt["model"])
+    assert {"conv1.weight", "bn1.weight", "layer4.1.bn2.bias"} <= backbone_changed  # affine weights train
+    assert not any(k.endswith(("running_mean", "running_var", "num_batches_tracked")) for k in backbone_changed)
+
+
 def test_early_stopping_on_validation(tmp_path):
     # Nothing can change (frozen backbone, lr 0), so val accuracy never improves after epoch 1.
     run_dir, ckpt = train(tmp_path, **{"train.lr": 0.0, "model.freeze_backbone": True, "train.epochs": 6,

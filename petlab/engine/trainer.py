@@ -219,7 +219,7 @@ class Trainer:
         for p in self.model.parameters():
             p.requires_grad_(id(p) in self._head_ids or not frozen)
         self.model.train()
-        if frozen:  # a frozen backbone keeps its BatchNorm statistics too
+        if frozen or self.cfg.model.freeze_batchnorm:  # a frozen backbone keeps its BatchNorm statistics too
             for module in self.model.modules():
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
                     module.eval()
