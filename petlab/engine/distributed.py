@@ -118,9 +118,9 @@ def teardown() -> None:
         dist.destroy_process_group()
 
 
-def per_rank_batch(batch_size: int, ctx: Distributed, key: str = "train.batch_size") -> int:
+def per_rank_batch(batch_size: int, ctx: Distributed) -> int:
     if batch_size % ctx.world_size:
-        raise ConfigError(f"{key}: {batch_size} is the global batch and must divide evenly over "
+        raise ConfigError(f"train.batch_size: {batch_size} is the global batch and must divide evenly over "
                           f"{ctx.world_size} processes")
     return batch_size // ctx.world_size
 

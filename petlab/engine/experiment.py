@@ -139,7 +139,8 @@ def run_experiment(cfg: Config | None = None, resume: Path | None = None, on_epo
     started = time.perf_counter()
     if resume is not None:
         cfg = read_run_config(Path(resume))
-    dist = distributed.setup(cfg, resolve_device(cfg.train.device))  # one process: a no-op
+    device = resolve_device(cfg.train.device)
+    dist = distributed.setup(cfg, device)  # one process: a no-op
     if resume is not None:
         run_dir = Path(resume)
     else:
@@ -147,7 +148,7 @@ def run_experiment(cfg: Config | None = None, resume: Path | None = None, on_epo
     handler = setup_logging(run_dir if dist.is_main else None)
     try:
         with logging_redirect_tqdm():
-            return run_dir, _run(cfg, run_dir, resume is not None, started, on_epoch, dist)
+            return run_dir, _run(cfg, run_dir, resume is not None, started, on_epoch, dist, device)
     finally:  # a sweep worker runs many experiments: each train.log gets only its own run
         if handler is not None:
             logging.getLogger().removeHandler(handler)
@@ -163,12 +164,13 @@ def previous_record(run_dir: Path) -> dict:
         return {}
 
 
-def _run(cfg: Config, run_dir: Path, resuming: bool, started: float, on_epoch, dist: distributed.Distributed) -> int:
+def _run(cfg: Config, run_dir: Path, resuming: bool, started: float, on_epoch, dist: distributed.Distributed,
+         device: torch.device) -> int:
     previous = previous_record(run_dir) if resuming else {}
     started_at = previous.get("started_at") or datetime.now().isoformat(timespec="seconds")
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    resolve_speed_settings(cfg, resolve_device(cfg.train.device))
+    resolve_speed_settings(cfg, device)
     log.info("run directory: %s", run_dir)
     with dist.main_first():  # rank 0 decodes; the other ranks then read its cache
         splits, pre, decoded = prepare_data(cfg)
@@ -196,17 +198,16 @@ def _run(cfg: Config, run_dir: Path, resuming: bool, started: float, on_epoch, d
         return _train(cfg, run_dir, resuming, started, splits, pre, decoded, model, weights_report, tracker, on_epoch,
                       {"params_total": summary.total_params, "params_trainable": trainable,
                        "mult_adds": summary.total_mult_adds, "git": git, "tags": run_tags(cfg),
-                       "started_at": started_at, "world_size": dist.world_size}, dist)
+                       "started_at": started_at, "world_size": dist.world_size}, dist, device)
     finally:
         tracker.end()
 
 
 def _train(cfg, run_dir, resuming, started, splits, pre, decoded, model, weights_report, tracker, on_epoch,
-           facts, dist) -> int:
+           facts, dist, device) -> int:
     head_only = uses_feature_cache(cfg)
     if head_only:  # frozen backbone, no augmentation: the backbone runs once per image, ever
         log.info("frozen backbone without augmentation: training the head on cached backbone features")
-        device = resolve_device(cfg.train.device)
         with dist.main_first():
             loaders = feature_loaders(cfg, model.to(device), decoded, pre, cache_root(cfg.data.cache_dir), device)
     else:
