@@ -8,8 +8,11 @@ because test must never take part in model selection.
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +20,9 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 
 from petlab.data.download import ARCHIVES, KAGGLE_HELP, download_dataset
+from petlab.data.files import visible_dirs, visible_files
 
+log = logging.getLogger(__name__)
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 VAL_DIR_NAMES = ("val", "valid", "validation")
 SPECIES = ("cat", "dog")  # class names of the cats_vs_dogs task, whatever the dataset calls them
@@ -39,6 +44,7 @@ class Splits:
     val: list[Sample]
     test: list[Sample] = field(default_factory=list)
     notes: dict[str, str] = field(default_factory=dict)  # where each split came from
+    classes_without_val: list[str] = field(default_factory=list)  # too few photos to give validation any
 
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
@@ -73,8 +79,8 @@ def _require_dir(path: Path, what: str) -> Path:
 
 def _read_class_folders(split_dir: Path, task: str) -> dict[str, list[str]]:
     """{class name: [files]} for one ImageFolder split; every file counts (bad ones are skipped
-    and counted later, never silently dropped here)."""
-    folders = sorted(p for p in split_dir.iterdir() if p.is_dir())
+    and counted later, never silently dropped here). Hidden entries are not data (is_hidden)."""
+    folders = visible_dirs(split_dir)
     if not folders:
         raise DatasetError(f"no class folders in {split_dir}")
     classes: dict[str, list[str]] = {}
@@ -87,7 +93,7 @@ def _read_class_folders(split_dir: Path, task: str) -> dict[str, list[str]]:
                 )
         else:
             name = pretty_class_name(folder.name)
-        files = sorted(str(f) for f in folder.rglob("*") if f.is_file())
+        files = [str(f) for f in visible_files(folder)]
         if not files:
             raise DatasetError(f"empty class folder: {folder}")
         classes.setdefault(name, []).extend(files)
@@ -265,12 +271,20 @@ def dataset_dir(dataset: str, data_dir: str | None = None, download: bool = True
 
 
 def carve_validation(train: list[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
-    labels = [y for _, y in train]
+    """Stratified, seeded validation from train. A class gives photos to validation only when it has
+    enough to give one and keep one (at least 1/fraction photos); smaller classes stay whole in train,
+    so a breed with a single photo is still learned. When every class has enough, this is exactly one
+    stratified train_test_split over all of train."""
+    counts = Counter(y for _, y in train)
+    enough = {y for y, n in counts.items() if n >= 2 and math.floor(n * fraction) >= 1}
+    if not enough:
+        return sorted(train), []
+    pool = [s for s in train if s[1] in enough]
     try:
-        kept, val = train_test_split(train, test_size=fraction, random_state=seed, stratify=labels)
-    except ValueError as exc:  # a class too small to stratify
+        kept, val = train_test_split(pool, test_size=fraction, random_state=seed, stratify=[y for _, y in pool])
+    except ValueError as exc:
         raise DatasetError(f"cannot carve a stratified {fraction:.0%} validation split: {exc}") from exc
-    return sorted(kept), sorted(val)
+    return sorted(kept + [s for s in train if s[1] not in enough]), sorted(val)
 
 
 DEFAULT_DATASET = {"cats_vs_dogs": "cats_and_dogs_filtered", "breeds": "stanford_dogs"}
@@ -302,14 +316,29 @@ def resolve_dataset_name(dataset: str | None, task: str, data_dir: str | None) -
 
 
 def load_splits(dataset: str | None, task: str, data_dir: str | None = None, species: str | None = None,
-                val_fraction: float = 0.2, seed: int = 42, download: bool = True) -> Splits:
+                val_fraction: float = 0.2, seed: int = 42, download: bool = True, carve: bool = True) -> Splits:
+    """carve False: no validation is carved from train (cross-validated runs use every training photo)."""
     dataset = resolve_dataset_name(dataset, task, data_dir)
     reader, _ = DATASETS[dataset]
     root = dataset_dir(dataset, data_dir, download)
     found = reader(root, task, species=species)
+    classes = found["classes"]
     notes = dict(found.get("notes", {}))
-    train, val = found["train"], found.get("val")
-    if not val:
+    train, val = found["train"], found.get("val") or []
+    if not val and carve:
         train, val = carve_validation(train, val_fraction, seed)
+        if not val:
+            smallest = min(Counter(y for _, y in train).values())
+            raise DatasetError(
+                f"{root}: no class has enough photos to carve a {val_fraction:.0%} validation split (the largest "
+                f"needs {math.ceil(1 / val_fraction)}, the smallest has {smallest}); raise --val-fraction, add a "
+                "val/ folder, or choose settings by cross-validation (train.cv_folds, as in "
+                "experiments/configs/breeds_fewshot.yaml)")
         notes["val"] = f"carved {val_fraction:.0%} of train, stratified, seed {seed}"
-    return Splits(dataset, str(root), found["classes"], train, val, found.get("test", []), notes)
+    in_val = {y for _, y in val}
+    without_val = [c for i, c in enumerate(classes) if i not in in_val] if val else []
+    if without_val:
+        notes["val"] = notes.get("val", "") + f"; {len(without_val)} classes too small to give validation photos"
+        log.warning("%d of %d classes have too few photos for validation and train on all of them: %s",
+                    len(without_val), len(classes), without_val[:20] + (["..."] if len(without_val) > 20 else []))
+    return Splits(dataset, str(root), classes, train, val, found.get("test", []), notes, without_val)

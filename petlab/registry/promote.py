@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from petlab.data.datasets import DatasetError, load_splits
+from petlab.data.files import visible_files
 from petlab.data.images import BadImageError, load_rgb
 from petlab.engine.evaluate import load_trained_model
 from petlab.export import EXPORT_FILES, export_and_verify
@@ -83,7 +84,7 @@ def select_best(records: list[RunRecord], metric: str) -> tuple[RunRecord, float
 
 
 def _image_files(folder: Path) -> list[tuple[Path, str]]:
-    files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = [p for p in visible_files(folder) if p.suffix.lower() in IMAGE_SUFFIXES]
     return [(p, p.parent.name) for p in files]
 
 
