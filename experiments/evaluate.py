@@ -1,6 +1,8 @@
 """Evaluate a run's best checkpoint and print the metrics as JSON.
 
-python experiments/evaluate.py RUN_DIR --data-dir DIR [--dataset NAME] [--split test]
+python experiments/evaluate.py RUN_DIR --data-dir DIR [--dataset NAME] [--split test] [--tta flip]
+
+DIR may be any training layout, or a folder holding only test/<class>/ or only class folders.
 """
 
 import argparse
@@ -20,10 +22,12 @@ def main(argv=None) -> int:
     parser.add_argument("--dataset", help="dataset name; default: detected from --data-dir")
     parser.add_argument("--split", default="test", choices=["train", "val", "test"])
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--tta", default="none", choices=["none", "flip"],
+                        help="test-time augmentation: flip averages the softmax of each photo and its mirror")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     try:
-        result = evaluate_run(args.run_dir, args.data_dir, args.dataset, args.split, args.batch_size)
+        result = evaluate_run(args.run_dir, args.data_dir, args.dataset, args.split, args.batch_size, args.tta)
     except (DatasetError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -22,6 +22,8 @@ PRECISIONS = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 TRACKERS = ("comet", "none")
 AUGMENT_POLICIES = ("none", "trivial")
+HEAD_INITS = ("fresh", "imagenet")
+TTA_MODES = ("none", "flip")
 
 
 class ConfigError(ValueError):
@@ -40,6 +42,8 @@ class DataConfig:
     hflip: bool = True
     policy: str = "none"  # extra per-image augmentation after crop + flip: none, or trivial (TrivialAugmentWide)
     augment: bool = True  # false: train on the eval crop (with a frozen backbone, enables the feature cache)
+    # Feature cache only: also cache each training image's mirror image and train on both (twice the examples).
+    feature_flips: bool = False
     num_workers: int = 0  # images are decoded once into a cache, so workers rarely pay off
     cache_dir: str | None = None  # None: $PETLAB_CACHE_DIR or data/cache
 
@@ -56,6 +60,9 @@ class ModelConfig:
     freeze_batchnorm: bool = False
     backbone_lr_scale: float = 0.1  # backbone lr = lr * scale once unfrozen
     dropout: float = 0.0  # extra dropout before the new head (on top of any the backbone has)
+    # imagenet: rows of classes that are ImageNet categories start from the pretrained classifier's rows
+    # (models/imagenet_head.py); fresh: a new random head.
+    head_init: str = "fresh"
 
 
 @dataclass
@@ -76,6 +83,16 @@ class TrainConfig:
     eval_batch_size: int | None = None  # None: 2 x batch_size
     threads: int | None = None  # torch intra-op threads; None: torch's default
     device: str = "auto"
+    # Test-time augmentation for val/test predictions: flip averages the softmax of the image and its mirror.
+    tta: str = "none"
+    # Few photos per class: choose lr (from cv_lrs) and the epoch count by k-fold cross-validation on
+    # train, then refit on all of train. No validation split is carved; results' "val" is the
+    # out-of-fold estimate of the chosen setting. None: the usual carved (or shipped) validation split.
+    cv_folds: int | None = None
+    cv_lrs: list[float] = field(default_factory=list)  # empty: [lr]
+
+    def eval_batch(self) -> int:
+        return self.eval_batch_size or 2 * self.batch_size
 
 
 @dataclass
@@ -241,6 +258,15 @@ def validate(cfg: Config) -> None:
     _choice("train.device", cfg.train.device, DEVICES)
     _choice("tracking.backend", cfg.tracking.backend, TRACKERS)
     _choice("data.policy", cfg.data.policy, AUGMENT_POLICIES)
+    _choice("model.head_init", cfg.model.head_init, HEAD_INITS)
+    _choice("train.tta", cfg.train.tta, TTA_MODES)
+    if cfg.model.head_init == "imagenet" and not (cfg.model.pretrained or cfg.model.weights):
+        raise ConfigError("model.head_init: 'imagenet' copies rows of the pretrained ImageNet classifier; "
+                          "it needs model.pretrained or model.weights")
+    if cfg.train.cv_folds is not None and cfg.train.cv_folds < 2:
+        raise ConfigError(f"train.cv_folds: needs at least 2 folds, got {cfg.train.cv_folds}")
+    if any(lr <= 0 for lr in cfg.train.cv_lrs):
+        raise ConfigError(f"train.cv_lrs: every candidate must be positive, got {cfg.train.cv_lrs}")
     if cfg.data.species is not None:
         _choice("data.species", cfg.data.species, ("cat", "dog"))
     positive = {

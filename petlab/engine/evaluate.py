@@ -6,7 +6,8 @@ from pathlib import Path
 
 from petlab.config import config_from_dict
 from petlab.data.cache import cache_root, decode_split
-from petlab.data.datasets import DatasetError, load_splits, normalise_class_name
+from petlab.data.datasets import DatasetError, Splits, load_splits, normalise_class_name, read_split_folders
+from petlab.data.files import visible_dirs
 from petlab.data.loaders import make_loader
 from petlab.data.transforms import Preprocessing
 from petlab.engine.checkpoint import load_checkpoint
@@ -33,10 +34,26 @@ def load_trained_model(run_dir: Path, checkpoint: str = "best.pt"):
     return model.eval(), cfg, ckpt["classes"], Preprocessing.from_dict(ckpt["preprocessing"])
 
 
+def eval_only_splits(root: Path, task: str) -> Splits | None:
+    """A folder that holds only test/<class>/ (or only class folders) is a test split by itself."""
+    folder = root / "test" if (root / "test").is_dir() else root
+    if not visible_dirs(folder):
+        return None
+    found = read_split_folders(folder.parent, task, folder.name, None, None)
+    return Splits("imagefolder", str(root), found["classes"], [], [], found["train"],
+                  {"test": f"class folders of {folder}"})
+
+
 def evaluate_run(run_dir: Path, data_dir: str | None = None, dataset: str | None = None,
-                 split: str = "test", batch_size: int = 64) -> dict:
+                 split: str = "test", batch_size: int = 64, tta: str = "none") -> dict:
     model, cfg, classes, pre = load_trained_model(run_dir)
-    splits = load_splits(dataset, cfg.task, data_dir, None, cfg.data.val_fraction, cfg.seed)
+    try:
+        splits = load_splits(dataset, cfg.task, data_dir, None, cfg.data.val_fraction, cfg.seed)
+    except DatasetError as exc:
+        # Not a training layout: a folder of only test/<class>/, or of only class folders, is a test set.
+        splits = eval_only_splits(Path(data_dir), cfg.task) if data_dir and not dataset and split == "test" else None
+        if splits is None:
+            raise exc
     samples = getattr(splits, split)
     if not samples:
         raise DatasetError(f"{splits.root} has no {split} split")
@@ -46,8 +63,8 @@ def evaluate_run(run_dir: Path, data_dir: str | None = None, dataset: str | None
     device = resolve_device(cfg.train.device)
     model.to(device)
     loader = make_loader(decoded, pre, False, batch_size, cfg.data.num_workers)
-    targets, preds, loss = predict(model, loader, pre, device, cfg.train.precision, cfg.train.channels_last,
-                                   desc=split)
-    metrics = classification_metrics(targets, preds, loss, classes)
+    targets, probs, loss = predict(model, loader, pre, device, cfg.train.precision, cfg.train.channels_last,
+                                   desc=split, tta=tta)
+    metrics = classification_metrics(targets, probs, loss, classes)
     return {"run_dir": str(run_dir), "dataset": splits.dataset, "data_dir": splits.root, "split": split,
-            "classes": classes, **metrics, "skipped_files": decoded.skipped_summary()}
+            "tta": tta, "classes": classes, **metrics, "skipped_files": decoded.skipped_summary()}

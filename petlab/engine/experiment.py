@@ -14,6 +14,7 @@ Run directory (timm-style, one per run):
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import time
@@ -26,20 +27,26 @@ import torchinfo
 import yaml
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from petlab.config import Config, config_from_dict
+from petlab.config import Config, ConfigError, config_from_dict
 from petlab.data.cache import cache_root, decode_split
 from petlab.data.datasets import load_splits
 from petlab.data.loaders import make_loader
 from petlab.data.transforms import Preprocessing
-from petlab.engine import distributed
+from petlab.engine import crossval, distributed
 from petlab.engine.checkpoint import load_checkpoint
 from petlab.engine.features import feature_loaders, uses_feature_cache
-from petlab.engine.metrics import classification_metrics, plot_confusion_matrices
+from petlab.engine.metrics import classification_metrics
 from petlab.engine.speed import resolve_speed_settings
 from petlab.engine.trainer import Interrupted, StopRun, Trainer, resolve_device, seed_everything
 from petlab.models import ARCHS, build_model, head_parameters
+from petlab.models.imagenet_head import head_init_report, match_imagenet
 from petlab.registry.store import model_name
-from petlab.reports.figures import plot_learning_curves, plot_misclassified
+from petlab.reports.figures import (
+    plot_confusion_matrices,
+    plot_cross_validation,
+    plot_learning_curves,
+    plot_misclassified,
+)
 from petlab.tracking import Tracker, create_tracker, git_state, installed_packages
 
 log = logging.getLogger("petlab")
@@ -108,8 +115,14 @@ def track_setup(tracker: Tracker, cfg: Config, splits, pre, decoded, summary, tr
 
 def prepare_data(cfg: Config):
     """Splits, preprocessing and decoded images; fills in the config's data defaults."""
+    cross_validated = cfg.train.cv_folds is not None
     splits = load_splits(cfg.data.dataset, cfg.task, cfg.data.data_dir, cfg.data.species,
-                         cfg.data.val_fraction, cfg.seed)
+                         cfg.data.val_fraction, cfg.seed, carve=not cross_validated)
+    if cross_validated and splits.val:  # settings come from folds of train: a shipped val/ is training data too
+        splits.train, splits.val = sorted(splits.train + splits.val), []
+        splits.notes["val"] = f"none: {cfg.train.cv_folds}-fold cross-validation on train (shipped val/ joined train)"
+    elif cross_validated:
+        splits.notes["val"] = f"none: {cfg.train.cv_folds}-fold cross-validation on train"
     cfg.data.dataset = splits.dataset
     pre = Preprocessing.for_model(ARCHS[cfg.model.arch], cfg.data.image_size, cfg.data.resize_ratio)
     cfg.data.image_size = pre.image_size
@@ -122,7 +135,7 @@ def prepare_data(cfg: Config):
 
 def build_loaders(cfg: Config, pre: Preprocessing, decoded: dict) -> dict:
     t = cfg.train
-    eval_bs = t.eval_batch_size or 2 * t.batch_size
+    eval_bs = t.eval_batch()
     return {
         "train": make_loader(decoded["train"], pre, True, t.batch_size, cfg.data.num_workers, torch.Generator(),
                              cfg.data.crop_scale_min, cfg.data.hflip, cfg.data.augment, cfg.data.policy),
@@ -179,9 +192,17 @@ def _run(cfg: Config, run_dir: Path, resuming: bool, started: float, on_epoch, d
     if dist.is_main:
         (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
+    head_init = None
+    imagenet_rows = None
+    if cfg.model.head_init == "imagenet":
+        matches = match_imagenet(splits.classes, cfg.task)
+        head_init = head_init_report(splits.classes, matches, cfg.task)
+        imagenet_rows = (splits.classes, matches)
+        log.info("head_init imagenet: %d of %d classes start from ImageNet's rows: %s", len(matches),
+                 len(splits.classes), head_init["rows"])
     seed_everything(cfg.seed)
     model, weights_report = build_model(cfg.model.arch, len(splits.classes), cfg.model.pretrained,
-                                        cfg.model.weights, cfg.model.dropout)
+                                        cfg.model.weights, cfg.model.dropout, imagenet_rows)
     summary = model_summary(model, pre.image_size)
     summary_path = run_dir / "model_summary.txt"
     if dist.is_main and not summary_path.is_file():
@@ -198,6 +219,7 @@ def _run(cfg: Config, run_dir: Path, resuming: bool, started: float, on_epoch, d
         return _train(cfg, run_dir, resuming, started, splits, pre, decoded, model, weights_report, tracker, on_epoch,
                       {"params_total": summary.total_params, "params_trainable": trainable,
                        "mult_adds": summary.total_mult_adds, "git": git, "tags": run_tags(cfg),
+                       "head_init": head_init, "classes_without_val": splits.classes_without_val,
                        "started_at": started_at, "world_size": dist.world_size}, dist, device)
     finally:
         tracker.end()
@@ -206,27 +228,47 @@ def _run(cfg: Config, run_dir: Path, resuming: bool, started: float, on_epoch, d
 def _train(cfg, run_dir, resuming, started, splits, pre, decoded, model, weights_report, tracker, on_epoch,
            facts, dist, device) -> int:
     head_only = uses_feature_cache(cfg)
+    cache = cache_root(cfg.data.cache_dir)
     if head_only:  # frozen backbone, no augmentation: the backbone runs once per image, ever
         log.info("frozen backbone without augmentation: training the head on cached backbone features")
         with dist.main_first():
-            loaders = feature_loaders(cfg, model.to(device), decoded, pre, cache_root(cfg.data.cache_dir), device)
+            loaders = feature_loaders(cfg, model.to(device), decoded, pre, cache, device)
     else:
         loaders = build_loaders(cfg, pre, decoded)
     loaders = {split: distributed.shard(loader, dist, split == "train", cfg.seed) for split, loader in loaders.items()}
-    trainer = Trainer(cfg, model, pre, loaders, run_dir, splits.classes, tracker, head_only, dist)
+    cv = None
+    if cfg.train.cv_folds:
+        if dist.enabled:
+            raise ConfigError("train.cv_folds runs in one process; start it without torchrun")
+        cv = crossval.load(run_dir) if resuming else None
+        if cv is None:
+            template = copy.deepcopy(model).cpu()
+            folds = crossval.fold_loader_factory(cfg, model, decoded["train"], pre, head_only, cache, device)
+            cv = crossval.cross_validate(cfg, lambda: copy.deepcopy(template), folds, decoded["train"].labels,
+                                         splits.classes, pre, head_only)
+            crossval.save(cv, run_dir)
+        tracker.log_others({"cv_folds": cv["folds"], "cv_chosen_lr": cv["chosen"]["lr"],
+                            "cv_chosen_epochs": cv["chosen"]["epochs"], "cv_accuracy": cv["chosen"]["accuracy"]})
+        refit = copy.deepcopy(cfg)  # the refit trains on all of train with the chosen learning rate
+        refit.train.lr = cv["chosen"]["lr"]
+    trainer = Trainer(refit if cv else cfg, model, pre, loaders, run_dir, splits.classes, tracker, head_only, dist)
     trainer.on_epoch = on_epoch
     last = run_dir / "checkpoints" / "last.pt"
     if resuming and last.is_file():
         trainer.resume(last)
+    if cfg.model.head_init == "imagenet" and not trainer.state.initial and not trainer.state.history:
+        trainer.state.initial = initial_metrics(trainer, loaders, splits.classes)
     skipped = {name: d.skipped_summary() for name, d in decoded.items()}
     base = {"run_dir": str(run_dir), "task": cfg.task, "arch": cfg.model.arch, "dataset": splits.dataset,
             "dataset_root": splits.root, "classes": splits.classes, "split_sizes": splits.sizes(),
             "usable_sizes": {n: len(d.labels) for n, d in decoded.items()}, "split_notes": splits.notes,
             "skipped_files": skipped, "pretrained_weights": weights_report, "feature_cache": head_only, **facts,
             "tracking": tracker.record()}
+    if cv:
+        base["cross_validation"] = {k: v for k, v in cv.items() if k != "oof"}
     try:
         if not trainer.state.finished:
-            trainer.fit()
+            trainer.fit(cv["chosen"]["epochs"] if cv else None)
     except Interrupted:
         done = trainer.state.epoch
         where = f"checkpoints/last.pt holds epoch {done}" if done else "no epoch had finished yet"
@@ -251,41 +293,71 @@ def _train(cfg, run_dir, resuming, started, splits, pre, decoded, model, weights
     # Final numbers come from the best-by-validation checkpoint; test is only ever reported.
     dist.barrier()  # rank 0 has written best.pt
     trainer.model.load_state_dict(load_checkpoint(run_dir / "checkpoints" / "best.pt")["model"])
-    final, val_predictions = {}, None
+    final, shown = {}, None
+    if cv:  # validation is the out-of-fold prediction of every training photo under the chosen setting
+        labels = decoded["train"].labels
+        oof = cv["oof"]
+        loss = float(-np.log(np.clip(oof[np.arange(len(labels)), labels], 1e-12, None)).mean())
+        final["val"] = {**classification_metrics(labels, oof, loss, splits.classes),
+                        "source": f"{cv['folds']}-fold cross-validation on train (out-of-fold)"}
+        shown = (decoded["train"], labels, oof.argmax(1))
     for split in ("val", "test"):
         if split in loaders:
-            targets, preds, loss = trainer.predict(loaders[split], split)
-            final[split] = classification_metrics(targets, preds, loss, splits.classes)
+            targets, probs, loss = trainer.predict(loaders[split], split)
+            final[split] = classification_metrics(targets, probs, loss, splits.classes)
             if split == "val":
-                val_predictions = (targets, preds)
+                shown = (decoded["val"], targets, probs.argmax(1))
     if not dist.is_main:
         return 0
     state = trainer.state
-    figures = write_figures(run_dir, final, splits.classes, state.history, decoded["val"], val_predictions, pre, cfg)
+    figures = write_figures(run_dir, final, splits.classes, state.history, shown, pre, cfg, cv)
     results = {**base, "status": "completed", "epochs_completed": state.epoch, "best_epoch": state.best_epoch,
-               **final, "diagnostics": state.events, "wall_time_s": time.perf_counter() - started}
+               "epoch0": state.initial or None, "tta": cfg.train.tta, **final, "diagnostics": state.events,
+               "wall_time_s": time.perf_counter() - started}
     track_results(tracker, cfg, run_dir, final, splits.classes, figures, results)
     results["tracking"] = tracker.record()  # the offline archive's name is known once tracking ends
     write_json(run_dir / "results.json", results)
-    summary = ", ".join(f"{s} accuracy {m['accuracy']:.4f}" for s, m in final.items())
+    summary = ", ".join(f"{s} accuracy {m['accuracy']:.4f} (top-5 {m['top5_accuracy']:.4f})" for s, m in final.items())
     log.info("done in %.0fs: best epoch %d, %s -> %s", results["wall_time_s"], state.best_epoch, summary, run_dir)
     return 0
 
 
-def write_figures(run_dir: Path, final: dict, classes: list[str], history: list[dict], val_images,
-                  val_predictions: tuple, pre, cfg: Config) -> dict[str, Path]:
+def initial_metrics(trainer: Trainer, loaders: dict, classes: list[str]) -> dict:
+    """Val and test before any training: what the ImageNet rows of the head already know (epoch 0).
+    A cross-validated run has no val split, so only test is measured."""
+    initial = {}
+    for split in ("val", "test"):
+        loader = loaders.get(split)
+        if loader is None:
+            continue
+        targets, probs, loss = trainer.predict(loader, f"{split} (epoch 0)")
+        m = classification_metrics(targets, probs, loss, classes)
+        initial[split] = {k: m[k] for k in ("accuracy", "top5_accuracy", "balanced_accuracy", "loss", "n")}
+    log.info("epoch 0 (before training): %s", ", ".join(f"{s} accuracy {m['accuracy']:.4f}"
+                                                         for s, m in initial.items()))
+    trainer.tracker.log_metrics({f"{s}_{k}": v for s, m in initial.items() for k, v in m.items() if k != "n"},
+                                step=0, epoch=0)
+    return initial
+
+
+def write_figures(run_dir: Path, final: dict, classes: list[str], history: list[dict], shown: tuple, pre,
+                  cfg: Config, cv: dict | None = None) -> dict[str, Path]:
+    """shown: (decoded images, targets, predictions) of the validation photos (out-of-fold with cross-validation)."""
     figures = {"confusion_matrix": run_dir / "confusion_matrix.png",
                "learning_curves": run_dir / "learning_curves.png",
                "misclassified": run_dir / "misclassified.png"}
     plot_confusion_matrices(final, classes, figures["confusion_matrix"])
     plot_learning_curves({cfg.name: history}, figures["learning_curves"], f"{cfg.model.arch} on {cfg.data.dataset}")
-    targets, preds = val_predictions  # in loader order, which is the cache's order (val is not shuffled)
+    images, targets, preds = shown  # in loader order, which is the cache's order (val is not shuffled)
     wrong = np.flatnonzero(targets != preds)[:16]
     margin = (pre.resize_size - pre.image_size) // 2
-    crops = [val_images.array[i][margin:margin + pre.image_size, margin:margin + pre.image_size] for i in wrong]
+    crops = [images.array[i][margin:margin + pre.image_size, margin:margin + pre.image_size] for i in wrong]
     plot_misclassified(crops, [classes[targets[i]] for i in wrong], [classes[preds[i]] for i in wrong],
                        figures["misclassified"],
-                       f"misclassified validation images ({len(wrong)} shown)")
+                       f"misclassified {'out-of-fold training' if cv else 'validation'} images ({len(wrong)} shown)")
+    if cv:
+        figures["cross_validation"] = run_dir / "cross_validation.png"
+        plot_cross_validation(cv, figures["cross_validation"])
     return figures
 
 
@@ -293,7 +365,11 @@ def track_results(tracker: Tracker, cfg: Config, run_dir: Path, final: dict, cla
                   figures: dict[str, Path], results: dict) -> None:
     """Final metrics, per-class scores, figures and the best checkpoint; then close the experiment."""
     for split, metrics in final.items():
-        tracker.log_metrics({f"{split}_accuracy_final": metrics["accuracy"], f"{split}_loss_final": metrics["loss"]})
+        tracker.log_metrics({f"{split}_{m}_final": metrics[m]
+                             for m in ("accuracy", "top5_accuracy", "balanced_accuracy", "loss")})
+        tracker.log_text(f"{split}_most_confused", "\n".join(f"{p['true']} -> {p['predicted']}: {p['count']}"
+                                                             for p in metrics["most_confused"]) or "none")
+        tracker.log_others({f"{split}_most_confused": json.dumps(metrics["most_confused"])})
         tracker.log_metrics({f"{split}_{score}_{name}": value[score] for name, value in metrics["per_class"].items()
                              for score in ("precision", "recall", "f1")})
         tracker.log_confusion_matrix(metrics["confusion_matrix"], classes, f"{split} confusion matrix")

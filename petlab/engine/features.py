@@ -29,12 +29,17 @@ from petlab.models import ARCHS
 from petlab.progress import progress
 
 log = logging.getLogger(__name__)
-FEATURES_FORMAT = 1
+FEATURES_FORMAT = 2  # 2: (N, views, F), the mirror image's features second
 
 
 def uses_feature_cache(cfg: Config) -> bool:
     m = cfg.model
     return m.freeze_backbone and m.unfreeze_at is None and not cfg.data.augment
+
+
+def feature_views(cfg: Config) -> int:
+    """2 when mirror images are needed too (training on flips, or flip test-time augmentation), else 1."""
+    return 2 if cfg.data.feature_flips or cfg.train.tta == "flip" else 1
 
 
 def weights_identity(cfg: Config) -> str:
@@ -61,30 +66,46 @@ def without_head(model: nn.Module, head: str):
 @torch.inference_mode()
 def backbone_features(cfg: Config, model: nn.Module, decoded: DecodedImages, pre: Preprocessing, split: str,
                       cache_dir: Path, device: torch.device) -> np.ndarray:
-    """(N, F) float32 features of the eval crops of `decoded`, from the cache when already computed."""
+    """(N, views, F) float32 features of the eval crops of `decoded` (and of their mirror images when
+    feature_views is 2), from the cache when already computed."""
     from petlab.engine.trainer import autocast, prepare_batch
 
     t = cfg.train
+    views = feature_views(cfg)
     identity = [FEATURES_FORMAT, cfg.model.arch, weights_identity(cfg), pre.to_dict(), t.precision,
-                t.channels_last, decoded.key]
+                t.channels_last, decoded.key, views]
     key = hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:24]
     path = cache_dir / "features" / f"{key}.npy"
     if path.is_file():
         log.info("features (%s): cached %s", split, path.name)
         return np.load(path)
-    loader = make_loader(decoded, pre, False, t.eval_batch_size or 2 * t.batch_size, cfg.data.num_workers)
+    loader = make_loader(decoded, pre, False, cfg.train.eval_batch(), cfg.data.num_workers)
     model.eval()
     chunks = []
     with without_head(model, ARCHS[cfg.model.arch].head) as backbone:
         for images, _ in progress(loader, desc=f"features {split}", unit="batch", leave=False):
+            x = prepare_batch(images, pre, device, t.channels_last)
             with autocast(device, t.precision):
-                chunks.append(backbone(prepare_batch(images, pre, device, t.channels_last)).float().cpu())
-    features = torch.cat(chunks).flatten(1).numpy()
+                batch_views = [backbone(v).float().flatten(1).cpu() for v in ([x, x.flip(3)] if views == 2 else [x])]
+            chunks.append(torch.stack(batch_views, 1))
+    features = torch.cat(chunks).numpy()
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.with_name(f".{uuid.uuid4().hex}.npy")
     np.save(staging, features)
     os.replace(staging, path)
     return features
+
+
+def feature_dataset(features: torch.Tensor, labels: torch.Tensor, train: bool, flips: bool,
+                    indices: np.ndarray | None = None) -> TensorDataset:
+    """Training: one example per view used (the mirror too with flips), shape (F,). Evaluation: one
+    per image with all its views, shape (views, F), so that predict() can average them (tta)."""
+    if indices is not None:
+        features, labels = features[indices], labels[indices]
+    if not train:
+        return TensorDataset(features, labels)
+    views = features.shape[1] if flips else 1
+    return TensorDataset(features[:, :views].reshape(-1, features.shape[2]), labels.repeat_interleave(views))
 
 
 def feature_loaders(cfg: Config, model: nn.Module, decoded: dict, pre: Preprocessing, cache_dir: Path,
@@ -93,9 +114,8 @@ def feature_loaders(cfg: Config, model: nn.Module, decoded: dict, pre: Preproces
     loaders = {}
     for split, images in decoded.items():
         features = torch.from_numpy(backbone_features(cfg, model, images, pre, split, cache_dir, device))
-        dataset = TensorDataset(features, torch.from_numpy(images.labels))
         train = split == "train"
-        batch = cfg.train.batch_size if train else cfg.train.eval_batch_size or 2 * cfg.train.batch_size
-        loaders[split] = DataLoader(dataset, batch_size=batch, shuffle=train,
-                                    generator=torch.Generator() if train else None)
+        dataset = feature_dataset(features, torch.from_numpy(images.labels), train, cfg.data.feature_flips)
+        loaders[split] = DataLoader(dataset, batch_size=cfg.train.batch_size if train else cfg.train.eval_batch(),
+                                    shuffle=train, generator=torch.Generator() if train else None)
     return loaders

@@ -1,49 +1,53 @@
-"""Classification metrics and the confusion-matrix figure, from predictions and targets."""
+"""Classification metrics from class probabilities and targets: what a 2-class and a 120-class user need."""
 
 from __future__ import annotations
 
 import numpy as np
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
+TOP_K = 5
+MOST_CONFUSED = 10
 
-def classification_metrics(targets: np.ndarray, preds: np.ndarray, loss: float, classes: list[str]) -> dict:
+
+def top_k_accuracy(targets: np.ndarray, probs: np.ndarray, k: int = TOP_K) -> float:
+    """Share of images whose true class is among the k most probable (k capped at the class count)."""
+    if not len(targets):
+        return float("nan")
+    k = min(k, probs.shape[1])
+    top = np.argpartition(-probs, k - 1, axis=1)[:, :k]
+    return float((top == targets[:, None]).any(axis=1).mean())
+
+
+def most_confused(matrix: np.ndarray, classes: list[str], n: int = MOST_CONFUSED) -> list[dict]:
+    """The n largest off-diagonal cells of a confusion matrix: true -> predicted, count."""
+    off = np.asarray(matrix).copy()
+    np.fill_diagonal(off, 0)
+    cells = [(int(off[i, j]), i, j) for i, j in zip(*np.nonzero(off))]
+    cells.sort(key=lambda c: (-c[0], c[1], c[2]))
+    return [{"true": classes[i], "predicted": classes[j], "count": count} for count, i, j in cells[:n]]
+
+
+def classification_metrics(targets: np.ndarray, probs: np.ndarray, loss: float, classes: list[str]) -> dict:
+    """probs: (N, classes) probabilities (or any scores ranked the same way)."""
     labels = list(range(len(classes)))
+    preds = probs.argmax(1) if len(targets) else np.zeros(0, np.int64)
     precision, recall, f1, support = precision_recall_fscore_support(
         targets, preds, labels=labels, zero_division=0
     )
+    matrix = confusion_matrix(targets, preds, labels=labels)
+    present = support > 0
     return {
         "accuracy": float((targets == preds).mean()) if len(targets) else float("nan"),
+        f"top{TOP_K}_accuracy": top_k_accuracy(targets, probs),
+        # the mean of the per-class accuracies, over the classes this split has images of
+        "balanced_accuracy": float(recall[present].mean()) if present.any() else float("nan"),
         "loss": float(loss),
         "n": int(len(targets)),
         "per_class": {
-            name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+            name: {"accuracy": float(r) if s else None, "precision": float(p), "recall": float(r), "f1": float(f),
+                   "support": int(s)}
             for name, p, r, f, s in zip(classes, precision, recall, f1, support)
         },
-        "confusion_matrix": confusion_matrix(targets, preds, labels=labels).tolist(),
+        "most_confused": most_confused(matrix, classes),
+        "confusion_matrix": matrix.tolist(),
     }
-
-
-def plot_confusion_matrices(panels: dict[str, dict], classes: list[str], path, title: str = "") -> None:
-    """One heatmap per panel ({"val": metrics, "test": metrics}, or one per run), counts annotated."""
-    from petlab.reports.figures import pyplot
-
-    plt = pyplot()
-    side = max(3.5, 0.55 * len(classes) + 2)
-    fig, axes = plt.subplots(1, len(panels), figsize=(side * len(panels), side), squeeze=False)
-    for ax, (split, metrics) in zip(axes[0], panels.items()):
-        matrix = np.asarray(metrics["confusion_matrix"])
-        ax.imshow(matrix, cmap="Blues")
-        ax.set_title(f"{split}\naccuracy {metrics['accuracy']:.1%} (n={metrics['n']})", fontsize=10)
-        ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
-        ax.set_yticks(range(len(classes)), classes)
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
-        threshold = matrix.max() / 2 if matrix.size else 0
-        for (i, j), count in np.ndenumerate(matrix):
-            ax.text(j, i, str(count), ha="center", va="center",
-                    color="white" if count > threshold else "black")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)

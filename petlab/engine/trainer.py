@@ -109,25 +109,42 @@ def batches_per_epoch(loader, limit_batches: int | None) -> int:
     return min(len(loader), limit_batches) if limit_batches else len(loader)
 
 
+def tta_views(x: torch.Tensor, features: bool, tta: str) -> list[torch.Tensor]:
+    """The inputs whose predictions are averaged. Images: the batch, and its mirror with tta "flip".
+    Cached features come as (B, views, F) with the mirror's features second (features.py)."""
+    if features:
+        return [x[:, v] for v in range(x.shape[1] if tta == "flip" else 1)]
+    return [x, x.flip(3)] if tta == "flip" else [x]
+
+
 @torch.inference_mode()
 def predict(model: nn.Module, loader, pre: Preprocessing | None, device: torch.device, precision: str = "fp32",
             channels_last: bool = False, limit_batches: int | None = None, criterion=None,
-            desc: str = "eval") -> tuple[np.ndarray, np.ndarray, float]:
-    """targets, predictions and mean loss over (at most limit_batches of) a loader."""
+            desc: str = "eval", tta: str = "none") -> tuple[np.ndarray, np.ndarray, float]:
+    """targets, class probabilities (N, classes) and mean loss over (at most limit_batches of) a loader.
+
+    pre None: the loader yields cached features (B, views, F). With tta "flip" the softmax of each
+    image and of its mirror are averaged, and the loss is the negative log of that average."""
     model.eval()
     criterion = criterion or nn.CrossEntropyLoss()
     steps = batches_per_epoch(loader, limit_batches)
-    targets, preds, total_loss = [], [], 0.0
+    targets, probs, total_loss = [], [], 0.0
     for step, (images, y) in enumerate(progress(loader, total=steps, desc=desc, unit="batch", leave=False)):
         if step >= steps:
             break
+        x = prepare_batch(images, pre, device, channels_last)
         with autocast(device, precision):
-            logits = model(prepare_batch(images, pre, device, channels_last)).float()
+            logits = [model(view).float() for view in tta_views(x, pre is None, tta)]
         y = y.to(device)
-        total_loss += criterion(logits, y).item() * len(y)
+        if len(logits) == 1:
+            p = logits[0].softmax(1)
+            total_loss += criterion(logits[0], y).item() * len(y)
+        else:
+            p = torch.stack([v.softmax(1) for v in logits]).mean(0)
+            total_loss += nn.functional.nll_loss(p.clamp_min(1e-12).log(), y, reduction="sum").item()
         targets.append(y.cpu())
-        preds.append(logits.argmax(1).cpu())
-    t, p = torch.cat(targets).numpy(), torch.cat(preds).numpy()
+        probs.append(p.cpu())
+    t, p = torch.cat(targets).numpy(), torch.cat(probs).numpy()
     return t, p, total_loss / max(len(t), 1)
 
 
@@ -141,6 +158,7 @@ class TrainState:
     finished: bool = False  # all epochs done or stopped early: nothing left to resume
     history: list[dict] = field(default_factory=list)
     events: list[dict] = field(default_factory=list)  # diagnostics that fired
+    initial: dict = field(default_factory=dict)  # {"val": {...}, "test": {...}} before any training (epoch 0)
 
 
 def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
@@ -174,11 +192,13 @@ def build_scheduler(cfg: Config, optimizer, steps_per_epoch: int):
 
 
 class Trainer:
-    def __init__(self, cfg: Config, model: nn.Module, pre: Preprocessing, loaders: dict, run_dir: Path,
+    def __init__(self, cfg: Config, model: nn.Module, pre: Preprocessing, loaders: dict, run_dir: Path | None,
                  classes: list[str], tracker: Tracker | None = None, head_only: bool = False,
                  dist: Distributed | None = None):
         """head_only: the loaders yield cached backbone features, and only the head runs (see features.py).
-        dist: this process's place in a torchrun job (distributed.py); the loaders are already sharded."""
+        dist: this process's place in a torchrun job (distributed.py); the loaders are already sharded.
+        run_dir None: nothing is written (a cross-validation fold). Without a "val" loader every epoch
+        counts as the best so far, so best.pt is the last epoch (a refit on all of train)."""
         self.cfg, self.model, self.pre, self.loaders = cfg, model, pre, loaders
         self.dist = dist or Distributed()
         self.forward_module = model.get_submodule(ARCHS[cfg.model.arch].head) if head_only else model
@@ -201,7 +221,9 @@ class Trainer:
         self.diagnostics = self._diagnostics()
         self.generator = loaders["train"].generator
         self._head_ids = head_parameters(model, cfg.model.arch)
-        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        self.last_val: tuple[np.ndarray, np.ndarray] | None = None  # (targets, probabilities) of the last epoch
+        if run_dir is not None:
+            (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
 
     # ------------------------------------------------------------------ helpers
     def _autocast(self):
@@ -238,7 +260,7 @@ class Trainer:
 
     def checkpoint(self, name: str, resumable: bool = True) -> None:
         """last.pt can resume training; best.pt holds only what evaluation and export need (a third the size)."""
-        if not self.dist.is_main:
+        if not self.dist.is_main or self.run_dir is None:
             return  # every rank holds the same weights; rank 0 writes them
         ckpt = {
             "model": self.model.state_dict(),
@@ -271,7 +293,7 @@ class Trainer:
         total_loss, correct, seen = 0.0, 0, 0
         profile = EpochProfile()
         bar = progress(total=steps, desc=f"epoch {epoch + 1}/{self.cfg.train.epochs}", unit="batch", leave=False)
-        with torch_trace(self.run_dir / "profile", profile_steps, profile_steps > 0) as trace_step:
+        with torch_trace(self.run_dir and self.run_dir / "profile", profile_steps, profile_steps > 0) as trace_step:
             for step, (images, targets) in enumerate(profile.batches(self.loaders["train"])):
                 if self.dist.any(stop.requested):  # every rank stops at the same step
                     raise Interrupted
@@ -313,15 +335,18 @@ class Trainer:
         """Targets, predictions and mean loss over the whole split (each rank predicts its shard)."""
         self.dist.sync_buffers(self.forward_module)  # BatchNorm statistics as rank 0 has (and saves) them
         out = predict(self.forward_module, loader, self.input_pre, self.device, self.cfg.train.precision,
-                      self.cfg.train.channels_last, self.cfg.train.limit_batches, self.criterion, desc)
+                      self.cfg.train.channels_last, self.cfg.train.limit_batches, self.criterion, desc,
+                      self.cfg.train.tta)
         return gather_predictions(self.dist, loader, *out)
 
-    def fit(self) -> TrainState:
+    def fit(self, until_epoch: int | None = None) -> TrainState:
+        """Train to cfg.train.epochs, or stop after until_epoch with the schedule still set for all of them
+        (a cross-validated refit stops where the folds did best)."""
         cfg = self.cfg
         patience = cfg.train.early_stopping_patience
-        profile_steps = cfg.diagnostics.profile_steps if cfg.diagnostics.profile else 0
+        profile_steps = cfg.diagnostics.profile_steps if cfg.diagnostics.profile and self.run_dir else 0
         with StopFlag() as stop:
-            for epoch in range(self.state.epoch, cfg.train.epochs):
+            for epoch in range(self.state.epoch, until_epoch or cfg.train.epochs):
                 seed_everything(cfg.seed * 1000 + epoch + 7919 * self.dist.rank)  # ranks augment differently
                 if self.generator is not None:
                     self.generator.manual_seed(cfg.seed * 1000 + epoch)
@@ -330,13 +355,17 @@ class Trainer:
                 start = time.perf_counter()
                 train = self.train_epoch(epoch, stop, profile_steps)
                 profile_steps = 0  # one trace per process is plenty
-                targets, preds, val_loss = self.predict(self.loaders["val"], "val")
+                if "val" in self.loaders:
+                    targets, probs, val_loss = self.predict(self.loaders["val"], "val")
+                    self.last_val = (targets, probs)
+                else:
+                    targets, probs, val_loss = np.zeros(0), np.zeros((0, 1)), math.nan
                 row = {
                     "epoch": epoch + 1,
                     "train_loss": train.pop("train_loss"),
                     "train_accuracy": train.pop("train_accuracy"),
                     "val_loss": val_loss,
-                    "val_accuracy": float((targets == preds).mean()),
+                    "val_accuracy": float((targets == probs.argmax(1)).mean()) if len(targets) else math.nan,
                     "lr": self.optimizer.param_groups[0]["lr"],
                     "epoch_seconds": time.perf_counter() - start,
                     **train,  # images_per_second is training throughput only, plus the epoch's profile
@@ -355,7 +384,7 @@ class Trainer:
 
     def _record(self, epoch: int, row: dict) -> None:
         s = self.state
-        improved = row["val_accuracy"] > s.best_val_accuracy or (
+        improved = math.isnan(row["val_accuracy"]) or row["val_accuracy"] > s.best_val_accuracy or (
             row["val_accuracy"] == s.best_val_accuracy and row["val_loss"] < s.best_val_loss)
         s.epoch = epoch + 1
         s.history.append(row)
@@ -367,8 +396,8 @@ class Trainer:
         else:
             s.epochs_without_improvement += 1
         self.checkpoint("last.pt")
-        if self.dist.is_main:
-            write_metrics_csv(self.run_dir / "metrics.csv", s.history)
+        if self.dist.is_main and self.run_dir is not None:
+            write_metrics_csv(self.run_dir / "metrics.csv", s.history, s.initial)
         self.tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"},
                                  step=(epoch + 1) * self.steps_per_epoch, epoch=epoch + 1)
         log.info(
@@ -378,10 +407,16 @@ class Trainer:
             row["images_per_second"])
 
 
-def write_metrics_csv(path: Path, history: list[dict]) -> None:
+def write_metrics_csv(path: Path, history: list[dict], initial: dict | None = None) -> None:
+    """One row per epoch; with `initial`, an epoch-0 row first: val and test before any training."""
+    columns = METRIC_COLUMNS + (["test_loss", "test_accuracy"] if initial else [])
+    rows = [{k: row[k] for k in METRIC_COLUMNS} for row in history]
+    if initial:
+        rows.insert(0, {"epoch": 0, **{f"{split}_{m}": initial[split][m] for split in initial
+                                        for m in ("loss", "accuracy")}})
     tmp = path.with_suffix(".csv.tmp")
     with tmp.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=METRIC_COLUMNS)
+        writer = csv.DictWriter(fh, fieldnames=columns)
         writer.writeheader()
-        writer.writerows({k: row[k] for k in METRIC_COLUMNS} for row in history)
+        writer.writerows(rows)
     tmp.replace(path)

@@ -180,8 +180,12 @@ def _torchvision_pretrained(arch: str) -> dict[str, torch.Tensor]:
 
 
 def build_model(arch: str, num_classes: int, pretrained: bool = False, weights: str | None = None,
-                dropout: float = 0.0) -> tuple[nn.Module, dict | None]:
-    """Returns the model and a report of which pretrained tensors were loaded (None if none)."""
+                dropout: float = 0.0, imagenet_rows: tuple[list[str], dict[str, list[str]]] | None = None,
+                ) -> tuple[nn.Module, dict | None]:
+    """Returns the model and a report of which pretrained tensors were loaded (None if none).
+
+    imagenet_rows: (class names, matches from imagenet_head.match_imagenet): those rows of the new head
+    start from the pretrained ImageNet classifier's rows (model.head_init: imagenet)."""
     spec = ARCHS[arch]
     model = spec.build_imagenet()
     report = None
@@ -197,5 +201,12 @@ def build_model(arch: str, num_classes: int, pretrained: bool = False, weights: 
             raise WeightsError(f"{arch} has no pretrained weights; train it from scratch")
     old_head = model.get_submodule(spec.head)
     new_head = nn.Linear(old_head.in_features, num_classes)
+    if imagenet_rows is not None:
+        if report is None:
+            raise WeightsError("model.head_init 'imagenet' needs the pretrained ImageNet classifier: "
+                               "add --pretrained or --weights FILE")
+        from petlab.models.imagenet_head import init_rows_from_imagenet
+
+        init_rows_from_imagenet(new_head, old_head, *imagenet_rows)
     _set_submodule(model, spec.head, nn.Sequential(nn.Dropout(dropout), new_head) if dropout else new_head)
     return model, report

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from petlab.engine.metrics import plot_confusion_matrices
-from petlab.reports.figures import plot_learning_curves, pyplot
+from petlab.reports.figures import plot_confusion_matrices, plot_learning_curves, pyplot
 from petlab.reports.runs import RunRecord, leaderboard
 
 

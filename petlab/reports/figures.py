@@ -62,3 +62,70 @@ def plot_misclassified(images: np.ndarray, true: list[str], predicted: list[str]
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def plot_confusion_matrices(panels: dict[str, dict], classes: list[str], path, title: str = "") -> None:
+    """One heatmap per panel ({"val": metrics, "test": metrics}, or one per run).
+
+    Up to 25 classes: counts written in the cells. Beyond that (120 breeds), cells are coloured by
+    the share of the true class's images (row-normalised, so rare and common classes read alike),
+    labels shrink to fit and every tick is kept, and the most-confused pairs are listed under the panel.
+    """
+    plt = pyplot()
+    n = len(classes)
+    large = n > 25
+    side = max(3.5, 0.55 * n + 2) if not large else min(40.0, 0.16 * n + 4)
+    fig, axes = plt.subplots(1, len(panels), figsize=(side * len(panels), side + (1.5 if large else 0)),
+                             squeeze=False)
+    font = 9 if not large else max(3.0, 8 - n / 30)
+    for ax, (split, metrics) in zip(axes[0], panels.items()):
+        matrix = np.asarray(metrics["confusion_matrix"])
+        if large:
+            rows = matrix.sum(1, keepdims=True)
+            shown = np.divide(matrix, rows, out=np.zeros(matrix.shape), where=rows > 0)
+            image = ax.imshow(shown, cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+            fig.colorbar(image, ax=ax, fraction=0.03, pad=0.01, label="share of the true class")
+        else:
+            ax.imshow(matrix, cmap="Blues")
+        ax.set_title(f"{split}\naccuracy {metrics['accuracy']:.1%} (n={metrics['n']})", fontsize=10)
+        ax.set_xticks(range(n), classes, rotation=90 if large else 45, ha="center" if large else "right",
+                      fontsize=font)
+        ax.set_yticks(range(n), classes, fontsize=font)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        if large:
+            pairs = metrics.get("most_confused") or []
+            text = "most confused: " + "; ".join(f"{p['true']} -> {p['predicted']} ({p['count']})"
+                                                 for p in pairs[:5])
+            ax.text(0, -0.02 - 0.012 * max(len(c) for c in classes), text, transform=ax.transAxes, fontsize=8,
+                    va="top", wrap=True)
+            continue
+        threshold = matrix.max() / 2 if matrix.size else 0
+        for (i, j), count in np.ndenumerate(matrix):
+            ax.text(j, i, str(count), ha="center", va="center",
+                    color="white" if count > threshold else "black")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_cross_validation(cv: dict, path: Path) -> None:
+    """Out-of-fold accuracy after each epoch, one line per candidate learning rate; the choice marked."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for lr in cv["lrs"]:
+        rows = [r for r in cv["table"] if r["lr"] == lr]
+        ax.plot([r["epoch"] for r in rows], [r["accuracy"] for r in rows], marker="o", markersize=3, label=f"lr {lr:g}")
+    chosen = cv["chosen"]
+    ax.plot([chosen["epochs"]], [chosen["accuracy"]], "k*", markersize=14,
+            label=f"chosen: lr {chosen['lr']:g}, {chosen['epochs']} epochs ({chosen['accuracy']:.1%})")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("out-of-fold accuracy")
+    ax.set_title(f"{cv['folds']}-fold cross-validation on train")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,134 @@
+"""Choose settings by k-fold cross-validation on train, so that a few-shot run learns from every photo.
+
+With 5 photos a breed, carving 20% off for validation costs a fifth of the data and still leaves a
+validation split too small to choose anything by. Instead (`train.cv_folds: K`): split train into K
+stratified folds; for each candidate learning rate (`train.cv_lrs`) and each fold, train on the other
+folds with the run's own schedule and predict the held-out fold after every epoch. Every training
+photo is then predicted once per (lr, epoch) by a model that never saw it: the out-of-fold accuracy.
+The best (lr, epoch) by that accuracy (ties: lower out-of-fold loss) is refit on all of train, and
+the out-of-fold predictions of the chosen setting are the run's validation metrics. Test plays no part.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.model_selection import StratifiedKFold
+from torch.utils.data import DataLoader, Subset
+
+from petlab.config import Config
+from petlab.data.cache import DecodedImages
+from petlab.data.datasets import DatasetError
+from petlab.data.loaders import make_loader
+from petlab.data.transforms import Preprocessing
+from petlab.engine.features import backbone_features, feature_dataset
+from petlab.engine.trainer import Trainer
+
+log = logging.getLogger(__name__)
+
+
+def candidate_lrs(cfg: Config) -> list[float]:
+    return list(cfg.train.cv_lrs) or [cfg.train.lr]
+
+
+def fold_loader_factory(cfg: Config, model: torch.nn.Module, train_images: DecodedImages, pre: Preprocessing,
+                        head_only: bool, cache_dir: Path, device: torch.device) -> Callable:
+    """(train indices, held-out indices) -> {"train": loader, "val": loader} over the training images."""
+    batch, eval_batch = cfg.train.batch_size, cfg.train.eval_batch()
+    if head_only:
+        features = torch.from_numpy(backbone_features(cfg, model, train_images, pre, "train", cache_dir, device))
+        labels = torch.from_numpy(train_images.labels)
+
+        def datasets(train_idx, val_idx):
+            return (feature_dataset(features, labels, True, cfg.data.feature_flips, train_idx),
+                    feature_dataset(features, labels, False, False, val_idx))
+    else:
+        augmented = make_loader(train_images, pre, True, batch, 0, None, cfg.data.crop_scale_min, cfg.data.hflip,
+                                cfg.data.augment, cfg.data.policy).dataset
+        plain = make_loader(train_images, pre, False, eval_batch, 0).dataset
+
+        def datasets(train_idx, val_idx):
+            return Subset(augmented, train_idx), Subset(plain, val_idx)
+
+    def loaders(train_idx: np.ndarray, val_idx: np.ndarray) -> dict:
+        train, val = datasets(train_idx, val_idx)
+        return {"train": DataLoader(train, batch_size=batch, shuffle=True, generator=torch.Generator(),
+                                    num_workers=cfg.data.num_workers),
+                "val": DataLoader(val, batch_size=eval_batch, num_workers=cfg.data.num_workers)}
+
+    return loaders
+
+
+def make_folds(labels: np.ndarray, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    counts = np.bincount(labels)
+    if counts[counts > 0].max() < k:
+        raise DatasetError(f"train.cv_folds: {k} folds need a class with at least {k} photos; the largest has "
+                           f"{counts.max()}. Use fewer folds.")
+    splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+    # A class with fewer photos than folds is held out in fewer folds; sklearn warns, which is expected here.
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return list(splitter.split(np.zeros(len(labels)), labels))
+
+
+def cross_validate(cfg: Config, make_model: Callable[[], torch.nn.Module], fold_loaders: Callable,
+                   labels: np.ndarray, classes: list[str], pre: Preprocessing, head_only: bool) -> dict:
+    """Returns {"table": [{lr, epoch, accuracy, loss}], "chosen": {lr, epochs, accuracy, loss}, "oof": probs}."""
+    k, lrs, epochs = cfg.train.cv_folds, candidate_lrs(cfg), cfg.train.epochs
+    folds = make_folds(labels, k, cfg.seed)
+    oof = np.zeros((len(lrs), epochs, len(labels), len(classes)), np.float32)
+    trainer_log = logging.getLogger("petlab.engine.trainer")
+    level = trainer_log.level
+    trainer_log.setLevel(logging.WARNING)  # one line per fold here, not one per fold epoch
+    try:
+        for li, lr in enumerate(lrs):
+            fold_cfg = copy.deepcopy(cfg)
+            fold_cfg.train.lr, fold_cfg.train.cv_folds, fold_cfg.train.early_stopping_patience = lr, None, None
+            for fi, (train_idx, val_idx) in enumerate(folds):
+                trainer = Trainer(fold_cfg, make_model(), pre, fold_loaders(train_idx, val_idx), None, classes,
+                                  head_only=head_only)
+
+                def keep(row, trainer=trainer, val_idx=val_idx, li=li):
+                    oof[li, row["epoch"] - 1, val_idx] = trainer.last_val[1]
+
+                trainer.on_epoch = keep
+                trainer.fit()
+                log.info("cross-validation lr %.2e, fold %d/%d: held-out accuracy %.3f after %d epochs",
+                         lr, fi + 1, k, trainer.state.history[-1]["val_accuracy"], epochs)
+    finally:
+        trainer_log.setLevel(level)
+    table = []
+    for li, lr in enumerate(lrs):
+        for e in range(epochs):
+            probs = oof[li, e]
+            table.append({"lr": lr, "epoch": e + 1, "accuracy": float((probs.argmax(1) == labels).mean()),
+                          "loss": float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean())})
+    best = max(table, key=lambda r: (r["accuracy"], -r["loss"]))
+    chosen = {"lr": best["lr"], "epochs": best["epoch"], "accuracy": best["accuracy"], "loss": best["loss"]}
+    log.info("cross-validation (%d folds, lr in %s, 1-%d epochs) chose lr %.2e and %d epochs: out-of-fold "
+             "accuracy %.4f", k, lrs, epochs, chosen["lr"], chosen["epochs"], chosen["accuracy"])
+    li = lrs.index(best["lr"])
+    return {"folds": k, "lrs": lrs, "table": table, "chosen": chosen, "oof": oof[li, best["epoch"] - 1]}
+
+
+def save(result: dict, run_dir: Path) -> None:
+    """cv.json (the table and the choice) and cv_oof.npy: a resumed run does not cross-validate again."""
+    np.save(run_dir / "cv_oof.npy", result["oof"])
+    (run_dir / "cv.json").write_text(json.dumps({k: v for k, v in result.items() if k != "oof"}, indent=2))
+
+
+def load(run_dir: Path) -> dict | None:
+    try:
+        result = json.loads((run_dir / "cv.json").read_text())
+        result["oof"] = np.load(run_dir / "cv_oof.npy")
+    except (OSError, ValueError):
+        return None
+    return result
