@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 from tqdm import tqdm
 
 _shown = True
@@ -17,3 +19,14 @@ def progress(*args, **kwargs) -> tqdm:
     if not _shown:
         kwargs["disable"] = True
     return tqdm(*args, **kwargs)
+
+
+@contextmanager
+def inner_progress_hidden():
+    """Bars created inside are not drawn (many short inner loops under one outer bar)."""
+    global _shown
+    before, _shown = _shown, False
+    try:
+        yield
+    finally:
+        _shown = before

@@ -33,7 +33,7 @@ def test_smoke_run_on_real_photos_writes_every_file(real_runs):
     assert results["split_sizes"] == {"train": 1600, "val": 400, "test": 1000}
     for split in ("val", "test"):
         assert results[split]["n"] == 16  # 2 eval batches of 2 x 4: --limit-batches holds for every split
-        assert set(results[split]["per_class"]["dog"]) == {"precision", "recall", "f1", "support"}
+        assert set(results[split]["per_class"]["dog"]) == {"accuracy", "precision", "recall", "f1", "support"}
         assert np.asarray(results[split]["confusion_matrix"]).sum() == 16
     assert results["skipped_files"]["train"]["count"] == 0 and results["wall_time_s"] > 0
     ckpt = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=False)

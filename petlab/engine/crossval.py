@@ -29,6 +29,7 @@ from petlab.data.loaders import make_loader
 from petlab.data.transforms import Preprocessing
 from petlab.engine.features import backbone_features, feature_dataset
 from petlab.engine.trainer import Trainer
+from petlab.progress import inner_progress_hidden, progress
 
 log = logging.getLogger(__name__)
 
@@ -88,10 +89,12 @@ def cross_validate(cfg: Config, make_model: Callable[[], torch.nn.Module], fold_
     trainer_log = logging.getLogger("petlab.engine.trainer")
     level = trainer_log.level
     trainer_log.setLevel(logging.WARNING)  # one line per fold here, not one per fold epoch
+    bar = progress(total=len(lrs) * k, desc=f"cross-validation ({k} folds x {len(lrs)} lr)", unit="fold")
     try:
         for li, lr in enumerate(lrs):
             fold_cfg = copy.deepcopy(cfg)
             fold_cfg.train.lr, fold_cfg.train.cv_folds, fold_cfg.train.early_stopping_patience = lr, None, None
+            fold_cfg.diagnostics.enabled = False  # the refit's diagnostics are the run's; folds would repeat them
             for fi, (train_idx, val_idx) in enumerate(folds):
                 trainer = Trainer(fold_cfg, make_model(), pre, fold_loaders(train_idx, val_idx), None, classes,
                                   head_only=head_only)
@@ -100,11 +103,14 @@ def cross_validate(cfg: Config, make_model: Callable[[], torch.nn.Module], fold_
                     oof[li, row["epoch"] - 1, val_idx] = trainer.last_val[1]
 
                 trainer.on_epoch = keep
-                trainer.fit()
+                with inner_progress_hidden():
+                    trainer.fit()
+                bar.update()
                 log.info("cross-validation lr %.2e, fold %d/%d: held-out accuracy %.3f after %d epochs",
                          lr, fi + 1, k, trainer.state.history[-1]["val_accuracy"], epochs)
     finally:
         trainer_log.setLevel(level)
+        bar.close()
     table = []
     for li, lr in enumerate(lrs):
         for e in range(epochs):

@@ -400,11 +400,11 @@ class Trainer:
             write_metrics_csv(self.run_dir / "metrics.csv", s.history, s.initial)
         self.tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"},
                                  step=(epoch + 1) * self.steps_per_epoch, epoch=epoch + 1)
-        log.info(
-            "epoch %d/%d  train loss %.4f acc %.3f | val loss %.4f acc %.3f%s | lr %.2e | %.1fs, %.1f img/s",
-            row["epoch"], self.cfg.train.epochs, row["train_loss"], row["train_accuracy"], row["val_loss"],
-            row["val_accuracy"], " *best*" if improved else "", row["lr"], row["epoch_seconds"],
-            row["images_per_second"])
+        val = "no val (refit on all of train)" if math.isnan(row["val_accuracy"]) else (
+            f"val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.3f}{' *best*' if improved else ''}")
+        log.info("epoch %d/%d  train loss %.4f acc %.3f | %s | lr %.2e | %.1fs, %.1f img/s", row["epoch"],
+                 self.cfg.train.epochs, row["train_loss"], row["train_accuracy"], val, row["lr"],
+                 row["epoch_seconds"], row["images_per_second"])
 
 
 def write_metrics_csv(path: Path, history: list[dict], initial: dict | None = None) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -77,7 +78,7 @@ def plot_confusion_matrices(panels: dict[str, dict], classes: list[str], path, t
     side = max(3.5, 0.55 * n + 2) if not large else min(40.0, 0.16 * n + 4)
     fig, axes = plt.subplots(1, len(panels), figsize=(side * len(panels), side + (1.5 if large else 0)),
                              squeeze=False)
-    font = 9 if not large else max(3.0, 8 - n / 30)
+    font = 9 if not large else min(9.0, max(5.0, 600 / n))  # about half a row pitch at any class count
     for ax, (split, metrics) in zip(axes[0], panels.items()):
         matrix = np.asarray(metrics["confusion_matrix"])
         if large:
@@ -95,10 +96,10 @@ def plot_confusion_matrices(panels: dict[str, dict], classes: list[str], path, t
         ax.set_ylabel("true")
         if large:
             pairs = metrics.get("most_confused") or []
-            text = "most confused: " + "; ".join(f"{p['true']} -> {p['predicted']} ({p['count']})"
-                                                 for p in pairs[:5])
-            ax.text(0, -0.02 - 0.012 * max(len(c) for c in classes), text, transform=ax.transAxes, fontsize=8,
-                    va="top", wrap=True)
+            if pairs:
+                text = "most confused: " + "; ".join(f"{p['true']} -> {p['predicted']} ({p['count']})"
+                                                     for p in pairs[:6])
+                ax.set_xlabel("predicted\n\n" + "\n".join(textwrap.wrap(text, int(side * 12))), fontsize=9)
             continue
         threshold = matrix.max() / 2 if matrix.size else 0
         for (i, j), count in np.ndenumerate(matrix):
