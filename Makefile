@@ -20,7 +20,7 @@ setup: $(STAMP)
 run: setup
 	$(PY) experiments/run.py --config experiments/configs/custom_cnn_cats_vs_dogs.yaml $(ARGS)
 
-# Register the best cats-vs-dogs run (by validation accuracy) as production: ARGS="--task dog_breeds" etc.
+# Register the best cats-vs-dogs run (by validation accuracy) as production: ARGS="--task breeds" for the breeds model.
 promote: setup
 	$(PY) experiments/promote.py $(if $(ARGS),$(ARGS),--task cats_vs_dogs)
 

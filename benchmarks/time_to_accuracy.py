@@ -48,6 +48,9 @@ RECIPES = {
         "cats_and_dogs_filtered", 0.850, 20, "from scratch: fast_resnet at 128 px, one-cycle, label smoothing"),
     "lite0_features_breeds": Recipe(
         "stanford-dogs-3breeds", 0.950, 3, "dog breeds: EfficientNet-Lite0 features, then the head"),
+    "breeds_fewshot": Recipe(
+        "oxford-pets-37breeds-5shot", 0.920, 5,
+        "37 breeds x 5 photos: Lite2 features + mirrors, ImageNet head rows, 5-fold CV for lr and epochs, refit"),
 }
 
 

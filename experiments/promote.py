@@ -14,6 +14,7 @@ import logging
 import sys
 from pathlib import Path
 
+from petlab.config import TASKS
 from petlab.engine.experiment import setup_logging
 from petlab.export import ExportError
 from petlab.registry import Registry, RegistryError
@@ -42,7 +43,7 @@ def registry_table(registry: Registry) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", help="cats_vs_dogs or dog_breeds")
+    parser.add_argument("--task", choices=TASKS, help="the task whose runs compete: cats_vs_dogs or breeds")
     parser.add_argument("--metric", default="val_accuracy", choices=sorted(VALIDATION_METRICS))
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--from-study", metavar="NAME", help="choose among the runs of this sweep study")

@@ -52,7 +52,10 @@ class LoadedModel:
     def probabilities(self, images: list) -> torch.Tensor:
         """RGB PIL images -> [N, classes] probabilities, preprocessed exactly as the card says."""
         batch = self.pre.normalize(torch.stack([self.pre.eval_tensor(img) for img in images]))
-        return torch.softmax(self.module(batch).float(), dim=1)
+        probs = torch.softmax(self.module(batch).float(), dim=1)
+        if self.card.get("tta") == "flip":  # the card's metrics averaged each photo with its mirror image
+            probs = (probs + torch.softmax(self.module(batch.flip(3)).float(), dim=1)) / 2
+        return probs
 
     def predict(self, image, top_k: int = 5) -> list[dict]:
         probs = self.probabilities([image])[0]

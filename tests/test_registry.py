@@ -161,12 +161,12 @@ def test_a_promotion_killed_mid_write_leaves_the_previous_state(real_runs, tmp_p
 
 def test_promotion_errors_are_clear(real_runs, tmp_path):
     registry = Registry(tmp_path / "registry")
-    with pytest.raises(PromotionError, match="no completed dog_breeds runs"):
-        promote("dog_breeds", runs_root=real_runs["lite0"].parent, registry=registry)
+    with pytest.raises(PromotionError, match="no completed breeds runs"):
+        promote("breeds", runs_root=real_runs["lite0"].parent, registry=registry)
     with pytest.raises(PromotionError, match="is not a completed run"):
         promote(TASK, run=tmp_path, registry=registry)
-    with pytest.raises(PromotionError, match="is a cats_vs_dogs run, not dog_breeds"):
-        promote("dog_breeds", run=real_runs["lite0"], registry=registry)
+    with pytest.raises(PromotionError, match="is a cats_vs_dogs run, not breeds"):
+        promote("breeds", run=real_runs["lite0"], registry=registry)
     assert registry.tasks() == []
 
 

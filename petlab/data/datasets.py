@@ -328,10 +328,10 @@ def load_splits(dataset: str | None, task: str, data_dir: str | None = None, spe
     if not val and carve:
         train, val = carve_validation(train, val_fraction, seed)
         if not val:
-            smallest = min(Counter(y for _, y in train).values())
+            largest = max(Counter(y for _, y in train).values())
             raise DatasetError(
-                f"{root}: no class has enough photos to carve a {val_fraction:.0%} validation split (the largest "
-                f"needs {math.ceil(1 / val_fraction)}, the smallest has {smallest}); raise --val-fraction, add a "
+                f"{root}: no class has enough photos to carve a {val_fraction:.0%} validation split (a class needs "
+                f"{math.ceil(1 / val_fraction)} to give one; the largest has {largest}); raise --val-fraction, add a "
                 "val/ folder, or choose settings by cross-validation (train.cv_folds, as in "
                 "experiments/configs/breeds_fewshot.yaml)")
         notes["val"] = f"carved {val_fraction:.0%} of train, stratified, seed {seed}"

@@ -29,11 +29,15 @@ def card_markdown(card: dict) -> str:
         f"**{card['arch']}** for `{card['task']}`: {len(card['classes'])} classes "
         f"({', '.join(card['classes'][:12])}{', …' if len(card['classes']) > 12 else ''}).",
         "",
-        "| split | accuracy | loss | images |",
-        "|---|---|---|---|",
-        f"| validation | {_pct(val.get('accuracy'))} | {val.get('loss', float('nan')):.4f} | {val.get('n', '')} |",
-        f"| test | {_pct(test.get('accuracy'))} | {test.get('loss', float('nan')):.4f} | {test.get('n', '')} |",
+        "| split | accuracy | top-5 | balanced accuracy | loss | images |",
+        "|---|---|---|---|---|---|",
+        *(f"| {name} | {_pct(m.get('accuracy'))} | {_pct(m.get('top5_accuracy'))} | "
+          f"{_pct(m.get('balanced_accuracy'))} | {m.get('loss', float('nan')):.4f} | {m.get('n', '')} |"
+          for name, m in (("validation", val), ("test", test))),
         "",
+        *([f"Validation: {val['source']}.", ""] if val.get("source") else []),
+        *(["Predictions average the photo and its mirror image (test-time augmentation), as in evaluation.", ""]
+          if card.get("tta") == "flip" else []),
         f"Selected by **{sel['metric']} = {sel['value']:.4f}** among {sel['candidates']} candidate run(s); "
         "the test split was never used to choose.",
         "",

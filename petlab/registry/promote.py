@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 # metric -> (key in results["val"], higher is better)
 VALIDATION_METRICS = {"val_accuracy": ("accuracy", True), "val_loss": ("loss", False)}
+# What a card keeps of each split's metrics (val's "source" says when validation was cross-validation).
+CARD_METRICS = ("accuracy", "top5_accuracy", "balanced_accuracy", "loss", "n", "source")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
 
 
@@ -96,7 +98,7 @@ def sample_images(cfg, classes: list[str], images_dir: Path | None, per_class: i
     else:
         try:
             splits = load_splits(cfg.data.dataset, cfg.task, cfg.data.data_dir, cfg.data.species,
-                                 cfg.data.val_fraction, cfg.seed, download=False)
+                                 cfg.data.val_fraction, cfg.seed, download=False, carve=cfg.train.cv_folds is None)
         except DatasetError as exc:
             raise PromotionError(f"export verification needs real images, but the run's dataset is not here "
                                  f"({exc}); pass --images DIR") from exc
@@ -122,9 +124,10 @@ def _build_card(record: RunRecord, cfg, classes, pre, metric, value, n_candidate
         "classes": list(classes),
         "num_classes": len(classes),
         "preprocessing": {**pre.to_dict(), "steps": preprocessing_steps(pre.to_dict())},
-        "metrics": {split: {k: results[split][k] for k in ("accuracy", "loss", "n") if k in results[split]}
+        "metrics": {split: {k: results[split][k] for k in CARD_METRICS if k in results[split]}
                     for split in ("val", "test") if split in results},
         "selected_by": {"metric": metric, "value": value, "candidates": n_candidates},
+        "tta": results.get("tta", "none"),  # the server predicts as the metrics were measured
         "dataset": results.get("dataset"),
         "dataset_root": results.get("dataset_root"),
         "source_run": str(record.path.resolve()),
