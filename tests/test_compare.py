@@ -27,6 +27,8 @@ def test_leaderboard_matches_the_run_records_and_ranks_by_validation(real_runs, 
         row = board.set_index("run").loc[run_dir.name]
         assert row["best_val_accuracy"] == pytest.approx(results["val"]["accuracy"])
         assert row["test_accuracy"] == pytest.approx(results["test"]["accuracy"])
+        assert row["test_top5_accuracy"] == pytest.approx(results["test"]["top5_accuracy"])
+        assert row["test_balanced_accuracy"] == pytest.approx(results["test"]["balanced_accuracy"])
         assert row["params"] == results["params_total"] and row["epochs"] == results["epochs_completed"]
         assert row["wall_time_s"] == pytest.approx(results["wall_time_s"])
         assert row["pretrained"] == (row["arch"] != "custom_cnn")

@@ -54,8 +54,12 @@ def write_report(records: list[RunRecord], out_dir: Path, title: str) -> dict[st
     board.insert(1, "label", board["run"].map(labels))
     files = {"csv": out_dir / "leaderboard.csv", "markdown": out_dir / "leaderboard.md"}
     board.to_csv(files["csv"], index=False)
+    confused = most_confused_by_run(records, labels)
     files["markdown"].write_text(f"# {title}\n\nSorted by best validation accuracy (test is reported, never used to "
-                                 f"rank).\n\n{_markdown(board)}\n")
+                                 f"rank).\n\n{_markdown(board)}\n" + "".join(
+                                     f"\n## {label}: most confused on {split}\n\n"
+                                     + "".join(f"- {p['true']} -> {p['predicted']}: {p['count']}\n" for p in pairs)
+                                     for label, (split, pairs) in confused.items()))
     figures = {}
     for task in board["task"].unique():
         group = [r for r in records if r.task == task]
@@ -75,13 +79,24 @@ def write_report(records: list[RunRecord], out_dir: Path, title: str) -> dict[st
             plot_per_class_accuracy(same, labels, figures[f"per_class_accuracy_{task}"], split)
     files.update(figures)
     files["html"] = out_dir / "index.html"
-    files["html"].write_text(_html(title, board, figures))
+    files["html"].write_text(_html(title, board, figures, confused))
     return files
+
+
+def most_confused_by_run(records: list[RunRecord], labels: dict[str, str]) -> dict[str, tuple[str, list[dict]]]:
+    """label -> (split, the run's most-confused pairs), from test when the run has it, else val."""
+    out = {}
+    for r in records:
+        split = "test" if r.results.get("test", {}).get("most_confused") is not None else "val"
+        pairs = r.results.get(split, {}).get("most_confused")
+        if pairs:
+            out[labels[r.run]] = (split, pairs)
+    return out
 
 
 def _markdown(board: pd.DataFrame) -> str:
     shown = board.drop(columns=["source"]).copy()
-    for column in ("best_val_accuracy", "test_accuracy"):
+    for column in ("best_val_accuracy", "test_accuracy", "test_top5_accuracy", "test_balanced_accuracy"):
         shown[column] = shown[column].map(lambda v: "" if pd.isna(v) else f"{v:.2%}")
     shown["wall_time_s"] = shown["wall_time_s"].map(lambda v: "" if pd.isna(v) else f"{v:.0f}")
     shown["params"] = shown["params"].map(lambda v: "" if pd.isna(v) else f"{int(v):,}")
@@ -91,10 +106,16 @@ def _markdown(board: pd.DataFrame) -> str:
     return "\n".join([header, rule, *rows])
 
 
-def _html(title: str, board: pd.DataFrame, figures: dict[str, Path]) -> str:
+def _html(title: str, board: pd.DataFrame, figures: dict[str, Path],
+          confused: dict[str, tuple[str, list[dict]]] | None = None) -> str:
     table = board.to_html(index=False, float_format=lambda v: f"{v:.4f}", na_rep="", border=0, classes="board")
     images = "\n".join(f'<h2>{html.escape(name.replace("_", " "))}</h2>\n<img src="{path.name}" alt="{name}">'
                        for name, path in figures.items())
+    images += "".join(
+        f"\n<h2>{html.escape(label)}: most confused on {split}</h2>\n<ul>"
+        + "".join(f"<li>{html.escape(p['true'])} &rarr; {html.escape(p['predicted'])}: {p['count']}</li>"
+                  for p in pairs) + "</ul>"
+        for label, (split, pairs) in (confused or {}).items())
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>

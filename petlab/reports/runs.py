@@ -136,11 +136,13 @@ def leaderboard(records: list[RunRecord]) -> pd.DataFrame:
             "wall_time_s": r.results.get("wall_time_s"),
             "best_val_accuracy": r.results["val"]["accuracy"],
             "test_accuracy": r.results.get("test", {}).get("accuracy"),
+            "test_top5_accuracy": r.results.get("test", {}).get("top5_accuracy"),
+            "test_balanced_accuracy": r.results.get("test", {}).get("balanced_accuracy"),
             "tags": ", ".join(r.tags),
             "source": r.source,
         })
     columns = ["run", "task", "arch", "pretrained", "params", "epochs", "wall_time_s", "best_val_accuracy",
-               "test_accuracy", "tags", "source"]
+               "test_accuracy", "test_top5_accuracy", "test_balanced_accuracy", "tags", "source"]
     table = pd.DataFrame(rows, columns=columns)
     return table.sort_values(["best_val_accuracy", "wall_time_s"], ascending=[False, True], kind="stable",
                              ignore_index=True)
