@@ -125,6 +125,29 @@ def cross_validate(cfg: Config, make_model: Callable[[], torch.nn.Module], fold_
     return {"folds": k, "lrs": lrs, "table": table, "chosen": chosen, "oof": oof[li, best["epoch"] - 1]}
 
 
+def select_or_resume(cfg: Config, run_dir: Path, resuming: bool, model: torch.nn.Module, train_images: DecodedImages,
+                     classes: list[str], pre: Preprocessing, head_only: bool, cache_dir: Path,
+                     device: torch.device) -> dict:
+    """The run's cross-validation: read back when a resumed run already finished it, else run and saved.
+    Every fold starts from a copy of `model` as it is now (pretrained backbone, initial head)."""
+    result = load(run_dir) if resuming else None
+    if result is None:
+        template = copy.deepcopy(model).cpu()
+        folds = fold_loader_factory(cfg, model, train_images, pre, head_only, cache_dir, device)
+        result = cross_validate(cfg, lambda: copy.deepcopy(template), folds, train_images.labels, classes, pre,
+                                head_only)
+        save(result, run_dir)
+    return result
+
+
+def refit_config(cfg: Config, result: dict) -> Config:
+    """The run's config with the chosen learning rate: the refit on all of train (its epochs stop at the chosen
+    count through Trainer.fit(until_epoch), so the schedule is the one the folds were scored with)."""
+    refit = copy.deepcopy(cfg)
+    refit.train.lr = result["chosen"]["lr"]
+    return refit
+
+
 def save(result: dict, run_dir: Path) -> None:
     """cv.json (the table and the choice) and cv_oof.npy: a resumed run does not cross-validate again."""
     np.save(run_dir / "cv_oof.npy", result["oof"])

@@ -14,7 +14,6 @@ Run directory (timm-style, one per run):
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import time
@@ -236,22 +235,16 @@ def _train(cfg, run_dir, resuming, started, splits, pre, decoded, model, weights
     else:
         loaders = build_loaders(cfg, pre, decoded)
     loaders = {split: distributed.shard(loader, dist, split == "train", cfg.seed) for split, loader in loaders.items()}
-    cv = None
+    cv, train_cfg = None, cfg
     if cfg.train.cv_folds:
         if dist.enabled:
             raise ConfigError("train.cv_folds runs in one process; start it without torchrun")
-        cv = crossval.load(run_dir) if resuming else None
-        if cv is None:
-            template = copy.deepcopy(model).cpu()
-            folds = crossval.fold_loader_factory(cfg, model, decoded["train"], pre, head_only, cache, device)
-            cv = crossval.cross_validate(cfg, lambda: copy.deepcopy(template), folds, decoded["train"].labels,
-                                         splits.classes, pre, head_only)
-            crossval.save(cv, run_dir)
+        cv = crossval.select_or_resume(cfg, run_dir, resuming, model, decoded["train"], splits.classes, pre,
+                                       head_only, cache, device)
         tracker.log_others({"cv_folds": cv["folds"], "cv_chosen_lr": cv["chosen"]["lr"],
                             "cv_chosen_epochs": cv["chosen"]["epochs"], "cv_accuracy": cv["chosen"]["accuracy"]})
-        refit = copy.deepcopy(cfg)  # the refit trains on all of train with the chosen learning rate
-        refit.train.lr = cv["chosen"]["lr"]
-    trainer = Trainer(refit if cv else cfg, model, pre, loaders, run_dir, splits.classes, tracker, head_only, dist)
+        train_cfg = crossval.refit_config(cfg, cv)
+    trainer = Trainer(train_cfg, model, pre, loaders, run_dir, splits.classes, tracker, head_only, dist)
     trainer.on_epoch = on_epoch
     last = run_dir / "checkpoints" / "last.pt"
     if resuming and last.is_file():
