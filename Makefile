@@ -32,7 +32,9 @@ demo: setup
 space: setup
 	$(PY) demo/build_space.py $(ARGS)
 
+# .ci/test-deps installs (as root) or names (otherwise) the system packages the tests use for real.
 test: setup
+	bash .ci/test-deps
 	$(PY) -m pytest $(ARGS)
 
 lint: setup

@@ -290,6 +290,40 @@ def test_evaluate_with_flip_tta_on_folders_of_only_test_or_only_classes(fewshot_
     assert proc.returncode == 2 and "not a recognised dataset layout" in proc.stderr
 
 
+@pytest.mark.slow
+def test_an_interrupted_cross_validated_run_resumes_without_cross_validating_again(shared, tmp_path):
+    from petlab.engine.experiment import EXIT_INTERRUPTED, run_experiment
+    from petlab.engine.trainer import Interrupted
+
+    def config(out: Path):  # the few-shot recipe, shrunk: Lite0, 4 epochs, two candidate learning rates
+        return load_config(REPO / "experiments/configs/breeds_fewshot.yaml", {
+            "model.arch": "efficientnet_lite0", "train.epochs": 4, "train.cv_lrs": [3e-3, 1e-2],
+            "data.data_dir": str(shared / FEWSHOT), "tracking.backend": "none", "output_dir": str(out)})
+
+    straight, code = run_experiment(config(tmp_path / "straight"))
+    assert code == 0
+
+    def stop_after_the_first_refit_epoch(row):
+        raise Interrupted
+
+    run_dir, code = run_experiment(config(tmp_path / "interrupted"), on_epoch=stop_after_the_first_refit_epoch)
+    assert code == EXIT_INTERRUPTED
+    assert json.loads((run_dir / "results.json").read_text())["status"] == "interrupted"
+    stamp = (run_dir / "cv.json").stat().st_mtime_ns
+    _, code = run_experiment(resume=run_dir)
+    assert code == 0 and (run_dir / "cv.json").stat().st_mtime_ns == stamp  # read back, not run again
+    resumed = json.loads((run_dir / "results.json").read_text())
+    expected = json.loads((straight / "results.json").read_text())
+    assert resumed["cross_validation"] == expected["cross_validation"]
+    chosen = expected["cross_validation"]["chosen"]["epochs"]
+    assert resumed["epochs_completed"] == expected["epochs_completed"] == chosen
+    assert resumed["val"]["accuracy"] == expected["val"]["accuracy"]
+    assert resumed["test"]["accuracy"] == expected["test"]["accuracy"]
+    a = torch.load(run_dir / "checkpoints/best.pt", weights_only=False)["model"]
+    b = torch.load(straight / "checkpoints/best.pt", weights_only=False)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in b)
+
+
 # ------------------------------------------------------------------ 120 breeds, some with one or two photos
 
 

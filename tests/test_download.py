@@ -58,3 +58,32 @@ def test_unreachable_url_is_a_clear_error(tmp_path):
     with pytest.raises(DownloadError, match="could not download"):
         download_dataset("x", target, [Archive((tmp_path / "missing.zip").as_uri(), None)])
     assert leftovers(target.parent) == []
+
+
+OFFLINE_RUN = """
+import sys
+from petlab.data import download
+# the real download code, pointed at a file that is not there: what a user without a network meets
+download.ARCHIVES["cats_and_dogs_filtered"] = [download.Archive(sys.argv[1], None)]
+sys.path.insert(0, "experiments")
+import run
+sys.exit(run.main(["--arch", "custom_cnn", "--epochs", "1", "--output-dir", sys.argv[2]]))
+"""
+
+
+def test_a_failed_download_is_one_error_line_naming_the_url_and_where_files_go(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from tests.runs import REPO
+
+    url = (tmp_path / "cats_and_dogs_filtered.zip").as_uri()
+    env = {**os.environ, "PETLAB_DATA_DIR": str(tmp_path / "data")}
+    proc = subprocess.run([sys.executable, "-c", OFFLINE_RUN, url, str(tmp_path / "runs")], capture_output=True,
+                          text=True, cwd=REPO, env=env)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr
+    assert f"could not download {url}" in errors[0]
+    assert str(tmp_path / "data" / "cats_and_dogs_filtered") in errors[0] and "PETLAB_DATA_DIR" in errors[0]

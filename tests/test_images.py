@@ -93,3 +93,22 @@ def test_thirty_thousand_pixel_square_png_is_refused():
     with pytest.raises(BadImageError) as info:
         load_rgb(png_bomb(30000))
     assert info.value.reason == "too_large" and "900000000 pixels" in str(info.value)
+
+
+def test_the_recorded_interpolation_is_the_one_used_to_resize():
+    import torch
+
+    from petlab.data.transforms import Preprocessing
+
+    rng = np.random.default_rng(0)
+    photo = Image.fromarray(rng.integers(0, 256, (300, 400, 3), dtype=np.uint8))
+    squares = {mode: Preprocessing(64, 73, (0.5,) * 3, (0.5,) * 3, mode).square(photo)
+               for mode in ("bilinear", "nearest", "bicubic")}
+    assert not torch.equal(squares["bilinear"], squares["nearest"])
+    assert not torch.equal(squares["bilinear"], squares["bicubic"])
+    # nearest takes existing pixel values, no blends
+    assert set(squares["nearest"][0, 0].tolist()) <= set(np.asarray(photo)[:, :, 0].ravel().tolist())
+    assert Preprocessing.from_dict(Preprocessing(64, 73, (0.5,) * 3, (0.5,) * 3, "nearest").to_dict()) \
+        .square(photo).equal(squares["nearest"])
+    with pytest.raises(ValueError):
+        Preprocessing(64, 73, (0.5,) * 3, (0.5,) * 3, "sinc")

@@ -90,6 +90,9 @@ def test_study_report_has_figures_table_and_a_runnable_best_config(tmp_path, dat
     best = load_config(folder / "best_params.yaml")
     study = optuna.load_study(study_name="tiny", storage=storage)
     assert best.train.lr == pytest.approx(study.best_params["train.lr"]) and best.model.arch == "resnet18"
+    assert best.name == "tiny-best"  # the header is comment lines of their own, not one line swallowing `name:`
+    header = (folder / "best_params.yaml").read_text().splitlines()[:4]
+    assert [line.startswith("#") for line in header] == [True, True, True, False]
     final = script("sweep.py", *sweep_args(tmp_path, data, storage, "--retrain-best", "--epochs", "3"))
     run_dir = final.stdout.split("final run: ")[1].strip()
     results = json.loads(open(f"{run_dir}/results.json").read())

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from petlab.data.download import ARCHIVES, KAGGLE_HELP, download_dataset
+from petlab.data.download import ARCHIVES, KAGGLE_HELP, DownloadError, download_dataset
 from petlab.data.files import visible_dirs, visible_files
 
 log = logging.getLogger(__name__)
@@ -267,7 +267,12 @@ def dataset_dir(dataset: str, data_dir: str | None = None, download: bool = True
         raise DatasetError(f"{dataset} not found at {path}. {KAGGLE_HELP.format(path=path)}")
     if not download:
         raise DatasetError(f"{dataset} not found at {path} (set PETLAB_DATA_DIR or pass --data-dir)")
-    return download_dataset(dataset, path)
+    try:
+        return download_dataset(dataset, path)
+    except DownloadError as exc:  # offline, or the host is down: say where the files go instead
+        raise DatasetError(f"{exc}. Without a network, download it elsewhere and unpack it so that {path} "
+                           f"exists (or set PETLAB_DATA_DIR to the folder that holds {path.name}/, or pass "
+                           "--data-dir)") from exc
 
 
 def carve_validation(train: list[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:

@@ -23,7 +23,10 @@ class Preprocessing:
     resize_size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
-    interpolation: str = "bilinear"
+    interpolation: str = "bilinear"  # a torchvision InterpolationMode value: bilinear, bicubic, nearest, ...
+
+    def __post_init__(self):
+        v2.InterpolationMode(self.interpolation)  # an unknown name fails here, not at the first resize
 
     @classmethod
     def for_model(cls, spec, image_size: int | None, resize_ratio: float) -> Preprocessing:
@@ -42,7 +45,8 @@ class Preprocessing:
     def square(self, img: Image.Image) -> torch.Tensor:
         """RGB PIL image -> uint8 CHW tensor, short side resized and centre-cropped to resize_size."""
         tensor = F.pil_to_tensor(img)
-        tensor = F.resize(tensor, [self.resize_size], interpolation=v2.InterpolationMode.BILINEAR, antialias=True)
+        tensor = F.resize(tensor, [self.resize_size], interpolation=v2.InterpolationMode(self.interpolation),
+                          antialias=True)
         return F.center_crop(tensor, [self.resize_size, self.resize_size])
 
     def eval_crop(self, square: torch.Tensor) -> torch.Tensor:

@@ -66,6 +66,6 @@ def best_config_yaml(study: optuna.Study, sweep: SweepConfig) -> str:
     best = study.best_trial
     cfg = load_config(sweep.base, {**sweep.overrides, **best.params})
     cfg.name = f"{study.study_name}-best"
-    header = (f"# Best trial {best.number} of study {study.study_name}: {sweep.metric} = {best.value:.4f}\\n"
-              f"# parameters: {best.params}\\n# python experiments/run.py --config THIS_FILE [--epochs E]\\n")
+    header = (f"# Best trial {best.number} of study {study.study_name}: {sweep.metric} = {best.value:.4f}\n"
+              f"# parameters: {best.params}\n# python experiments/run.py --config THIS_FILE [--epochs E]\n")
     return header + yaml.safe_dump(cfg.to_dict(), sort_keys=False)
