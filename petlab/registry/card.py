@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import PurePath
+
 
 def preprocessing_steps(pre: dict) -> str:
     """The eval preprocessing in words; the demo and the exported graph's callers must do exactly this."""
@@ -11,6 +13,11 @@ def preprocessing_steps(pre: dict) -> str:
             f"{pre['image_size']}x{pre['image_size']}; scale to [0, 1]; normalise with mean {pre['mean']} and "
             f"std {pre['std']}. Input: float32 NCHW [N, 3, {pre['image_size']}, {pre['image_size']}]; "
             f"output: logits [N, num_classes] (softmax for probabilities). Preprocessing is outside the graph.")
+
+
+def _name(path: str | None) -> str | None:
+    """The last part of a path: cards written before paths were kept out still show no absolute path."""
+    return PurePath(path).name if path else path
 
 
 def _pct(value) -> str:
@@ -48,8 +55,8 @@ def card_markdown(card: dict) -> str:
         *(f"- `{name}`: {what}" for name, what in card["files"].items()),
         "",
         "## Provenance",
-        f"- dataset: {card.get('dataset')} ({card.get('dataset_root')})",
-        f"- source run: `{card['source_run']}`",
+        f"- dataset: {card.get('dataset')} ({_name(card.get('dataset_root'))})",
+        f"- source run: `{_name(card['source_run'])}`",
         f"- Comet: {comet.get('url') or comet.get('key') or 'not tracked'} ({comet.get('registration', 'n/a')})",
         f"- git: {git.get('commit', 'unknown')}{' (dirty)' if git.get('dirty') else ''}",
         f"- created: {card['created_at']}",

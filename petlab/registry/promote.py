@@ -129,8 +129,9 @@ def _build_card(record: RunRecord, cfg, classes, pre, metric, value, n_candidate
         "selected_by": {"metric": metric, "value": value, "candidates": n_candidates},
         "tta": results.get("tta", "none"),  # the server predicts as the metrics were measured
         "dataset": results.get("dataset"),
-        "dataset_root": results.get("dataset_root"),
-        "source_run": str(record.path.resolve()),
+        # Cards are shown to strangers (the demo, a Space): folder names, never this machine's absolute paths.
+        "dataset_root": Path(results["dataset_root"]).name if results.get("dataset_root") else None,
+        "source_run": record.path.resolve().name,
         "comet": {k: (results.get("tracking") or {}).get(k) for k in ("key", "url", "mode")},
         "git": results.get("git"),
         "created_at": now_iso(),
