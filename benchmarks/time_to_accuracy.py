@@ -90,6 +90,7 @@ def save_report(measured: dict) -> Path:
     path = REPORT_DIR / "time_to_accuracy.json"
     kept = json.loads(path.read_text()) if path.is_file() else {}
     kept.update({name: {k: v for k, v in r.items() if k != "run_dir"} for name, r in measured.items()})
+    kept = {name: kept[name] for name in [*RECIPES, *kept] if name in kept}  # the recipes' order, then any old ones
     path.write_text(json.dumps(kept, indent=2) + "\n")
     draw(kept, REPORT_DIR / "time_to_accuracy.png")
     return path

@@ -356,7 +356,7 @@ def build_120_breeds(shared: Path, root: Path) -> list[str]:
 
 
 @pytest.mark.slow
-def test_120_breeds_with_one_or_two_photos_train_evaluate_promote_and_serve(shared, real_runs, tmp_path):
+def test_120_breeds_with_one_or_two_photos_train_evaluate_promote_and_serve(shared, promoted_registry, tmp_path):
     from petlab.serving import demo_process
 
     data = tmp_path / "breeds120"
@@ -378,8 +378,8 @@ def test_120_breeds_with_one_or_two_photos_train_evaluate_promote_and_serve(shar
     assert evaluated["n"] == 120 and len(evaluated["per_class"]) == 120
 
     registry = tmp_path / "registry"
+    shutil.copytree(promoted_registry, registry)  # its cats_vs_dogs production model, promoted as a user does
     script("promote.py", "--registry", registry, "--task", "breeds", "--run", run_dir)
-    script("promote.py", "--registry", registry, "--task", "cats_vs_dogs", "--run", real_runs["lite0"])
     card = json.loads((registry / "breeds" / "v1" / "card.json").read_text())
     assert card["num_classes"] == 120 and "top5_accuracy" in card["metrics"]["test"]
     assert "top-5" in (registry / "breeds" / "v1" / "card.md").read_text()
