@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test lint promote demo space clean-runs
+.PHONY: setup run test lint promote demo space dashboard clean-runs
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ promote: setup
 # The Gradio page and JSON API on http://127.0.0.1:7860 (ARGS="--port 8000" etc.).
 demo: setup
 	$(PY) demo/app.py $(ARGS)
+
+# The live view of sweeps: optuna-dashboard on http://127.0.0.1:8080 over the sweeps' storage
+# (runs/optuna.db; ARGS="--storage postgresql://... --port 8081" etc.).
+dashboard: setup
+	$(PY) experiments/dashboard.py $(ARGS)
 
 # A Hugging Face Space in build/space: the demo, petlab and the production models.
 space: setup

@@ -332,7 +332,7 @@ class Trainer:
                 **profile.finish(int(seen))}
 
     def predict(self, loader, desc: str = "eval") -> tuple[np.ndarray, np.ndarray, float]:
-        """Targets, predictions and mean loss over the whole split (each rank predicts its shard)."""
+        """Targets, class probabilities and mean loss over the whole split (each rank predicts its shard)."""
         self.dist.sync_buffers(self.forward_module)  # BatchNorm statistics as rank 0 has (and saves) them
         out = predict(self.forward_module, loader, self.input_pre, self.device, self.cfg.train.precision,
                       self.cfg.train.channels_last, self.cfg.train.limit_batches, self.criterion, desc,
