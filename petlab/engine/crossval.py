@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from petlab.data.datasets import DatasetError
 from petlab.data.loaders import make_loader
 from petlab.data.transforms import Preprocessing
 from petlab.engine.features import backbone_features, feature_dataset
+from petlab.engine.metrics import mean_nll
 from petlab.engine.trainer import Trainer
 from petlab.progress import inner_progress_hidden, progress
 
@@ -73,8 +75,6 @@ def make_folds(labels: np.ndarray, k: int, seed: int) -> list[tuple[np.ndarray, 
                            f"{counts.max()}. Use fewer folds.")
     splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
     # A class with fewer photos than folds is held out in fewer folds; sklearn warns, which is expected here.
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return list(splitter.split(np.zeros(len(labels)), labels))
@@ -116,7 +116,7 @@ def cross_validate(cfg: Config, make_model: Callable[[], torch.nn.Module], fold_
         for e in range(epochs):
             probs = oof[li, e]
             table.append({"lr": lr, "epoch": e + 1, "accuracy": float((probs.argmax(1) == labels).mean()),
-                          "loss": float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean())})
+                          "loss": mean_nll(probs, labels)})
     best = max(table, key=lambda r: (r["accuracy"], -r["loss"]))
     chosen = {"lr": best["lr"], "epochs": best["epoch"], "accuracy": best["accuracy"], "loss": best["loss"]}
     log.info("cross-validation (%d folds, lr in %s, 1-%d epochs) chose lr %.2e and %d epochs: out-of-fold "

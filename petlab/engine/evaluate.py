@@ -47,11 +47,13 @@ def eval_only_splits(root: Path, task: str) -> Splits | None:
 def evaluate_run(run_dir: Path, data_dir: str | None = None, dataset: str | None = None,
                  split: str = "test", batch_size: int = 64, tta: str = "none") -> dict:
     model, cfg, classes, pre = load_trained_model(run_dir)
-    try:
-        splits = load_splits(dataset, cfg.task, data_dir, None, cfg.data.val_fraction, cfg.seed)
+    try:  # test needs no validation carved (a folder of tiny classes has none to give)
+        splits = load_splits(dataset, cfg.task, data_dir, None, cfg.data.val_fraction, cfg.seed,
+                             carve=split != "test")
     except DatasetError as exc:
         # Not a training layout: a folder of only test/<class>/, or of only class folders, is a test set.
-        splits = eval_only_splits(Path(data_dir), cfg.task) if data_dir and not dataset and split == "test" else None
+        usable = data_dir and not dataset and split == "test" and Path(data_dir).is_dir()
+        splits = eval_only_splits(Path(data_dir), cfg.task) if usable else None
         if splits is None:
             raise exc
     samples = getattr(splits, split)

@@ -34,7 +34,7 @@ from petlab.data.transforms import Preprocessing
 from petlab.engine import crossval, distributed
 from petlab.engine.checkpoint import load_checkpoint
 from petlab.engine.features import feature_loaders, uses_feature_cache
-from petlab.engine.metrics import classification_metrics
+from petlab.engine.metrics import HEADLINE, classification_metrics, mean_nll
 from petlab.engine.speed import resolve_speed_settings
 from petlab.engine.trainer import Interrupted, StopRun, Trainer, resolve_device, seed_everything
 from petlab.models import ARCHS, build_model, head_parameters
@@ -290,8 +290,7 @@ def _train(cfg, run_dir, resuming, started, splits, pre, decoded, model, weights
     if cv:  # validation is the out-of-fold prediction of every training photo under the chosen setting
         labels = decoded["train"].labels
         oof = cv["oof"]
-        loss = float(-np.log(np.clip(oof[np.arange(len(labels)), labels], 1e-12, None)).mean())
-        final["val"] = {**classification_metrics(labels, oof, loss, splits.classes),
+        final["val"] = {**classification_metrics(labels, oof, mean_nll(oof, labels), splits.classes),
                         "source": f"{cv['folds']}-fold cross-validation on train (out-of-fold)"}
         shown = (decoded["train"], labels, oof.argmax(1))
     for split in ("val", "test"):
@@ -325,7 +324,7 @@ def initial_metrics(trainer: Trainer, loaders: dict, classes: list[str]) -> dict
             continue
         targets, probs, loss = trainer.predict(loader, f"{split} (epoch 0)")
         m = classification_metrics(targets, probs, loss, classes)
-        initial[split] = {k: m[k] for k in ("accuracy", "top5_accuracy", "balanced_accuracy", "loss", "n")}
+        initial[split] = {k: m[k] for k in (*HEADLINE, "n")}
     log.info("epoch 0 (before training): %s", ", ".join(f"{s} accuracy {m['accuracy']:.4f}"
                                                          for s, m in initial.items()))
     trainer.tracker.log_metrics({f"{s}_{k}": v for s, m in initial.items() for k, v in m.items() if k != "n"},
@@ -358,8 +357,7 @@ def track_results(tracker: Tracker, cfg: Config, run_dir: Path, final: dict, cla
                   figures: dict[str, Path], results: dict) -> None:
     """Final metrics, per-class scores, figures and the best checkpoint; then close the experiment."""
     for split, metrics in final.items():
-        tracker.log_metrics({f"{split}_{m}_final": metrics[m]
-                             for m in ("accuracy", "top5_accuracy", "balanced_accuracy", "loss")})
+        tracker.log_metrics({f"{split}_{m}_final": metrics[m] for m in HEADLINE})
         tracker.log_text(f"{split}_most_confused", "\n".join(f"{p['true']} -> {p['predicted']}: {p['count']}"
                                                              for p in metrics["most_confused"]) or "none")
         tracker.log_others({f"{split}_most_confused": json.dumps(metrics["most_confused"])})

@@ -7,6 +7,12 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 TOP_K = 5
 MOST_CONFUSED = 10
+HEADLINE = ("accuracy", f"top{TOP_K}_accuracy", "balanced_accuracy", "loss")  # what logs and summaries show
+
+
+def mean_nll(probs: np.ndarray, targets: np.ndarray) -> float:
+    """Mean negative log-probability of the true class (the loss of predictions given as probabilities)."""
+    return float(-np.log(np.clip(probs[np.arange(len(targets)), targets], 1e-12, None)).mean())
 
 
 def top_k_accuracy(targets: np.ndarray, probs: np.ndarray, k: int = TOP_K) -> float:
