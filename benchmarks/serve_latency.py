@@ -22,13 +22,13 @@ from pathlib import Path
 import httpx
 import numpy as np
 import torch
-from common import median_call_seconds, shared_data  # benchmarks/common.py (this script's folder)
+from common import demo_process, median_call_seconds, shared_data  # benchmarks/common.py (this script's folder)
 
 from petlab.data.images import load_rgb
 from petlab.data.transforms import Preprocessing
 from petlab.export import EXPORT_FILES, load_exported
 from petlab.registry import Registry
-from petlab.serving import demo_process, load_eager
+from petlab.serving import load_eager
 
 
 def percentile(values, q) -> float:

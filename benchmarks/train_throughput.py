@@ -92,7 +92,7 @@ def petlab_engine(arch: str, batch: int, window: int, epochs: int, overrides: di
         cfg = load_config(None, {"model.arch": arch, "task": "cats_vs_dogs", "data.data_dir": str(data_root()),
                                  "train.batch_size": batch, "train.epochs": epochs, "train.limit_batches": window,
                                  "tracking.backend": "none", "output_dir": out, **overrides})
-        run_dir, code = run_experiment(cfg)
+        run_dir = run_experiment(cfg).run_dir
         with open(run_dir / "metrics.csv") as fh:
             rates = [float(row["images_per_second"]) for row in csv.DictReader(fh)][1:]  # epoch 1 warms up
         resolved = yaml.safe_load((run_dir / "config.yaml").read_text())["train"]

@@ -12,6 +12,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
+from petlab.paths import reports_root, runs_root
 from petlab.reports.compare import write_report
 from petlab.reports.runs import find_comet_runs, find_local_runs, select
 
@@ -27,9 +28,9 @@ def date(text: str) -> datetime:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=Path, nargs="+", default=[Path("runs")], help="folders holding run directories")
+    parser.add_argument("--runs", type=Path, nargs="+", default=[runs_root()], help="folders holding run directories")
     parser.add_argument("--name", help="report folder under --out (default: the task, or 'all')")
-    parser.add_argument("--out", type=Path, default=Path("reports"))
+    parser.add_argument("--out", type=Path, default=reports_root())
     parser.add_argument("--task")
     parser.add_argument("--arch")
     parser.add_argument("--tag", help="only runs with this tag, e.g. study:lr_sweep")

@@ -13,12 +13,14 @@ import logging
 import sys
 
 from petlab.config import ConfigError
-from petlab.search.storage import DEFAULT_STORAGE, open_storage, storage_file
+from petlab.paths import default_study_storage
+from petlab.search.storage import open_storage, storage_file
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--storage", default=DEFAULT_STORAGE, help="the sweeps' storage (default runs/optuna.db)")
+    parser.add_argument("--storage", default=default_study_storage(),
+                        help="the sweeps' storage (default runs/optuna.db)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
     args = parser.parse_args(argv)

@@ -11,8 +11,8 @@ import logging
 import sys
 from pathlib import Path
 
-from petlab.data import DatasetError
 from petlab.engine.evaluate import evaluate_run
+from petlab.errors import PetlabError
 
 
 def main(argv=None) -> int:
@@ -28,7 +28,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     try:
         result = evaluate_run(args.run_dir, args.data_dir, args.dataset, args.split, args.batch_size, args.tta)
-    except (DatasetError, FileNotFoundError) as exc:
+    except PetlabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(result, indent=2))

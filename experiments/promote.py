@@ -15,10 +15,11 @@ import sys
 from pathlib import Path
 
 from petlab.config import TASKS
-from petlab.engine.experiment import setup_logging
-from petlab.export import ExportError
-from petlab.registry import Registry, RegistryError
-from petlab.registry.promote import VALIDATION_METRICS, PromotionError, promote, rollback
+from petlab.engine.context import setup_logging
+from petlab.errors import PetlabError
+from petlab.paths import runs_root
+from petlab.registry import Registry
+from petlab.registry.promote import VALIDATION_METRICS, promote, rollback
 
 log = logging.getLogger("petlab")
 
@@ -48,7 +49,7 @@ def main(argv=None) -> int:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--from-study", metavar="NAME", help="choose among the runs of this sweep study")
     source.add_argument("--run", type=Path, metavar="RUN_DIR", help="promote exactly this run")
-    parser.add_argument("--runs-root", type=Path, default=Path("runs"), help="where to look for runs (default runs/)")
+    parser.add_argument("--runs-root", type=Path, default=runs_root(), help="where to look for runs (default runs/)")
     parser.add_argument("--storage", help="the study's Optuna storage (default: the sweeps' default)")
     parser.add_argument("--images", type=Path, help="real photos for export verification (default: the run's "
                                                     "validation split)")
@@ -70,7 +71,7 @@ def main(argv=None) -> int:
         else:
             card = promote(args.task, args.metric, args.runs_root, args.from_study, args.storage, args.run,
                            registry, args.images)
-    except (PromotionError, RegistryError, ExportError, FileNotFoundError) as exc:
+    except PetlabError as exc:
         log.error("%s", exc)
         return 2
     print(f"{card['name']} v{card['version']} is now {card['status']} "

@@ -5,10 +5,9 @@ import sys
 from pathlib import Path
 
 from petlab.cli import add_run_flags, overrides_from
-from petlab.config import ConfigError, load_config
-from petlab.data import DatasetError
+from petlab.config import load_config
 from petlab.engine.experiment import run_experiment
-from petlab.models.zoo import WeightsError
+from petlab.errors import ConfigError, PetlabError
 
 
 def main(argv=None) -> int:
@@ -21,13 +20,13 @@ def main(argv=None) -> int:
             if overrides_from(args) or args.config:
                 raise ConfigError("--resume continues a run with the config saved in its config.yaml; "
                                   "drop the other flags")
-            _, code = run_experiment(resume=args.resume)
+            outcome = run_experiment(resume=args.resume)
         else:
-            _, code = run_experiment(load_config(args.config, overrides_from(args)))
-    except (ConfigError, DatasetError, WeightsError, FileNotFoundError) as exc:
+            outcome = run_experiment(load_config(args.config, overrides_from(args)))
+    except PetlabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    return code
+    return outcome.exit_code
 
 
 if __name__ == "__main__":

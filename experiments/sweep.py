@@ -18,10 +18,9 @@ import optuna
 from tqdm import tqdm
 
 from petlab.cli import add_run_flags, overrides_from
-from petlab.config import ConfigError
-from petlab.data import DatasetError
-from petlab.engine.experiment import setup_logging
-from petlab.models.zoo import WeightsError
+from petlab.engine.context import setup_logging
+from petlab.errors import ConfigError, PetlabError
+from petlab.paths import reports_root
 from petlab.search.report import write_study_report
 from petlab.search.runner import open_study, retrain_best, work
 from petlab.search.space import load_sweep
@@ -40,7 +39,7 @@ def parse(argv):
     parser.add_argument("--timeout", type=float, help="stop starting trials after S seconds")
     parser.add_argument("--retrain-best", action="store_true", help="retrain the best trial's settings (--epochs E)")
     parser.add_argument("--report-only", action="store_true", help="only write the study report")
-    parser.add_argument("--report-dir", type=Path, default=Path("reports/sweeps"), help="reports go to DIR/<study>")
+    parser.add_argument("--report-dir", type=Path, default=reports_root() / "sweeps", help="reports go to DIR/<study>")
     parser.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
     return parser, parser.parse_args(argv)
 
@@ -68,7 +67,7 @@ def main(argv=None) -> int:
             run_workers(args, argv if argv is not None else sys.argv[1:], sweep, name, n_trials)
         study = open_study(sweep, args.storage, name, create=False)
         files = write_study_report(study, sweep, args.report_dir / name)
-    except (ConfigError, DatasetError, WeightsError, FileNotFoundError, KeyError) as exc:
+    except PetlabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     states = {s.name.lower(): len(study.get_trials(deepcopy=False, states=(s,))) for s in optuna.trial.TrialState}

@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from petlab.errors import ConfigError
+
 TASKS = ("cats_vs_dogs", "breeds")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("none", "cosine", "onecycle")
@@ -24,94 +26,147 @@ TRACKERS = ("comet", "none")
 AUGMENT_POLICIES = ("none", "trivial")
 HEAD_INITS = ("fresh", "imagenet")
 TTA_MODES = ("none", "flip")
+SPECIES = ("cat", "dog")
 
 
-class ConfigError(ValueError):
-    """A config value or key is wrong; the message names the key and what is allowed."""
+def _archs() -> tuple[str, ...]:
+    from petlab.models import ARCHS  # the zoo imports torch; only validation and flags need its names
+
+    return tuple(ARCHS)
+
+
+def _datasets() -> tuple[str, ...]:
+    from petlab.data.datasets import DATASETS
+
+    return tuple(DATASETS)
+
+
+# Checks a value must pass (None always passes where the type allows it): (test, what it means).
+POSITIVE = (lambda v: v > 0, "must be positive")
+NON_NEGATIVE = (lambda v: v >= 0, "must be >= 0")
+
+
+def setting(default: Any = None, *, factory: Any = None, choices: tuple | Any = None, check: tuple | None = None,
+            flag: str | bool = False, help: str | None = None, **argparse_kwargs: Any):
+    """A config field that carries its own rules and command-line flag.
+
+    choices: allowed values (or a function returning them, for registries that import torch);
+    check: (test, message) for each value (each element of a list); flag: True for `--field-name`,
+    a string for another name; help: what the flag does (the comment a reader needs anyway)."""
+    metadata = {"choices": choices, "check": check, "flag": flag, "help": help, "argparse": argparse_kwargs}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+class _Section:
+    """A config section that becomes read-only once the run has resolved it (Config.freeze)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if self.__dict__.get("_frozen"):
+            raise AttributeError(f"the run's config is resolved and read-only ({type(self).__name__}.{name}); "
+                                 "make a changed copy with Config.updated({...})")
+        object.__setattr__(self, name, value)
 
 
 @dataclass
-class DataConfig:
-    dataset: str | None = None  # a name from DATASETS; None: the layout under data_dir, else the task's default
-    data_dir: str | None = None  # points at one dataset directly (else <data root>/<dataset>)
-    species: str | None = None  # oxford_iiit_pet only: "cat" or "dog" keeps one species
-    val_fraction: float = 0.2  # carved from train (stratified, seeded) when no official val split
-    image_size: int | None = None  # None: the architecture's default input size
-    resize_ratio: float = 1.14  # eval resizes the short side to image_size * ratio, then centre-crops
-    crop_scale_min: float = 0.35  # RandomResizedCrop's lower area bound (train only)
+class DataConfig(_Section):
+    dataset: str | None = setting(None, choices=_datasets, flag=True,
+                                  help="a named dataset; default: the layout under --data-dir, else the task's")
+    data_dir: str | None = setting(None, flag=True, help="one dataset's folder (else <data root>/<dataset>)")
+    species: str | None = setting(None, choices=SPECIES, flag=True, help="oxford_iiit_pet: keep one species")
+    val_fraction: float = setting(0.2, check=(lambda v: 0 < v < 1, "must be in (0, 1)"), flag=True,
+                                  help="carved from train (stratified, seeded) when there is no official val split")
+    image_size: int | None = setting(None, check=POSITIVE, flag=True, help="default: the architecture's input size")
+    resize_ratio: float = setting(1.14, check=(lambda v: v >= 1, "must be >= 1"),
+                                  help="eval resizes the short side to image_size * ratio, then centre-crops")
+    crop_scale_min: float = setting(0.35, check=(lambda v: 0 < v <= 1, "must be in (0, 1]"),
+                                    help="RandomResizedCrop's lower area bound (train only)")
     hflip: bool = True
-    policy: str = "none"  # extra per-image augmentation after crop + flip: none, or trivial (TrivialAugmentWide)
-    augment: bool = True  # false: train on the eval crop (with a frozen backbone, enables the feature cache)
-    # Feature cache only: also cache each training image's mirror image and train on both (twice the examples).
-    feature_flips: bool = False
-    num_workers: int = 0  # images are decoded once into a cache, so workers rarely pay off
-    cache_dir: str | None = None  # None: $PETLAB_CACHE_DIR or data/cache
+    policy: str = setting("none", choices=AUGMENT_POLICIES, flag="--augment-policy",
+                          help="extra augmentation after crop + flip: none, or trivial (TrivialAugmentWide)")
+    augment: bool = setting(True, flag=True,
+                            help="--no-augment: train on the eval crop (a frozen backbone then caches its features)")
+    feature_flips: bool = setting(False, flag=True,
+                                  help="feature cache: also cache each training photo's mirror and train on both")
+    num_workers: int = setting(0, check=NON_NEGATIVE, flag=True,
+                               help="loader processes (images are decoded once into a cache, so rarely worth it)")
+    cache_dir: str | None = setting(None, help="default: $PETLAB_CACHE_DIR or data/cache (paths.py)")
 
 
 @dataclass
-class ModelConfig:
-    arch: str = "custom_cnn"
-    pretrained: bool = False  # torchvision weights API (needs a download or a filled TORCH_HOME)
-    weights: str | None = None  # a local ImageNet state dict for the backbone (wins over pretrained)
-    freeze_backbone: bool = False
-    unfreeze_at: int | None = None  # epoch (0-based) at which the backbone starts training
+class ModelConfig(_Section):
+    arch: str = setting("custom_cnn", choices=_archs, flag=True)
+    pretrained: bool = setting(False, flag=True, help="ImageNet weights (bundled, or torchvision's download)")
+    weights: str | None = setting(None, flag=True, help="a local ImageNet state dict for the backbone")
+    freeze_backbone: bool = setting(False, flag=True)
+    unfreeze_at: int | None = setting(None, check=NON_NEGATIVE, flag=True,
+                                      help="epoch (0-based) at which the backbone starts training")
     # Keep the pretrained BatchNorm statistics when fine-tuning: small batches of a small dataset
     # would otherwise replace ImageNet's statistics with noisy ones (the affine weights still train).
-    freeze_batchnorm: bool = False
-    backbone_lr_scale: float = 0.1  # backbone lr = lr * scale once unfrozen
-    dropout: float = 0.0  # extra dropout before the new head (on top of any the backbone has)
+    freeze_batchnorm: bool = setting(False, flag=True, help="keep the pretrained BatchNorm statistics")
+    backbone_lr_scale: float = setting(0.1, help="backbone lr = lr * scale once unfrozen")
+    dropout: float = setting(0.0, flag=True, help="extra dropout before the new head")
     # imagenet: rows of classes that are ImageNet categories start from the pretrained classifier's rows
     # (models/imagenet_head.py); fresh: a new random head.
-    head_init: str = "fresh"
+    head_init: str = setting("fresh", choices=HEAD_INITS, flag=True,
+                             help="imagenet: classes that are ImageNet categories start from its rows")
 
 
 @dataclass
-class TrainConfig:
-    epochs: int = 20
-    batch_size: int = 32
-    lr: float = 1e-4
-    optimizer: str = "adam"
-    weight_decay: float = 0.0
-    momentum: float = 0.9  # sgd only
-    scheduler: str = "none"
-    warmup_epochs: float = 0.0  # onecycle: fraction of the run is derived from this
-    label_smoothing: float = 0.0
-    early_stopping_patience: int | None = None  # epochs without val improvement; None: off
-    precision: str = "auto"  # auto: the architecture's measured setting for the device (engine/speed.py)
-    channels_last: bool | None = None  # None: likewise
-    limit_batches: int | None = None  # at most N batches per split per epoch (smoke runs)
-    eval_batch_size: int | None = None  # None: 2 x batch_size
-    threads: int | None = None  # torch intra-op threads; None: torch's default
-    device: str = "auto"
-    # Test-time augmentation for val/test predictions: flip averages the softmax of the image and its mirror.
-    tta: str = "none"
+class TrainConfig(_Section):
+    epochs: int = setting(20, check=POSITIVE, flag=True)
+    batch_size: int = setting(32, check=POSITIVE, flag=True)
+    lr: float = setting(1e-4, check=NON_NEGATIVE, flag=True)
+    optimizer: str = setting("adam", choices=OPTIMIZERS, flag=True)
+    weight_decay: float = setting(0.0, check=NON_NEGATIVE, flag=True)
+    momentum: float = setting(0.9, help="sgd only")
+    scheduler: str = setting("none", choices=SCHEDULERS, flag=True)
+    warmup_epochs: float = setting(0.0, check=NON_NEGATIVE, help="onecycle: its warm-up share comes from this")
+    label_smoothing: float = setting(0.0, check=(lambda v: 0 <= v < 1, "must be in [0, 1)"), flag=True)
+    early_stopping_patience: int | None = setting(None, check=POSITIVE, flag=True,
+                                                  help="epochs without val improvement; default off")
+    precision: str = setting("auto", choices=PRECISIONS, flag=True,
+                             help="auto: the architecture's measured setting for the device (engine/speed.py)")
+    channels_last: bool | None = setting(None, flag=True, help="default: the architecture's measured setting")
+    limit_batches: int | None = setting(None, check=POSITIVE, flag=True,
+                                        help="at most N batches per split per epoch (smoke runs)")
+    eval_batch_size: int | None = setting(None, check=POSITIVE, help="default: 2 x batch_size")
+    threads: int | None = setting(None, check=POSITIVE, flag=True, help="torch intra-op threads")
+    device: str = setting("auto", choices=DEVICES, flag=True)
+    tta: str = setting("none", choices=TTA_MODES, flag=True,
+                       help="test-time augmentation of val/test: flip averages the image's and its mirror's softmax")
     # Few photos per class: choose lr (from cv_lrs) and the epoch count by k-fold cross-validation on
     # train, then refit on all of train. No validation split is carved; results' "val" is the
     # out-of-fold estimate of the chosen setting. None: the usual carved (or shipped) validation split.
-    cv_folds: int | None = None
-    cv_lrs: list[float] = field(default_factory=list)  # empty: [lr]
+    cv_folds: int | None = setting(None, check=(lambda v: v >= 2, "needs at least 2 folds"), flag=True,
+                                   help="choose lr and epochs by K-fold cross-validation on train, then refit")
+    cv_lrs: list[float] = setting(factory=list, check=(lambda v: v > 0, "every candidate must be positive"),
+                                  flag=True, help="candidate learning rates for --cv-folds (default: [lr])")
 
     def eval_batch(self) -> int:
         return self.eval_batch_size or 2 * self.batch_size
 
 
 @dataclass
-class TrackingConfig:
-    backend: str = "comet"  # comet: online with COMET_API_KEY, else offline archive in the run dir; none: off
+class TrackingConfig(_Section):
+    backend: str = setting("comet", choices=TRACKERS, flag="--tracking",
+                           help="comet: online with COMET_API_KEY, else an offline archive in the run; none: off")
     project: str = "petlab"  # COMET_PROJECT_NAME wins
     workspace: str | None = None  # COMET_WORKSPACE wins
-    tags: list[str] = field(default_factory=list)  # added to task/arch/dataset tags (sweeps add study/trial)
-    log_every_steps: int = 1  # per-step metrics (train loss, lr, gradient norm)
+    tags: list[str] = setting(factory=list, flag="--tag", action="append",
+                              help="extra Comet tag (repeatable); sweeps add study/trial")
+    log_every_steps: int = setting(1, check=POSITIVE, help="per-step metrics (train loss, lr, gradient norm)")
     log_model: bool = True  # upload best.pt as a Comet model asset
-    online_timeout_s: float = 5.0  # how long to wait for the Comet server before going offline
+    online_timeout_s: float = setting(5.0, check=POSITIVE, help="how long to wait for Comet before going offline")
 
 
 @dataclass
-class DiagnosticsConfig:
+class DiagnosticsConfig(_Section):
     """Thresholds of the training rules (warnings in the log, events in Comet, entries in results.json)."""
 
     enabled: bool = True
-    check_every_steps: int = 10  # per-layer gradient checks (they cost one pass over the gradients)
+    check_every_steps: int = setting(10, check=POSITIVE, help="per-layer gradient checks (a pass over the gradients)")
     vanishing_grad_ratio: float = 1e-5  # a weight's mean |gradient| / the largest layer's, below: vanishing
     exploding_grad: float = 1e3  # total gradient norm above this (or not finite) is exploding
     loss_patience: int = 3  # epochs without train loss improving by loss_min_delta -> loss not decreasing
@@ -120,16 +175,16 @@ class DiagnosticsConfig:
     init_loss_factor: float = 3.0  # first-batch loss above factor * ln(classes) is poor initialisation
     dead_fraction: float = 0.5  # share of a ReLU layer's channels that never fire on the first batch
     data_wait_fraction: float = 0.5  # share of training time spent waiting for data -> loader bottleneck
-    profile: bool = False  # write a torch.profiler trace of a few steps (--profile)
-    profile_steps: int = 5
+    profile: bool = setting(False, flag=True, help="a torch.profiler trace of a few steps")
+    profile_steps: int = setting(5, check=POSITIVE)
 
 
 @dataclass
-class Config:
+class Config(_Section):
     name: str = "default"
-    task: str = "cats_vs_dogs"
-    seed: int = 42
-    output_dir: str = "runs"
+    task: str = setting("cats_vs_dogs", choices=TASKS, flag=True)
+    seed: int = setting(42, flag=True)
+    output_dir: str = setting("runs", flag=True, help="run directories go here (relative: to the project root)")
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -142,6 +197,39 @@ class Config:
     def flat(self) -> dict[str, Any]:
         """{"train.lr": 0.001, ...}: the shape trackers and sweeps want."""
         return dict(_flatten(self.to_dict()))
+
+    def updated(self, overrides: dict[str, Any]) -> Config:
+        """A validated copy with dotted overrides applied ({"train.lr": 0.1}); read-only if this one is."""
+        copy = config_from_dict(self.to_dict())
+        _update(copy, dotted_to_nested(overrides))
+        validate(copy)
+        return copy.freeze() if self.frozen else copy
+
+    @property
+    def frozen(self) -> bool:
+        return bool(self.__dict__.get("_frozen"))
+
+    def freeze(self) -> Config:
+        """Make this config read-only (the run resolved it once; everything after only reads it)."""
+        for section in (self.data, self.model, self.train, self.tracking, self.diagnostics, self):
+            object.__setattr__(section, "_frozen", True)
+        return self
+
+
+def config_fields(section: Any = Config, prefix: str = ""):
+    """(dotted key, dataclass field, type hint) of every leaf setting, in declaration order."""
+    hints = typing.get_type_hints(section)
+    for f in dataclasses.fields(section):
+        hint = hints[f.name]
+        if dataclasses.is_dataclass(hint):
+            yield from config_fields(hint, f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", f, hint
+
+
+def allowed_values(f: dataclasses.Field) -> tuple | None:
+    choices = f.metadata.get("choices")
+    return choices() if callable(choices) else choices
 
 
 def _flatten(d: dict, prefix: str = ""):
@@ -239,62 +327,22 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     return cfg
 
 
-def _choice(key: str, value: Any, allowed: tuple) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, allowed))}")
-
-
 def validate(cfg: Config) -> None:
-    from petlab.data.datasets import DATASETS
-    from petlab.models import ARCHS
-
-    _choice("task", cfg.task, TASKS)
-    if cfg.data.dataset is not None:
-        _choice("data.dataset", cfg.data.dataset, tuple(DATASETS))
-    _choice("model.arch", cfg.model.arch, tuple(ARCHS))
-    _choice("train.optimizer", cfg.train.optimizer, OPTIMIZERS)
-    _choice("train.scheduler", cfg.train.scheduler, SCHEDULERS)
-    _choice("train.precision", cfg.train.precision, PRECISIONS)
-    _choice("train.device", cfg.train.device, DEVICES)
-    _choice("tracking.backend", cfg.tracking.backend, TRACKERS)
-    _choice("data.policy", cfg.data.policy, AUGMENT_POLICIES)
-    _choice("model.head_init", cfg.model.head_init, HEAD_INITS)
-    _choice("train.tta", cfg.train.tta, TTA_MODES)
+    """Every field's own rules (choices, checks), then the few rules that span fields."""
+    flat = cfg.flat()
+    for key, f, _ in config_fields():
+        value = flat[key]
+        allowed = allowed_values(f)
+        if allowed is not None and value is not None and value not in allowed:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, allowed))}")
+        check = f.metadata.get("check")
+        if check is not None and value is not None:
+            test, message = check
+            if not all(test(v) for v in (value if isinstance(value, list) else [value])):
+                raise ConfigError(f"{key}: {message}, got {value}")
     if cfg.model.head_init == "imagenet" and not (cfg.model.pretrained or cfg.model.weights):
         raise ConfigError("model.head_init: 'imagenet' copies rows of the pretrained ImageNet classifier; "
                           "it needs model.pretrained or model.weights")
-    if cfg.train.cv_folds is not None and cfg.train.cv_folds < 2:
-        raise ConfigError(f"train.cv_folds: needs at least 2 folds, got {cfg.train.cv_folds}")
-    if any(lr <= 0 for lr in cfg.train.cv_lrs):
-        raise ConfigError(f"train.cv_lrs: every candidate must be positive, got {cfg.train.cv_lrs}")
-    if cfg.data.species is not None:
-        _choice("data.species", cfg.data.species, ("cat", "dog"))
-    positive = {
-        "train.epochs": cfg.train.epochs,
-        "train.batch_size": cfg.train.batch_size,
-        "train.limit_batches": cfg.train.limit_batches,
-        "train.early_stopping_patience": cfg.train.early_stopping_patience,
-        "data.image_size": cfg.data.image_size,
-        "train.eval_batch_size": cfg.train.eval_batch_size,
-        "train.threads": cfg.train.threads,
-        "tracking.log_every_steps": cfg.tracking.log_every_steps,
-        "tracking.online_timeout_s": cfg.tracking.online_timeout_s,
-        "diagnostics.check_every_steps": cfg.diagnostics.check_every_steps,
-        "diagnostics.profile_steps": cfg.diagnostics.profile_steps,
-    }
-    for key, value in positive.items():
-        if value is not None and value <= 0:
-            raise ConfigError(f"{key}: must be positive, got {value}")
-    if cfg.train.lr < 0:
-        raise ConfigError(f"train.lr: must be >= 0, got {cfg.train.lr}")
-    if not 0.0 < cfg.data.val_fraction < 1.0:
-        raise ConfigError(f"data.val_fraction: must be in (0, 1), got {cfg.data.val_fraction}")
-    if not 0.0 < cfg.data.crop_scale_min <= 1.0:
-        raise ConfigError(f"data.crop_scale_min: must be in (0, 1], got {cfg.data.crop_scale_min}")
-    if cfg.data.resize_ratio < 1.0:
-        raise ConfigError(f"data.resize_ratio: must be >= 1, got {cfg.data.resize_ratio}")
-    if cfg.data.num_workers < 0:
-        raise ConfigError(f"data.num_workers: must be >= 0, got {cfg.data.num_workers}")
-    if cfg.model.unfreeze_at is not None and cfg.model.unfreeze_at < 0:
-        raise ConfigError(f"model.unfreeze_at: must be >= 0, got {cfg.model.unfreeze_at}")
+    from petlab.models import ARCHS
+
     ARCHS[cfg.model.arch].check_image_size(cfg.data.image_size)

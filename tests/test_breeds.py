@@ -297,25 +297,27 @@ def test_evaluate_with_flip_tta_on_folders_of_only_test_or_only_classes(fewshot_
 
 @pytest.mark.slow
 def test_an_interrupted_cross_validated_run_resumes_without_cross_validating_again(shared, tmp_path):
-    from petlab.engine.experiment import EXIT_INTERRUPTED, run_experiment
-    from petlab.engine.trainer import Interrupted
+    from petlab.engine.experiment import run_experiment
+    from petlab.engine.outcome import EXIT_INTERRUPTED, Interrupted
 
     def config(out: Path):  # the few-shot recipe, shrunk: Lite0, 4 epochs, two candidate learning rates
         return load_config(REPO / "experiments/configs/breeds_fewshot.yaml", {
             "model.arch": "efficientnet_lite0", "train.epochs": 4, "train.cv_lrs": [3e-3, 1e-2],
             "data.data_dir": str(shared / FEWSHOT), "tracking.backend": "none", "output_dir": str(out)})
 
-    straight, code = run_experiment(config(tmp_path / "straight"))
-    assert code == 0
+    outcome = run_experiment(config(tmp_path / "straight"))
+    straight, code = outcome.run_dir, outcome.exit_code
+    assert code == 0 and outcome.status == "completed"
 
     def stop_after_the_first_refit_epoch(row):
         raise Interrupted
 
-    run_dir, code = run_experiment(config(tmp_path / "interrupted"), on_epoch=stop_after_the_first_refit_epoch)
-    assert code == EXIT_INTERRUPTED
+    outcome = run_experiment(config(tmp_path / "interrupted"), on_epoch=stop_after_the_first_refit_epoch)
+    run_dir, code = outcome.run_dir, outcome.exit_code
+    assert code == EXIT_INTERRUPTED and outcome.status == "interrupted"
     assert json.loads((run_dir / "results.json").read_text())["status"] == "interrupted"
     stamp = (run_dir / "cv.json").stat().st_mtime_ns
-    _, code = run_experiment(resume=run_dir)
+    code = run_experiment(resume=run_dir).exit_code
     assert code == 0 and (run_dir / "cv.json").stat().st_mtime_ns == stamp  # read back, not run again
     resumed = json.loads((run_dir / "results.json").read_text())
     expected = json.loads((straight / "results.json").read_text())
@@ -357,7 +359,7 @@ def build_120_breeds(shared: Path, root: Path) -> list[str]:
 
 @pytest.mark.slow
 def test_120_breeds_with_one_or_two_photos_train_evaluate_promote_and_serve(shared, promoted_registry, tmp_path):
-    from petlab.serving import demo_process
+    from tests.servers import demo_process
 
     data = tmp_path / "breeds120"
     classes = build_120_breeds(shared, data)

@@ -11,9 +11,9 @@ import httpx
 import pytest
 from PIL import Image
 
-from petlab.serving import demo_process
 from tests.imaging import encode, odd_photos, png_bomb, write_bad_files
 from tests.runs import REPO
+from tests.servers import demo_process
 
 CATS = ["cat.2001.jpg", "cat.2010.jpg", "cat.2027.jpg", "cat.2042.jpg"]
 DOGS = ["dog.2001.jpg", "dog.2010.jpg", "dog.2027.jpg", "dog.2042.jpg"]

@@ -14,9 +14,12 @@ from torch import nn
 
 from petlab.config import load_config
 from petlab.data.loaders import CachedImages
-from petlab.engine.experiment import build_loaders, prepare_data
-from petlab.engine.trainer import Trainer, seed_everything
+from petlab.engine.batches import seed_everything
+from petlab.engine.context import decode_splits, load_run_splits, run_preprocessing
+from petlab.engine.experiment import image_loaders
+from petlab.engine.trainer import Trainer
 from petlab.models import build_model
+from petlab.paths import cache_root
 from tests.imaging import make_imagefolder
 
 SIZE = 32
@@ -48,13 +51,14 @@ def fit(tmp_path, data, model=None, slow_loader_s=0.0, **overrides):
                                  # The rules were calibrated on fp32/NCHW. Measured: with channels_last this
                                  # 8-image-batch toy run spikes in epoch 4 and ends at val 0.5 (fp32 or bf16).
                                  "train.precision": "fp32", "train.channels_last": False, **overrides})
-    splits, pre, decoded = prepare_data(cfg)
+    splits, pre = load_run_splits(cfg), run_preprocessing(cfg)
+    decoded = decode_splits(splits, pre, cache_root(cfg.data.cache_dir))
     seed_everything(cfg.seed)
     model = model or build_model("resnet18", len(splits.classes))[0]
-    loaders = build_loaders(cfg, pre, decoded)
+    loaders = image_loaders(cfg, pre, decoded)
     if slow_loader_s:
         loaders["train"].dataset.__class__ = type("SlowImages", (SlowImages,), {"delay": slow_loader_s})
-    trainer = Trainer(cfg, model, pre, loaders, tmp_path, splits.classes)
+    trainer = Trainer(cfg, model, pre, loaders, tmp_path, splits.classes, device=torch.device("cpu"))
     state = trainer.fit()
     return {e["rule"]: e for e in state.events}, state
 

@@ -8,7 +8,7 @@ import torch
 
 from petlab.cli import add_run_flags, overrides_from
 from petlab.config import load_config
-from petlab.engine.speed import native_bf16, resolve_speed_settings
+from petlab.engine.speed import native_bf16, speed_settings
 from tests.runs import REPO
 
 
@@ -16,21 +16,24 @@ def test_auto_settings_become_the_measured_ones_and_explicit_ones_stay():
     cpu = torch.device("cpu")
     cfg = load_config(None, {"model.arch": "mobilenet_v2"})
     assert (cfg.train.precision, cfg.train.channels_last) == ("auto", None)
-    resolve_speed_settings(cfg, cpu)
-    assert cfg.train.precision == ("bf16" if native_bf16(cpu) else "fp32") and cfg.train.channels_last is True
+    resolved = speed_settings(cfg, cpu)
+    assert resolved == {"train.precision": "bf16" if native_bf16(cpu) else "fp32", "train.channels_last": True}
     explicit = load_config(None, {"model.arch": "resnet18", "train.precision": "fp32", "train.channels_last": "false"})
-    resolve_speed_settings(explicit, cpu)
-    assert (explicit.train.precision, explicit.train.channels_last) == ("fp32", False)
+    assert speed_settings(explicit, cpu) == {"train.precision": "fp32", "train.channels_last": False}
 
 
-def test_channels_last_flag_takes_an_optional_value():
+def test_boolean_flags_have_a_yes_and_a_no_form_and_unset_overrides_nothing():
     import argparse
 
     parser = argparse.ArgumentParser()
     add_run_flags(parser)
-    assert overrides_from(parser.parse_args(["--channels-last"]))["train.channels_last"] == "true"
-    assert overrides_from(parser.parse_args(["--channels-last", "false"]))["train.channels_last"] == "false"
+    assert overrides_from(parser.parse_args(["--channels-last"]))["train.channels_last"] is True
+    assert overrides_from(parser.parse_args(["--no-channels-last"]))["train.channels_last"] is False
+    assert overrides_from(parser.parse_args(["--no-augment"]))["data.augment"] is False
     assert "train.channels_last" not in overrides_from(parser.parse_args([]))
+    # the generated flags still load: every value a flag yields is one the config accepts
+    assert load_config(None, overrides_from(parser.parse_args(["--no-augment", "--no-channels-last"]))).data.augment \
+        is False
 
 
 def test_the_throughput_benchmark_compares_both_loops_and_the_exports(tmp_path):

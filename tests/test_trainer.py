@@ -5,8 +5,8 @@ import json
 import torch
 
 from petlab.config import load_config
+from petlab.engine.batches import seed_everything
 from petlab.engine.experiment import run_experiment
-from petlab.engine.trainer import seed_everything
 from petlab.models import build_model, head_parameters
 from tests.imaging import make_imagefolder
 
@@ -18,8 +18,9 @@ def train(tmp_path, **overrides):
     cfg = load_config(overrides={"model.arch": "resnet18", "data.image_size": 64, "train.batch_size": 8,
                                  "train.lr": 0.01, "data.data_dir": str(data), "output_dir": str(tmp_path / "runs"),
                                  **overrides})
-    run_dir, code = run_experiment(cfg)
-    assert code == 0
+    outcome = run_experiment(cfg)
+    run_dir, code = outcome.run_dir, outcome.exit_code
+    assert code == 0 and outcome.status == "completed"
     return run_dir, torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)
 
 

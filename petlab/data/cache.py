@@ -12,7 +12,6 @@ import hashlib
 import json
 import logging
 import os
-import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,9 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from petlab.data.datasets import PROJECT_ROOT, DatasetError
 from petlab.data.images import BadImageError, load_rgb
 from petlab.data.transforms import Preprocessing
+from petlab.errors import DatasetError
+from petlab.fileio import atomic_path, atomic_write
 from petlab.progress import progress
 
 log = logging.getLogger(__name__)
@@ -42,10 +42,6 @@ class DecodedImages:
             "by_reason": dict(Counter(s["reason"] for s in self.skipped)),
             "files": self.skipped,
         }
-
-
-def cache_root(configured: str | None = None) -> Path:
-    return Path(configured or os.environ.get("PETLAB_CACHE_DIR") or PROJECT_ROOT / "data" / "cache")
 
 
 def _key(samples: list[tuple[str, int]], size: int) -> str:
@@ -80,31 +76,26 @@ def decode_split(samples: list[tuple[str, int]], pre: Preprocessing, cache_dir: 
         return DecodedImages(array, np.asarray(meta["labels"], np.int64), meta["skipped"], key)
 
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = f".{uuid.uuid4().hex}.tmp"
-    staging = cache_dir / (data_file.name + tmp)
-    out = np.memmap(staging, np.uint8, "w+", shape=(max(len(samples), 1), size, size, 3))
     labels, skipped = [], []
-    with ThreadPoolExecutor(threads) as pool:  # PIL decodes and resizes without holding the GIL
-        results = pool.map(lambda s: _decode(s[0], pre), samples)
-        for (path, label), result in progress(zip(samples, results), total=len(samples),
-                                          desc=f"decoding {split}", unit="img", leave=False):
-            if isinstance(result, dict):
-                skipped.append(result)
-                log.warning("skipping %s (%s): %s", path, result["reason"], result["detail"])
-                continue
-            out[len(labels)] = result
-            labels.append(label)
-    out.flush()
-    del out
-    if not labels:
-        staging.unlink()
-        raise DatasetError(f"{split}: none of its {len(samples)} files is a usable image")
-    # Shrink to the good images, then publish data before metadata: metadata present = complete.
-    os.truncate(staging, max(len(labels), 1) * size * size * 3)
-    os.replace(staging, data_file)
-    meta_tmp = cache_dir / (meta_file.name + tmp)
-    meta_tmp.write_text(json.dumps({"labels": labels, "skipped": skipped, "size": size}))
-    os.replace(meta_tmp, meta_file)
+    with atomic_path(data_file) as staging:
+        out = np.memmap(staging, np.uint8, "w+", shape=(max(len(samples), 1), size, size, 3))
+        with ThreadPoolExecutor(threads) as pool:  # PIL decodes and resizes without holding the GIL
+            results = pool.map(lambda s: _decode(s[0], pre), samples)
+            for (path, label), result in progress(zip(samples, results), total=len(samples),
+                                              desc=f"decoding {split}", unit="img", leave=False):
+                if isinstance(result, dict):
+                    skipped.append(result)
+                    log.warning("skipping %s (%s): %s", path, result["reason"], result["detail"])
+                    continue
+                out[len(labels)] = result
+                labels.append(label)
+        out.flush()
+        del out
+        if not labels:
+            raise DatasetError(f"{split}: none of its {len(samples)} files is a usable image")
+        os.truncate(staging, len(labels) * size * size * 3)  # shrink to the good images
+    # Data before metadata: metadata present means the data file is complete.
+    atomic_write(meta_file, json.dumps({"labels": labels, "skipped": skipped, "size": size}))
     if skipped:
         log.warning("%s: skipped %d of %d files (%s)", split, len(skipped), len(samples),
                     dict(Counter(s["reason"] for s in skipped)))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -19,20 +18,17 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from petlab.data.download import ARCHIVES, KAGGLE_HELP, DownloadError, download_dataset
+from petlab.data.download import ARCHIVES, KAGGLE_HELP, download_dataset
 from petlab.data.files import visible_dirs, visible_files
+from petlab.errors import DatasetError, DownloadError
+from petlab.paths import data_root
 
 log = logging.getLogger(__name__)
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 VAL_DIR_NAMES = ("val", "valid", "validation")
 SPECIES = ("cat", "dog")  # class names of the cats_vs_dogs task, whatever the dataset calls them
 _SPECIES_ALIASES = {"cat": "cat", "cats": "cat", "dog": "dog", "dogs": "dog"}
 
 Sample = tuple[str, int]
-
-
-class DatasetError(ValueError):
-    """The dataset is missing, laid out wrongly, or does not fit the task; the message names the path."""
 
 
 @dataclass
@@ -48,10 +44,6 @@ class Splits:
 
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
-
-
-def data_root() -> Path:
-    return Path(os.environ.get("PETLAB_DATA_DIR") or PROJECT_ROOT / "data" / "raw").resolve()
 
 
 def pretty_class_name(folder: str) -> str:

@@ -18,6 +18,7 @@ from pathlib import Path
 from torchvision.datasets.utils import check_integrity, extract_archive
 
 from petlab.data.files import is_hidden
+from petlab.errors import DownloadError
 from petlab.progress import progress
 
 log = logging.getLogger(__name__)
@@ -50,10 +51,6 @@ KAGGLE_HELP = (
     "https://www.kaggle.com/datasets/tongpython/cat-and-dog (or `kaggle datasets download -d "
     "tongpython/cat-and-dog`) and unzip it so that {path}/training_set and {path}/test_set exist."
 )
-
-
-class DownloadError(RuntimeError):
-    pass
 
 
 def _sha256(path: Path) -> str:

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from petlab.errors import MissingFileError
+from petlab.fileio import atomic_write
+
 
 def atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
 def rng_state() -> dict:
@@ -28,6 +28,6 @@ def set_rng_state(state: dict) -> None:
 
 def load_checkpoint(path: Path) -> dict:
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise MissingFileError(f"checkpoint not found: {path}")
     # Our own checkpoints hold numpy RNG state and plain config data, hence weights_only=False.
     return torch.load(path, map_location="cpu", weights_only=False)

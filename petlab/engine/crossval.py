@@ -25,12 +25,12 @@ from torch.utils.data import DataLoader, Subset
 
 from petlab.config import Config
 from petlab.data.cache import DecodedImages
-from petlab.data.datasets import DatasetError
 from petlab.data.loaders import make_loader
 from petlab.data.transforms import Preprocessing
 from petlab.engine.features import backbone_features, feature_dataset
 from petlab.engine.metrics import mean_nll
 from petlab.engine.trainer import Trainer
+from petlab.errors import DatasetError
 from petlab.progress import inner_progress_hidden, progress
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,8 @@ def make_folds(labels: np.ndarray, k: int, seed: int) -> list[tuple[np.ndarray, 
 
 
 def cross_validate(cfg: Config, make_model: Callable[[], torch.nn.Module], fold_loaders: Callable,
-                   labels: np.ndarray, classes: list[str], pre: Preprocessing, head_only: bool) -> dict:
+                   labels: np.ndarray, classes: list[str], pre: Preprocessing, head_only: bool,
+                   device: torch.device) -> dict:
     """Returns {"table": [{lr, epoch, accuracy, loss}], "chosen": {lr, epochs, accuracy, loss}, "oof": probs}."""
     k, lrs, epochs = cfg.train.cv_folds, candidate_lrs(cfg), cfg.train.epochs
     folds = make_folds(labels, k, cfg.seed)
@@ -92,17 +93,15 @@ def cross_validate(cfg: Config, make_model: Callable[[], torch.nn.Module], fold_
     bar = progress(total=len(lrs) * k, desc=f"cross-validation ({k} folds x {len(lrs)} lr)", unit="fold")
     try:
         for li, lr in enumerate(lrs):
-            fold_cfg = copy.deepcopy(cfg)
-            fold_cfg.train.lr, fold_cfg.train.cv_folds, fold_cfg.train.early_stopping_patience = lr, None, None
-            fold_cfg.diagnostics.enabled = False  # the refit's diagnostics are the run's; folds would repeat them
+            # the refit's diagnostics are the run's; folds would repeat them
+            fold_cfg = cfg.updated({"train.lr": lr, "train.cv_folds": None, "train.early_stopping_patience": None,
+                                    "diagnostics.enabled": False})
             for fi, (train_idx, val_idx) in enumerate(folds):
+                def keep(row, val_idx=val_idx, li=li):
+                    oof[li, row["epoch"] - 1, val_idx] = trainer.last_val[1]  # noqa: B023 - runs inside this fold's fit
+
                 trainer = Trainer(fold_cfg, make_model(), pre, fold_loaders(train_idx, val_idx), None, classes,
-                                  head_only=head_only)
-
-                def keep(row, trainer=trainer, val_idx=val_idx, li=li):
-                    oof[li, row["epoch"] - 1, val_idx] = trainer.last_val[1]
-
-                trainer.on_epoch = keep
+                                  device=device, features=head_only, on_epoch=keep)
                 with inner_progress_hidden():
                     trainer.fit()
                 bar.update()
@@ -135,7 +134,7 @@ def select_or_resume(cfg: Config, run_dir: Path, resuming: bool, model: torch.nn
         template = copy.deepcopy(model).cpu()
         folds = fold_loader_factory(cfg, model, train_images, pre, head_only, cache_dir, device)
         result = cross_validate(cfg, lambda: copy.deepcopy(template), folds, train_images.labels, classes, pre,
-                                head_only)
+                                head_only, device)
         save(result, run_dir)
     return result
 
@@ -143,9 +142,7 @@ def select_or_resume(cfg: Config, run_dir: Path, resuming: bool, model: torch.nn
 def refit_config(cfg: Config, result: dict) -> Config:
     """The run's config with the chosen learning rate: the refit on all of train (its epochs stop at the chosen
     count through Trainer.fit(until_epoch), so the schedule is the one the folds were scored with)."""
-    refit = copy.deepcopy(cfg)
-    refit.train.lr = result["chosen"]["lr"]
-    return refit
+    return cfg.updated({"train.lr": result["chosen"]["lr"]})
 
 
 def save(result: dict, run_dir: Path) -> None:

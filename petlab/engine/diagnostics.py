@@ -84,12 +84,14 @@ class Diagnostics:
             self._dead = {}
 
     # ------------------------------------------------------------- every step
-    def check_gradients(self, model: nn.Module, grad_norm: float, epoch: int, step: int) -> None:
+    def check_gradients(self, model: nn.Module, grad_norm: float, epoch: int, step: int, layers: bool = True) -> None:
+        """The total norm against exploding_grad whenever the Trainer computed it (log and check steps);
+        with layers, also the per-layer vanishing check (every check_every_steps)."""
         if not math.isfinite(grad_norm) or grad_norm > self.cfg.exploding_grad:
             self.fire("exploding_gradients",
                       f"gradient norm {grad_norm:.3g} exceeds {self.cfg.exploding_grad:g}: lower the lr or clip",
                       epoch=epoch, step=step, grad_norm=grad_norm)
-        if step % self.cfg.check_every_steps or self.fired("vanishing_gradients"):
+        if not layers or step % self.cfg.check_every_steps or self.fired("vanishing_gradients"):
             return
         # Relative to the layer that learns most: a converged model has tiny gradients everywhere,
         # a vanishing one has them tiny only near the input.

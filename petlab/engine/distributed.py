@@ -24,7 +24,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
-from petlab.config import Config, ConfigError
+from petlab.config import Config
+from petlab.errors import ConfigError
 from petlab.progress import hide_progress
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,9 @@ class Distributed:
     def sum(self, *values: float) -> list[float]:
         if not self.enabled:
             return list(values)
-        tensor = torch.tensor(values, dtype=torch.float64)
+        # nccl reduces CUDA tensors only; gloo CPU ones
+        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+        tensor = torch.tensor(values, dtype=torch.float64, device=device)
         dist.all_reduce(tensor)
         return tensor.tolist()
 

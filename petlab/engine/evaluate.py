@@ -5,15 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from petlab.config import config_from_dict
-from petlab.data.cache import cache_root, decode_split
-from petlab.data.datasets import DatasetError, Splits, load_splits, normalise_class_name, read_split_folders
+from petlab.data.cache import decode_split
+from petlab.data.datasets import Splits, load_splits, normalise_class_name, read_split_folders
 from petlab.data.files import visible_dirs
 from petlab.data.loaders import make_loader
 from petlab.data.transforms import Preprocessing
+from petlab.engine.batches import predict_loader, resolve_device
 from petlab.engine.checkpoint import load_checkpoint
 from petlab.engine.metrics import classification_metrics
-from petlab.engine.trainer import predict, resolve_device
+from petlab.errors import DatasetError
 from petlab.models import build_model
+from petlab.paths import cache_root
 
 
 def match_classes(model_classes: list[str], data_classes: list[str], where: str) -> dict[int, int]:
@@ -65,8 +67,8 @@ def evaluate_run(run_dir: Path, data_dir: str | None = None, dataset: str | None
     device = resolve_device(cfg.train.device)
     model.to(device)
     loader = make_loader(decoded, pre, False, batch_size, cfg.data.num_workers)
-    targets, probs, loss = predict(model, loader, pre, device, cfg.train.precision, cfg.train.channels_last,
-                                   desc=split, tta=tta)
+    targets, probs, loss = predict_loader(model, loader, pre, device, cfg.train.precision,
+                                          cfg.train.channels_last, desc=split, tta=tta)
     metrics = classification_metrics(targets, probs, loss, classes)
     return {"run_dir": str(run_dir), "dataset": splits.dataset, "data_dir": splits.root, "split": split,
             "tta": tta, "classes": classes, **metrics, "skipped_files": decoded.skipped_summary()}

@@ -12,7 +12,6 @@ import hashlib
 import json
 import logging
 import os
-import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -25,6 +24,8 @@ from petlab.config import Config
 from petlab.data.cache import DecodedImages
 from petlab.data.loaders import make_loader
 from petlab.data.transforms import Preprocessing
+from petlab.engine.batches import autocast, prepare_batch
+from petlab.fileio import atomic_write
 from petlab.models import ARCHS
 from petlab.progress import progress
 
@@ -68,8 +69,6 @@ def backbone_features(cfg: Config, model: nn.Module, decoded: DecodedImages, pre
                       cache_dir: Path, device: torch.device) -> np.ndarray:
     """(N, views, F) float32 features of the eval crops of `decoded` (and of their mirror images when
     feature_views is 2), from the cache when already computed."""
-    from petlab.engine.trainer import autocast, prepare_batch
-
     t = cfg.train
     views = feature_views(cfg)
     identity = [FEATURES_FORMAT, cfg.model.arch, weights_identity(cfg), pre.to_dict(), t.precision,
@@ -90,9 +89,7 @@ def backbone_features(cfg: Config, model: nn.Module, decoded: DecodedImages, pre
             chunks.append(torch.stack(batch_views, 1))
     features = torch.cat(chunks).numpy()
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_name(f".{uuid.uuid4().hex}.npy")
-    np.save(staging, features)
-    os.replace(staging, path)
+    atomic_write(path, lambda fh: np.save(fh, features))
     return features
 
 

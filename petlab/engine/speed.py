@@ -13,14 +13,10 @@ elsewhere bf16 is emulated and slow.
 
 from __future__ import annotations
 
-import logging
-
 import torch
 
 from petlab.config import Config
 from petlab.models import ARCHS
-
-log = logging.getLogger(__name__)
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -32,14 +28,12 @@ def native_bf16(device: torch.device) -> bool:
         return False
 
 
-def resolve_speed_settings(cfg: Config, device: torch.device) -> None:
-    """Fill in `auto` precision and unset channels_last, in place."""
-    if cfg.train.precision != "auto" and cfg.train.channels_last is not None:
-        return  # already resolved (run_experiment did it; the Trainer checks again for direct users)
+def speed_settings(cfg: Config, device: torch.device) -> dict:
+    """The resolved {"train.precision", "train.channels_last"}: `auto` and unset become the
+    architecture's measured setting for the device; explicit values stay."""
     spec = ARCHS[cfg.model.arch]
-    if cfg.train.precision == "auto":
-        cfg.train.precision = "bf16" if spec.bf16 and native_bf16(device) else "fp32"
-    if cfg.train.channels_last is None:
-        cfg.train.channels_last = spec.channels_last
-    log.info("speed settings for %s on %s: precision %s, channels_last %s", cfg.model.arch, device.type,
-             cfg.train.precision, cfg.train.channels_last)
+    precision = cfg.train.precision
+    if precision == "auto":
+        precision = "bf16" if spec.bf16 and native_bf16(device) else "fp32"
+    channels_last = spec.channels_last if cfg.train.channels_last is None else cfg.train.channels_last
+    return {"train.precision": precision, "train.channels_last": channels_last}

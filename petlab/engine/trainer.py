@@ -8,13 +8,12 @@ with exactly the weights an uninterrupted one would have.
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import math
-import os
-import random
 import signal
 import time
-from contextlib import nullcontext
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,11 +23,14 @@ from torch import nn
 
 from petlab.config import Config
 from petlab.data.transforms import Preprocessing
+from petlab.engine.batches import autocast, batches_per_epoch, predict_loader, prepare_batch, seed_everything
 from petlab.engine.checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
 from petlab.engine.diagnostics import Diagnostics, gradient_norm
 from petlab.engine.distributed import Distributed, gather_predictions
+from petlab.engine.outcome import Interrupted
 from petlab.engine.profiling import EpochProfile, torch_trace
-from petlab.engine.speed import resolve_speed_settings
+from petlab.errors import ConfigError
+from petlab.fileio import atomic_write
 from petlab.models import ARCHS, head_parameters
 from petlab.progress import progress
 from petlab.tracking import Tracker
@@ -38,18 +40,6 @@ log = logging.getLogger(__name__)
 METRIC_COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr",
                   "epoch_seconds", "images_per_second", "train_seconds", "data_seconds", "compute_seconds",
                   "data_wait_fraction", "cpu_utilisation", "peak_rss_mb"]
-
-
-class Interrupted(Exception):
-    """Ctrl-C or SIGTERM arrived; last.pt holds the last completed epoch."""
-
-
-class StopRun(Exception):
-    """Raised by an epoch callback to end a run early on purpose (e.g. a pruned sweep trial)."""
-
-    def __init__(self, status: str, message: str):
-        super().__init__(message)
-        self.status = status
 
 
 class StopFlag:
@@ -73,79 +63,6 @@ class StopFlag:
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def resolve_device(name: str) -> torch.device:
-    """auto: CUDA when there is one. Under torchrun each process takes the GPU of its LOCAL_RANK."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError("train.device is 'cuda' but no CUDA device is available (use auto or cpu)")
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device(name)
-
-
-def autocast(device: torch.device, precision: str):
-    return torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
-
-
-def prepare_batch(images: torch.Tensor, pre: Preprocessing | None, device: torch.device, channels_last: bool):
-    """uint8 images -> the normalised float batch; with pre None the batch is cached features, used as they are."""
-    if pre is None:
-        return images.to(device, non_blocking=True)
-    x = pre.normalize(images.to(device, non_blocking=True))
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
-
-
-def batches_per_epoch(loader, limit_batches: int | None) -> int:
-    """--limit-batches caps every split's batches per epoch (smoke runs)."""
-    return min(len(loader), limit_batches) if limit_batches else len(loader)
-
-
-def tta_views(x: torch.Tensor, features: bool, tta: str) -> list[torch.Tensor]:
-    """The inputs whose predictions are averaged. Images: the batch, and its mirror with tta "flip".
-    Cached features come as (B, views, F) with the mirror's features second (features.py)."""
-    if features:
-        return [x[:, v] for v in range(x.shape[1] if tta == "flip" else 1)]
-    return [x, x.flip(3)] if tta == "flip" else [x]
-
-
-@torch.inference_mode()
-def predict(model: nn.Module, loader, pre: Preprocessing | None, device: torch.device, precision: str = "fp32",
-            channels_last: bool = False, limit_batches: int | None = None, criterion=None,
-            desc: str = "eval", tta: str = "none") -> tuple[np.ndarray, np.ndarray, float]:
-    """targets, class probabilities (N, classes) and mean loss over (at most limit_batches of) a loader.
-
-    pre None: the loader yields cached features (B, views, F). With tta "flip" the softmax of each
-    image and of its mirror are averaged, and the loss is the negative log of that average."""
-    model.eval()
-    criterion = criterion or nn.CrossEntropyLoss()
-    steps = batches_per_epoch(loader, limit_batches)
-    targets, probs, total_loss = [], [], 0.0
-    for step, (images, y) in enumerate(progress(loader, total=steps, desc=desc, unit="batch", leave=False)):
-        if step >= steps:
-            break
-        x = prepare_batch(images, pre, device, channels_last)
-        with autocast(device, precision):
-            logits = [model(view).float() for view in tta_views(x, pre is None, tta)]
-        y = y.to(device)
-        if len(logits) == 1:
-            p = logits[0].softmax(1)
-            total_loss += criterion(logits[0], y).item() * len(y)
-        else:
-            p = torch.stack([v.softmax(1) for v in logits]).mean(0)
-            total_loss += nn.functional.nll_loss(p.clamp_min(1e-12).log(), y, reduction="sum").item()
-        targets.append(y.cpu())
-        probs.append(p.cpu())
-    t, p = torch.cat(targets).numpy(), torch.cat(probs).numpy()
-    return t, p, total_loss / max(len(t), 1)
 
 
 @dataclass
@@ -192,27 +109,38 @@ def build_scheduler(cfg: Config, optimizer, steps_per_epoch: int):
 
 
 class Trainer:
+    """Trains one model on its loaders: epochs, validation, checkpoints, the per-step log.
+
+    cfg must be resolved (no `auto` precision left; RunContext does it once per run). The modules:
+      model  the whole network; what checkpoints hold and what is evaluated and exported
+      net    what a batch goes through: `model`, or only its head when the loaders yield cached
+             backbone features (features=True, see features.py)
+      ddp    `net` in DistributedDataParallel under torchrun (None in one process); rebuilt when
+             unfreezing changes which parameters train
+    run_dir None writes nothing (a cross-validation fold). Without a "val" loader every epoch counts
+    as the best so far, so best.pt is the last epoch (a refit on all of train).
+    on_epoch(row) runs after each epoch is recorded; raising StopRun ends the run on purpose.
+    """
+
     def __init__(self, cfg: Config, model: nn.Module, pre: Preprocessing, loaders: dict, run_dir: Path | None,
-                 classes: list[str], tracker: Tracker | None = None, head_only: bool = False,
-                 dist: Distributed | None = None):
-        """head_only: the loaders yield cached backbone features, and only the head runs (see features.py).
-        dist: this process's place in a torchrun job (distributed.py); the loaders are already sharded.
-        run_dir None: nothing is written (a cross-validation fold). Without a "val" loader every epoch
-        counts as the best so far, so best.pt is the last epoch (a refit on all of train)."""
-        self.cfg, self.model, self.pre, self.loaders = cfg, model, pre, loaders
-        self.dist = dist or Distributed()
-        self.forward_module = model.get_submodule(ARCHS[cfg.model.arch].head) if head_only else model
-        self.train_module = self.forward_module  # wrapped in DistributedDataParallel with several processes
-        self._wrapped_for = None  # the frozen/unfrozen state the DDP wrapper was built for
-        self.input_pre = None if head_only else pre
+                 classes: list[str], *, device: torch.device, tracker: Tracker | None = None,
+                 features: bool = False, dist: Distributed | None = None,
+                 on_epoch: Callable[[dict], None] | None = None):
+        if cfg.train.precision == "auto" or cfg.train.channels_last is None:
+            raise ConfigError("Trainer needs a resolved config (train.precision and train.channels_last set); "
+                              "engine.context.resolve_config does that")
+        self.cfg, self.pre, self.loaders, self.device = cfg, pre, loaders, device
         self.run_dir, self.classes = run_dir, classes
+        self.dist = dist or Distributed()
         self.tracker = tracker or Tracker()
-        self.on_epoch = None  # callable(row) after each epoch is recorded; may raise StopRun
-        self.device = resolve_device(cfg.train.device)
-        resolve_speed_settings(cfg, self.device)  # a no-op when run_experiment already resolved them
-        self.model.to(self.device)
+        self.on_epoch = on_epoch
+        self.model = model.to(device)
         if cfg.train.channels_last:
             self.model.to(memory_format=torch.channels_last)
+        self.net = model.get_submodule(ARCHS[cfg.model.arch].head) if features else model
+        self.batch_pre = None if features else pre  # cached features are used as they are
+        self.ddp = None
+        self._ddp_frozen = None  # the frozen/unfrozen state self.ddp was built for
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
         self.optimizer = build_optimizer(cfg, model)
         self.steps_per_epoch = batches_per_epoch(loaders["train"], cfg.train.limit_batches)
@@ -230,7 +158,7 @@ class Trainer:
         return autocast(self.device, self.cfg.train.precision)
 
     def _prepare(self, images: torch.Tensor) -> torch.Tensor:
-        return prepare_batch(images, self.input_pre, self.device, self.cfg.train.channels_last)
+        return prepare_batch(images, self.batch_pre, self.device, self.cfg.train.channels_last)
 
     def backbone_frozen(self, epoch: int) -> bool:
         m = self.cfg.model
@@ -245,13 +173,13 @@ class Trainer:
             for module in self.model.modules():
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
                     module.eval()
-        if self.dist.enabled and self._wrapped_for != frozen:
+        if self.dist.enabled and self._ddp_frozen != frozen:
             # DDP registers the parameters that require grad when it is built, so unfreezing rebuilds it.
             from torch.nn.parallel import DistributedDataParallel
 
-            self.train_module = DistributedDataParallel(
-                self.forward_module, device_ids=[self.device] if self.device.type == "cuda" else None)
-            self._wrapped_for = frozen
+            self.ddp = DistributedDataParallel(self.net, device_ids=[self.device] if self.device.type == "cuda"
+                                               else None)
+            self._ddp_frozen = frozen
 
     def _diagnostics(self) -> Diagnostics:
         def emit(event):
@@ -288,55 +216,65 @@ class Trainer:
 
     # ------------------------------------------------------------------ loops
     def train_epoch(self, epoch: int, stop: StopFlag, profile_steps: int = 0) -> dict:
+        """One pass over the training loader. On CUDA no step waits for the GPU: the loss and the correct
+        count add up on the device and are read, like the gradient norm, only at the log interval (and
+        the norm also when diagnostics check it)."""
         self._set_trainable(epoch)
         steps, every = self.steps_per_epoch, self.cfg.tracking.log_every_steps
-        total_loss, correct, seen = 0.0, 0, 0
+        check_every = self.cfg.diagnostics.check_every_steps if self.cfg.diagnostics.enabled else None
+        forward = self.ddp or self.net
+        total_loss = torch.zeros((), device=self.device, dtype=torch.float64)
+        correct = torch.zeros((), device=self.device, dtype=torch.int64)
+        seen = 0
         profile = EpochProfile()
         bar = progress(total=steps, desc=f"epoch {epoch + 1}/{self.cfg.train.epochs}", unit="batch", leave=False)
         with torch_trace(self.run_dir and self.run_dir / "profile", profile_steps, profile_steps > 0) as trace_step:
             for step, (images, targets) in enumerate(profile.batches(self.loaders["train"])):
-                if self.dist.any(stop.requested):  # every rank stops at the same step
+                logged = step % every == 0
+                # all ranks stop at the same step; across processes that is a collective, so only at log steps
+                if (logged or not self.dist.enabled) and self.dist.any(stop.requested):
                     raise Interrupted
                 first_batch = epoch == 0 and step == 0
                 if first_batch:
                     self.diagnostics.watch_activations(self.model)
-                x, y = self._prepare(images), targets.to(self.device)
+                x, y = self._prepare(images), targets.to(self.device, non_blocking=True)
                 with self._autocast():
-                    logits = self.train_module(x)
+                    logits = forward(x)
                 loss = self.criterion(logits.float(), y)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                grad_norm = gradient_norm(self.model)
+                checked = check_every is not None and step % check_every == 0
+                grad_norm = gradient_norm(self.model) if logged or checked else None
                 lr = self.optimizer.param_groups[0]["lr"]
                 self.optimizer.step()
                 if self.scheduler:
                     self.scheduler.step()
-                batch_loss = loss.item()
-                if first_batch:
-                    self.diagnostics.check_first_batch(batch_loss)
-                self.diagnostics.check_gradients(self.model, grad_norm, epoch + 1, step)
-                if step % every == 0:
-                    self.tracker.log_metrics({"batch_loss": batch_loss, "lr": lr, "grad_norm": grad_norm},
-                                             step=epoch * steps + step, epoch=epoch + 1)
-                total_loss += batch_loss * len(y)
-                correct += (logits.argmax(1) == y).sum().item()
+                total_loss += loss.detach() * len(y)
+                correct += (logits.detach().argmax(1) == y).sum()
                 seen += len(y)
+                if first_batch:
+                    self.diagnostics.check_first_batch(loss.item())
+                if grad_norm is not None:
+                    self.diagnostics.check_gradients(self.model, grad_norm, epoch + 1, step, layers=checked)
+                if logged:
+                    self.tracker.log_metrics({"batch_loss": loss.item(), "lr": lr, "grad_norm": grad_norm},
+                                             step=epoch * steps + step, epoch=epoch + 1)
+                    bar.set_postfix(loss=f"{total_loss.item() / seen:.4f}", acc=f"{correct.item() / seen:.3f}")
                 trace_step()
                 bar.update()
-                bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}")
                 if step + 1 >= steps:
                     break
         bar.close()
-        total_loss, correct, seen = self.dist.sum(total_loss, correct, seen)  # over all ranks' shards
-        return {"train_loss": total_loss / max(seen, 1), "train_accuracy": correct / max(seen, 1),
+        total, right, seen = self.dist.sum(total_loss.item(), correct.item(), seen)  # over all ranks' shards
+        return {"train_loss": total / max(seen, 1), "train_accuracy": right / max(seen, 1),
                 **profile.finish(int(seen))}
 
     def predict(self, loader, desc: str = "eval") -> tuple[np.ndarray, np.ndarray, float]:
         """Targets, class probabilities and mean loss over the whole split (each rank predicts its shard)."""
-        self.dist.sync_buffers(self.forward_module)  # BatchNorm statistics as rank 0 has (and saves) them
-        out = predict(self.forward_module, loader, self.input_pre, self.device, self.cfg.train.precision,
-                      self.cfg.train.channels_last, self.cfg.train.limit_batches, self.criterion, desc,
-                      self.cfg.train.tta)
+        self.dist.sync_buffers(self.net)  # BatchNorm statistics as rank 0 has (and saves) them
+        out = predict_loader(self.net, loader, self.batch_pre, self.device, self.cfg.train.precision,
+                             self.cfg.train.channels_last, self.cfg.train.limit_batches, self.criterion, desc,
+                             self.cfg.train.tta)
         return gather_predictions(self.dist, loader, *out)
 
     def fit(self, until_epoch: int | None = None) -> TrainState:
@@ -414,9 +352,8 @@ def write_metrics_csv(path: Path, history: list[dict], initial: dict | None = No
     if initial:
         rows.insert(0, {"epoch": 0, **{f"{split}_{m}": initial[split][m] for split in initial
                                         for m in ("loss", "accuracy")}})
-    tmp = path.with_suffix(".csv.tmp")
-    with tmp.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(path)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(path, text.getvalue())

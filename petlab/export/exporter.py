@@ -18,15 +18,13 @@ from pathlib import Path
 
 import torch
 
+from petlab.errors import ExportError
+
 log = logging.getLogger(__name__)
 
 EXPORT_FILES = {"torch_export": "model.pt2", "torchscript": "model.ts"}
 PREFERENCE = ("torch_export", "torchscript")  # what a server should load first
 MAX_BATCH = 1024
-
-
-class ExportError(RuntimeError):
-    pass
 
 
 @contextlib.contextmanager

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from petlab.errors import ConfigError, WeightsError
 from petlab.models.custom_cnn import MAX_SIZE, MIN_SIZE, CustomCNN
 from petlab.models.fast_resnet import FastResNet
 
@@ -22,10 +23,6 @@ log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class WeightsError(RuntimeError):
-    """Pretrained weights could not be found, fetched or matched to the architecture."""
 
 
 @dataclass(frozen=True)
@@ -46,8 +43,6 @@ class ArchSpec:
     channels_last: bool = True
 
     def check_image_size(self, size: int | None) -> None:
-        from petlab.config import ConfigError
-
         if size is None:
             return
         if (self.min_size and size < self.min_size) or (self.max_size and size > self.max_size):

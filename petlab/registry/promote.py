@@ -17,11 +17,13 @@ from petlab.data.datasets import DatasetError, load_splits
 from petlab.data.files import visible_files
 from petlab.data.images import BadImageError, load_rgb
 from petlab.engine.evaluate import load_trained_model
+from petlab.errors import PromotionError
 from petlab.export import EXPORT_FILES, export_and_verify
+from petlab.names import model_name
 from petlab.registry.card import preprocessing_steps
-from petlab.registry.store import Registry, RegistryError, model_name, now_iso
+from petlab.registry.store import Registry, RegistryError, now_iso
 from petlab.reports.runs import RunRecord, find_local_runs, read_local_run
-from petlab.tracking.comet import CometTracker, configure_comet_environment
+from petlab.tracking.comet import create_tracker, set_model_statuses
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +32,6 @@ VALIDATION_METRICS = {"val_accuracy": ("accuracy", True), "val_loss": ("loss", F
 # What a card keeps of each split's metrics (val's "source" says when validation was cross-validation).
 CARD_METRICS = ("accuracy", "top5_accuracy", "balanced_accuracy", "loss", "n", "source")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
-
-
-class PromotionError(RuntimeError):
-    pass
 
 
 def check_metric(metric: str) -> tuple[str, bool]:
@@ -196,8 +194,7 @@ def register_in_comet(record: RunRecord, cfg, registry: Registry, task: str, ver
     if cfg.tracking.backend == "none" or not key:
         return {"registration": "not registered in Comet: the source run was not tracked"}
     name, folder = model_name(task), registry.version_dir(task, version)
-    tracker = CometTracker(record.path, cfg.tracking.project, cfg.tracking.workspace, previous_key=key,
-                           online_timeout_s=cfg.tracking.online_timeout_s)
+    tracker = create_tracker(cfg, record.path, previous_key=key)
     for file in [folder / EXPORT_FILES["torch_export"], folder / "card.json", folder / "card.md"]:
         tracker.log_model(name, file)  # the deployable export and its card (the weights are the run's model)
     ok = tracker.register_model(name, f"{version}.0.0", status.capitalize(),
@@ -218,15 +215,9 @@ def sync_comet_statuses(registry: Registry, task: str) -> None:
     if not os.environ.get("COMET_API_KEY"):
         return
     try:
-        configure_comet_environment()
-        import comet_ml
-
-        api = comet_ml.API()
-        workspace = os.environ.get("COMET_WORKSPACE") or api.get_default_workspace()
-        model = api.get_model(workspace, model_name(task))
-        for entry in registry.versions(task):
-            if entry["status"] in ("production", "archived", "staging"):
-                model.set_status(f"{entry['version']}.0.0", entry["status"].capitalize())
+        set_model_statuses(model_name(task), {f"{e['version']}.0.0": e["status"].capitalize()
+                                              for e in registry.versions(task)
+                                              if e["status"] in ("production", "archived", "staging")})
     except Exception as exc:  # noqa: BLE001 - the local registry stays the source of truth
         log.warning("comet: could not update registry statuses (%s: %s)", type(exc).__name__, exc)
 

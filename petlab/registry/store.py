@@ -13,43 +13,21 @@ ignore and the next version number skips. Readers never take the lock.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
 import shutil
-import tempfile
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
+from petlab.errors import RegistryError
+from petlab.fileio import atomic_write, file_lock
+from petlab.names import model_name
+from petlab.paths import registry_root
 from petlab.processes import pid_alive
 
 # The statuses Comet's model registry uses, lower-cased.
 STATUSES = ("none", "staging", "production", "archived")
-
-
-class RegistryError(RuntimeError):
-    pass
-
-
-def registry_root() -> Path:
-    return Path(os.environ.get("PETLAB_REGISTRY_DIR") or "models/registry")
-
-
-def model_name(task: str) -> str:
-    """The registered model's name, the same locally and in Comet."""
-    return f"petlab-{task.replace('_', '-')}"
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide the registry from other users (a demo service)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def now_iso() -> str:
@@ -95,15 +73,8 @@ class Registry:
         return next((e for e in self.versions(task) if e["status"] == "production"), None)
 
     # ---- writing (always under the registry lock) ----
-    @contextlib.contextmanager
     def _locked(self):
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".lock", "a") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        return file_lock(self.root / ".lock")
 
     def staging_dir(self, task: str) -> Path:
         """A private folder to write a new version into before add_version() moves it in."""
@@ -171,7 +142,7 @@ class Registry:
 
     def _commit(self, task: str, index: dict) -> None:
         (self.root / task).mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.root / task / "index.json", json.dumps(index, indent=2) + "\n")
+        atomic_write(self.root / task / "index.json", json.dumps(index, indent=2) + "\n")
 
     def discard(self, staged: Path) -> None:
         shutil.rmtree(staged, ignore_errors=True)
@@ -185,5 +156,5 @@ def _check_status(status: str) -> None:
 def _write_card(folder: Path, card: dict) -> None:
     from petlab.registry.card import card_markdown
 
-    atomic_write_text(folder / "card.json", json.dumps(card, indent=2) + "\n")
-    atomic_write_text(folder / "card.md", card_markdown(card))
+    atomic_write(folder / "card.json", json.dumps(card, indent=2) + "\n")
+    atomic_write(folder / "card.md", card_markdown(card))

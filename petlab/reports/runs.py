@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -13,6 +12,7 @@ import pandas as pd
 import yaml
 
 from petlab.config import dotted_to_nested
+from petlab.tracking.comet import experiment_summaries
 
 log = logging.getLogger(__name__)
 
@@ -72,41 +72,33 @@ def find_local_runs(roots: list[Path]) -> list[RunRecord]:
 
 def find_comet_runs(workspace: str | None, project: str) -> list[RunRecord]:
     """Experiments of a Comet project as records (online only: needs COMET_API_KEY)."""
-    from petlab.tracking.comet import configure_comet_environment
-
-    configure_comet_environment()
-    import comet_ml
-
-    api = comet_ml.API(api_key=os.environ["COMET_API_KEY"])
-    workspace = workspace or api.get_default_workspace()
     records = []
-    for exp in api.get_experiments(workspace, project_name=project):
-        params = {p["name"]: yaml.safe_load(str(p["valueCurrent"])) for p in exp.get_parameters_summary()}
-        metrics = {m["name"]: float(m["valueCurrent"]) for m in exp.get_metrics_summary()
-                   if m.get("valueCurrent") not in (None, "")}
-        others = {o["name"]: o["valueCurrent"] for o in exp.get_others_summary()}
+    for exp in experiment_summaries(workspace, project):
+        params = {name: yaml.safe_load(str(value)) for name, value in exp["parameters"].items()}
+        metrics = {name: float(value) for name, value in exp["metrics"].items() if value not in (None, "")}
+        others = exp["others"]
         if "val_accuracy_final" not in metrics:
             continue  # unfinished or not a petlab experiment
         config = dotted_to_nested(params)
-        history = _comet_history(exp)
-        results = {"val": {"accuracy": metrics["val_accuracy_final"]}, "tags": exp.get_tags(),
+        history = _comet_history(exp["curves"])
+        results = {"val": {"accuracy": metrics["val_accuracy_final"]}, "tags": exp["tags"],
                    "params_total": int(float(others.get("params_total", 0))),
                    "epochs_completed": len(history), "wall_time_s": float(others.get("wall_time_s", "nan")),
-                   "tracking": {"key": exp.id, "url": exp.url}, "classes": config.get("dataset", {}).get("classes")}
+                   "tracking": {"key": exp["id"], "url": exp["url"]},
+                   "classes": config.get("dataset", {}).get("classes")}
         if "test_accuracy_final" in metrics:
             results["test"] = {"accuracy": metrics["test_accuracy_final"]}
-        started = datetime.fromtimestamp(exp.start_server_timestamp / 1000) if exp.start_server_timestamp else None
-        records.append(RunRecord(exp.name or exp.id, config, results, history, started, source="comet"))
+        started = datetime.fromtimestamp(exp["started_ms"] / 1000) if exp["started_ms"] else None
+        records.append(RunRecord(exp["name"] or exp["id"], config, results, history, started, source="comet"))
     return records
 
 
-def _comet_history(exp) -> list[dict]:
+def _comet_history(curves: dict[str, list]) -> list[dict]:
     rows: dict[int, dict] = {}
-    for name in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
-        for point in exp.get_metrics(name):
-            epoch = point.get("epoch")
+    for name, points in curves.items():
+        for epoch, value in points:
             if epoch is not None:
-                rows.setdefault(int(epoch), {"epoch": int(epoch)})[name] = float(point["metricValue"])
+                rows.setdefault(int(epoch), {"epoch": int(epoch)})[name] = value
     return [rows[e] for e in sorted(rows) if len(rows[e]) == 5]
 
 

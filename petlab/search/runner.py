@@ -6,7 +6,6 @@ study and trial number); the trial stores its run directory and the run its tria
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -16,18 +15,27 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from petlab.config import Config, ConfigError, load_config
+from petlab.config import Config, load_config
 from petlab.engine.experiment import run_experiment
-from petlab.engine.trainer import StopRun
+from petlab.engine.outcome import StopRun
+from petlab.errors import ConfigError
+from petlab.paths import default_study_storage
 from petlab.search.space import SweepConfig, make_pruner, suggest
 from petlab.search.storage import admission_lock, counted_trials, heartbeat, open_storage, reap_dead_workers
 
 log = logging.getLogger(__name__)
 
 
+def load_study(name: str, storage, storage_url: str | None) -> optuna.Study:
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        raise ConfigError(f"no study named {name!r} in {storage_url or default_study_storage()}") from None
+
+
 def study_run_dirs(study_name: str, storage_url: str | None) -> list[Path]:
     """The run directories of a study's trials, plus its --retrain-best run."""
-    study = optuna.load_study(study_name=study_name, storage=open_storage(storage_url))
+    study = load_study(study_name, open_storage(storage_url), storage_url)
     dirs = [t.user_attrs.get("run_dir") for t in study.trials] + [study.user_attrs.get("final_run")]
     return [Path(d) for d in dirs if d and Path(d).is_dir()]
 
@@ -37,7 +45,7 @@ def open_study(sweep: SweepConfig, storage_url: str | None, study_name: str | No
     storage = open_storage(storage_url, sweep.heartbeat_s, sweep.grace_s)
     name = study_name or sweep.study
     if not create:
-        return optuna.load_study(study_name=name, storage=storage)
+        return load_study(name, storage, storage_url)
     # Seeded TPE; each worker (and each resumption) gets its own stream, or parallel workers
     # would draw identical startup trials.
     study = optuna.create_study(study_name=name, storage=storage, direction=sweep.direction, load_if_exists=True,
@@ -73,16 +81,15 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, sweep: SweepConfig, over
                                     "pruned by the study's pruner")
 
     with heartbeat(study, trial):
-        run_dir, code = run_experiment(cfg, on_epoch=report)
-    trial.set_user_attr("run_dir", str(run_dir))
-    results = json.loads((Path(run_dir) / "results.json").read_text())
-    if code == 130:
+        outcome = run_experiment(cfg, on_epoch=report)
+    trial.set_user_attr("run_dir", str(outcome.run_dir))
+    if outcome.status == "interrupted":
         study.tell(trial, state=TrialState.FAIL)
         raise KeyboardInterrupt
-    if results["status"] == "pruned":
+    if outcome.status == "pruned":
         study.tell(trial, state=TrialState.PRUNED)
     else:
-        study.tell(trial, results["val"][sweep.metric.removeprefix("val_")])  # of the best checkpoint
+        study.tell(trial, outcome.results["val"][sweep.metric.removeprefix("val_")])  # of the best checkpoint
 
 
 def work(sweep: SweepConfig, storage_url: str | None, study_name: str | None, n_trials: int,
@@ -119,7 +126,7 @@ def retrain_best(sweep: SweepConfig, storage_url: str | None, study_name: str | 
     cfg = trial_config(sweep, study.study_name, best.params, overrides, tags)
     cfg.name = f"{study.study_name}-final"
     log.info("retraining trial %d's settings %s for %d epochs", best.number, best.params, cfg.train.epochs)
-    run_dir, code = run_experiment(cfg)
-    if code == 0:
-        study.set_user_attr("final_run", str(run_dir))
-    return run_dir
+    outcome = run_experiment(cfg)
+    if outcome.status == "completed":
+        study.set_user_attr("final_run", str(outcome.run_dir))
+    return outcome.run_dir

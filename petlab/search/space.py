@@ -8,7 +8,8 @@ from typing import Any
 
 import optuna
 
-from petlab.config import ConfigError, load_config, read_yaml
+from petlab.config import load_config, read_yaml
+from petlab.errors import ConfigError
 
 KINDS = ("loguniform", "uniform", "int", "categorical")
 PRUNERS = ("median", "hyperband", "none")

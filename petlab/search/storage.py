@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import socket
 import threading
@@ -24,11 +23,11 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback as RetryStale
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import TrialState
 
-from petlab.config import ConfigError
+from petlab.errors import ConfigError
+from petlab.fileio import file_lock
+from petlab.paths import default_study_storage
 from petlab.processes import pid_alive
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_STORAGE = f"sqlite:///{REPO_ROOT / 'runs' / 'optuna.db'}"
 MAX_RETRY = 3
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 
@@ -42,7 +41,7 @@ def storage_file(url: str) -> Path | None:
 
 
 def open_storage(url: str | None, heartbeat_s: int = 5, grace_s: int = 20) -> optuna.storages.BaseStorage:
-    url = url or DEFAULT_STORAGE
+    url = url or default_study_storage()
     path = storage_file(url)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -61,16 +60,12 @@ def open_storage(url: str | None, heartbeat_s: int = 5, grace_s: int = 20) -> op
 @contextmanager
 def admission_lock(url: str | None):
     """Serialises 'count the trials, then create one' across every worker of the study."""
-    url = url or DEFAULT_STORAGE
+    url = url or default_study_storage()
     path = storage_file(url)
     if path is not None:
         # not "<path>.lock": that name is the journal backend's own symlink lock
-        with open(f"{path}.admission.lock", "a") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        with file_lock(f"{path}.admission.lock"):
+            yield
     elif url.startswith("postgresql"):
         import sqlalchemy
 

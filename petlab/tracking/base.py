@@ -29,6 +29,10 @@ class Tracker:
 
     def log_model(self, name: str, path: Path) -> None: ...
 
+    def register_model(self, name: str, version: str, status: str, description: str, tags: list[str]) -> bool:
+        """Register a model logged in this experiment in the tracker's model registry; False: not done."""
+        return False
+
     def add_tags(self, tags: list[str]) -> None: ...
 
     def log_event(self, name: str, message: str, data: dict | None = None) -> None: ...

@@ -198,6 +198,41 @@ class CometTracker(Tracker):
                 "archives": self.archives() if offline else []}
 
 
+def comet_api():
+    """comet_ml.API for COMET_API_KEY (the online-only features: the model registry, reading a project)."""
+    configure_comet_environment()
+    import comet_ml
+
+    return comet_ml.API(api_key=os.environ["COMET_API_KEY"])
+
+
+def set_model_statuses(name: str, statuses: dict[str, str]) -> None:
+    """Online: set the status ("Production", "Archived", ...) of registered versions ("3.0.0") of a model."""
+    api = comet_api()
+    model = api.get_model(os.environ.get("COMET_WORKSPACE") or api.get_default_workspace(), name)
+    for version, status in statuses.items():
+        model.set_status(version, status)
+
+
+def experiment_summaries(workspace: str | None, project: str) -> list[dict]:
+    """Online: every experiment of a project as plain data -- id, url, name, tags, start (ms), the last
+    value of each parameter, metric and other, and the per-epoch train/val curves."""
+    api = comet_api()
+    out = []
+    for exp in api.get_experiments(workspace or api.get_default_workspace(), project_name=project):
+        curves = {name: [(point.get("epoch"), float(point["metricValue"])) for point in exp.get_metrics(name)]
+                  for name in ("train_loss", "train_accuracy", "val_loss", "val_accuracy")}
+        out.append({
+            "id": exp.id, "url": exp.url, "name": exp.name, "tags": exp.get_tags(),
+            "started_ms": exp.start_server_timestamp,
+            "parameters": {p["name"]: p["valueCurrent"] for p in exp.get_parameters_summary()},
+            "metrics": {m["name"]: m["valueCurrent"] for m in exp.get_metrics_summary()},
+            "others": {o["name"]: o["valueCurrent"] for o in exp.get_others_summary()},
+            "curves": curves,
+        })
+    return out
+
+
 def create_tracker(cfg, run_dir: Path, previous_key: str | None = None) -> Tracker:
     if cfg.tracking.backend == "none":
         return Tracker()

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import subprocess
 from importlib import metadata
-from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from petlab.paths import REPO_ROOT
 
 
 def _git(*args: str) -> str | None:

@@ -1,0 +1,178 @@
+"""A run's context: everything one experiment needs, resolved once at the start and read-only after.
+
+`open_run` turns a config (or a run directory to resume) into a RunContext:
+  1. the device, and this process's place in a torchrun job;
+  2. the run directory (new, or the one being resumed) and its train.log;
+  3. the splits (which also names the dataset), the preprocessing (which fixes the image size),
+     and the decoded images;
+  4. the config resolved -- dataset name, image size, precision, memory format -- then frozen and
+     written to config.yaml, so what the run did is what config.yaml says;
+  5. the tracker (rank 0's; the others get the no-op base Tracker).
+It closes the tracker, the log file and the process group when the block ends, however it ends.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import torch
+import yaml
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from petlab.config import Config, config_from_dict
+from petlab.data.cache import DecodedImages, decode_split
+from petlab.data.datasets import Splits, load_splits
+from petlab.data.transforms import Preprocessing
+from petlab.engine import distributed
+from petlab.engine.batches import resolve_device
+from petlab.engine.features import uses_feature_cache
+from petlab.engine.speed import speed_settings
+from petlab.errors import MissingFileError
+from petlab.fileio import atomic_write
+from petlab.models import ARCHS
+from petlab.paths import cache_root, runs_root
+from petlab.tracking import Tracker, create_tracker
+
+log = logging.getLogger("petlab")
+
+
+@dataclass(frozen=True)
+class RunContext:
+    cfg: Config  # resolved and read-only
+    run_dir: Path
+    resuming: bool
+    device: torch.device
+    dist: distributed.Distributed
+    splits: Splits
+    pre: Preprocessing
+    decoded: dict[str, DecodedImages]  # "train", "val", "test": whichever the dataset has
+    tracker: Tracker
+    started: float  # time.perf_counter() when this process started its part of the run
+    started_at: str  # when the run first started (kept across resumes)
+    previous: dict  # what an interrupted earlier part of the run recorded in results.json
+
+    @property
+    def features(self) -> bool:
+        """Frozen backbone without augmentation: only the head trains, on cached backbone features."""
+        return uses_feature_cache(self.cfg)
+
+    @property
+    def cache_dir(self) -> Path:
+        return cache_root(self.cfg.data.cache_dir)
+
+    @property
+    def is_main(self) -> bool:
+        return self.dist.is_main
+
+
+def setup_logging(run_dir: Path | None = None) -> logging.Handler | None:
+    """Console logging, plus the run's train.log; returns that file's handler so it can be removed."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    if run_dir is None:
+        return None
+    handler = logging.FileHandler(run_dir / "train.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+    return handler
+
+
+def new_run_dir(cfg: Config) -> Path:
+    base = runs_root(cfg.output_dir) / f"{datetime.now():%Y%m%d-%H%M%S}-{cfg.model.arch}-{cfg.task}"
+    run_dir, n = base, 1
+    while run_dir.exists():
+        n += 1
+        run_dir = base.with_name(f"{base.name}-{n}")
+    run_dir.mkdir(parents=True)
+    return run_dir
+
+
+def read_run_config(run_dir: Path) -> Config:
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise MissingFileError(f"not a run directory (no config.yaml): {run_dir}")
+    return config_from_dict(yaml.safe_load(path.read_text()))
+
+
+def previous_record(run_dir: Path) -> dict:
+    """What the interrupted part of a resumed run recorded (its Comet key, its start time)."""
+    try:
+        return json.loads((run_dir / "results.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def load_run_splits(cfg: Config) -> Splits:
+    """The dataset's splits. Cross-validation carves no validation split: its settings come from folds of
+    train, so a shipped val/ is training data too."""
+    folds = cfg.train.cv_folds
+    splits = load_splits(cfg.data.dataset, cfg.task, cfg.data.data_dir, cfg.data.species,
+                         cfg.data.val_fraction, cfg.seed, carve=folds is None)
+    if folds is not None:
+        joined = " (shipped val/ joined train)" if splits.val else ""
+        splits.train, splits.val = sorted(splits.train + splits.val), []
+        splits.notes["val"] = f"none: {folds}-fold cross-validation on train{joined}"
+    return splits
+
+
+def run_preprocessing(cfg: Config) -> Preprocessing:
+    """The architecture's normalisation at the configured (or its native) size."""
+    return Preprocessing.for_model(ARCHS[cfg.model.arch], cfg.data.image_size, cfg.data.resize_ratio)
+
+
+def resolve_config(cfg: Config, splits: Splits, pre: Preprocessing, device: torch.device) -> Config:
+    """The run's config with everything `auto` or unset made concrete, frozen."""
+    return cfg.updated({"data.dataset": splits.dataset, "data.image_size": pre.image_size,
+                        **speed_settings(cfg, device)}).freeze()
+
+
+def decode_splits(splits: Splits, pre: Preprocessing, cache_dir: Path) -> dict[str, DecodedImages]:
+    return {name: decode_split(samples, pre, cache_dir, name)
+            for name, samples in (("train", splits.train), ("val", splits.val), ("test", splits.test)) if samples}
+
+
+@contextmanager
+def open_run(cfg: Config | None = None, resume: Path | None = None) -> Iterator[RunContext]:
+    started = time.perf_counter()
+    if resume is not None:
+        cfg = read_run_config(Path(resume))
+    device = resolve_device(cfg.train.device)
+    dist = distributed.setup(cfg, device)  # one process: a no-op
+    run_dir = Path(resume) if resume is not None else dist.broadcast(new_run_dir(cfg) if dist.is_main else None)
+    handler = setup_logging(run_dir if dist.is_main else None)
+    tracker = Tracker()
+    try:
+        with logging_redirect_tqdm():
+            previous = previous_record(run_dir) if resume is not None else {}
+            if cfg.train.threads:
+                torch.set_num_threads(cfg.train.threads)
+            log.info("run directory: %s", run_dir)
+            with dist.main_first():  # rank 0 reads (or downloads) and decodes; the others then read its cache
+                splits = load_run_splits(cfg)
+                pre = run_preprocessing(cfg)
+                decoded = decode_splits(splits, pre, cache_root(cfg.data.cache_dir))
+            cfg = resolve_config(cfg, splits, pre, device)
+            log.info("%s (%s): %d classes, sizes %s; %s", splits.dataset, splits.root, len(splits.classes),
+                     splits.sizes(), splits.notes)
+            log.info("speed settings for %s on %s: precision %s, channels_last %s", cfg.model.arch, device.type,
+                     cfg.train.precision, cfg.train.channels_last)
+            if dist.is_main:
+                atomic_write(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+                # One tracked experiment per run, however many processes train it: rank 0's.
+                tracker = create_tracker(cfg, run_dir, (previous.get("tracking") or {}).get("key"))
+            yield RunContext(cfg, run_dir, resume is not None, device, dist, splits, pre, decoded, tracker, started,
+                             previous.get("started_at") or datetime.now().isoformat(timespec="seconds"), previous)
+    except BaseException:
+        tracker.end()  # a run that ended normally ended it in write_results, before results.json
+        raise
+    finally:
+        if handler is not None:  # a sweep worker runs many experiments: each train.log gets only its own run
+            logging.getLogger().removeHandler(handler)
+            handler.close()
+        distributed.teardown()

@@ -1,0 +1,45 @@
+"""Every error petlab expects a user to meet, at the bottom of the package (it imports nothing).
+
+The scripts in experiments/ catch `PetlabError` alone and print its message as one `error:` line
+(exit code 2): the message names the file, key or URL and what to do. Anything else is a bug and
+keeps its traceback. Each class also derives from the builtin it used to be, so `except ValueError`
+in older callers still works.
+"""
+
+from __future__ import annotations
+
+
+class PetlabError(Exception):
+    """A problem with the user's input or environment, explained in the message."""
+
+
+class ConfigError(PetlabError, ValueError):
+    """A config value or key is wrong; the message names the key and what is allowed."""
+
+
+class DatasetError(PetlabError, ValueError):
+    """The dataset is missing, laid out wrongly, or does not fit the task; the message names the path."""
+
+
+class DownloadError(PetlabError, RuntimeError):
+    """A dataset archive could not be fetched or unpacked."""
+
+
+class WeightsError(PetlabError, RuntimeError):
+    """Pretrained weights are missing or do not fit the architecture."""
+
+
+class MissingFileError(PetlabError, FileNotFoundError):
+    """A run directory, checkpoint or report input that should exist does not."""
+
+
+class RegistryError(PetlabError, RuntimeError):
+    """The model registry has no such task/version, or refuses the change."""
+
+
+class PromotionError(PetlabError, RuntimeError):
+    """A run cannot be promoted (no completed run, a failed export check, ...)."""
+
+
+class ExportError(PetlabError, RuntimeError):
+    """An exported model does not reproduce the eager model's outputs."""

@@ -1,0 +1,8 @@
+"""Names the engine, the registry and Comet must agree on, in a module both can import."""
+
+from __future__ import annotations
+
+
+def model_name(task: str) -> str:
+    """The registered model's name, the same locally and in Comet."""
+    return f"petlab-{task.replace('_', '-')}"

@@ -1,0 +1,50 @@
+"""A real demo server in a child process, for tests and benchmarks (never for petlab itself)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@contextlib.contextmanager
+def demo_process(registry: str | os.PathLike | None, log_path: str | os.PathLike, *args: str,
+                 app: str | os.PathLike | None = None, cwd: str | os.PathLike | None = None, timeout: float = 180.0):
+    """Run the demo (demo/app.py, or another copy of it) in a child process on a free local port;
+    yields its base URL once /api/health answers. For tests and benchmarks: a real server,
+    started and stopped as a user would."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    app = app or REPO / "demo" / "app.py"
+    command = [sys.executable, str(app), "--port", str(port), *(["--registry", str(registry)] if registry else []),
+               *args]
+    with open(log_path, "w") as log_file:
+        proc = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, cwd=cwd)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the demo exited with {proc.returncode}: {Path(log_path).read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"{url}/api/health", timeout=2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the demo did not answer within {timeout:.0f}s") from None
+                time.sleep(0.25)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
