@@ -16,8 +16,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from petlab.fileio import atomic_write
 from petlab.registry import Registry
-from petlab.registry.store import atomic_write_text
 
 DEMO = Path(__file__).resolve().parent
 REPO = DEMO.parent
@@ -72,7 +72,7 @@ def build_space(out: Path, registry: Registry) -> list[str]:
         if (source / "examples").is_dir():
             shutil.copytree(source / "examples", target / "examples")
         index = {**registry.index(task), "versions": [entry]}  # only what the Space serves
-        atomic_write_text(target.parent / "index.json", json.dumps(index, indent=2) + "\n")
+        atomic_write(target.parent / "index.json", json.dumps(index, indent=2) + "\n")
         card = registry.card(task, version)
         lines.append(f"- `{task}`: {card['name']} v{version} ({card['arch']}, validation "
                      f"{100 * card['metrics']['val']['accuracy']:.2f}%)")

@@ -12,7 +12,7 @@ import argparse
 import logging
 import sys
 
-from petlab.config import ConfigError
+from petlab.errors import ConfigError
 from petlab.paths import default_study_storage
 from petlab.search.storage import open_storage, storage_file
 

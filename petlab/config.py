@@ -41,6 +41,15 @@ def _datasets() -> tuple[str, ...]:
     return tuple(DATASETS)
 
 
+def _is_duration(value: str) -> bool:
+    from petlab.engine.budget import parse_duration
+
+    try:
+        return parse_duration(value) > 0
+    except ValueError:
+        return False
+
+
 # Checks a value must pass (None always passes where the type allows it): (test, what it means).
 POSITIVE = (lambda v: v > 0, "must be positive")
 NON_NEGATIVE = (lambda v: v >= 0, "must be >= 0")
@@ -134,6 +143,11 @@ class TrainConfig(_Section):
     eval_batch_size: int | None = setting(None, check=POSITIVE, help="default: 2 x batch_size")
     threads: int | None = setting(None, check=POSITIVE, flag=True, help="torch intra-op threads")
     device: str = setting("auto", choices=DEVICES, flag=True)
+    # Budgeted training: stop at this much training time ("90s", "10m", "2h"); schedules anneal to the
+    # deadline, and train.epochs is not used (engine/budget.py).
+    time_budget: str | None = setting(None, check=(_is_duration, "must be a duration such as 90s, 10m or 2h"),
+                                      flag=True, help="train for this long (90s, 10m, 2h); the schedule anneals "
+                                                      "to the deadline")
     tta: str = setting("none", choices=TTA_MODES, flag=True,
                        help="test-time augmentation of val/test: flip averages the image's and its mirror's softmax")
     # Few photos per class: choose lr (from cv_lrs) and the epoch count by k-fold cross-validation on
@@ -340,6 +354,8 @@ def validate(cfg: Config) -> None:
             test, message = check
             if not all(test(v) for v in (value if isinstance(value, list) else [value])):
                 raise ConfigError(f"{key}: {message}, got {value}")
+    if cfg.train.time_budget and cfg.train.cv_folds:
+        raise ConfigError("train.time_budget: a cross-validated run chooses its epochs by folds; drop one of them")
     if cfg.model.head_init == "imagenet" and not (cfg.model.pretrained or cfg.model.weights):
         raise ConfigError("model.head_init: 'imagenet' copies rows of the pretrained ImageNet classifier; "
                           "it needs model.pretrained or model.weights")

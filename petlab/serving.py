@@ -12,12 +12,14 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from petlab.data.images import load_rgb
 from petlab.data.transforms import Preprocessing
 from petlab.export import preferred_export
+from petlab.paths import project_root
 from petlab.registry.store import Registry
 
 log = logging.getLogger(__name__)
@@ -142,9 +144,7 @@ class ServedModels:
             loaded = self._loaded.get((task, version))
             models[task] = {"name": card["name"], "version": version, "arch": card["arch"],
                             "classes": len(card["classes"]), "format": loaded.fmt if loaded else "not loaded yet"}
-        root = self.registry.root  # shown as configured when relative; an absolute path is this machine's business
-        return {"status": "ok" if served else "no_production_model",
-                "registry": str(root) if not root.is_absolute() else root.name,
+        return {"status": "ok" if served else "no_production_model", "registry": shown_path(self.registry.root),
                 "models": models}
 
 
@@ -174,3 +174,13 @@ def decode_upload(data: bytes, filename: str | None = None):
                 "corrupt": "the image data is corrupt"}[exc.reason]
         detail = f" ({exc.args[0].split(': ', 1)[-1]})" if exc.reason in ("too_large", "truncated") else ""
         raise ServingError(400, exc.reason, f"{filename or 'upload'}: {what}{detail}") from None
+
+
+def shown_path(path: Path) -> str:
+    """A path as strangers may see it: relative to the project root when under it, else only its name
+    (an absolute path is this machine's business)."""
+    path = Path(path)
+    root = project_root()
+    if not path.is_absolute():
+        return str(path)
+    return str(path.relative_to(root)) if path.is_relative_to(root) else path.name

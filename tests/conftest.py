@@ -8,7 +8,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def shared_data() -> Path:
     """The shared real photos: $PETLAB_DATA_DIR (as .ci/run sets it) or ../shared/data."""
-    path = Path(os.environ.get("PETLAB_DATA_DIR") or REPO.parent / "shared" / "data")
+    path = (REPO / os.environ.get("PETLAB_DATA_DIR", "../shared/data")).resolve()  # relative: to the repo
     assert (path / "cats_and_dogs_filtered").is_dir(), f"shared real photos not found at {path}"
     return path
 

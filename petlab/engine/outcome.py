@@ -56,6 +56,10 @@ def write_results(run, trainer, status: str, reason: str | None = None, final: d
         state.best_val_accuracy else None,  # NaN (a refit has no val) becomes null
         "epoch0": state.initial or None,
         "tta": run.cfg.train.tta,
+        "stopped_by": state.stopped_by,
+        "time_budget": {"budget_s": trainer.budget.seconds, "used_s": state.budget_used_s,
+                        "reached": state.stopped_by == "time_budget", "epochs_completed": state.epoch}
+        if trainer.budget is not None else None,
         "val": final.get("val"),
         "test": final.get("test"),
         "diagnostics": state.events,
@@ -63,6 +67,8 @@ def write_results(run, trainer, status: str, reason: str | None = None, final: d
     }
     if not run.is_main:
         return RunOutcome(status, run.run_dir)
+    if results["time_budget"]:
+        run.tracker.log_others({f"time_budget.{k}": v for k, v in results["time_budget"].items()})
     run.tracker.log_others({"status": status, "epochs_completed": state.epoch, "wall_time_s": results["wall_time_s"],
                             **({"best_epoch": results["best_epoch"]} if status == "completed" else {})})
     run.tracker.end()  # the offline archive's name is known once tracking ends

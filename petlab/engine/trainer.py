@@ -12,6 +12,7 @@ import io
 import logging
 import math
 import signal
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from torch import nn
 from petlab.config import Config
 from petlab.data.transforms import Preprocessing
 from petlab.engine.batches import autocast, batches_per_epoch, predict_loader, prepare_batch, seed_everything
+from petlab.engine.budget import Budget, lr_factor, parse_duration
 from petlab.engine.checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
 from petlab.engine.diagnostics import Diagnostics, gradient_norm
 from petlab.engine.distributed import Distributed, gather_predictions
@@ -76,6 +78,8 @@ class TrainState:
     history: list[dict] = field(default_factory=list)
     events: list[dict] = field(default_factory=list)  # diagnostics that fired
     initial: dict = field(default_factory=dict)  # {"val": {...}, "test": {...}} before any training (epoch 0)
+    budget_used_s: float = 0.0  # training time spent, for --time-budget (kept across resumes)
+    stopped_by: str | None = None  # "time_budget" or "early_stopping" when either ended training
 
 
 def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
@@ -96,12 +100,16 @@ def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
     return cls(groups, lr=t.lr, weight_decay=t.weight_decay, fused=fused)
 
 
-def build_scheduler(cfg: Config, optimizer, steps_per_epoch: int):
+def build_scheduler(cfg: Config, optimizer, steps_per_epoch: int, budget: Budget | None = None):
+    """Per-step schedules over train.epochs; with a time budget, over the budget's time instead."""
+    warmup = cfg.train.warmup_epochs / cfg.train.epochs if cfg.train.warmup_epochs else 0.3
+    if budget is not None:
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda _: lr_factor(cfg.train.scheduler, budget.progress(), min(max(warmup, 0.01), 0.99)))
     total = max(1, cfg.train.epochs * steps_per_epoch)
     if cfg.train.scheduler == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
     if cfg.train.scheduler == "onecycle":
-        warmup = cfg.train.warmup_epochs / cfg.train.epochs if cfg.train.warmup_epochs else 0.3
         return torch.optim.lr_scheduler.OneCycleLR(
             optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total,
             pct_start=min(max(warmup, 0.01), 0.99))
@@ -144,7 +152,8 @@ class Trainer:
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
         self.optimizer = build_optimizer(cfg, model)
         self.steps_per_epoch = batches_per_epoch(loaders["train"], cfg.train.limit_batches)
-        self.scheduler = build_scheduler(cfg, self.optimizer, self.steps_per_epoch)
+        self.budget = Budget(parse_duration(cfg.train.time_budget)) if cfg.train.time_budget else None
+        self.scheduler = build_scheduler(cfg, self.optimizer, self.steps_per_epoch, self.budget)
         self.state = TrainState()
         self.diagnostics = self._diagnostics()
         self.generator = loaders["train"].generator
@@ -181,6 +190,11 @@ class Trainer:
                                                else None)
             self._ddp_frozen = frozen
 
+    def _of_epochs(self) -> str:
+        if self.budget is None:
+            return f"/{self.cfg.train.epochs}"
+        return f" ({self.budget.used():.0f}/{self.budget.seconds:.0f} s)"
+
     def _diagnostics(self) -> Diagnostics:
         def emit(event):
             self.tracker.log_event(event["rule"], event["message"], {"epoch": event["epoch"]})
@@ -210,6 +224,8 @@ class Trainer:
         if self.scheduler and ckpt["scheduler"]:
             self.scheduler.load_state_dict(ckpt["scheduler"])
         self.state = TrainState(**ckpt["state"])
+        if self.budget is not None:
+            self.budget.used_before = self.state.budget_used_s  # only what is left of the budget
         self.diagnostics = self._diagnostics()
         set_rng_state(ckpt["rng"])
         log.info("resumed from %s after epoch %d", path, self.state.epoch)
@@ -227,9 +243,11 @@ class Trainer:
         correct = torch.zeros((), device=self.device, dtype=torch.int64)
         seen = 0
         profile = EpochProfile()
-        bar = progress(total=steps, desc=f"epoch {epoch + 1}/{self.cfg.train.epochs}", unit="batch", leave=False)
+        bar = progress(total=steps, desc=f"epoch {epoch + 1}{self._of_epochs()}", unit="batch", leave=False)
         with torch_trace(self.run_dir and self.run_dir / "profile", profile_steps, profile_steps > 0) as trace_step:
             for step, (images, targets) in enumerate(profile.batches(self.loaders["train"])):
+                if self.budget is not None and self.dist.any(self.budget.spent()):  # every rank stops here
+                    break
                 logged = step % every == 0
                 # all ranks stop at the same step; across processes that is a collective, so only at log steps
                 if (logged or not self.dist.enabled) and self.dist.any(stop.requested):
@@ -283,8 +301,14 @@ class Trainer:
         cfg = self.cfg
         patience = cfg.train.early_stopping_patience
         profile_steps = cfg.diagnostics.profile_steps if cfg.diagnostics.profile and self.run_dir else 0
+        if self.budget is not None:
+            self.budget.start()
+        # with a time budget the deadline ends training, not the epoch count
+        last_epoch = until_epoch or (sys.maxsize if self.budget is not None else cfg.train.epochs)
         with StopFlag() as stop:
-            for epoch in range(self.state.epoch, until_epoch or cfg.train.epochs):
+            for epoch in range(self.state.epoch, last_epoch):
+                if self.budget is not None and self.budget.spent():
+                    break
                 seed_everything(cfg.seed * 1000 + epoch + 7919 * self.dist.rank)  # ranks augment differently
                 if self.generator is not None:
                     self.generator.manual_seed(cfg.seed * 1000 + epoch)
@@ -294,8 +318,11 @@ class Trainer:
                 train = self.train_epoch(epoch, stop, profile_steps)
                 profile_steps = 0  # one trace per process is plenty
                 if "val" in self.loaders:
+                    val_started = time.perf_counter()
                     targets, probs, val_loss = self.predict(self.loaders["val"], "val")
                     self.last_val = (targets, probs)
+                    if self.budget is not None:  # the last validation must fit in the budget too
+                        self.budget.reserve = time.perf_counter() - val_started
                 else:
                     targets, probs, val_loss = np.zeros(0), np.zeros((0, 1)), math.nan
                 row = {
@@ -315,6 +342,12 @@ class Trainer:
                     raise Interrupted
                 if patience and self.state.epochs_without_improvement >= patience:
                     log.info("early stopping: val accuracy has not improved for %d epochs", patience)
+                    self.state.stopped_by = "early_stopping"
+                    break
+                if self.budget is not None and self.budget.spent():
+                    log.info("time budget reached: %.1f s of %.0f s used, %d epochs", self.budget.used(),
+                             self.budget.seconds, self.state.epoch)
+                    self.state.stopped_by = "time_budget"
                     break
         self.state.finished = True
         self.checkpoint("last.pt")
@@ -326,6 +359,8 @@ class Trainer:
             row["val_accuracy"] == s.best_val_accuracy and row["val_loss"] < s.best_val_loss)
         s.epoch = epoch + 1
         s.history.append(row)
+        if self.budget is not None:
+            s.budget_used_s = self.budget.used()
         self.diagnostics.check_epoch(s.history)
         if improved:
             s.best_val_accuracy, s.best_val_loss, s.best_epoch = row["val_accuracy"], row["val_loss"], epoch + 1
@@ -340,8 +375,8 @@ class Trainer:
                                  step=(epoch + 1) * self.steps_per_epoch, epoch=epoch + 1)
         val = "no val (refit on all of train)" if math.isnan(row["val_accuracy"]) else (
             f"val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.3f}{' *best*' if improved else ''}")
-        log.info("epoch %d/%d  train loss %.4f acc %.3f | %s | lr %.2e | %.1fs, %.1f img/s", row["epoch"],
-                 self.cfg.train.epochs, row["train_loss"], row["train_accuracy"], val, row["lr"],
+        log.info("epoch %d%s  train loss %.4f acc %.3f | %s | lr %.2e | %.1fs, %.1f img/s", row["epoch"],
+                 self._of_epochs(), row["train_loss"], row["train_accuracy"], val, row["lr"],
                  row["epoch_seconds"], row["images_per_second"])
 
 

@@ -20,6 +20,7 @@ from petlab.engine.evaluate import load_trained_model
 from petlab.errors import PromotionError
 from petlab.export import EXPORT_FILES, export_and_verify
 from petlab.names import model_name
+from petlab.paths import runs_root as default_runs_root
 from petlab.registry.card import preprocessing_steps
 from petlab.registry.store import Registry, RegistryError, now_iso
 from petlab.reports.runs import RunRecord, find_local_runs, read_local_run
@@ -43,7 +44,7 @@ def check_metric(metric: str) -> tuple[str, bool]:
     return VALIDATION_METRICS[metric]
 
 
-def candidate_runs(task: str, runs_root: Path = Path("runs"), study: str | None = None,
+def candidate_runs(task: str, runs_root: Path | None = None, study: str | None = None,
                    storage: str | None = None, run: Path | None = None) -> list[RunRecord]:
     """Completed runs of `task`: one run, the runs of a sweep study, or every run under runs_root."""
     if run is not None:
@@ -64,7 +65,8 @@ def candidate_runs(task: str, runs_root: Path = Path("runs"), study: str | None 
         records = [r for r in map(read_local_run, run_dirs) if r is not None]
         where = f"study {study}"
     else:
-        records = find_local_runs([runs_root]) if Path(runs_root).is_dir() else []
+        runs_root = Path(runs_root) if runs_root else default_runs_root()
+        records = find_local_runs([runs_root]) if runs_root.is_dir() else []
         where = str(runs_root)
     records = [r for r in records if r.task == task]
     if not records:
@@ -143,7 +145,7 @@ def _build_card(record: RunRecord, cfg, classes, pre, metric, value, n_candidate
     }
 
 
-def promote(task: str, metric: str = "val_accuracy", runs_root: Path = Path("runs"), study: str | None = None,
+def promote(task: str, metric: str = "val_accuracy", runs_root: Path | None = None, study: str | None = None,
             storage: str | None = None, run: Path | None = None, registry: Registry | None = None,
             images_dir: Path | None = None, status: str = "production") -> dict:
     """Select, export, verify and register; returns the new version's model card."""

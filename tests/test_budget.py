@@ -1,0 +1,51 @@
+"""--time-budget: training ends at the deadline and the schedule reaches its end there."""
+
+import json
+
+import pytest
+import torch
+
+from petlab.config import ConfigError, load_config
+from petlab.engine.budget import Budget, lr_factor, parse_duration
+from tests.runs import only_run_dir, read_metrics, script
+
+
+def test_durations_parse_and_bad_ones_name_the_key():
+    assert [parse_duration(t) for t in ("90s", "10m", "1.5h", "45")] == [90, 600, 5400, 45]
+    with pytest.raises(ValueError):
+        parse_duration("soon")
+    with pytest.raises(ConfigError, match="train.time_budget: must be a duration"):
+        load_config(overrides={"train.time_budget": "10 minutes"})
+
+
+def test_schedules_run_from_their_start_to_their_end_over_the_budget():
+    assert lr_factor("cosine", 0.0, 0.3) == 1.0 and lr_factor("cosine", 1.0, 0.3) == pytest.approx(0.0)
+    assert lr_factor("onecycle", 0.0, 0.3) == pytest.approx(1 / 25)
+    assert lr_factor("onecycle", 0.3, 0.3) == pytest.approx(1.0)
+    assert lr_factor("onecycle", 1.0, 0.3) == pytest.approx(1 / 25 / 1e4)
+    budget = Budget(100, used=40)  # a resumed run: 40 s were spent before
+    assert budget.progress() == pytest.approx(0.4) and not budget.spent()
+    budget.reserve = 60  # the final validation takes the rest
+    assert budget.spent()
+
+
+@pytest.mark.slow
+def test_a_60s_budget_on_the_custom_cnn_stops_at_60s_with_the_schedule_at_its_end(shared, tmp_path):
+    script("run.py", "--arch", "custom_cnn", "--batch-size", "8", "--lr", "0.001", "--scheduler", "cosine",
+           "--time-budget", "60s", "--limit-batches", "3", "--threads", "2",
+           "--data-dir", shared / "cats_and_dogs_filtered", "--output-dir", tmp_path, "--tracking", "none")
+    run_dir = only_run_dir(tmp_path)
+    results = json.loads((run_dir / "results.json").read_text())
+    budget = results["time_budget"]
+    assert budget["budget_s"] == 60 and budget["reached"] and results["stopped_by"] == "time_budget"
+    # within a few seconds of the budget: the final validation pass was reserved for
+    assert 57 <= budget["used_s"] <= 63, budget
+    rows = read_metrics(run_dir)
+    assert len(rows) == budget["epochs_completed"] == results["epochs_completed"] >= 2
+    assert sum(float(r["epoch_seconds"]) for r in rows) == pytest.approx(budget["used_s"], abs=3)
+    # cosine anneals to 0 at the deadline, not at train.epochs (20 here, far beyond 60 s)
+    lrs = [float(r["lr"]) for r in rows]
+    assert lrs[0] > 0.5e-3 and lrs[-1] < 1e-5 and lrs == sorted(lrs, reverse=True)
+    # the budget used is in the checkpoint, so a resume spends only what is left
+    state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)["state"]
+    assert state["budget_used_s"] == pytest.approx(budget["used_s"])
