@@ -16,9 +16,19 @@ $(STAMP): requirements.txt pyproject.toml
 
 setup: $(STAMP)
 
-# The main job: the seed project's custom CNN on the default cats-vs-dogs dataset.
+# The whole loop once, in minutes: the seed's custom CNN under a time budget, the best quick transfer
+# recipe, a comparison of the two, promotion of the better by validation, and a summary. Each step is an
+# existing script. SEED_BUDGET=10m (etc.) gives the seed longer; `python experiments/run.py --arch
+# custom_cnn` is the seed's full 20-epoch recipe.
+SEED_BUDGET ?= 3m
+TRANSFER ?= experiments/configs/lite0_features_cats_vs_dogs.yaml
+FIRST_HOUR := runs/first-hour
 run: setup
-	$(PY) experiments/run.py --config experiments/configs/custom_cnn_cats_vs_dogs.yaml $(ARGS)
+	$(PY) experiments/run.py --config experiments/configs/custom_cnn_cats_vs_dogs.yaml --time-budget $(SEED_BUDGET) --output-dir $(FIRST_HOUR) $(ARGS)
+	$(PY) experiments/run.py --config $(TRANSFER) --output-dir $(FIRST_HOUR) $(ARGS)
+	$(PY) experiments/compare.py --runs $(FIRST_HOUR) --task cats_vs_dogs --out reports --name first-hour --no-comet
+	$(PY) experiments/promote.py --task cats_vs_dogs --runs-root $(FIRST_HOUR)
+	$(PY) experiments/summary.py --runs $(FIRST_HOUR) --report reports/first-hour
 
 # Register the best cats-vs-dogs run (by validation accuracy) as production: ARGS="--task breeds" for the breeds model.
 promote: setup

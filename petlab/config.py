@@ -7,6 +7,7 @@ it must round-trip through YAML unchanged (only str/int/float/bool/None/lists in
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -41,9 +42,18 @@ def _datasets() -> tuple[str, ...]:
     return tuple(DATASETS)
 
 
-def _is_duration(value: str) -> bool:
-    from petlab.engine.budget import parse_duration
+_UNITS = {"s": 1, "m": 60, "h": 3600}
 
+
+def parse_duration(text: str | float) -> float:
+    """'90s', '10m', '1.5h' or plain seconds -> seconds (train.time_budget, --time-budget)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", str(text))
+    if not match or float(match.group(1)) <= 0:
+        raise ValueError(f"{text!r} is not a duration such as 90s, 10m or 2h")
+    return float(match.group(1)) * _UNITS[match.group(2) or "s"]
+
+
+def _is_duration(value: str) -> bool:
     try:
         return parse_duration(value) > 0
     except ValueError:

@@ -1,6 +1,7 @@
 """experiments/compare.py on real runs (custom CNN and two pretrained recipes on the shared photos)."""
 
 import json
+import os
 
 import pandas as pd
 import pytest
@@ -61,3 +62,19 @@ def test_filters_by_arch_and_tag_and_refuses_an_empty_selection(real_runs, tmp_p
     assert proc.returncode == 2 and "no such folder" in proc.stderr
     proc = script("compare.py", "--runs", root, "--since", "yesterday", check=False)
     assert proc.returncode == 2 and "not a date" in proc.stderr
+
+
+def test_the_closing_summary_of_make_run_names_accuracies_archives_registry_and_next_steps(real_runs, report,
+                                                                                          promoted_registry):
+    folder, _ = report
+    root = real_runs["custom_cnn"].parents[1]
+    proc = script("summary.py", "--runs", root, "--report", folder,
+                  env={**os.environ, "PETLAB_REGISTRY_DIR": str(promoted_registry)})
+    out = proc.stdout
+    for run_dir in real_runs.values():
+        results = json.loads((run_dir / "results.json").read_text())
+        assert f"val {results['val']['accuracy']:.2%}  test {results['test']['accuracy']:.2%}" in out
+        assert run_dir.name in out
+    assert "production model: petlab-cats-vs-dogs v1 (efficientnet_lite0" in out
+    assert str(folder / "index.html") in out and "comet upload " in out and ".zip" in out
+    assert "make demo" in out and "make dashboard" in out and "experiments/sweep.py" in out

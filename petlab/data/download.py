@@ -19,6 +19,7 @@ from torchvision.datasets.utils import check_integrity, extract_archive
 
 from petlab.data.files import is_hidden
 from petlab.errors import DownloadError
+from petlab.fileio import atomic_path
 from petlab.progress import progress
 
 log = logging.getLogger(__name__)
@@ -78,18 +79,15 @@ def fetch(archive: Archive, downloads: Path) -> Path:
     if path.is_file() and (archive.md5 is None or check_integrity(str(path), archive.md5)):
         log.info("already downloaded: %s", path)
         return path
-    part = downloads / f"{filename}.part"
-    try:
-        _stream(archive.url, part)
-    except Exception as exc:
-        part.unlink(missing_ok=True)
-        raise DownloadError(f"could not download {archive.url}: {exc}") from exc
-    if archive.md5 is not None and not check_integrity(str(part), archive.md5):
-        part.unlink(missing_ok=True)
-        raise DownloadError(f"checksum mismatch for {archive.url} (expected MD5 {archive.md5}); deleted it")
-    if archive.md5 is None:
-        log.warning("%s has no published checksum; SHA-256 of what arrived: %s", filename, _sha256(part))
-    part.replace(path)
+    with atomic_path(path) as part:  # a failed or bad download leaves nothing behind
+        try:
+            _stream(archive.url, part)
+        except Exception as exc:
+            raise DownloadError(f"could not download {archive.url}: {exc}") from exc
+        if archive.md5 is not None and not check_integrity(str(part), archive.md5):
+            raise DownloadError(f"checksum mismatch for {archive.url} (expected MD5 {archive.md5}); deleted it")
+        if archive.md5 is None:
+            log.warning("%s has no published checksum; SHA-256 of what arrived: %s", filename, _sha256(part))
     return path
 
 

@@ -10,18 +10,11 @@ The budget used is checkpointed with the training state, so a resumed run spends
 from __future__ import annotations
 
 import math
-import re
 import time
 
-_UNITS = {"s": 1, "m": 60, "h": 3600}
+from petlab.config import parse_duration
 
-
-def parse_duration(text: str | float) -> float:
-    """'90s', '10m', '1.5h' or plain seconds -> seconds."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", str(text))
-    if not match or float(match.group(1)) <= 0:
-        raise ValueError(f"{text!r} is not a duration such as 90s, 10m or 2h")
-    return float(match.group(1)) * _UNITS[match.group(2) or "s"]
+__all__ = ["Budget", "lr_factor", "parse_duration"]
 
 
 def _cosine(start: float, end: float, t: float) -> float:

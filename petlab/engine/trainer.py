@@ -296,10 +296,9 @@ class Trainer:
         return gather_predictions(self.dist, loader, *out)
 
     def fit(self, until_epoch: int | None = None) -> TrainState:
-        """Train to cfg.train.epochs, or stop after until_epoch with the schedule still set for all of them
-        (a cross-validated refit stops where the folds did best)."""
+        """Train to cfg.train.epochs (or to the time budget), or stop after until_epoch with the schedule
+        still set for all of them (a cross-validated refit stops where the folds did best)."""
         cfg = self.cfg
-        patience = cfg.train.early_stopping_patience
         profile_steps = cfg.diagnostics.profile_steps if cfg.diagnostics.profile and self.run_dir else 0
         if self.budget is not None:
             self.budget.start()
@@ -309,49 +308,59 @@ class Trainer:
             for epoch in range(self.state.epoch, last_epoch):
                 if self.budget is not None and self.budget.spent():
                     break
-                seed_everything(cfg.seed * 1000 + epoch + 7919 * self.dist.rank)  # ranks augment differently
-                if self.generator is not None:
-                    self.generator.manual_seed(cfg.seed * 1000 + epoch)
-                if hasattr(self.loaders["train"].sampler, "set_epoch"):  # DistributedSampler: a new shuffle
-                    self.loaders["train"].sampler.set_epoch(epoch)
-                start = time.perf_counter()
-                train = self.train_epoch(epoch, stop, profile_steps)
+                row = self.run_epoch(epoch, stop, profile_steps)
                 profile_steps = 0  # one trace per process is plenty
-                if "val" in self.loaders:
-                    val_started = time.perf_counter()
-                    targets, probs, val_loss = self.predict(self.loaders["val"], "val")
-                    self.last_val = (targets, probs)
-                    if self.budget is not None:  # the last validation must fit in the budget too
-                        self.budget.reserve = time.perf_counter() - val_started
-                else:
-                    targets, probs, val_loss = np.zeros(0), np.zeros((0, 1)), math.nan
-                row = {
-                    "epoch": epoch + 1,
-                    "train_loss": train.pop("train_loss"),
-                    "train_accuracy": train.pop("train_accuracy"),
-                    "val_loss": val_loss,
-                    "val_accuracy": float((targets == probs.argmax(1)).mean()) if len(targets) else math.nan,
-                    "lr": self.optimizer.param_groups[0]["lr"],
-                    "epoch_seconds": time.perf_counter() - start,
-                    **train,  # images_per_second is training throughput only, plus the epoch's profile
-                }
                 self._record(epoch, row)
                 if self.on_epoch:
                     self.on_epoch(row)
                 if stop.requested:
                     raise Interrupted
-                if patience and self.state.epochs_without_improvement >= patience:
-                    log.info("early stopping: val accuracy has not improved for %d epochs", patience)
-                    self.state.stopped_by = "early_stopping"
-                    break
-                if self.budget is not None and self.budget.spent():
-                    log.info("time budget reached: %.1f s of %.0f s used, %d epochs", self.budget.used(),
-                             self.budget.seconds, self.state.epoch)
-                    self.state.stopped_by = "time_budget"
+                if self._should_stop():
                     break
         self.state.finished = True
         self.checkpoint("last.pt")
         return self.state
+
+    def run_epoch(self, epoch: int, stop: StopFlag, profile_steps: int = 0) -> dict:
+        """Train one epoch (reseeded from (seed, epoch), so a resumed epoch repeats exactly), then validate;
+        returns the epoch's metrics row."""
+        seed = self.cfg.seed * 1000 + epoch
+        seed_everything(seed + 7919 * self.dist.rank)  # ranks augment differently
+        if self.generator is not None:
+            self.generator.manual_seed(seed)
+        if hasattr(self.loaders["train"].sampler, "set_epoch"):  # DistributedSampler: a new shuffle
+            self.loaders["train"].sampler.set_epoch(epoch)
+        start = time.perf_counter()
+        train = self.train_epoch(epoch, stop, profile_steps)
+        targets, probs, val_loss = np.zeros(0), np.zeros((0, 1)), math.nan
+        if "val" in self.loaders:
+            val_started = time.perf_counter()
+            targets, probs, val_loss = self.predict(self.loaders["val"], "val")
+            self.last_val = (targets, probs)
+            if self.budget is not None:  # the last validation must fit in the budget too
+                self.budget.reserve = time.perf_counter() - val_started
+        return {
+            "epoch": epoch + 1,
+            "train_loss": train.pop("train_loss"),
+            "train_accuracy": train.pop("train_accuracy"),
+            "val_loss": val_loss,
+            "val_accuracy": float((targets == probs.argmax(1)).mean()) if len(targets) else math.nan,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "epoch_seconds": time.perf_counter() - start,
+            **train,  # images_per_second is training throughput only, plus the epoch's profile
+        }
+
+    def _should_stop(self) -> bool:
+        """Early stopping, or the time budget spent; says which in the state."""
+        patience = self.cfg.train.early_stopping_patience
+        if patience and self.state.epochs_without_improvement >= patience:
+            log.info("early stopping: val accuracy has not improved for %d epochs", patience)
+            self.state.stopped_by = "early_stopping"
+        elif self.budget is not None and self.budget.spent():
+            log.info("time budget reached: %.1f s of %.0f s used, %d epochs", self.budget.used(),
+                     self.budget.seconds, self.state.epoch)
+            self.state.stopped_by = "time_budget"
+        return self.state.stopped_by is not None
 
     def _record(self, epoch: int, row: dict) -> None:
         s = self.state
