@@ -48,6 +48,9 @@ class EpochProfile:
             self.wait_ended()
             yield batch
 
+    def elapsed(self) -> float:
+        return time.perf_counter() - self._start
+
     def finish(self, images: int) -> dict:
         wall = max(time.perf_counter() - self._start, 1e-9)
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()

@@ -153,6 +153,8 @@ class Trainer:
         self.optimizer = build_optimizer(cfg, model)
         self.steps_per_epoch = batches_per_epoch(loaders["train"], cfg.train.limit_batches)
         self.budget = Budget(parse_duration(cfg.train.time_budget)) if cfg.train.time_budget else None
+        self._val_images = batches_per_epoch(loaders["val"], cfg.train.limit_batches) * loaders["val"].batch_size \
+            if "val" in loaders else 0
         self.scheduler = build_scheduler(cfg, self.optimizer, self.steps_per_epoch, self.budget)
         self.state = TrainState()
         self.diagnostics = self._diagnostics()
@@ -246,8 +248,11 @@ class Trainer:
         bar = progress(total=steps, desc=f"epoch {epoch + 1}{self._of_epochs()}", unit="batch", leave=False)
         with torch_trace(self.run_dir and self.run_dir / "profile", profile_steps, profile_steps > 0) as trace_step:
             for step, (images, targets) in enumerate(profile.batches(self.loaders["train"])):
-                if self.budget is not None and self.dist.any(self.budget.spent()):  # every rank stops here
-                    break
+                if self.budget is not None:
+                    if seen and "val" in self.loaders:
+                        self.budget.estimate_reserve(profile.elapsed() / seen, self._val_images)
+                    if self.dist.any(self.budget.spent()):  # every rank stops at the same step
+                        break
                 logged = step % every == 0
                 # all ranks stop at the same step; across processes that is a collective, so only at log steps
                 if (logged or not self.dist.enabled) and self.dist.any(stop.requested):
@@ -338,7 +343,7 @@ class Trainer:
             targets, probs, val_loss = self.predict(self.loaders["val"], "val")
             self.last_val = (targets, probs)
             if self.budget is not None:  # the last validation must fit in the budget too
-                self.budget.reserve = time.perf_counter() - val_started
+                self.budget.measured_reserve(time.perf_counter() - val_started)
         return {
             "epoch": epoch + 1,
             "train_loss": train.pop("train_loss"),
