@@ -20,6 +20,7 @@ from petlab.engine.experiment import image_loaders
 from petlab.engine.trainer import Trainer
 from petlab.models import build_model
 from petlab.paths import cache_root
+from petlab.tracking import Tracker
 from tests.imaging import make_imagefolder
 
 SIZE = 32
@@ -44,7 +45,7 @@ def label_noise(tmp_path_factory):
     return root
 
 
-def fit(tmp_path, data, model=None, slow_loader_s=0.0, **overrides):
+def fit(tmp_path, data, model=None, slow_loader_s=0.0, tracker=None, **overrides):
     cfg = load_config(overrides={"model.arch": "resnet18", "data.image_size": SIZE, "data.data_dir": str(data),
                                  "train.batch_size": 8, "train.lr": 1e-3, "train.optimizer": "adamw",
                                  "train.epochs": 3, "train.threads": 2,
@@ -58,7 +59,7 @@ def fit(tmp_path, data, model=None, slow_loader_s=0.0, **overrides):
     loaders = image_loaders(cfg, pre, decoded)
     if slow_loader_s:
         loaders["train"].dataset.__class__ = type("SlowImages", (SlowImages,), {"delay": slow_loader_s})
-    trainer = Trainer(cfg, model, pre, loaders, tmp_path, splits.classes, device=torch.device("cpu"))
+    trainer = Trainer(cfg, model, pre, loaders, tmp_path, splits.classes, device=torch.device("cpu"), tracker=tracker)
     state = trainer.fit()
     return {e["rule"]: e for e in state.events}, state
 
@@ -150,3 +151,27 @@ def test_a_slow_loader_is_a_data_loading_bottleneck(tmp_path, red_vs_blue):
     events, state = fit(tmp_path, red_vs_blue, linear, slow_loader_s=0.02, **{"train.epochs": 1})
     assert "data_loading_bottleneck" in events
     assert state.history[0]["data_wait_fraction"] > 0.5
+
+
+class RecordingTracker(Tracker):
+    """petlab's do-nothing tracker, keeping the metrics it is given (what Comet would receive)."""
+
+    def __init__(self):
+        self.metrics = []
+
+    def log_metrics(self, metrics, step=None, epoch=None):
+        self.metrics.append((step, dict(metrics)))
+
+
+def test_per_step_values_are_read_only_at_the_log_interval(tmp_path, red_vs_blue):
+    """The step that makes no host sync on CUDA: loss and gradient norm are read at the log interval only
+    (here every 2nd of 4 steps), while the epoch's loss and accuracy still cover every image."""
+    tracker = RecordingTracker()
+    _, state = fit(tmp_path, red_vs_blue, tracker=tracker, **{"train.epochs": 1, "tracking.log_every_steps": 2,
+                                                               "diagnostics.enabled": False})
+    per_step = [(step, m) for step, m in tracker.metrics if "batch_loss" in m]
+    assert [step for step, _ in per_step] == [0, 2]
+    assert all(m["grad_norm"] > 0 and m["batch_loss"] > 0 for _, m in per_step)
+    row = state.history[0]
+    assert row["train_accuracy"] * 32 == pytest.approx(round(row["train_accuracy"] * 32))  # counted over 32 images
+    assert 0 < row["train_loss"] < 10
