@@ -283,6 +283,8 @@ class Trainer:
                     self.tracker.log_metrics({"batch_loss": loss.item(), "lr": lr, "grad_norm": grad_norm},
                                              step=epoch * steps + step, epoch=epoch + 1)
                     bar.set_postfix(loss=f"{total_loss.item() / seen:.4f}", acc=f"{correct.item() / seen:.3f}")
+                    if self.budget is not None:  # the time used, in the bar
+                        bar.set_description(f"epoch {epoch + 1}{self._of_epochs()}", refresh=False)
                 trace_step()
                 bar.update()
                 if step + 1 >= steps:
