@@ -141,7 +141,14 @@ class TrainConfig(_Section):
     weight_decay: float = setting(0.0, check=NON_NEGATIVE, flag=True)
     momentum: float = setting(0.9, help="sgd only")
     scheduler: str = setting("none", choices=SCHEDULERS, flag=True)
-    warmup_epochs: float = setting(0.0, check=NON_NEGATIVE, help="onecycle: its warm-up share comes from this")
+    warmup_epochs: float = setting(0.0, check=NON_NEGATIVE, flag=True,
+                                   help="linear warm-up from lr/100 over this many epochs (fractions too) for any "
+                                        "schedule; onecycle's own warm-up share (default 0.3 of the run) otherwise")
+    clip_grad: float | None = setting(None, check=POSITIVE, flag=True,
+                                      help="clip the gradients' total norm to this (torch.nn.utils.clip_grad_norm_)")
+    accumulate: int = setting(1, check=POSITIVE, flag=True,
+                              help="one optimizer step per N batches: an N x larger effective batch; the schedule "
+                                   "counts optimizer steps")
     label_smoothing: float = setting(0.0, check=(lambda v: 0 <= v < 1, "must be in [0, 1)"), flag=True)
     early_stopping_patience: int | None = setting(None, check=POSITIVE, flag=True,
                                                   help="epochs without val improvement; default off")
@@ -364,6 +371,9 @@ def validate(cfg: Config) -> None:
             test, message = check
             if not all(test(v) for v in (value if isinstance(value, list) else [value])):
                 raise ConfigError(f"{key}: {message}, got {value}")
+    if cfg.train.warmup_epochs >= cfg.train.epochs and not cfg.train.time_budget:
+        raise ConfigError(f"train.warmup_epochs: {cfg.train.warmup_epochs} must be fewer than train.epochs "
+                          f"({cfg.train.epochs})")
     if cfg.train.time_budget and cfg.train.cv_folds:
         raise ConfigError("train.time_budget: a cross-validated run chooses its epochs by folds; drop one of them")
     if cfg.model.head_init == "imagenet" and not (cfg.model.pretrained or cfg.model.weights):

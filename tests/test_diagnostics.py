@@ -12,18 +12,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from petlab.config import load_config
 from petlab.data.loaders import CachedImages
-from petlab.engine.batches import seed_everything
-from petlab.engine.context import decode_splits, load_run_splits, run_preprocessing
-from petlab.engine.experiment import image_loaders
-from petlab.engine.trainer import Trainer
-from petlab.models import build_model
-from petlab.paths import cache_root
 from petlab.tracking import Tracker
 from tests.imaging import make_imagefolder
-
-SIZE = 32
+from tests.trainers import SIZE, tiny_trainer
 
 
 @pytest.fixture(scope="module")
@@ -46,20 +38,9 @@ def label_noise(tmp_path_factory):
 
 
 def fit(tmp_path, data, model=None, slow_loader_s=0.0, tracker=None, **overrides):
-    cfg = load_config(overrides={"model.arch": "resnet18", "data.image_size": SIZE, "data.data_dir": str(data),
-                                 "train.batch_size": 8, "train.lr": 1e-3, "train.optimizer": "adamw",
-                                 "train.epochs": 3, "train.threads": 2,
-                                 # The rules were calibrated on fp32/NCHW. Measured: with channels_last this
-                                 # 8-image-batch toy run spikes in epoch 4 and ends at val 0.5 (fp32 or bf16).
-                                 "train.precision": "fp32", "train.channels_last": False, **overrides})
-    splits, pre = load_run_splits(cfg), run_preprocessing(cfg)
-    decoded = decode_splits(splits, pre, cache_root(cfg.data.cache_dir))
-    seed_everything(cfg.seed)
-    model = model or build_model("resnet18", len(splits.classes))[0]
-    loaders = image_loaders(cfg, pre, decoded)
+    trainer = tiny_trainer(tmp_path, data, model, tracker, **overrides)
     if slow_loader_s:
-        loaders["train"].dataset.__class__ = type("SlowImages", (SlowImages,), {"delay": slow_loader_s})
-    trainer = Trainer(cfg, model, pre, loaders, tmp_path, splits.classes, device=torch.device("cpu"), tracker=tracker)
+        trainer.loaders["train"].dataset.__class__ = type("SlowImages", (SlowImages,), {"delay": slow_loader_s})
     state = trainer.fit()
     return {e["rule"]: e for e in state.events}, state
 

@@ -23,14 +23,17 @@ def _cosine(start: float, end: float, t: float) -> float:
 
 def lr_factor(scheduler: str, progress: float, warmup: float) -> float:
     """The learning rate as a multiple of the configured one at `progress` (0..1) of the run, in the shapes
-    torch's schedulers have with petlab's settings: CosineAnnealingLR to 0; OneCycleLR's defaults (cosine
-    from lr/25 up to lr over the warm-up share, then down to lr/25/1e4)."""
-    if scheduler == "cosine":
-        return _cosine(1.0, 0.0, progress)
+    torch's schedulers have with petlab's settings: an optional linear warm-up from lr/100, then
+    CosineAnnealingLR to 0 (or constant); OneCycleLR's defaults (cosine from lr/25 up to lr over the warm-up
+    share, then down to lr/25/1e4)."""
     if scheduler == "onecycle":
         if progress < warmup:
             return _cosine(1 / 25, 1.0, progress / warmup)
         return _cosine(1.0, 1 / 25 / 1e4, (progress - warmup) / (1 - warmup))
+    if progress < warmup:  # a linear warm-up from lr/100, as LinearLR does without a budget
+        return 0.01 + (1 - 0.01) * progress / warmup
+    if scheduler == "cosine":
+        return _cosine(1.0, 0.0, (progress - warmup) / (1 - warmup))
     return 1.0
 
 

@@ -15,6 +15,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -100,20 +101,34 @@ def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
     return cls(groups, lr=t.lr, weight_decay=t.weight_decay, fused=fused)
 
 
-def build_scheduler(cfg: Config, optimizer, steps_per_epoch: int, budget: Budget | None = None):
-    """Per-step schedules over train.epochs; with a time budget, over the budget's time instead."""
-    warmup = cfg.train.warmup_epochs / cfg.train.epochs if cfg.train.warmup_epochs else 0.3
+WARMUP_START = 0.01  # a warm-up starts at lr / 100 and rises linearly to lr (LinearLR's start_factor)
+
+
+def warmup_share(cfg: Config) -> float:
+    """The share of the run spent warming up: warmup_epochs / epochs; onecycle's default is 0.3."""
+    t = cfg.train
+    if t.warmup_epochs:
+        return min(max(t.warmup_epochs / t.epochs, 0.01), 0.99)
+    return 0.3 if t.scheduler == "onecycle" else 0.0
+
+
+def build_scheduler(cfg: Config, optimizer, optimizer_steps_per_epoch: int, budget: Budget | None = None):
+    """Per-optimizer-step schedules over train.epochs, with a linear warm-up when warmup_epochs is set (any
+    schedule); with a time budget, over the budget's time instead (engine/budget.py)."""
+    kind, warmup = cfg.train.scheduler, warmup_share(cfg)
     if budget is not None:
-        return torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda _: lr_factor(cfg.train.scheduler, budget.progress(), min(max(warmup, 0.01), 0.99)))
-    total = max(1, cfg.train.epochs * steps_per_epoch)
-    if cfg.train.scheduler == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
-    if cfg.train.scheduler == "onecycle":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: lr_factor(kind, budget.progress(), warmup))
+    total = max(1, cfg.train.epochs * optimizer_steps_per_epoch)
+    if kind == "onecycle":  # its warm-up is built in
         return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total,
-            pct_start=min(max(warmup, 0.01), 0.99))
-    return None
+            optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total, pct_start=warmup)
+    warmup_steps = round(warmup * total)
+    main = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total - warmup_steps) \
+        if kind == "cosine" else None
+    if not warmup_steps:
+        return main
+    ramp = torch.optim.lr_scheduler.LinearLR(optimizer, WARMUP_START, 1.0, total_iters=warmup_steps)
+    return ramp if main is None else torch.optim.lr_scheduler.SequentialLR(optimizer, [ramp, main], [warmup_steps])
 
 
 class Trainer:
@@ -155,7 +170,8 @@ class Trainer:
         self.budget = Budget(parse_duration(cfg.train.time_budget)) if cfg.train.time_budget else None
         self._val_images = batches_per_epoch(loaders["val"], cfg.train.limit_batches) * loaders["val"].batch_size \
             if "val" in loaders else 0
-        self.scheduler = build_scheduler(cfg, self.optimizer, self.steps_per_epoch, self.budget)
+        self.scheduler = build_scheduler(cfg, self.optimizer, math.ceil(self.steps_per_epoch / cfg.train.accumulate),
+                                         self.budget)
         self.state = TrainState()
         self.diagnostics = self._diagnostics()
         self.generator = loaders["train"].generator
@@ -240,6 +256,7 @@ class Trainer:
         self._set_trainable(epoch)
         steps, every = self.steps_per_epoch, self.cfg.tracking.log_every_steps
         check_every = self.cfg.diagnostics.check_every_steps if self.cfg.diagnostics.enabled else None
+        accumulate, clip = self.cfg.train.accumulate, self.cfg.train.clip_grad
         forward = self.ddp or self.net
         total_loss = torch.zeros((), device=self.device, dtype=torch.float64)
         correct = torch.zeros((), device=self.device, dtype=torch.int64)
@@ -253,7 +270,11 @@ class Trainer:
                         self.budget.estimate_reserve(profile.elapsed() / seen, self._val_images)
                     if self.dist.any(self.budget.spent()):  # every rank stops at the same step
                         break
-                logged = step % every == 0
+                # --accumulate N: one optimizer step per group of N batches (the last group may be shorter);
+                # logging and checks count optimizer steps
+                group_start, opt_step = step - step % accumulate, step // accumulate
+                group_end = step + 1 == min(group_start + accumulate, steps)
+                logged = group_end and opt_step % every == 0
                 # all ranks stop at the same step; across processes that is a collective, so only at log steps
                 if (logged or not self.dist.enabled) and self.dist.any(stop.requested):
                     raise Interrupted
@@ -261,24 +282,34 @@ class Trainer:
                 if first_batch:
                     self.diagnostics.watch_activations(self.model)
                 x, y = self._prepare(images), targets.to(self.device, non_blocking=True)
-                with self._autocast():
-                    logits = forward(x)
-                loss = self.criterion(logits.float(), y)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                checked = check_every is not None and step % check_every == 0
-                grad_norm = gradient_norm(self.model) if logged or checked else None
-                lr = self.optimizer.param_groups[0]["lr"]
-                self.optimizer.step()
-                if self.scheduler:
-                    self.scheduler.step()
+                if step == group_start:
+                    self.optimizer.zero_grad(set_to_none=True)
+                # DDP averages gradients over the processes once per group, not once per batch
+                with self.ddp.no_sync() if self.ddp is not None and not group_end else nullcontext():
+                    with self._autocast():
+                        logits = forward(x)
+                    loss = self.criterion(logits.float(), y)
+                    group = min(accumulate, steps - group_start)
+                    (loss / group if group > 1 else loss).backward()  # the group's mean, as one big batch has
                 total_loss += loss.detach() * len(y)
                 correct += (logits.detach().argmax(1) == y).sum()
                 seen += len(y)
                 if first_batch:
                     self.diagnostics.check_first_batch(loss.item())
+                grad_norm, checked = None, False
+                if group_end:
+                    checked = check_every is not None and opt_step % check_every == 0
+                    if clip:  # the norm before clipping: what diagnostics and the log should see
+                        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+                        grad_norm = float(norm) if logged or checked else None
+                    elif logged or checked:
+                        grad_norm = gradient_norm(self.model)
+                    lr = self.optimizer.param_groups[0]["lr"]
+                    self.optimizer.step()
+                    if self.scheduler:
+                        self.scheduler.step()
                 if grad_norm is not None:
-                    self.diagnostics.check_gradients(self.model, grad_norm, epoch + 1, step, layers=checked)
+                    self.diagnostics.check_gradients(self.model, grad_norm, epoch + 1, opt_step, layers=checked)
                 if logged:
                     self.tracker.log_metrics({"batch_loss": loss.item(), "lr": lr, "grad_norm": grad_norm},
                                              step=epoch * steps + step, epoch=epoch + 1)

@@ -1,0 +1,79 @@
+"""The training toolkit (issue 15, first part): gradient clipping, gradient accumulation, warm-up for any schedule."""
+
+import pytest
+import torch
+
+from petlab.config import ConfigError, load_config
+from petlab.engine.budget import lr_factor
+from petlab.engine.trainer import build_optimizer, build_scheduler
+from petlab.models import build_model
+from tests.imaging import make_imagefolder
+from tests.trainers import tiny_trainer
+
+
+@pytest.fixture(scope="module")
+def red_vs_blue(tmp_path_factory):  # 32 training images: 4 batches of 8, or 1 of 32
+    return make_imagefolder(tmp_path_factory.mktemp("toolkit"), {"train": 16, "val": 8, "test": 4})
+
+
+def grads_norm(model) -> float:
+    return float(torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None]))
+
+
+def test_clipping_bounds_the_norm_of_the_gradients_the_optimizer_applies(tmp_path, red_vs_blue):
+    # the gradients left after fit() are the ones the last optimizer step applied
+    free = tiny_trainer(tmp_path / "free", red_vs_blue, **{"train.epochs": 1, "train.lr": 0.05})
+    free.fit()
+    assert grads_norm(free.model) > 0.5  # without clipping this run's gradients are larger than the bound
+    clipped = tiny_trainer(tmp_path / "clipped", red_vs_blue,
+                           **{"train.epochs": 1, "train.lr": 0.05, "train.clip_grad": 0.5})
+    clipped.fit()
+    assert grads_norm(clipped.model) <= 0.5 + 1e-4
+
+
+def test_4_batches_of_8_accumulated_make_the_same_update_as_1_batch_of_32(tmp_path, red_vs_blue):
+    # BatchNorm in eval mode (freeze_batchnorm): otherwise a batch of 8 is normalised by other statistics
+    common = {"train.epochs": 1, "train.optimizer": "sgd", "train.lr": 0.01, "model.freeze_batchnorm": True,
+              "data.augment": False, "diagnostics.enabled": False}
+    big = tiny_trainer(tmp_path / "big", red_vs_blue, **common, **{"train.batch_size": 32})
+    small = tiny_trainer(tmp_path / "small", red_vs_blue, **common, **{"train.batch_size": 8, "train.accumulate": 4})
+    before = {k: v.clone() for k, v in big.model.state_dict().items()}
+    assert all(torch.equal(before[k], v) for k, v in small.model.state_dict().items())  # the same start
+    big.fit()
+    small.fit()
+    assert small.steps_per_epoch == 4 and big.steps_per_epoch == 1
+    moved = 0
+    for name, weight in big.model.state_dict().items():
+        torch.testing.assert_close(small.model.state_dict()[name], weight, rtol=1e-4, atol=1e-6, msg=name)
+        moved += not torch.equal(weight, before[name])
+    assert moved > 10  # one optimizer step really happened in both
+    # the accumulated run's epoch loss is still over all 32 images
+    assert small.state.history[0]["train_loss"] == pytest.approx(big.state.history[0]["train_loss"], rel=1e-5)
+
+
+def lrs(overrides: dict, steps: int) -> list[float]:
+    cfg = load_config(overrides={"model.arch": "resnet18", "train.lr": 0.1, **overrides})
+    model, _ = build_model("resnet18", 2)
+    optimizer = build_optimizer(cfg, model)
+    scheduler = build_scheduler(cfg, optimizer, steps)
+    out = []
+    for _ in range(cfg.train.epochs * steps):
+        out.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return out
+
+
+def test_warm_up_starts_at_a_hundredth_of_the_lr_and_reaches_it_for_any_schedule():
+    cosine = lrs({"train.scheduler": "cosine", "train.epochs": 4, "train.warmup_epochs": 1}, steps=10)
+    assert cosine[0] == pytest.approx(0.001) and cosine[10] == pytest.approx(0.1)
+    assert cosine[:11] == sorted(cosine[:11]) and cosine[10:] == sorted(cosine[10:], reverse=True)
+    assert cosine[-1] < 0.002
+    constant = lrs({"train.scheduler": "none", "train.epochs": 3, "train.warmup_epochs": 0.5}, steps=10)
+    assert constant[0] == pytest.approx(0.001) and constant[5:] == pytest.approx([0.1] * 25)
+    plain = lrs({"train.scheduler": "cosine", "train.epochs": 2}, steps=10)
+    assert plain[0] == pytest.approx(0.1)  # no warm-up unless asked for
+    # the time-budgeted shapes warm up the same way
+    assert lr_factor("cosine", 0.0, 0.25) == pytest.approx(0.01) and lr_factor("cosine", 0.25, 0.25) == 1.0
+    with pytest.raises(ConfigError, match="train.warmup_epochs"):
+        load_config(overrides={"train.epochs": 2, "train.warmup_epochs": 2})
