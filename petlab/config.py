@@ -21,7 +21,7 @@ from petlab.errors import ConfigError
 TASKS = ("cats_vs_dogs", "breeds")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("none", "cosine", "onecycle")
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
 TRACKERS = ("comet", "none")
 AUGMENT_POLICIES = ("none", "trivial")
@@ -106,6 +106,10 @@ class DataConfig(_Section):
                           help="extra augmentation after crop + flip: none, or trivial (TrivialAugmentWide)")
     augment: bool = setting(True, flag=True,
                             help="--no-augment: train on the eval crop (a frozen backbone then caches its features)")
+    mixup: float = setting(0.0, check=NON_NEGATIVE, flag=True,
+                           help="MixUp's alpha (torchvision.transforms.v2.MixUp on each training batch); 0: off")
+    cutmix: float = setting(0.0, check=NON_NEGATIVE, flag=True,
+                            help="CutMix's alpha (v2.CutMix); with --mixup too, each batch gets one of the two")
     feature_flips: bool = setting(False, flag=True,
                                   help="feature cache: also cache each training photo's mirror and train on both")
     num_workers: int = setting(0, check=NON_NEGATIVE, flag=True,
@@ -153,7 +157,8 @@ class TrainConfig(_Section):
     early_stopping_patience: int | None = setting(None, check=POSITIVE, flag=True,
                                                   help="epochs without val improvement; default off")
     precision: str = setting("auto", choices=PRECISIONS, flag=True,
-                             help="auto: the architecture's measured setting for the device (engine/speed.py)")
+                             help="auto: the architecture's measured setting for the device (engine/speed.py); "
+                                  "fp16 adds a gradient scaler (meant for CUDA)")
     channels_last: bool | None = setting(None, flag=True, help="default: the architecture's measured setting")
     limit_batches: int | None = setting(None, check=POSITIVE, flag=True,
                                         help="at most N batches per split per epoch (smoke runs)")
@@ -374,6 +379,9 @@ def validate(cfg: Config) -> None:
     if cfg.train.warmup_epochs >= cfg.train.epochs and not cfg.train.time_budget:
         raise ConfigError(f"train.warmup_epochs: {cfg.train.warmup_epochs} must be fewer than train.epochs "
                           f"({cfg.train.epochs})")
+    if (cfg.data.mixup or cfg.data.cutmix) and not cfg.data.augment:
+        raise ConfigError("data.mixup / data.cutmix: mixing is training augmentation; it needs data.augment "
+                          "(and so no feature cache)")
     if cfg.train.time_budget and cfg.train.cv_folds:
         raise ConfigError("train.time_budget: a cross-validated run chooses its epochs by folds; drop one of them")
     if cfg.model.head_init == "imagenet" and not (cfg.model.pretrained or cfg.model.weights):

@@ -77,3 +77,33 @@ def test_warm_up_starts_at_a_hundredth_of_the_lr_and_reaches_it_for_any_schedule
     assert lr_factor("cosine", 0.0, 0.25) == pytest.approx(0.01) and lr_factor("cosine", 0.25, 0.25) == 1.0
     with pytest.raises(ConfigError, match="train.warmup_epochs"):
         load_config(overrides={"train.epochs": 2, "train.warmup_epochs": 2})
+
+
+def test_mixup_and_cutmix_targets_sum_to_1_and_a_mixed_epoch_trains(tmp_path, red_vs_blue):
+    trainer = tiny_trainer(tmp_path, red_vs_blue, **{"train.epochs": 1, "data.mixup": 0.4, "data.cutmix": 1.0})
+    images, labels = next(iter(trainer.loaders["train"]))
+    torch.manual_seed(0)
+    mixed_any = False
+    for _ in range(4):  # each call mixes the batch with one of the two
+        x, target = trainer.mix(trainer._prepare(images), labels)
+        assert x.shape == (8, 3, 32, 32) and target.shape == (8, 2)
+        torch.testing.assert_close(target.sum(1), torch.ones(8))
+        mixed_any |= bool(((target > 0) & (target < 1)).any())
+    assert mixed_any  # real mixing, not one-hot labels
+    row = trainer.fit().history[0]
+    assert 0 < row["train_loss"] < 10 and 0 <= row["train_accuracy"] <= 1
+    with pytest.raises(ConfigError, match="data.mixup"):
+        load_config(overrides={"data.mixup": 0.2, "data.augment": False})
+
+
+def test_fp16_trains_with_a_gradient_scaler_that_resume_keeps(tmp_path, red_vs_blue):
+    trainer = tiny_trainer(tmp_path, red_vs_blue, **{"train.epochs": 3, "train.precision": "fp16"})
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    state = trainer.fit()
+    assert trainer.scaler is not None and all(0 < r["train_loss"] < 10 for r in state.history)
+    assert any(not torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+    saved = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)["scaler"]
+    assert saved["scale"] == trainer.scaler.get_scale()
+    again = tiny_trainer(tmp_path / "again", red_vs_blue, **{"train.epochs": 3, "train.precision": "fp16"})
+    again.resume(tmp_path / "checkpoints" / "last.pt")
+    assert again.scaler.get_scale() == trainer.scaler.get_scale()

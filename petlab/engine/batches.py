@@ -37,8 +37,12 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def autocast(device: torch.device, precision: str):
-    return torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
+    dtype = AUTOCAST_DTYPES.get(precision)
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
 def prepare_batch(images: torch.Tensor, pre: Preprocessing | None, device: torch.device, channels_last: bool):

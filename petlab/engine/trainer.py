@@ -131,6 +131,18 @@ def build_scheduler(cfg: Config, optimizer, optimizer_steps_per_epoch: int, budg
     return ramp if main is None else torch.optim.lr_scheduler.SequentialLR(optimizer, [ramp, main], [warmup_steps])
 
 
+def batch_mixer(cfg: Config, num_classes: int):
+    """MixUp and/or CutMix over a training batch (torchvision.transforms.v2): (images, labels) -> (mixed images,
+    soft targets whose rows sum to 1); None when both are off. With both, each batch gets one of them."""
+    from torchvision.transforms import v2
+
+    mixers = ([v2.MixUp(alpha=cfg.data.mixup, num_classes=num_classes)] if cfg.data.mixup else []) + \
+        ([v2.CutMix(alpha=cfg.data.cutmix, num_classes=num_classes)] if cfg.data.cutmix else [])
+    if not mixers:
+        return None
+    return mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers)
+
+
 class Trainer:
     """Trains one model on its loaders: epochs, validation, checkpoints, the per-step log.
 
@@ -164,7 +176,10 @@ class Trainer:
         self.batch_pre = None if features else pre  # cached features are used as they are
         self.ddp = None
         self._ddp_frozen = None  # the frozen/unfrozen state self.ddp was built for
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)  # also takes soft targets
+        self.mix = batch_mixer(cfg, len(classes))
+        # fp16's narrow range needs the loss scaled up before backward (bf16 and fp32 do not)
+        self.scaler = torch.amp.GradScaler(device.type) if cfg.train.precision == "fp16" else None
         self.optimizer = build_optimizer(cfg, model)
         self.steps_per_epoch = batches_per_epoch(loaders["train"], cfg.train.limit_batches)
         self.budget = Budget(parse_duration(cfg.train.time_budget)) if cfg.train.time_budget else None
@@ -232,13 +247,16 @@ class Trainer:
         }
         if resumable:
             ckpt.update(optimizer=self.optimizer.state_dict(), rng=rng_state(),
-                        scheduler=self.scheduler.state_dict() if self.scheduler else None)
+                        scheduler=self.scheduler.state_dict() if self.scheduler else None,
+                        scaler=self.scaler.state_dict() if self.scaler else None)
         atomic_save(ckpt, self.run_dir / "checkpoints" / name)
 
     def resume(self, path: Path) -> None:
         ckpt = load_checkpoint(path)
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.scaler and ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
         if self.scheduler and ckpt["scheduler"]:
             self.scheduler.load_state_dict(ckpt["scheduler"])
         self.state = TrainState(**ckpt["state"])
@@ -282,15 +300,22 @@ class Trainer:
                 if first_batch:
                     self.diagnostics.watch_activations(self.model)
                 x, y = self._prepare(images), targets.to(self.device, non_blocking=True)
+                target = y
+                if self.mix is not None:  # soft targets; accuracy counts the dominant label
+                    x, target = self.mix(x, y)
+                    y = target.argmax(1)
+                    if self.cfg.train.channels_last:
+                        x = x.contiguous(memory_format=torch.channels_last)
                 if step == group_start:
                     self.optimizer.zero_grad(set_to_none=True)
                 # DDP averages gradients over the processes once per group, not once per batch
                 with self.ddp.no_sync() if self.ddp is not None and not group_end else nullcontext():
                     with self._autocast():
                         logits = forward(x)
-                    loss = self.criterion(logits.float(), y)
+                    loss = self.criterion(logits.float(), target)
                     group = min(accumulate, steps - group_start)
-                    (loss / group if group > 1 else loss).backward()  # the group's mean, as one big batch has
+                    scaled = loss / group if group > 1 else loss  # the group's mean, as one big batch has
+                    (self.scaler.scale(scaled) if self.scaler else scaled).backward()
                 total_loss += loss.detach() * len(y)
                 correct += (logits.detach().argmax(1) == y).sum()
                 seen += len(y)
@@ -299,13 +324,21 @@ class Trainer:
                 grad_norm, checked = None, False
                 if group_end:
                     checked = check_every is not None and opt_step % check_every == 0
+                    if self.scaler:  # true gradients for clipping and the norm
+                        self.scaler.unscale_(self.optimizer)
                     if clip:  # the norm before clipping: what diagnostics and the log should see
                         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
                         grad_norm = float(norm) if logged or checked else None
                     elif logged or checked:
                         grad_norm = gradient_norm(self.model)
                     lr = self.optimizer.param_groups[0]["lr"]
-                    self.optimizer.step()
+                    if self.scaler:  # skips the step when fp16 overflowed, and adapts the scale
+                        self.scaler.step(self.optimizer)
+                        self.scaler.update()
+                        if grad_norm is not None and not math.isfinite(grad_norm):
+                            grad_norm = None  # an overflow the scaler handled, not an exploding gradient
+                    else:
+                        self.optimizer.step()
                     if self.scheduler:
                         self.scheduler.step()
                 if grad_norm is not None:
