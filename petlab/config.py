@@ -153,6 +153,9 @@ class TrainConfig(_Section):
     accumulate: int = setting(1, check=POSITIVE, flag=True,
                               help="one optimizer step per N batches: an N x larger effective batch; the schedule "
                                    "counts optimizer steps")
+    ema: float | None = setting(None, check=(lambda v: 0 < v < 1, "must be in (0, 1)"), flag=True,
+                                help="keep an exponential moving average of the weights with this decay "
+                                     "(torch.optim.swa_utils.AveragedModel); it is what is evaluated, kept and shipped")
     label_smoothing: float = setting(0.0, check=(lambda v: 0 <= v < 1, "must be in [0, 1)"), flag=True)
     early_stopping_patience: int | None = setting(None, check=POSITIVE, flag=True,
                                                   help="epochs without val improvement; default off")

@@ -107,3 +107,23 @@ def test_fp16_trains_with_a_gradient_scaler_that_resume_keeps(tmp_path, red_vs_b
     again = tiny_trainer(tmp_path / "again", red_vs_blue, **{"train.epochs": 3, "train.precision": "fp16"})
     again.resume(tmp_path / "checkpoints" / "last.pt")
     assert again.scaler.get_scale() == trainer.scaler.get_scale()
+
+
+def test_the_ema_follows_the_decay_formula_and_is_what_best_pt_holds(tmp_path, red_vs_blue):
+    common = {"train.epochs": 1, "train.ema": 0.9, "train.optimizer": "sgd", "train.lr": 0.01,
+              "diagnostics.enabled": False}
+    one = tiny_trainer(tmp_path / "one", red_vs_blue, **common, **{"train.limit_batches": 1})
+    one.fit()  # w1: the weights after the first step
+    two = tiny_trainer(tmp_path / "two", red_vs_blue, **common, **{"train.limit_batches": 2})
+    two.fit()  # w2, and the EMA of w1 then w2 (the first update copies, as AveragedModel does)
+    w1, w2, ema = one.model.state_dict(), two.model.state_dict(), two.ema.module.state_dict()
+    floats = [k for k, v in w2.items() if v.is_floating_point()]
+    assert floats and any(not torch.equal(w1[k], w2[k]) for k in floats)
+    for k in floats:  # parameters and BatchNorm statistics alike (use_buffers)
+        torch.testing.assert_close(ema[k], 0.9 * w1[k] + 0.1 * w2[k], rtol=1e-5, atol=1e-6, msg=k)
+    best = torch.load(tmp_path / "two" / "checkpoints" / "best.pt", weights_only=False)["model"]
+    last = torch.load(tmp_path / "two" / "checkpoints" / "last.pt", weights_only=False)
+    for k in floats:
+        assert torch.equal(best[k], ema[k])  # evaluated, exported and served: the EMA weights
+        assert torch.equal(last["model"][k], w2[k])  # training resumes from the raw weights
+    assert last["ema"] is not None

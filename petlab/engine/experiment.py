@@ -236,7 +236,7 @@ def final_evaluation(run: RunContext, trainer: Trainer, loaders: dict, cv: dict 
     validation photos to show: (decoded images, targets, predictions). With cross-validation, val is
     the out-of-fold prediction of every training photo under the chosen setting."""
     run.dist.barrier()  # rank 0 has written best.pt
-    trainer.model.load_state_dict(load_checkpoint(run.run_dir / "checkpoints" / "best.pt")["model"])
+    trainer.eval_model.load_state_dict(load_checkpoint(run.run_dir / "checkpoints" / "best.pt")["model"])
     classes, final, shown = run.splits.classes, {}, None
     if cv:
         labels, oof = run.decoded["train"].labels, cv["oof"]

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from petlab.config import Config
 from petlab.data.transforms import Preprocessing
@@ -172,7 +173,12 @@ class Trainer:
         self.model = model.to(device)
         if cfg.train.channels_last:
             self.model.to(memory_format=torch.channels_last)
+        self.features = features
         self.net = model.get_submodule(ARCHS[cfg.model.arch].head) if features else model
+        # --ema: the averaged weights (buffers too, so BatchNorm statistics match them) are what is
+        # validated, chosen as best, saved in best.pt, exported and served; training updates `model`.
+        self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema), use_buffers=True) \
+            if cfg.train.ema else None
         self.batch_pre = None if features else pre  # cached features are used as they are
         self.ddp = None
         self._ddp_frozen = None  # the frozen/unfrozen state self.ddp was built for
@@ -194,6 +200,15 @@ class Trainer:
         self.last_val: tuple[np.ndarray, np.ndarray] | None = None  # (targets, probabilities) of the last epoch
         if run_dir is not None:
             (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights that are evaluated and kept: the EMA's with --ema, else the model's."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def _eval_net(self) -> nn.Module:
+        m = self.eval_model
+        return m.get_submodule(ARCHS[self.cfg.model.arch].head) if self.features else m
 
     # ------------------------------------------------------------------ helpers
     def _autocast(self):
@@ -238,7 +253,8 @@ class Trainer:
         if not self.dist.is_main or self.run_dir is None:
             return  # every rank holds the same weights; rank 0 writes them
         ckpt = {
-            "model": self.model.state_dict(),
+            # best.pt: the weights evaluation and export use; last.pt: the ones training continues from
+            "model": (self.model if resumable else self.eval_model).state_dict(),
             "state": self.state.__dict__,
             "config": self.cfg.to_dict(),
             "classes": self.classes,
@@ -248,7 +264,8 @@ class Trainer:
         if resumable:
             ckpt.update(optimizer=self.optimizer.state_dict(), rng=rng_state(),
                         scheduler=self.scheduler.state_dict() if self.scheduler else None,
-                        scaler=self.scaler.state_dict() if self.scaler else None)
+                        scaler=self.scaler.state_dict() if self.scaler else None,
+                        ema=self.ema.state_dict() if self.ema is not None else None)
         atomic_save(ckpt, self.run_dir / "checkpoints" / name)
 
     def resume(self, path: Path) -> None:
@@ -257,6 +274,8 @@ class Trainer:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if self.scaler and ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
+        if self.ema is not None and ckpt.get("ema"):
+            self.ema.load_state_dict(ckpt["ema"])
         if self.scheduler and ckpt["scheduler"]:
             self.scheduler.load_state_dict(ckpt["scheduler"])
         self.state = TrainState(**ckpt["state"])
@@ -341,6 +360,8 @@ class Trainer:
                         self.optimizer.step()
                     if self.scheduler:
                         self.scheduler.step()
+                    if self.ema is not None:
+                        self.ema.update_parameters(self.model)
                 if grad_norm is not None:
                     self.diagnostics.check_gradients(self.model, grad_norm, epoch + 1, opt_step, layers=checked)
                 if logged:
@@ -360,8 +381,9 @@ class Trainer:
 
     def predict(self, loader, desc: str = "eval") -> tuple[np.ndarray, np.ndarray, float]:
         """Targets, class probabilities and mean loss over the whole split (each rank predicts its shard)."""
-        self.dist.sync_buffers(self.net)  # BatchNorm statistics as rank 0 has (and saves) them
-        out = predict_loader(self.net, loader, self.batch_pre, self.device, self.cfg.train.precision,
+        net = self._eval_net()
+        self.dist.sync_buffers(net)  # BatchNorm statistics as rank 0 has (and saves) them
+        out = predict_loader(net, loader, self.batch_pre, self.device, self.cfg.train.precision,
                              self.cfg.train.channels_last, self.cfg.train.limit_batches, self.criterion, desc,
                              self.cfg.train.tta)
         return gather_predictions(self.dist, loader, *out)
