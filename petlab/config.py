@@ -168,6 +168,8 @@ class TrainConfig(_Section):
     eval_batch_size: int | None = setting(None, check=POSITIVE, help="default: 2 x batch_size")
     threads: int | None = setting(None, check=POSITIVE, flag=True, help="torch intra-op threads")
     device: str = setting("auto", choices=DEVICES, flag=True)
+    compile: bool = setting(False, flag=True, help="torch.compile the training forward (measured slower on this "
+                                                    "project's CPUs; its compile time is reported apart)")
     # Budgeted training: stop at this much training time ("90s", "10m", "2h"); schedules anneal to the
     # deadline, and train.epochs is not used (engine/budget.py).
     time_budget: str | None = setting(None, check=(_is_duration, "must be a duration such as 90s, 10m or 2h"),

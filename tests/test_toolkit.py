@@ -127,3 +127,25 @@ def test_the_ema_follows_the_decay_formula_and_is_what_best_pt_holds(tmp_path, r
         assert torch.equal(best[k], ema[k])  # evaluated, exported and served: the EMA weights
         assert torch.equal(last["model"][k], w2[k])  # training resumes from the raw weights
     assert last["ema"] is not None
+
+
+class TinyNet(torch.nn.Module):
+    """A few layers (with resnet18's head name), so that torch.compile takes seconds, not minutes."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3)
+        self.fc = torch.nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.fc(self.conv(x).relu().mean((2, 3)))
+
+
+def test_compile_trains_a_tiny_model_and_reports_compile_time_apart(tmp_path, red_vs_blue):
+    trainer = tiny_trainer(tmp_path, red_vs_blue, model=TinyNet(),
+                           **{"train.epochs": 2, "train.compile": True, "diagnostics.enabled": False})
+    state = trainer.fit()
+    assert trainer.compiled is not None and state.compile_seconds > 0
+    first, second = state.history
+    assert first["train_seconds"] < state.compile_seconds  # the compiling step is not training time
+    assert all(0 < r["train_loss"] < 10 for r in state.history) and second["train_loss"] < first["train_loss"] + 1

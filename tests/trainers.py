@@ -26,6 +26,6 @@ def tiny_trainer(run_dir, data, model=None, tracker=None, **overrides) -> Traine
     splits, pre = load_run_splits(cfg), run_preprocessing(cfg)
     decoded = decode_splits(splits, pre, cache_root(cfg.data.cache_dir))
     seed_everything(cfg.seed)
-    model = model or build_model("resnet18", len(splits.classes))[0]
+    model = model if model is not None else build_model("resnet18", len(splits.classes))[0]
     return Trainer(cfg, model, pre, image_loaders(cfg, pre, decoded), run_dir, splits.classes,
                    device=torch.device("cpu"), tracker=tracker)

@@ -57,6 +57,7 @@ def write_results(run, trainer, status: str, reason: str | None = None, final: d
         "epoch0": state.initial or None,
         "tta": run.cfg.train.tta,
         "stopped_by": state.stopped_by,
+        "compile_seconds": state.compile_seconds if run.cfg.train.compile else None,
         "time_budget": {"budget_s": trainer.budget.seconds, "used_s": state.budget_used_s,
                         "reached": state.stopped_by == "time_budget", "epochs_completed": state.epoch}
         if trainer.budget is not None else None,

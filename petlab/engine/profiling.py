@@ -29,6 +29,7 @@ class EpochProfile:
         self._start = time.perf_counter()
         self._cpu = sum(os.times()[:2])
         self._waiting_since = None
+        self._excluded = 0.0
 
     def wait_started(self) -> None:
         self._waiting_since = time.perf_counter()
@@ -49,10 +50,14 @@ class EpochProfile:
             yield batch
 
     def elapsed(self) -> float:
-        return time.perf_counter() - self._start
+        return time.perf_counter() - self._start - self._excluded
+
+    def exclude(self, seconds: float) -> None:
+        """Leave this time out of the epoch's training time (a step that compiled)."""
+        self._excluded += seconds
 
     def finish(self, images: int) -> dict:
-        wall = max(time.perf_counter() - self._start, 1e-9)
+        wall = max(self.elapsed(), 1e-9)
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         return {
             "train_seconds": wall,

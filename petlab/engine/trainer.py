@@ -81,6 +81,7 @@ class TrainState:
     events: list[dict] = field(default_factory=list)  # diagnostics that fired
     initial: dict = field(default_factory=dict)  # {"val": {...}, "test": {...}} before any training (epoch 0)
     budget_used_s: float = 0.0  # training time spent, for --time-budget (kept across resumes)
+    compile_seconds: float = 0.0  # --compile: time of the steps that compiled, left out of train_seconds
     stopped_by: str | None = None  # "time_budget" or "early_stopping" when either ended training
 
 
@@ -182,6 +183,8 @@ class Trainer:
         self.batch_pre = None if features else pre  # cached features are used as they are
         self.ddp = None
         self._ddp_frozen = None  # the frozen/unfrozen state self.ddp was built for
+        self.compiled = None  # --compile: torch.compile(ddp or net), rebuilt when unfreezing
+        self._compiled_frozen = self._fresh_compile = None
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)  # also takes soft targets
         self.mix = batch_mixer(cfg, len(classes))
         # fp16's narrow range needs the loss scaled up before backward (bf16 and fp32 do not)
@@ -237,6 +240,11 @@ class Trainer:
             self.ddp = DistributedDataParallel(self.net, device_ids=[self.device] if self.device.type == "cuda"
                                                else None)
             self._ddp_frozen = frozen
+            self.compiled = None
+        if self.cfg.train.compile and (self.compiled is None or self._compiled_frozen != frozen):
+            # a new set of trainable weights compiles again; its first step is timed as compile time
+            self.compiled = torch.compile(self.ddp if self.ddp is not None else self.net)
+            self._compiled_frozen, self._fresh_compile = frozen, True
 
     def _of_epochs(self) -> str:
         if self.budget is None:
@@ -294,7 +302,9 @@ class Trainer:
         steps, every = self.steps_per_epoch, self.cfg.tracking.log_every_steps
         check_every = self.cfg.diagnostics.check_every_steps if self.cfg.diagnostics.enabled else None
         accumulate, clip = self.cfg.train.accumulate, self.cfg.train.clip_grad
-        forward = self.ddp or self.net
+        # `is not None`, not `or`: a compiled module answers bool() with len(), which most models lack
+        forward = next(m for m in (self.compiled, self.ddp, self.net) if m is not None)
+        compiling, self._fresh_compile = bool(self._fresh_compile), False
         total_loss = torch.zeros((), device=self.device, dtype=torch.float64)
         correct = torch.zeros((), device=self.device, dtype=torch.int64)
         seen = 0
@@ -318,6 +328,7 @@ class Trainer:
                 first_batch = epoch == 0 and step == 0
                 if first_batch:
                     self.diagnostics.watch_activations(self.model)
+                step_started = time.perf_counter() if compiling and step == 0 else None
                 x, y = self._prepare(images), targets.to(self.device, non_blocking=True)
                 target = y
                 if self.mix is not None:  # soft targets; accuracy counts the dominant label
@@ -362,6 +373,10 @@ class Trainer:
                         self.scheduler.step()
                     if self.ema is not None:
                         self.ema.update_parameters(self.model)
+                if step_started is not None:  # compilation happens in the first forward and backward
+                    loss.item()  # wait for the step, to time it
+                    self.state.compile_seconds += time.perf_counter() - step_started
+                    profile.exclude(time.perf_counter() - step_started)
                 if grad_norm is not None:
                     self.diagnostics.check_gradients(self.model, grad_norm, epoch + 1, opt_step, layers=checked)
                 if logged:
