@@ -23,7 +23,7 @@ from petlab.errors import ConfigError, PetlabError
 from petlab.paths import reports_root
 from petlab.search.report import write_study_report
 from petlab.search.runner import open_study, retrain_best, work
-from petlab.search.space import load_sweep
+from petlab.search.space import centre_lr, load_sweep
 from petlab.search.storage import counted_trials
 
 log = logging.getLogger("petlab")
@@ -32,6 +32,8 @@ log = logging.getLogger("petlab")
 def parse(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_flags(parser)  # --config here is the sweep YAML
+    parser.add_argument("--lr-from", metavar="LR_FIND_JSON", help="search train.lr within 10x either side of "
+                        "experiments/lr_find.py's suggestion (its lr_find.json or run directory)")
     parser.add_argument("--trials", type=int, help="trials in the study in all (default: the sweep config's)")
     parser.add_argument("--storage", help="sqlite:///FILE (default runs/optuna.db), journal:FILE or postgresql://...")
     parser.add_argument("--study-name", help="default: the sweep config's study")
@@ -51,6 +53,8 @@ def main(argv=None) -> int:
     setup_logging()
     try:
         sweep = load_sweep(args.config)
+        if args.lr_from:
+            sweep = centre_lr(sweep, args.lr_from)
         overrides = overrides_from(args)
         name = args.study_name or sweep.study
         n_trials = args.trials or sweep.trials

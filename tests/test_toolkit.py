@@ -1,5 +1,7 @@
 """The training toolkit (issue 15, first part): gradient clipping, gradient accumulation, warm-up for any schedule."""
 
+import json
+
 import pytest
 import torch
 
@@ -149,3 +151,25 @@ def test_compile_trains_a_tiny_model_and_reports_compile_time_apart(tmp_path, re
     first, second = state.history
     assert first["train_seconds"] < state.compile_seconds  # the compiling step is not training time
     assert all(0 < r["train_loss"] < 10 for r in state.history) and second["train_loss"] < first["train_loss"] + 1
+
+
+def test_lr_find_writes_its_figure_and_a_suggestion_in_the_swept_range_and_a_sweep_centres_on_it(tmp_path,
+                                                                                                red_vs_blue):
+    from PIL import Image
+
+    from petlab.search.space import centre_lr, load_sweep
+    from tests.runs import REPO, TINY, only_run_dir, script
+
+    proc = script("lr_find.py", *TINY, "--data-dir", red_vs_blue, "--steps", "40", "--start", "1e-5", "--end", "10",
+                  "--output-dir", tmp_path / "runs", "--tracking", "none")
+    run_dir = only_run_dir(tmp_path / "runs")
+    result = json.loads((run_dir / "lr_find.json").read_text())
+    assert 3 <= result["steps"] <= 40 and len(result["lrs"]) == len(result["losses"]) == result["steps"]
+    assert result["lrs"] == sorted(result["lrs"]) and result["lrs"][0] == pytest.approx(1e-5)
+    assert result["lrs"][0] <= result["suggestion"] <= result["lrs"][-1]
+    assert f"suggested lr: {result['suggestion']:.3g}" in proc.stdout
+    with Image.open(run_dir / "lr_find.png") as figure:
+        assert figure.width >= 600 and figure.height >= 300
+    sweep = centre_lr(load_sweep(REPO / "experiments/configs/sweeps/lite0_cats_vs_dogs.yaml"), run_dir)
+    assert sweep.space["train.lr"] == {"type": "loguniform", "low": pytest.approx(result["suggestion"] / 10),
+                                       "high": pytest.approx(result["suggestion"] * 10)}

@@ -130,3 +130,25 @@ def plot_cross_validation(cv: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_lr_find(lrs: list[float], losses: list[float], smoothed: list[float], suggestion: float,
+                 configured: float, path: Path, title: str = "") -> None:
+    """The learning-rate range test: loss against a log learning rate, with the suggestion marked."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    ax.plot(lrs, losses, color="0.75", linewidth=1, label="loss per step")
+    ax.plot(lrs, smoothed, color="C0", linewidth=2, label="smoothed loss")
+    ax.axvline(suggestion, color="C2", linestyle="--", label=f"suggested lr {suggestion:.2e} (steepest descent)")
+    ax.axvline(configured, color="C3", linestyle=":", label=f"the recipe's lr {configured:.2e}")
+    ax.set_xscale("log")
+    low, high = min(smoothed), max(smoothed[: max(1, len(smoothed) // 2)])
+    ax.set_ylim(low - 0.1 * (high - low + 1e-9), high + 0.5 * (high - low + 1e-9))
+    ax.set_xlabel("learning rate (log scale)")
+    ax.set_ylabel("training loss")
+    ax.set_title(title or "learning-rate range test")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,3 +93,16 @@ def make_pruner(name: str) -> optuna.pruners.BasePruner:
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1)
     return optuna.pruners.NopPruner()
+
+
+def centre_lr(sweep: SweepConfig, finder_result: str | Path, factor: float = 10.0) -> SweepConfig:
+    """The sweep with train.lr searched log-uniformly in [suggestion / factor, suggestion * factor], the
+    suggestion read from an lr range test (experiments/lr_find.py: its lr_find.json, or its run directory)."""
+    path = Path(finder_result)
+    path = path / "lr_find.json" if path.is_dir() else path
+    try:
+        suggestion = float(json.loads(path.read_text())["suggestion"])
+    except (OSError, ValueError, KeyError) as exc:
+        raise ConfigError(f"--lr-from {finder_result}: not an lr_find.json with a suggestion ({exc})") from None
+    space = {**sweep.space, "train.lr": {"type": "loguniform", "low": suggestion / factor, "high": suggestion * factor}}
+    return dataclasses.replace(sweep, space=space)

@@ -1,0 +1,97 @@
+"""The learning-rate range test (Smith 2015; fastai's lr_find): train with an exponentially rising learning
+rate for a few hundred steps on the real data, watch the loss, and suggest the rate where it falls fastest.
+
+The loss is smoothed (an exponential moving average with bias correction, as fastai does); the sweep stops
+early once the smoothed loss exceeds 4 x its minimum (diverged). The suggestion is the rate at the steepest
+descent of the smoothed loss against log(lr), over the part of the sweep before the minimum.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from itertools import cycle
+
+import numpy as np
+import torch
+
+from petlab.engine.batches import autocast, prepare_batch
+from petlab.engine.context import RunContext
+from petlab.engine.experiment import build_run_model, run_loaders
+from petlab.engine.trainer import build_optimizer
+from petlab.fileio import write_json
+from petlab.models import ARCHS
+from petlab.progress import progress
+from petlab.reports.figures import plot_lr_find
+
+log = logging.getLogger(__name__)
+SMOOTHING = 0.98
+DIVERGED = 4.0
+
+
+def suggest_lr(lrs: list[float], smoothed: list[float]) -> float:
+    """The rate at the steepest fall of the smoothed loss (per unit of log lr), before the loss minimum."""
+    stop = int(np.argmin(smoothed)) + 1
+    if stop < 3:
+        return lrs[0]
+    slopes = np.gradient(np.asarray(smoothed[:stop]), np.log(np.asarray(lrs[:stop])))
+    return float(lrs[int(np.argmin(slopes))])
+
+
+def find_lr(run: RunContext, start_lr: float = 1e-7, end_lr: float = 10.0, steps: int = 200) -> dict:
+    """Runs the range test; writes lr_find.png and lr_find.json to the run directory and logs both."""
+    cfg = run.cfg
+    model, _ = build_run_model(run)
+    model.to(run.device)
+    if cfg.train.channels_last:
+        model.to(memory_format=torch.channels_last)
+    loader = run_loaders(run, model)["train"]
+    optimizer = build_optimizer(cfg, model)
+    base = [g["lr"] for g in optimizer.param_groups]  # the backbone keeps its ratio to the head
+    for group in optimizer.param_groups:
+        group["lr"] *= start_lr / cfg.train.lr
+    # ExponentialLR multiplies every step: start_lr * gamma^steps = end_lr
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=(end_lr / start_lr) ** (1 / steps))
+    criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
+    net = model.get_submodule(ARCHS[cfg.model.arch].head) if run.features else model  # features: the head
+    batch_pre = None if run.features else run.pre
+    net.train()
+    lrs, losses, smoothed, average = [], [], [], 0.0
+    for step, (images, targets) in enumerate(progress(cycle(loader), total=steps, desc="lr range test",
+                                                      unit="step")):
+        if step >= steps:
+            break
+        x = prepare_batch(images, batch_pre, run.device, cfg.train.channels_last)
+        with autocast(run.device, cfg.train.precision):
+            logits = net(x)
+        loss = criterion(logits.float(), targets.to(run.device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        lr = optimizer.param_groups[0]["lr"]
+        optimizer.step()
+        scheduler.step()
+        value = loss.item()
+        average = SMOOTHING * average + (1 - SMOOTHING) * value
+        lrs.append(lr)
+        losses.append(value)
+        smoothed.append(average / (1 - SMOOTHING ** (step + 1)))
+        if not math.isfinite(value) or smoothed[-1] > DIVERGED * min(smoothed):
+            log.info("lr range test: the loss diverged at lr %.2e (step %d)", lr, step)
+            break
+    suggestion = suggest_lr(lrs, smoothed)
+    min_loss_lr = float(lrs[int(np.argmin(smoothed))])
+    result = {"suggestion": suggestion, "min_loss_lr": min_loss_lr, "configured_lr": cfg.train.lr,
+              "start_lr": start_lr, "end_lr": end_lr, "steps": len(lrs), "head_to_backbone": base,
+              "lrs": lrs, "losses": losses, "smoothed": smoothed}
+    figure = run.run_dir / "lr_find.png"
+    if run.is_main:
+        plot_lr_find(lrs, losses, smoothed, suggestion, cfg.train.lr, figure,
+                     f"{cfg.model.arch} on {cfg.data.dataset}: lr range test")
+        write_json(run.run_dir / "lr_find.json", result)
+        run.tracker.log_others({"lr_find_suggestion": suggestion, "lr_find_min_loss_lr": min_loss_lr})
+        run.tracker.log_image(figure, "lr_find")
+        run.tracker.end()
+    log.info("lr range test: suggested lr %.2e (steepest descent; loss minimum at %.2e; configured %.2e) -> %s",
+             suggestion, min_loss_lr, cfg.train.lr, figure)
+    return result
+
