@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from petlab.config import ConfigError, load_config
 from petlab.data.datasets import DatasetError, carve_validation, load_splits
@@ -403,3 +404,23 @@ def test_120_breeds_with_one_or_two_photos_train_evaluate_promote_and_serve(shar
         cats = httpx.post(f"{url}/api/predict", data={"task": "cats_vs_dogs"},
                           files={"file": ("pug.jpg", next(photo.iterdir()).read_bytes(), "image/jpeg")}, timeout=60)
         assert [p["label"] for p in cats.json()["predictions"]][0] == "dog"
+
+
+def test_error_analysis_shows_the_highest_loss_photos_and_the_confused_pairs(fewshot_run):
+    from petlab.engine.experiment import top_losses
+
+    results = json.loads((fewshot_run / "results.json").read_text())
+    shown = results["top_losses"]
+    assert len(shown) == 16 and [s["loss"] for s in shown] == sorted((s["loss"] for s in shown), reverse=True)
+    for s in shown:  # the loss is -log p(true); the probability is the prediction's, so never below p(true)
+        assert s["loss"] > 0 and 0 < s["probability"] <= 1
+        if s["true"] == s["predicted"]:
+            assert s["loss"] == pytest.approx(-np.log(s["probability"]), rel=1e-4)
+        else:
+            assert s["loss"] >= -np.log(s["probability"]) - 1e-6
+    for name in ("top_losses.png", "most_confused.png"):
+        with Image.open(fewshot_run / name) as figure:
+            assert figure.width >= 600 and figure.height >= 300, name
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.5, 0.5]])
+    assert top_losses(np.array([0, 0, 1, 1]), probs, k=2) == [(1, pytest.approx(-np.log(0.2))),
+                                                              (2, pytest.approx(-np.log(0.4)))]

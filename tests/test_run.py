@@ -17,7 +17,7 @@ from tests.imaging import make_imagefolder, write_bad_files
 from tests.runs import REPO, TINY, only_run_dir, read_metrics, script
 
 RUN_FILES = ["config.yaml", "model_summary.txt", "metrics.csv", "checkpoints/best.pt", "checkpoints/last.pt",
-             "results.json", "confusion_matrix.png", "learning_curves.png", "misclassified.png", "train.log"]
+             "results.json", "confusion_matrix.png", "learning_curves.png", "top_losses.png", "train.log"]
 
 
 def test_smoke_run_on_real_photos_writes_every_file(real_runs):

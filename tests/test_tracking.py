@@ -119,7 +119,7 @@ def test_archive_holds_config_summary_metrics_figures_model_and_tags(offline_run
     assert model["additional_params"]["groupingName"] == "petlab-cats-vs-dogs"
     assert len(archive["files"][model["file_path"]]) == (run_dir / "checkpoints/best.pt").stat().st_size
     images = {u["additional_params"]["figName"] for u in uploads if u["upload_type"] == "visualization"}
-    assert {"confusion_matrix", "learning_curves", "misclassified"} <= images
+    assert {"confusion_matrix", "learning_curves", "top_losses"} <= images
     assert {"task:cats_vs_dogs", "arch:resnet18", "dataset:imagefolder"} <= set(archive["experiment"]["tags"])
 
 

@@ -16,7 +16,7 @@ Run directory (timm-style, one per run):
   metrics.csv          one row per epoch
   checkpoints/         best.pt (by validation accuracy) and last.pt (end of the last epoch)
   results.json         val and test metrics of best.pt, skipped files, diagnostics, tracking keys, git
-  confusion_matrix.png, learning_curves.png, misclassified.png
+  confusion_matrix.png, learning_curves.png, top_losses.png (+ most_confused.png with more than 2 classes)
   comet/<key>.zip      the Comet offline archive (when there is no COMET_API_KEY)
   profile/             torch.profiler trace (with --profile)
   train.log
@@ -51,7 +51,7 @@ from petlab.reports.figures import (
     plot_confusion_matrices,
     plot_cross_validation,
     plot_learning_curves,
-    plot_misclassified,
+    plot_photo_grid,
 )
 from petlab.tracking import git_state, installed_packages
 
@@ -93,7 +93,7 @@ def train_run(run: RunContext, on_epoch=None) -> RunOutcome:
 
     final, shown = final_evaluation(run, trainer, loaders, cv)
     if run.is_main:
-        figures = write_figures(run, final, trainer.state.history, shown, cv)
+        figures, record["top_losses"] = write_figures(run, final, trainer.state.history, shown, cv)
         track_final(run, final, figures)
     outcome = write_results(run, trainer, "completed", final=final, extra=record)
     summary = ", ".join(f"{s} accuracy {m['accuracy']:.4f} (top-5 {m['top5_accuracy']:.4f})" for s, m in final.items())
@@ -242,35 +242,68 @@ def final_evaluation(run: RunContext, trainer: Trainer, loaders: dict, cv: dict 
         labels, oof = run.decoded["train"].labels, cv["oof"]
         final["val"] = {**classification_metrics(labels, oof, mean_nll(oof, labels), classes),
                         "source": f"{cv['folds']}-fold cross-validation on train (out-of-fold)"}
-        shown = (run.decoded["train"], labels, oof.argmax(1))
+        shown = (run.decoded["train"], labels, oof)
     for split in ("val", "test"):
         if split in loaders:
             targets, probs, loss = trainer.predict(loaders[split], split)
             final[split] = classification_metrics(targets, probs, loss, classes)
             if split == "val":
-                shown = (run.decoded["val"], targets, probs.argmax(1))
+                shown = (run.decoded["val"], targets, probs)
     return final, shown
 
 
+TOP_LOSSES = 16
+CONFUSED_PAIRS, PHOTOS_PER_PAIR = 5, 4
+
+
+def top_losses(targets: np.ndarray, probs: np.ndarray, k: int = TOP_LOSSES) -> list[tuple[int, float]]:
+    """(index, loss) of the k photos with the highest loss (-log of the true class's probability), highest first."""
+    losses = -np.log(np.clip(probs[np.arange(len(targets)), targets], 1e-12, None))
+    order = np.argsort(-losses, kind="stable")[:k]
+    return [(int(i), float(losses[i])) for i in order]
+
+
 def write_figures(run: RunContext, final: dict, history: list[dict], shown: tuple,
-                  cv: dict | None = None) -> dict[str, Path]:
+                  cv: dict | None = None) -> tuple[dict[str, Path], list[dict]]:
+    """confusion_matrix.png, learning_curves.png, top_losses.png (the validation photos with the highest loss)
+    and, with more than two classes, most_confused.png (the photos behind the most-confused pairs).
+    shown: (decoded images, targets, probabilities) of the validation photos, in the cache's order (val is
+    not shuffled); out-of-fold training photos with cross-validation. Returns the figures and the top losses."""
     cfg, pre, classes, run_dir = run.cfg, run.pre, run.splits.classes, run.run_dir
     figures = {"confusion_matrix": run_dir / "confusion_matrix.png",
                "learning_curves": run_dir / "learning_curves.png",
-               "misclassified": run_dir / "misclassified.png"}
+               "top_losses": run_dir / "top_losses.png"}
     plot_confusion_matrices(final, classes, figures["confusion_matrix"])
     plot_learning_curves({cfg.name: history}, figures["learning_curves"], f"{cfg.model.arch} on {cfg.data.dataset}")
-    images, targets, preds = shown  # in loader order, which is the cache's order (val is not shuffled)
-    wrong = np.flatnonzero(targets != preds)[:16]
+    images, targets, probs = shown
+    preds = probs.argmax(1)
     margin = (pre.resize_size - pre.image_size) // 2
-    crops = [images.array[i][margin:margin + pre.image_size, margin:margin + pre.image_size] for i in wrong]
-    plot_misclassified(crops, [classes[targets[i]] for i in wrong], [classes[preds[i]] for i in wrong],
-                       figures["misclassified"],
-                       f"misclassified {'out-of-fold training' if cv else 'validation'} images ({len(wrong)} shown)")
+
+    def crop(i: int) -> np.ndarray:
+        return images.array[i][margin:margin + pre.image_size, margin:margin + pre.image_size]
+
+    which = "out-of-fold training" if cv else "validation"
+    top = top_losses(targets, probs)
+    plot_photo_grid([crop(i) for i, _ in top],
+                    [f"true: {classes[targets[i]]}\npredicted: {classes[preds[i]]} ({probs[i, preds[i]]:.0%})"
+                     f"\nloss {loss:.2f}" for i, loss in top], figures["top_losses"],
+                    f"the {len(top)} {which} photos with the highest loss",
+                    wrong=[targets[i] != preds[i] for i, _ in top])
+    if len(classes) > 2:
+        pairs = final["val"]["most_confused"][:CONFUSED_PAIRS]
+        picked = [(i, pair) for pair in pairs
+                  for i in np.flatnonzero((targets == classes.index(pair["true"]))
+                                          & (preds == classes.index(pair["predicted"])))[:PHOTOS_PER_PAIR]]
+        figures["most_confused"] = run_dir / "most_confused.png"
+        plot_photo_grid([crop(i) for i, _ in picked], [f"{p['true']}\nseen as {p['predicted']}" for _, p in picked],
+                        figures["most_confused"], f"{which} photos behind the most-confused pairs",
+                        cols=PHOTOS_PER_PAIR)
     if cv:
         figures["cross_validation"] = run_dir / "cross_validation.png"
         plot_cross_validation(cv, figures["cross_validation"])
-    return figures
+    shown_losses = [{"index": i, "true": classes[targets[i]], "predicted": classes[preds[i]],
+                     "probability": float(probs[i, preds[i]]), "loss": loss} for i, loss in top]
+    return figures, shown_losses
 
 
 def track_final(run: RunContext, final: dict, figures: dict[str, Path]) -> None:

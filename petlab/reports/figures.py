@@ -1,4 +1,4 @@
-"""Figures people would rather see than read: learning curves and misclassified examples."""
+"""Figures people would rather see than read: learning curves, confusion matrices, the photos behind the errors."""
 
 from __future__ import annotations
 
@@ -44,23 +44,23 @@ def plot_learning_curves(histories: dict[str, list[dict]], path: Path, title: st
     plt.close(fig)
 
 
-def plot_misclassified(images: np.ndarray, true: list[str], predicted: list[str], path: Path,
-                       title: str = "misclassified validation images") -> None:
-    """A grid of HxWx3 uint8 images captioned with their true and predicted labels."""
+def plot_photo_grid(images: np.ndarray, captions: list[str], path: Path, title: str, cols: int = 4,
+                    wrong: list[bool] | None = None) -> None:
+    """A grid of HxWx3 uint8 photos with a caption each (red where the prediction is wrong)."""
     plt = pyplot()
     n = len(images)
-    cols = min(4, max(n, 1))
+    cols = min(cols, max(n, 1))
     rows = max(1, -(-n // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.3 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.5 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, image, t, p in zip(axes.flat, images, true, predicted):
+    for i, (ax, image, caption) in enumerate(zip(axes.flat, images, captions)):
         ax.imshow(image)
-        ax.set_title(f"true: {t}\npredicted: {p}", fontsize=9, color="firebrick")
+        ax.set_title(caption, fontsize=8, color="firebrick" if wrong is None or wrong[i] else "darkgreen")
     if n == 0:
-        axes[0, 0].text(0.5, 0.5, "no misclassified images", ha="center", va="center")
+        axes[0, 0].text(0.5, 0.5, "nothing to show", ha="center", va="center")
     fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / (3.5 * rows)))  # room for the title above the captions
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
