@@ -19,7 +19,7 @@ def test_durations_parse_and_bad_ones_name_the_key():
 
 
 def test_schedules_run_from_their_start_to_their_end_over_the_budget():
-    assert lr_factor("cosine", 0.0, 0.3) == 1.0 and lr_factor("cosine", 1.0, 0.3) == pytest.approx(0.0)
+    assert lr_factor("cosine", 0.0, 0.0) == 1.0 and lr_factor("cosine", 1.0, 0.0) == pytest.approx(0.0)  # no warm-up
     assert lr_factor("onecycle", 0.0, 0.3) == pytest.approx(1 / 25)
     assert lr_factor("onecycle", 0.3, 0.3) == pytest.approx(1.0)
     assert lr_factor("onecycle", 1.0, 0.3) == pytest.approx(1 / 25 / 1e4)
