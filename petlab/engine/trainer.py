@@ -301,7 +301,7 @@ class Trainer:
         self._set_trainable(epoch)
         steps, every = self.steps_per_epoch, self.cfg.tracking.log_every_steps
         check_every = self.cfg.diagnostics.check_every_steps if self.cfg.diagnostics.enabled else None
-        accumulate, clip = self.cfg.train.accumulate, self.cfg.train.clip_grad
+        accumulate = self.cfg.train.accumulate
         # `is not None`, not `or`: a compiled module answers bool() with len(), which most models lack
         forward = next(m for m in (self.compiled, self.ddp, self.net) if m is not None)
         compiling, self._fresh_compile = bool(self._fresh_compile), False
@@ -329,50 +329,19 @@ class Trainer:
                 if first_batch:
                     self.diagnostics.watch_activations(self.model)
                 step_started = time.perf_counter() if compiling and step == 0 else None
-                x, y = self._prepare(images), targets.to(self.device, non_blocking=True)
-                target = y
-                if self.mix is not None:  # soft targets; accuracy counts the dominant label
-                    x, target = self.mix(x, y)
-                    y = target.argmax(1)
-                    if self.cfg.train.channels_last:
-                        x = x.contiguous(memory_format=torch.channels_last)
                 if step == group_start:
                     self.optimizer.zero_grad(set_to_none=True)
-                # DDP averages gradients over the processes once per group, not once per batch
-                with self.ddp.no_sync() if self.ddp is not None and not group_end else nullcontext():
-                    with self._autocast():
-                        logits = forward(x)
-                    loss = self.criterion(logits.float(), target)
-                    group = min(accumulate, steps - group_start)
-                    scaled = loss / group if group > 1 else loss  # the group's mean, as one big batch has
-                    (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+                logits, loss, y = self._forward_backward(forward, images, targets, min(accumulate, steps - group_start),
+                                                         sync=group_end)
                 total_loss += loss.detach() * len(y)
                 correct += (logits.detach().argmax(1) == y).sum()
                 seen += len(y)
                 if first_batch:
                     self.diagnostics.check_first_batch(loss.item())
-                grad_norm, checked = None, False
+                grad_norm, checked, lr = None, False, self.optimizer.param_groups[0]["lr"]
                 if group_end:
                     checked = check_every is not None and opt_step % check_every == 0
-                    if self.scaler:  # true gradients for clipping and the norm
-                        self.scaler.unscale_(self.optimizer)
-                    if clip:  # the norm before clipping: what diagnostics and the log should see
-                        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-                        grad_norm = float(norm) if logged or checked else None
-                    elif logged or checked:
-                        grad_norm = gradient_norm(self.model)
-                    lr = self.optimizer.param_groups[0]["lr"]
-                    if self.scaler:  # skips the step when fp16 overflowed, and adapts the scale
-                        self.scaler.step(self.optimizer)
-                        self.scaler.update()
-                        if grad_norm is not None and not math.isfinite(grad_norm):
-                            grad_norm = None  # an overflow the scaler handled, not an exploding gradient
-                    else:
-                        self.optimizer.step()
-                    if self.scheduler:
-                        self.scheduler.step()
-                    if self.ema is not None:
-                        self.ema.update_parameters(self.model)
+                    grad_norm = self._optimizer_step(read_norm=logged or checked)
                 if step_started is not None:  # compilation happens in the first forward and backward
                     loss.item()  # wait for the step, to time it
                     self.state.compile_seconds += time.perf_counter() - step_started
@@ -393,6 +362,51 @@ class Trainer:
         total, right, seen = self.dist.sum(total_loss.item(), correct.item(), seen)  # over all ranks' shards
         return {"train_loss": total / max(seen, 1), "train_accuracy": right / max(seen, 1),
                 **profile.finish(int(seen))}
+
+    def _forward_backward(self, forward: nn.Module, images: torch.Tensor, targets: torch.Tensor, group: int,
+                          sync: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One batch: inputs (mixed with --mixup/--cutmix) through the network, the loss scaled to the mean over
+        its accumulation group (and by the fp16 scaler), backward. sync False: DDP keeps this batch's gradients
+        local (the group's last batch averages them over the processes). Returns the logits, the unscaled loss
+        and the labels accuracy counts (the dominant one of mixed targets)."""
+        x, y = self._prepare(images), targets.to(self.device, non_blocking=True)
+        target = y
+        if self.mix is not None:
+            x, target = self.mix(x, y)
+            y = target.argmax(1)
+            if self.cfg.train.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+        with nullcontext() if sync or self.ddp is None else self.ddp.no_sync():
+            with self._autocast():
+                logits = forward(x)
+            loss = self.criterion(logits.float(), target)
+            scaled = loss / group if group > 1 else loss  # the group's mean, as one big batch has
+            (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+        return logits, loss, y
+
+    def _optimizer_step(self, read_norm: bool) -> float | None:
+        """Unscale (fp16), clip, step, schedule, average (--ema). Returns the gradient norm before clipping when
+        read_norm -- reading it waits for the device, so only at log and check steps -- else None."""
+        if self.scaler:  # true gradients for clipping and the norm
+            self.scaler.unscale_(self.optimizer)
+        grad_norm = None
+        if self.cfg.train.clip_grad:  # the norm before clipping: what diagnostics and the log should see
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.clip_grad)
+            grad_norm = float(norm) if read_norm else None
+        elif read_norm:
+            grad_norm = gradient_norm(self.model)
+        if self.scaler:  # skips the step when fp16 overflowed, and adapts the scale
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            if grad_norm is not None and not math.isfinite(grad_norm):
+                grad_norm = None  # an overflow the scaler handled, not an exploding gradient
+        else:
+            self.optimizer.step()
+        if self.scheduler:
+            self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+        return grad_norm
 
     def predict(self, loader, desc: str = "eval") -> tuple[np.ndarray, np.ndarray, float]:
         """Targets, class probabilities and mean loss over the whole split (each rank predicts its shard)."""
