@@ -9,14 +9,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from petlab.paths import project_root, registry_root, runs_root
+from petlab.paths import registry_root, relative_to_root, runs_root
 from petlab.registry import Registry
 from petlab.reports.runs import find_local_runs
 
 
 def shown(path) -> str:
     path = Path(path).resolve()
-    return str(path.relative_to(project_root())) if path.is_relative_to(project_root()) else str(path)
+    return str(relative_to_root(path) or path)
 
 
 def main(argv=None) -> int:

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from petlab.errors import ConfigError
+from petlab.names import SPECIES
 
 TASKS = ("cats_vs_dogs", "breeds")
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -27,7 +28,6 @@ TRACKERS = ("comet", "none")
 AUGMENT_POLICIES = ("none", "trivial")
 HEAD_INITS = ("fresh", "imagenet")
 TTA_MODES = ("none", "flip")
-SPECIES = ("cat", "dog")
 
 
 def _archs() -> tuple[str, ...]:

@@ -29,6 +29,12 @@ def under_root(path: str | os.PathLike) -> Path:
     return path if path.is_absolute() else project_root() / path
 
 
+def relative_to_root(path: str | os.PathLike) -> Path | None:
+    """path relative to the project root when it lies under it, else None."""
+    path, root = Path(path), project_root()
+    return path.relative_to(root) if path.is_absolute() and path.is_relative_to(root) else None
+
+
 def _from_env(variable: str, default: str) -> Path:
     return under_root(os.environ.get(variable) or default)
 

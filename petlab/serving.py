@@ -19,7 +19,7 @@ import torch
 from petlab.data.images import load_rgb
 from petlab.data.transforms import Preprocessing
 from petlab.export import preferred_export
-from petlab.paths import project_root
+from petlab.paths import relative_to_root
 from petlab.registry.store import Registry
 
 log = logging.getLogger(__name__)
@@ -180,7 +180,6 @@ def shown_path(path: Path) -> str:
     """A path as strangers may see it: relative to the project root when under it, else only its name
     (an absolute path is this machine's business)."""
     path = Path(path)
-    root = project_root()
     if not path.is_absolute():
         return str(path)
-    return str(path.relative_to(root)) if path.is_relative_to(root) else path.name
+    return str(relative_to_root(path) or path.name)

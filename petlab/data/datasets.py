@@ -21,11 +21,11 @@ from sklearn.model_selection import train_test_split
 from petlab.data.download import ARCHIVES, KAGGLE_HELP, download_dataset
 from petlab.data.files import visible_dirs, visible_files
 from petlab.errors import DatasetError, DownloadError
+from petlab.names import SPECIES
 from petlab.paths import data_root
 
 log = logging.getLogger(__name__)
 VAL_DIR_NAMES = ("val", "valid", "validation")
-SPECIES = ("cat", "dog")  # class names of the cats_vs_dogs task, whatever the dataset calls them
 _SPECIES_ALIASES = {"cat": "cat", "cats": "cat", "dog": "dog", "dogs": "dog"}
 
 Sample = tuple[str, int]

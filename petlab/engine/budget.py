@@ -17,6 +17,9 @@ from petlab.config import parse_duration
 __all__ = ["Budget", "lr_factor", "parse_duration"]
 
 
+WARMUP_START = 0.01  # a warm-up starts at lr / 100 and rises linearly to lr (LinearLR's start_factor)
+
+
 def _cosine(start: float, end: float, t: float) -> float:
     return end + (start - end) / 2 * (1 + math.cos(math.pi * min(max(t, 0.0), 1.0)))
 
@@ -30,8 +33,8 @@ def lr_factor(scheduler: str, progress: float, warmup: float) -> float:
         if progress < warmup:
             return _cosine(1 / 25, 1.0, progress / warmup)
         return _cosine(1.0, 1 / 25 / 1e4, (progress - warmup) / (1 - warmup))
-    if progress < warmup:  # a linear warm-up from lr/100, as LinearLR does without a budget
-        return 0.01 + (1 - 0.01) * progress / warmup
+    if progress < warmup:  # a linear warm-up, as LinearLR does without a budget
+        return WARMUP_START + (1 - WARMUP_START) * progress / warmup
     if scheduler == "cosine":
         return _cosine(1.0, 0.0, (progress - warmup) / (1 - warmup))
     return 1.0

@@ -40,7 +40,7 @@ from petlab.engine.batches import seed_everything
 from petlab.engine.checkpoint import load_checkpoint
 from petlab.engine.context import RunContext, open_run
 from petlab.engine.features import feature_loaders
-from petlab.engine.metrics import HEADLINE, classification_metrics, mean_nll
+from petlab.engine.metrics import HEADLINE, classification_metrics, mean_nll, nll
 from petlab.engine.outcome import Interrupted, RunOutcome, StopRun, write_results
 from petlab.engine.trainer import Trainer
 from petlab.errors import ConfigError
@@ -258,7 +258,7 @@ CONFUSED_PAIRS, PHOTOS_PER_PAIR = 5, 4
 
 def top_losses(targets: np.ndarray, probs: np.ndarray, k: int = TOP_LOSSES) -> list[tuple[int, float]]:
     """(index, loss) of the k photos with the highest loss (-log of the true class's probability), highest first."""
-    losses = -np.log(np.clip(probs[np.arange(len(targets)), targets], 1e-12, None))
+    losses = nll(probs, targets)
     order = np.argsort(-losses, kind="stable")[:k]
     return [(int(i), float(losses[i])) for i in order]
 

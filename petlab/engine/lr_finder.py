@@ -15,12 +15,10 @@ from itertools import cycle
 import numpy as np
 import torch
 
-from petlab.engine.batches import autocast, prepare_batch
 from petlab.engine.context import RunContext
 from petlab.engine.experiment import build_run_model, run_loaders
-from petlab.engine.trainer import build_optimizer
+from petlab.engine.trainer import Trainer
 from petlab.fileio import write_json
-from petlab.models import ARCHS
 from petlab.progress import progress
 from petlab.reports.figures import plot_lr_find
 
@@ -42,34 +40,30 @@ def find_lr(run: RunContext, start_lr: float = 1e-7, end_lr: float = 10.0, steps
     """Runs the range test; writes lr_find.png and lr_find.json to the run directory and logs both."""
     cfg = run.cfg
     model, _ = build_run_model(run)
-    model.to(run.device)
-    if cfg.train.channels_last:
-        model.to(memory_format=torch.channels_last)
-    loader = run_loaders(run, model)["train"]
-    optimizer = build_optimizer(cfg, model)
-    base = [g["lr"] for g in optimizer.param_groups]  # the backbone keeps its ratio to the head
-    for group in optimizer.param_groups:
-        group["lr"] *= start_lr / cfg.train.lr
+    loaders = run_loaders(run, model)
+    # The run's own training step (frozen layers and BatchNorm, precision, mixing, clipping, DDP) at a rising
+    # lr: no schedule, warm-up, EMA, budget or accumulation of its own. The backbone keeps its lr ratio.
+    sweep_cfg = cfg.updated({"train.lr": start_lr, "train.scheduler": "none", "train.warmup_epochs": 0,
+                             "train.time_budget": None, "train.ema": None, "train.accumulate": 1})
+    trainer = Trainer(sweep_cfg, model, run.pre, loaders, None, run.splits.classes, device=run.device,
+                      features=run.features, dist=run.dist)
+    start_lrs = [g["lr"] for g in trainer.optimizer.param_groups]
     # ExponentialLR multiplies every step: start_lr * gamma^steps = end_lr
-    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=(end_lr / start_lr) ** (1 / steps))
-    criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
-    net = model.get_submodule(ARCHS[cfg.model.arch].head) if run.features else model  # features: the head
-    batch_pre = None if run.features else run.pre
-    net.train()
+    trainer.scheduler = torch.optim.lr_scheduler.ExponentialLR(trainer.optimizer,
+                                                               gamma=(end_lr / start_lr) ** (1 / steps))
+    if trainer.generator is not None:
+        trainer.generator.manual_seed(cfg.seed)
+    trainer.set_trainable(0)  # as the run's first epoch trains
+    forward = trainer.train_forward()
     lrs, losses, smoothed, average = [], [], [], 0.0
-    for step, (images, targets) in enumerate(progress(cycle(loader), total=steps, desc="lr range test",
+    for step, (images, targets) in enumerate(progress(cycle(loaders["train"]), total=steps, desc="lr range test",
                                                       unit="step")):
         if step >= steps:
             break
-        x = prepare_batch(images, batch_pre, run.device, cfg.train.channels_last)
-        with autocast(run.device, cfg.train.precision):
-            logits = net(x)
-        loss = criterion(logits.float(), targets.to(run.device))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        lr = optimizer.param_groups[0]["lr"]
-        optimizer.step()
-        scheduler.step()
+        trainer.optimizer.zero_grad(set_to_none=True)
+        _, loss, _ = trainer.forward_backward(forward, images, targets, group=1, sync=True)
+        lr = trainer.optimizer.param_groups[0]["lr"]
+        trainer.optimizer_step(read_norm=False)
         value = loss.item()
         average = SMOOTHING * average + (1 - SMOOTHING) * value
         lrs.append(lr)
@@ -81,7 +75,7 @@ def find_lr(run: RunContext, start_lr: float = 1e-7, end_lr: float = 10.0, steps
     suggestion = suggest_lr(lrs, smoothed)
     min_loss_lr = float(lrs[int(np.argmin(smoothed))])
     result = {"suggestion": suggestion, "min_loss_lr": min_loss_lr, "configured_lr": cfg.train.lr,
-              "start_lr": start_lr, "end_lr": end_lr, "steps": len(lrs), "head_to_backbone": base,
+              "start_lr": start_lr, "end_lr": end_lr, "steps": len(lrs), "start_lrs": start_lrs,
               "lrs": lrs, "losses": losses, "smoothed": smoothed}
     figure = run.run_dir / "lr_find.png"
     if run.is_main:

@@ -10,9 +10,14 @@ MOST_CONFUSED = 10
 HEADLINE = ("accuracy", f"top{TOP_K}_accuracy", "balanced_accuracy", "loss")  # what logs and summaries show
 
 
+def nll(probs: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Each prediction's negative log-probability of its true class (its loss, given probabilities)."""
+    return -np.log(np.clip(probs[np.arange(len(targets)), targets], 1e-12, None))
+
+
 def mean_nll(probs: np.ndarray, targets: np.ndarray) -> float:
     """Mean negative log-probability of the true class (the loss of predictions given as probabilities)."""
-    return float(-np.log(np.clip(probs[np.arange(len(targets)), targets], 1e-12, None)).mean())
+    return float(nll(probs, targets).mean())
 
 
 def top_k_accuracy(targets: np.ndarray, probs: np.ndarray, k: int = TOP_K) -> float:

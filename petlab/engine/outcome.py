@@ -6,6 +6,7 @@ with the same keys, so nothing that reads run records needs to know how a run en
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,8 +53,9 @@ def write_results(run, trainer, status: str, reason: str | None = None, final: d
         "reason": reason,
         "epochs_completed": state.epoch,
         "best_epoch": state.best_epoch if state.best_epoch > 0 else None,
-        "best_val_accuracy": state.best_val_accuracy if state.best_epoch > 0 and state.best_val_accuracy == \
-        state.best_val_accuracy else None,  # NaN (a refit has no val) becomes null
+        # NaN (a refit has no val) becomes null
+        "best_val_accuracy": None if state.best_epoch <= 0 or math.isnan(state.best_val_accuracy)
+        else state.best_val_accuracy,
         "epoch0": state.initial or None,
         "tta": run.cfg.train.tta,
         "stopped_by": state.stopped_by,

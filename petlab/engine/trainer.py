@@ -27,7 +27,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from petlab.config import Config
 from petlab.data.transforms import Preprocessing
 from petlab.engine.batches import autocast, batches_per_epoch, predict_loader, prepare_batch, seed_everything
-from petlab.engine.budget import Budget, lr_factor, parse_duration
+from petlab.engine.budget import WARMUP_START, Budget, lr_factor, parse_duration
 from petlab.engine.checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
 from petlab.engine.diagnostics import Diagnostics, gradient_norm
 from petlab.engine.distributed import Distributed, gather_predictions
@@ -101,9 +101,6 @@ def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
                                fused=fused)
     cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
     return cls(groups, lr=t.lr, weight_decay=t.weight_decay, fused=fused)
-
-
-WARMUP_START = 0.01  # a warm-up starts at lr / 100 and rises linearly to lr (LinearLR's start_factor)
 
 
 def warmup_share(cfg: Config) -> float:
@@ -224,7 +221,9 @@ class Trainer:
         m = self.cfg.model
         return m.freeze_backbone and (m.unfreeze_at is None or epoch < m.unfreeze_at)
 
-    def _set_trainable(self, epoch: int) -> None:
+    def set_trainable(self, epoch: int) -> None:
+        """Which weights train in this epoch (frozen backbone, BatchNorm statistics), and the DDP / compiled
+        wrappers that go with that."""
         frozen = self.backbone_frozen(epoch)
         for p in self.model.parameters():
             p.requires_grad_(id(p) in self._head_ids or not frozen)
@@ -245,6 +244,11 @@ class Trainer:
             # a new set of trainable weights compiles again; its first step is timed as compile time
             self.compiled = torch.compile(self.ddp if self.ddp is not None else self.net)
             self._compiled_frozen, self._fresh_compile = frozen, True
+
+    def train_forward(self) -> nn.Module:
+        """What a training batch goes through: compiled, or in DDP, or the plain net (model or head)."""
+        # `is not None`, not `or`: a compiled module answers bool() with len(), which most models lack
+        return next(m for m in (self.compiled, self.ddp, self.net) if m is not None)
 
     def _of_epochs(self) -> str:
         if self.budget is None:
@@ -298,12 +302,11 @@ class Trainer:
         """One pass over the training loader. On CUDA no step waits for the GPU: the loss and the correct
         count add up on the device and are read, like the gradient norm, only at the log interval (and
         the norm also when diagnostics check it)."""
-        self._set_trainable(epoch)
+        self.set_trainable(epoch)
         steps, every = self.steps_per_epoch, self.cfg.tracking.log_every_steps
         check_every = self.cfg.diagnostics.check_every_steps if self.cfg.diagnostics.enabled else None
         accumulate = self.cfg.train.accumulate
-        # `is not None`, not `or`: a compiled module answers bool() with len(), which most models lack
-        forward = next(m for m in (self.compiled, self.ddp, self.net) if m is not None)
+        forward = self.train_forward()
         compiling, self._fresh_compile = bool(self._fresh_compile), False
         total_loss = torch.zeros((), device=self.device, dtype=torch.float64)
         correct = torch.zeros((), device=self.device, dtype=torch.int64)
@@ -312,26 +315,28 @@ class Trainer:
         bar = progress(total=steps, desc=f"epoch {epoch + 1}{self._of_epochs()}", unit="batch", leave=False)
         with torch_trace(self.run_dir and self.run_dir / "profile", profile_steps, profile_steps > 0) as trace_step:
             for step, (images, targets) in enumerate(profile.batches(self.loaders["train"])):
-                if self.budget is not None:
-                    if seen and "val" in self.loaders:
-                        self.budget.estimate_reserve(profile.elapsed() / seen, self._val_images)
-                    if self.dist.any(self.budget.spent()):  # every rank stops at the same step
-                        break
                 # --accumulate N: one optimizer step per group of N batches (the last group may be shorter);
                 # logging and checks count optimizer steps
                 group_start, opt_step = step - step % accumulate, step // accumulate
                 group_end = step + 1 == min(group_start + accumulate, steps)
                 logged = group_end and opt_step % every == 0
-                # all ranks stop at the same step; across processes that is a collective, so only at log steps
-                if (logged or not self.dist.enabled) and self.dist.any(stop.requested):
-                    raise Interrupted
+                # Stop (Ctrl-C, or the time budget spent) between groups, every rank at the same step: across
+                # processes agreeing is a collective, so only where an optimizer step is also logged.
+                if step == group_start and (not self.dist.enabled or opt_step % every == 0):
+                    if self.budget is not None:
+                        if seen:
+                            self.budget.estimate_reserve(profile.elapsed() / seen, self._val_images)
+                        if self.dist.any(self.budget.spent()):
+                            break
+                    if self.dist.any(stop.requested):
+                        raise Interrupted
                 first_batch = epoch == 0 and step == 0
                 if first_batch:
                     self.diagnostics.watch_activations(self.model)
                 step_started = time.perf_counter() if compiling and step == 0 else None
                 if step == group_start:
                     self.optimizer.zero_grad(set_to_none=True)
-                logits, loss, y = self._forward_backward(forward, images, targets, min(accumulate, steps - group_start),
+                logits, loss, y = self.forward_backward(forward, images, targets, min(accumulate, steps - group_start),
                                                          sync=group_end)
                 total_loss += loss.detach() * len(y)
                 correct += (logits.detach().argmax(1) == y).sum()
@@ -341,7 +346,7 @@ class Trainer:
                 grad_norm, checked, lr = None, False, self.optimizer.param_groups[0]["lr"]
                 if group_end:
                     checked = check_every is not None and opt_step % check_every == 0
-                    grad_norm = self._optimizer_step(read_norm=logged or checked)
+                    grad_norm = self.optimizer_step(read_norm=logged or checked)
                 if step_started is not None:  # compilation happens in the first forward and backward
                     loss.item()  # wait for the step, to time it
                     self.state.compile_seconds += time.perf_counter() - step_started
@@ -363,7 +368,7 @@ class Trainer:
         return {"train_loss": total / max(seen, 1), "train_accuracy": right / max(seen, 1),
                 **profile.finish(int(seen))}
 
-    def _forward_backward(self, forward: nn.Module, images: torch.Tensor, targets: torch.Tensor, group: int,
+    def forward_backward(self, forward: nn.Module, images: torch.Tensor, targets: torch.Tensor, group: int,
                           sync: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One batch: inputs (mixed with --mixup/--cutmix) through the network, the loss scaled to the mean over
         its accumulation group (and by the fp16 scaler), backward. sync False: DDP keeps this batch's gradients
@@ -384,7 +389,7 @@ class Trainer:
             (self.scaler.scale(scaled) if self.scaler else scaled).backward()
         return logits, loss, y
 
-    def _optimizer_step(self, read_norm: bool) -> float | None:
+    def optimizer_step(self, read_norm: bool) -> float | None:
         """Unscale (fp16), clip, step, schedule, average (--ema). Returns the gradient norm before clipping when
         read_norm -- reading it waits for the device, so only at log and check steps -- else None."""
         if self.scaler:  # true gradients for clipping and the norm
