@@ -35,7 +35,8 @@ def main(argv=None) -> int:
         res = r.results
         budget = res.get("time_budget")
         note = f", budget {budget['budget_s']:.0f} s, {res['epochs_completed']} epoch(s)" if budget else ""
-        lines.append(f"  {r.arch:20s} val {res['val']['accuracy']:.2%}  test {res['test']['accuracy']:.2%}  "
+        test = f"test {r.metrics('test')['accuracy']:.2%}" if r.metrics("test") else "no test split"
+        lines.append(f"  {r.arch:20s} val {res['val']['accuracy']:.2%}  {test}  "
                      f"{res['wall_time_s'] / 60:.1f} min{note}  ({r.run})")
         archive = (res.get("tracking") or {}).get("archive")
         if archive:

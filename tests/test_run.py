@@ -146,3 +146,20 @@ def test_evaluate_refuses_unknown_classes_and_lists_them(breeds_run, tmp_path):
     proc = script("evaluate.py", breeds_run, "--data-dir", other, check=False)
     assert proc.returncode == 2
     assert "['Boxer', 'Pug']" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_completed_run_without_a_test_split_compares_promotes_and_summarises(tmp_path):
+    """results.json keeps "test": null when the dataset has no test split; every reader copes."""
+    data = make_imagefolder(tmp_path / "data", {"train": 20})  # validation is carved from train; no test
+    script("run.py", *TINY, "--epochs", "1", "--data-dir", data, "--output-dir", tmp_path / "runs",
+           "--tracking", "none")
+    results = json.loads((only_run_dir(tmp_path / "runs") / "results.json").read_text())
+    assert results["status"] == "completed" and results["test"] is None and results["val"]["n"] == 8
+    script("compare.py", "--runs", tmp_path / "runs", "--out", tmp_path / "reports", "--name", "no-test", "--no-comet")
+    assert (tmp_path / "reports" / "no-test" / "index.html").is_file()
+    script("promote.py", "--task", "cats_vs_dogs", "--runs-root", tmp_path / "runs", "--registry", tmp_path / "reg",
+           "--images", data / "train")
+    card = json.loads((tmp_path / "reg" / "cats_vs_dogs" / "v1" / "card.json").read_text())
+    assert set(card["metrics"]) == {"val"}
+    summary = script("summary.py", "--runs", tmp_path / "runs").stdout
+    assert "no test split" in summary

@@ -78,7 +78,7 @@ def candidate_runs(task: str, runs_root: Path | None = None, study: str | None =
 def select_best(records: list[RunRecord], metric: str) -> tuple[RunRecord, float]:
     """The best run by the validation metric; ties go to the faster run, then the earlier one."""
     key, higher = check_metric(metric)
-    scored = [(r, r.results["val"][key]) for r in records if r.results.get("val", {}).get(key) is not None]
+    scored = [(r, r.results["val"][key]) for r in records if r.metrics("val").get(key) is not None]
     if not scored:
         raise PromotionError(f"none of the {len(records)} runs recorded {metric}")
     sign = -1 if higher else 1
@@ -125,7 +125,7 @@ def _build_card(record: RunRecord, cfg, classes, pre, metric, value, n_candidate
         "num_classes": len(classes),
         "preprocessing": {**pre.to_dict(), "steps": preprocessing_steps(pre.to_dict())},
         "metrics": {split: {k: results[split][k] for k in CARD_METRICS if k in results[split]}
-                    for split in ("val", "test") if split in results},
+                    for split in ("val", "test") if results.get(split)},
         "selected_by": {"metric": metric, "value": value, "candidates": n_candidates},
         "tta": results.get("tta", "none"),  # the server predicts as the metrics were measured
         "dataset": results.get("dataset"),

@@ -67,8 +67,8 @@ def write_report(records: list[RunRecord], out_dir: Path, title: str) -> dict[st
         if curves:
             figures[f"learning_curves_{task}"] = out_dir / f"learning_curves_{task}.png"
             plot_learning_curves(curves, figures[f"learning_curves_{task}"], f"{task}: learning curves")
-        split = "test" if all("per_class" in r.results.get("test", {}) for r in group) else "val"
-        with_matrices = [r for r in group if "confusion_matrix" in r.results.get(split, {})]
+        split = "test" if all("per_class" in r.metrics("test") for r in group) else "val"
+        with_matrices = [r for r in group if "confusion_matrix" in r.metrics(split)]
         if with_matrices:
             classes = with_matrices[0].results["classes"]
             same = [r for r in with_matrices if r.results["classes"] == classes]
@@ -87,8 +87,8 @@ def most_confused_by_run(records: list[RunRecord], labels: dict[str, str]) -> di
     """label -> (split, the run's most-confused pairs), from test when the run has it, else val."""
     out = {}
     for r in records:
-        split = "test" if r.results.get("test", {}).get("most_confused") is not None else "val"
-        pairs = r.results.get(split, {}).get("most_confused")
+        split = "test" if r.metrics("test").get("most_confused") is not None else "val"
+        pairs = r.metrics(split).get("most_confused")
         if pairs:
             out[labels[r.run]] = (split, pairs)
     return out

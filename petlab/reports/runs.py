@@ -35,6 +35,11 @@ class RunRecord:
     def arch(self) -> str:
         return self.config["model"]["arch"]
 
+    def metrics(self, split: str) -> dict:
+        """The split's final metrics, {} when the run has none (results.json keeps "test": null for a
+        dataset without a test split, and for runs that did not complete)."""
+        return self.results.get(split) or {}
+
     @property
     def tags(self) -> list[str]:
         return list(self.results.get("tags") or [])
@@ -127,9 +132,9 @@ def leaderboard(records: list[RunRecord]) -> pd.DataFrame:
             "epochs": r.results.get("epochs_completed"),
             "wall_time_s": r.results.get("wall_time_s"),
             "best_val_accuracy": r.results["val"]["accuracy"],
-            "test_accuracy": r.results.get("test", {}).get("accuracy"),
-            "test_top5_accuracy": r.results.get("test", {}).get("top5_accuracy"),
-            "test_balanced_accuracy": r.results.get("test", {}).get("balanced_accuracy"),
+            "test_accuracy": r.metrics("test").get("accuracy"),
+            "test_top5_accuracy": r.metrics("test").get("top5_accuracy"),
+            "test_balanced_accuracy": r.metrics("test").get("balanced_accuracy"),
             "tags": ", ".join(r.tags),
             "source": r.source,
         })
