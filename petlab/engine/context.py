@@ -168,6 +168,13 @@ def open_run(cfg: Config | None = None, resume: Path | None = None) -> Iterator[
                 tracker = create_tracker(cfg, run_dir, (previous.get("tracking") or {}).get("key"))
             yield RunContext(cfg, run_dir, resume is not None, device, dist, splits, pre, decoded, tracker, started,
                              previous.get("started_at") or datetime.now().isoformat(timespec="seconds"), previous)
+            # Every rank finishes before any leaves the process group: rank 0 still writes figures and
+            # results after the last collective, and a peer that tears gloo down meanwhile has aborted
+            # ("terminate called without an active exception", SIGABRT, seen once in CI). Only on success,
+            # as torchtitan does: a failed rank must neither wait for the others nor destroy a group in
+            # which they may still be inside a collective; torchrun stops them.
+            dist.barrier()
+            distributed.teardown()
     except BaseException:
         tracker.end()  # a run that ended normally ended it in write_results, before results.json
         raise
@@ -175,4 +182,3 @@ def open_run(cfg: Config | None = None, resume: Path | None = None) -> Iterator[
         if handler is not None:  # a sweep worker runs many experiments: each train.log gets only its own run
             logging.getLogger().removeHandler(handler)
             handler.close()
-        distributed.teardown()
