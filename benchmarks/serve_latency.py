@@ -28,7 +28,7 @@ from petlab.data.images import load_rgb
 from petlab.data.transforms import Preprocessing
 from petlab.export import EXPORT_FILES, load_exported
 from petlab.registry import Registry
-from petlab.serving import load_eager
+from petlab.registry.loaded import load_eager
 
 
 def percentile(values, q) -> float:

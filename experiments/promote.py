@@ -4,6 +4,11 @@ python experiments/promote.py --task cats_vs_dogs [--metric val_accuracy] [--fro
 python experiments/promote.py --list
 python experiments/promote.py --task cats_vs_dogs --rollback 2
 
+A candidate replaces production only when it is significantly better on the same validation photos
+(exact McNemar test, p < 0.05); otherwise the promotion is refused with the numbers (exit code 3) and
+`--force` overrides, which the card records. A rollback needs no test. Each version is calibrated
+(a temperature fitted on val, applied by the server; ECE and a reliability diagram in its card).
+
 The registry is models/registry/ ($PETLAB_REGISTRY_DIR or --registry moves it). Online (a working
 COMET_API_KEY) the version is also registered in Comet's model registry; offline the
 registration is queued in the source run's Comet archive.
@@ -16,7 +21,7 @@ from pathlib import Path
 
 from petlab.config import TASKS
 from petlab.engine.context import setup_logging
-from petlab.errors import PetlabError
+from petlab.errors import PetlabError, PromotionRefused
 from petlab.paths import runs_root
 from petlab.registry import Registry
 from petlab.registry.promote import VALIDATION_METRICS, promote, rollback
@@ -55,6 +60,8 @@ def main(argv=None) -> int:
                                                     "validation split)")
     parser.add_argument("--registry", type=Path, help="registry folder (default $PETLAB_REGISTRY_DIR or "
                                                       "models/registry)")
+    parser.add_argument("--force", action="store_true", help="promote even if not significantly better than "
+                                                             "production (recorded in the card)")
     parser.add_argument("--list", action="store_true", help="show the registry and exit")
     parser.add_argument("--rollback", type=int, metavar="VERSION", help="make an earlier version production again")
     args = parser.parse_args(argv)
@@ -70,7 +77,10 @@ def main(argv=None) -> int:
             card = rollback(args.task, args.rollback, registry)
         else:
             card = promote(args.task, args.metric, args.runs_root, args.from_study, args.storage, args.run,
-                           registry, args.images)
+                           registry, args.images, force=args.force)
+    except PromotionRefused as exc:
+        log.error("%s", exc)
+        return 3
     except PetlabError as exc:
         log.error("%s", exc)
         return 2

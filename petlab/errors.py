@@ -41,5 +41,10 @@ class PromotionError(PetlabError, RuntimeError):
     """A run cannot be promoted (no completed run, a failed export check, ...)."""
 
 
+class PromotionRefused(PromotionError):
+    """The candidate is not significantly better than production; the message gives the numbers.
+    The scripts exit 3 for it (not 2): a refusal is an answer, not a broken input."""
+
+
 class ExportError(PetlabError, RuntimeError):
     """An exported model does not reproduce the eager model's outputs."""

@@ -11,15 +11,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from petlab.data.images import load_rgb
-from petlab.data.transforms import Preprocessing
-from petlab.export import preferred_export
 from petlab.paths import relative_to_root
+from petlab.registry.loaded import LoadedModel, load_version
 from petlab.registry.store import Registry
 
 log = logging.getLogger(__name__)
@@ -32,56 +28,6 @@ class ServingError(Exception):
     def __init__(self, status: int, code: str, message: str):
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
-
-
-@dataclass
-class LoadedModel:
-    task: str
-    name: str
-    version: int
-    card: dict
-    fmt: str
-    module: object
-    pre: Preprocessing
-
-    @property
-    def classes(self) -> list[str]:
-        return self.card["classes"]
-
-    @torch.inference_mode()
-    def probabilities(self, images: list) -> torch.Tensor:
-        """RGB PIL images -> [N, classes] probabilities, preprocessed exactly as the card says."""
-        batch = self.pre.normalize(torch.stack([self.pre.eval_tensor(img) for img in images]))
-        probs = torch.softmax(self.module(batch).float(), dim=1)
-        if self.card.get("tta") == "flip":  # the card's metrics averaged each photo with its mirror image
-            probs = (probs + torch.softmax(self.module(batch.flip(3)).float(), dim=1)) / 2
-        return probs
-
-    def predict(self, image, top_k: int = 5) -> list[dict]:
-        probs = self.probabilities([image])[0]
-        values, indices = probs.topk(min(top_k, len(self.classes)))
-        return [{"label": self.classes[i], "probability": round(float(v), 6)} for v, i in zip(values, indices)]
-
-
-def load_eager(registry: Registry, task: str, version: int) -> torch.nn.Module:
-    """A registered version's eager model, from its state dict, in eval mode."""
-    from petlab.models import build_model
-
-    card = registry.card(task, version)
-    module, _ = build_model(card["arch"], len(card["classes"]), pretrained=False)
-    state = torch.load(registry.version_dir(task, version) / "state_dict.pt", map_location="cpu", weights_only=True)
-    module.load_state_dict(state)
-    return module.eval()
-
-
-def load_version(registry: Registry, task: str, version: int) -> LoadedModel:
-    card = registry.card(task, version)
-    try:
-        fmt, module = preferred_export(registry.version_dir(task, version))
-    except Exception as exc:  # noqa: BLE001 - an old or damaged export: serve the eager weights
-        log.warning("serving %s v%d from its state dict: %s", task, version, exc)
-        fmt, module = "eager", load_eager(registry, task, version)
-    return LoadedModel(task, card["name"], version, card, fmt, module, Preprocessing.from_dict(card["preprocessing"]))
 
 
 class ServedModels:

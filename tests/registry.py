@@ -10,7 +10,7 @@ from pathlib import Path
 def clone_run(run: Path, dest: Path, val: float | None = None, test: float | None = None) -> Path:
     """A run folder that shares the original's checkpoints, with its own record (and, if given, scores)."""
     dest.mkdir(parents=True)
-    for name in ("config.yaml", "metrics.csv"):
+    for name in ("config.yaml", "metrics.csv", "predictions.npz"):
         shutil.copy(run / name, dest / name)
     (dest / "checkpoints").symlink_to(run / "checkpoints")
     results = json.loads((run / "results.json").read_text())

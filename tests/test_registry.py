@@ -97,8 +97,8 @@ def test_a_promoted_version_is_complete_verified_and_queued_in_comet(promoted_re
 def test_a_new_production_archives_the_old_and_rollback_restores_it(real_runs, tmp_path):
     registry = tmp_path / "registry"
     reg = Registry(registry)
-    for name in ("lite0", "mobilenet_v2"):
-        promote(TASK, run=clone_run(real_runs[name], tmp_path / name), registry=reg)
+    for name in ("lite0", "mobilenet_v2"):  # forced: the gate is tested in test_trust.py
+        promote(TASK, run=clone_run(real_runs[name], tmp_path / name), registry=reg, force=True)
     assert [(e["version"], e["status"]) for e in reg.versions(TASK)] == [(1, "archived"), (2, "production")]
     assert reg.card(TASK, 1)["status"] == "archived"
     assert json.loads((registry / TASK / "v1" / "card.json").read_text())["status"] == "archived"
@@ -118,8 +118,8 @@ def test_a_new_production_archives_the_old_and_rollback_restores_it(real_runs, t
 def test_two_promotions_at_once_leave_a_consistent_registry(real_runs, tmp_path):
     registry = tmp_path / "registry"
     procs = [subprocess.Popen([sys.executable, str(REPO / "experiments/promote.py"), "--registry", str(registry),
-                               "--task", TASK, "--run", str(real_runs[name])], cwd=REPO, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
+                               "--task", TASK, "--run", str(real_runs[name]), "--force"], cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for name in ("lite0", "mobilenet_v2")]
     for proc in procs:
         _, err = proc.communicate(timeout=300)
@@ -142,7 +142,7 @@ def test_a_promotion_killed_mid_write_leaves_the_previous_state(real_runs, tmp_p
     before = (registry / TASK / "index.json").read_bytes()
     mobilenet = clone_run(real_runs["mobilenet_v2"], tmp_path / "mobilenet_v2")
     proc = subprocess.Popen([sys.executable, str(REPO / "experiments/promote.py"), "--registry", str(registry),
-                             "--task", TASK, "--run", str(mobilenet)], cwd=REPO,
+                             "--task", TASK, "--run", str(mobilenet), "--force"], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while not any((registry / TASK).glob(".staging-*/model.ts")) and time.time() < deadline:
@@ -153,7 +153,7 @@ def test_a_promotion_killed_mid_write_leaves_the_previous_state(real_runs, tmp_p
     assert not (registry / TASK / "v2").exists()
     assert Registry(registry).production(TASK)["version"] == 1
     # the next promotion works, takes number 2, and clears the dead process's staging folder
-    promote(TASK, run=mobilenet, registry=Registry(registry))
+    promote(TASK, run=mobilenet, registry=Registry(registry), force=True)
     assert [(e["version"], e["status"]) for e in Registry(registry).versions(TASK)] == [(1, "archived"),
                                                                                          (2, "production")]
     assert not list((registry / TASK).glob(".staging-*"))

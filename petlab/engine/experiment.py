@@ -44,6 +44,7 @@ from petlab.engine.metrics import HEADLINE, classification_metrics, mean_nll, nl
 from petlab.engine.outcome import Interrupted, RunOutcome, StopRun, write_results
 from petlab.engine.trainer import Trainer
 from petlab.errors import ConfigError
+from petlab.fileio import atomic_write
 from petlab.models import build_model, head_parameters
 from petlab.models.imagenet_head import head_init_report, match_imagenet
 from petlab.names import model_name
@@ -91,8 +92,10 @@ def train_run(run: RunContext, on_epoch=None) -> RunOutcome:
         log.info("stopped after epoch %d: %s", trainer.state.epoch, stop)
         return write_results(run, trainer, stop.status, reason=str(stop), extra=record)
 
-    final, shown = final_evaluation(run, trainer, loaders, cv)
+    final, predictions = final_evaluation(run, trainer, loaders, cv)
     if run.is_main:
+        write_predictions(run, predictions, cv)
+        shown = (run.decoded[prediction_source(run, "val", cv)], *predictions["val"]) if "val" in predictions else None
         figures, record["top_losses"] = write_figures(run, final, trainer.state.history, shown, cv)
         track_final(run, final, figures)
     outcome = write_results(run, trainer, "completed", final=final, extra=record)
@@ -231,25 +234,44 @@ def initial_metrics(trainer: Trainer, loaders: dict, classes: list[str]) -> dict
     return initial
 
 
-def final_evaluation(run: RunContext, trainer: Trainer, loaders: dict, cv: dict | None) -> tuple[dict, tuple]:
+def final_evaluation(run: RunContext, trainer: Trainer, loaders: dict, cv: dict | None) -> tuple[dict, dict]:
     """Metrics of best.pt (chosen by validation; test is only ever reported) on val and test, and the
-    validation photos to show: (decoded images, targets, predictions). With cross-validation, val is
-    the out-of-fold prediction of every training photo under the chosen setting."""
+    predictions behind them: split -> (targets, probabilities), in the decoded cache's order. With
+    cross-validation, val is the out-of-fold prediction of every training photo under the chosen setting."""
     run.dist.barrier()  # rank 0 has written best.pt
     trainer.eval_model.load_state_dict(load_checkpoint(run.run_dir / "checkpoints" / "best.pt")["model"])
-    classes, final, shown = run.splits.classes, {}, None
+    classes, final, predictions = run.splits.classes, {}, {}
     if cv:
         labels, oof = run.decoded["train"].labels, cv["oof"]
         final["val"] = {**classification_metrics(labels, oof, mean_nll(oof, labels), classes),
                         "source": f"{cv['folds']}-fold cross-validation on train (out-of-fold)"}
-        shown = (run.decoded["train"], labels, oof)
+        predictions["val"] = (labels, oof)
     for split in ("val", "test"):
         if split in loaders:
             targets, probs, loss = trainer.predict(loaders[split], split)
             final[split] = classification_metrics(targets, probs, loss, classes)
-            if split == "val":
-                shown = (run.decoded["val"], targets, probs)
-    return final, shown
+            predictions[split] = (targets, probs)
+    return final, predictions
+
+
+def prediction_source(run: RunContext, split: str, cv: dict | None) -> str:
+    """Which decoded split a split's predictions are of: out-of-fold validation predicts the training photos."""
+    return "train" if cv and split == "val" else split
+
+
+def write_predictions(run: RunContext, predictions: dict, cv: dict | None) -> Path:
+    """predictions.npz: per split, every photo's file, true label and predicted probabilities. Promotion
+    fits the temperature on them and pairs them with the production model's on the same photos."""
+    arrays = {}
+    for split, (targets, probs) in predictions.items():
+        source = prediction_source(run, split, cv)
+        skipped = {s["path"] for s in run.decoded[source].skipped}
+        files = [str(path) for path, _ in getattr(run.splits, source) if path not in skipped]
+        files = files[:len(targets)]  # --limit-batches evaluates the split's first batches only
+        arrays.update({f"{split}_files": np.array(files), f"{split}_targets": targets,
+                       f"{split}_probs": probs.astype(np.float32)})
+    return atomic_write(run.run_dir / "predictions.npz",
+                        lambda f: np.savez_compressed(f, classes=np.array(run.splits.classes), **arrays))
 
 
 TOP_LOSSES = 16

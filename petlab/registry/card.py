@@ -24,6 +24,32 @@ def _pct(value) -> str:
     return "n/a" if value is None else f"{100 * value:.2f}%"
 
 
+def comparison_lines(c: dict | None) -> list[str]:
+    if not c:
+        return ["Promoted with no production version to compare against.", ""]
+    head = f"## Compared with production v{c['production_version']}"
+    if not c.get("comparable"):
+        return [head, f"Not comparable: {c['reason']}." + (" Promoted with `--force`." if c.get("forced") else ""), ""]
+    return [head,
+            f"On the same {c['photos']} photos ({c['photos_from']}): accuracy {_pct(c['candidate_accuracy'])} vs "
+            f"{_pct(c['production_accuracy'])} ({100 * c['difference']:+.2f} points); only this version right on "
+            f"{c['candidate_only_right']}, only production on {c['production_only_right']}; {c['test']}: "
+            f"p = {c['p_value']:.3g}."
+            + (" **Not significantly better: promoted with `--force`.**" if c.get("forced") else ""), ""]
+
+
+def calibration_lines(c: dict | None) -> list[str]:
+    if not c:
+        return ["Not calibrated (no validation predictions): the server gives the raw probabilities.", ""]
+    rows = [f"| {split} | {c[split]['ece_before']:.4f} | {c[split]['ece_after']:.4f} | "
+            f"{c[split]['nll_before']:.4f} | {c[split]['nll_after']:.4f} |" for split in ("val", "test") if split in c]
+    return ["## Calibration",
+            f"Temperature **T = {c['temperature']:.3f}** ({c['method']}); the exports output raw logits and the "
+            "server divides them by T, so its probabilities are the calibrated ones.", "",
+            "| split | ECE before | ECE after | NLL before | NLL after |", "|---|---|---|---|---|", *rows, "",
+            f"![reliability diagram]({c['figure']})", ""]
+
+
 def card_markdown(card: dict) -> str:
     metrics = card.get("metrics", {})
     val, test = metrics.get("val", {}), metrics.get("test", {})
@@ -48,6 +74,8 @@ def card_markdown(card: dict) -> str:
         f"Selected by **{sel['metric']} = {sel['value']:.4f}** among {sel['candidates']} candidate run(s); "
         "the test split was never used to choose.",
         "",
+        *comparison_lines(card.get("compared_with")),
+        *calibration_lines(card.get("calibration")),
         "## Input",
         preprocessing_steps(card["preprocessing"]),
         "",

@@ -11,19 +11,24 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from petlab.data.datasets import DatasetError, load_splits
 from petlab.data.files import visible_files
 from petlab.data.images import BadImageError, load_rgb
+from petlab.engine.calibration import apply_temperature, calibrate, reliability_bins
 from petlab.engine.evaluate import load_trained_model
-from petlab.errors import PromotionError
+from petlab.errors import PromotionError, PromotionRefused
 from petlab.export import EXPORT_FILES, export_and_verify
 from petlab.names import model_name
 from petlab.paths import runs_root as default_runs_root
 from petlab.registry.card import preprocessing_steps
+from petlab.registry.gate import compare_with_production, explain
+from petlab.registry.loaded import LoadedModel
 from petlab.registry.store import Registry, RegistryError, now_iso
-from petlab.reports.runs import RunRecord, find_local_runs, read_local_run
+from petlab.reports.figures import plot_reliability
+from petlab.reports.runs import RunRecord, find_local_runs, read_local_run, read_predictions
 from petlab.tracking.comet import create_tracker, set_model_statuses
 
 log = logging.getLogger(__name__)
@@ -32,6 +37,7 @@ log = logging.getLogger(__name__)
 VALIDATION_METRICS = {"val_accuracy": ("accuracy", True), "val_loss": ("loss", False)}
 # What a card keeps of each split's metrics (val's "source" says when validation was cross-validation).
 CARD_METRICS = ("accuracy", "top5_accuracy", "balanced_accuracy", "loss", "n", "source")
+RELIABILITY_FIGURE = "reliability.png"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
 
 
@@ -90,18 +96,22 @@ def _image_files(folder: Path) -> list[tuple[Path, str]]:
     return [(p, p.parent.name) for p in files]
 
 
+def run_splits(cfg, why: str):
+    """The run's own splits, as it carved them (no download: promotion works on what is here)."""
+    try:
+        return load_splits(cfg.data.dataset, cfg.task, cfg.data.data_dir, cfg.data.species, cfg.data.val_fraction,
+                           cfg.seed, download=False, carve=cfg.train.cv_folds is None)
+    except DatasetError as exc:
+        raise PromotionError(f"{why} needs the run's photos, but its dataset is not here ({exc})") from exc
+
+
 def sample_images(cfg, classes: list[str], images_dir: Path | None, per_class: int) -> list[tuple[Path, str]]:
     """Real photos for verification and the demo's examples: round-robin over the classes of the
     run's own validation split (or any folder given), so every class is represented."""
     if images_dir is not None:
         pool = _image_files(images_dir)
     else:
-        try:
-            splits = load_splits(cfg.data.dataset, cfg.task, cfg.data.data_dir, cfg.data.species,
-                                 cfg.data.val_fraction, cfg.seed, download=False, carve=cfg.train.cv_folds is None)
-        except DatasetError as exc:
-            raise PromotionError(f"export verification needs real images, but the run's dataset is not here "
-                                 f"({exc}); pass --images DIR") from exc
+        splits = run_splits(cfg, "export verification (or pass --images DIR)")
         samples = splits.val or splits.test or splits.train
         pool = [(Path(path), splits.classes[label]) for path, label in samples]
     by_class: dict[str, list[Path]] = {}
@@ -111,6 +121,29 @@ def sample_images(cfg, classes: list[str], images_dir: Path | None, per_class: i
     for i in range(per_class):
         picked += [(paths[i], label) for label, paths in sorted(by_class.items()) if i < len(paths)]
     return picked
+
+
+def candidate_predictions(record: RunRecord, model, cfg, classes: list[str], pre) -> dict:
+    """The run's validation and test predictions: its predictions.npz, or -- for a run from before
+    runs kept them -- predicted now from best.pt, as it would be served."""
+    stored = read_predictions(record.path)
+    if stored is not None:
+        return stored
+    log.info("%s has no predictions.npz (an older run): predicting its validation and test photos now", record.path)
+    splits = run_splits(cfg, "calibration and the comparison with production")
+    as_served = LoadedModel(cfg.task, "candidate", 0, {"classes": list(classes), "tta": record.results.get("tta")},
+                            "eager", model, pre)
+    found = {"classes": list(classes)}
+    for split in ("val", "test"):
+        samples = getattr(splits, split)
+        if samples:
+            files = [str(path) for path, _ in samples]
+            try:
+                probs = as_served.predict_files(files).numpy().astype(np.float64)
+            except BadImageError as exc:
+                raise PromotionError(f"a {split} photo is unreadable: {exc}") from exc
+            found[split] = {"files": files, "targets": np.array([label for _, label in samples]), "probs": probs}
+    return found
 
 
 def _tensors(pre, paths: list[Path]) -> torch.Tensor:
@@ -140,21 +173,26 @@ def _build_card(record: RunRecord, cfg, classes, pre, metric, value, n_candidate
                   EXPORT_FILES["torchscript"]: "TorchScript, traced (torch.jit.load)",
                   "state_dict.pt": f"the eager weights (petlab.models.build_model('{cfg.model.arch}', "
                                    f"{len(classes)}))",
-                  "examples/": "real photos from the validation split, for the demo"},
+                  "examples/": "real photos from the validation split, for the demo",
+                  RELIABILITY_FIGURE: "reliability diagram of val and test, before and after temperature scaling"},
         "verification": verification,
     }
 
 
 def promote(task: str, metric: str = "val_accuracy", runs_root: Path | None = None, study: str | None = None,
             storage: str | None = None, run: Path | None = None, registry: Registry | None = None,
-            images_dir: Path | None = None, status: str = "production") -> dict:
-    """Select, export, verify and register; returns the new version's model card."""
+            images_dir: Path | None = None, status: str = "production", force: bool = False) -> dict:
+    """Select; test against production (refused unless significantly better, or forced); calibrate;
+    export, verify and register. Returns the new version's model card."""
     registry = registry or Registry()
     check_metric(metric)
     records = candidate_runs(task, runs_root, study, storage, run)
     best, value = select_best(records, metric)
     log.info("promoting %s (%s = %.4f, best of %d %s runs)", best.path, metric, value, len(records), task)
     model, cfg, classes, pre = load_trained_model(best.path)
+    predictions = candidate_predictions(best, model, cfg, classes, pre)
+    comparison = gate(registry, task, best, classes, predictions, force)
+    calibration = run_calibration(predictions)
     images = sample_images(cfg, classes, images_dir, per_class=6)
     if len(images) < 11:
         raise PromotionError(f"export verification needs 11 real images; found {len(images)}")
@@ -172,7 +210,12 @@ def promote(task: str, metric: str = "val_accuracy", runs_root: Path | None = No
             if per_class_seen.get(label, 0) < 2 and sum(per_class_seen.values()) < 8:
                 per_class_seen[label] = per_class_seen.get(label, 0) + 1
                 shutil.copyfile(path, staged / "examples" / f"{label}-{per_class_seen[label]}{path.suffix.lower()}")
-        card = _build_card(best, cfg, classes, pre, metric, value, len(records), verification)
+        if calibration:
+            plot_calibration(predictions, calibration, staged / RELIABILITY_FIGURE,
+                             f"{cfg.model.arch} on {cfg.data.dataset}")
+            calibration["figure"] = RELIABILITY_FIGURE
+        card = {**_build_card(best, cfg, classes, pre, metric, value, len(records), verification),
+                "calibration": calibration, "compared_with": comparison}
         version = registry.add_version(task, staged, card, status)
     except BaseException:
         registry.discard(staged)
@@ -184,6 +227,53 @@ def promote(task: str, metric: str = "val_accuracy", runs_root: Path | None = No
         comet = {"registration": f"failed: {type(exc).__name__}: {exc}"}
     registry.annotate(task, version, comet={**card["comet"], **comet})
     return registry.card(task, version)
+
+
+def gate(registry: Registry, task: str, best: RunRecord, classes: list[str], predictions: dict,
+         force: bool) -> dict | None:
+    """The paired comparison with the current production version (None when there is none). Raises
+    PromotionRefused unless the candidate is significantly better or `force` is given."""
+    production = registry.production(task)
+    if production is None:
+        return None
+    validation = predictions.get("val")
+    if validation is None:
+        raise PromotionError(f"{best.path} has no validation predictions to compare with production")
+    source = (best.results.get("val") or {}).get("source") or "the run's validation split"
+    comparison = compare_with_production(registry, task, production, classes, validation, source)
+    message = explain(comparison, best.path.name)
+    if not comparison["significantly_better"]:
+        if not force:
+            raise PromotionRefused(f"refused: {message}. `--force` promotes it anyway and records that in the card.")
+        log.warning("forced: %s", message)
+    else:
+        log.info("%s", message)
+    return {**comparison, "forced": force and not comparison["significantly_better"]}
+
+
+def run_calibration(predictions: dict) -> dict | None:
+    """Temperature scaling fitted on the validation predictions; None without any (the server then
+    serves the raw probabilities, and the card says the version is uncalibrated)."""
+    if "val" not in predictions:
+        log.warning("no validation predictions: the version is not calibrated (temperature 1)")
+        return None
+    calibration = calibrate({split: (predictions[split]["probs"], predictions[split]["targets"])
+                             for split in ("val", "test") if split in predictions})
+    log.info("temperature %.3f (fitted on val): %s", calibration["temperature"],
+             "; ".join(f"{split} ECE {calibration[split]['ece_before']:.4f} -> {calibration[split]['ece_after']:.4f}"
+                       for split in ("val", "test") if split in calibration))
+    return calibration
+
+
+def plot_calibration(predictions: dict, calibration: dict, path: Path, title: str) -> None:
+    panels = {}
+    for split in ("val", "test"):
+        if split in predictions:
+            probs, targets = predictions[split]["probs"], predictions[split]["targets"]
+            panels[split] = {"before": reliability_bins(probs, targets),
+                             "after": reliability_bins(apply_temperature(probs, calibration["temperature"]), targets),
+                             **{k: calibration[split][k] for k in ("ece_before", "ece_after")}}
+    plot_reliability(panels, calibration["temperature"], path, f"reliability: {title}")
 
 
 def register_in_comet(record: RunRecord, cfg, registry: Registry, task: str, version: int, status: str) -> dict:
@@ -225,6 +315,8 @@ def sync_comet_statuses(registry: Registry, task: str) -> None:
 
 
 def rollback(task: str, version: int, registry: Registry | None = None) -> dict:
+    """An earlier version back in production. No comparison: it was production once, and a rollback
+    is the way out of a bad promotion, which must never be refused."""
     registry = registry or Registry()
     entry = registry.entry(task, version)
     if entry["status"] == "production":

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import yaml
 
@@ -62,6 +63,19 @@ def read_local_run(run_dir: Path) -> RunRecord | None:
     started = datetime.fromisoformat(started) if started else datetime.fromtimestamp(
         (run_dir / "config.yaml").stat().st_mtime)
     return RunRecord(run_dir.name, config, results, history, started, path=run_dir)
+
+
+def read_predictions(run_dir: Path) -> dict | None:
+    """A run's predictions.npz (written since its final evaluation kept them) as
+    {"classes": [...], split: {"files", "targets", "probs"}}; None for a run without one."""
+    path = Path(run_dir) / "predictions.npz"
+    if not path.is_file():
+        return None
+    with np.load(path) as npz:
+        splits = {name.rsplit("_", 1)[0] for name in npz.files if name.endswith("_probs")}
+        return {"classes": npz["classes"].tolist(),
+                **{split: {"files": npz[f"{split}_files"].tolist(), "targets": npz[f"{split}_targets"],
+                           "probs": npz[f"{split}_probs"].astype(np.float64)} for split in sorted(splits)}}
 
 
 def find_local_runs(roots: list[Path]) -> list[RunRecord]:
