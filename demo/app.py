@@ -43,10 +43,8 @@ def log_request(**fields) -> None:
 
 def classify(models: ServedModels, data: bytes, filename: str | None, task: str | None, top_k: int) -> dict:
     """The one prediction path the API and the page share (runs in a worker thread)."""
-    model = models.model(task)
-    image = decode_upload(data, filename)
-    return {"task": model.task, "model": {"name": model.name, "version": model.version, "format": model.fmt},
-            "predictions": model.predict(image, top_k)}
+    models.model(task)  # an unknown task or no production model is the answer before the upload is decoded
+    return models.classify(decode_upload(data, filename), task, top_k)
 
 
 def create_api(models: ServedModels, max_upload_bytes: int) -> FastAPI:
@@ -93,7 +91,8 @@ def create_api(models: ServedModels, max_upload_bytes: int) -> FastAPI:
                                 status_code=500)
         result["latency_ms"] = round(1000 * (time.perf_counter() - start), 2)
         log_request(route="/api/predict", task=result["task"], version=result["model"]["version"], status=200,
-                    outcome="ok", latency_ms=result["latency_ms"], top=result["predictions"][0]["label"])
+                    outcome="ok", latency_ms=result["latency_ms"], top=result["predictions"][0]["label"],
+                    recognised=result["recognised"])
         return result
 
     return app
@@ -128,7 +127,7 @@ def build_page(models: ServedModels) -> gr.Blocks:
 
     def on_image(path: str | None, task: str | None):
         if path is None:
-            return None
+            return None, ""
         start = time.perf_counter()
         try:
             result = classify(models, Path(path).read_bytes(), Path(path).name, task or None, 5)
@@ -136,8 +135,11 @@ def build_page(models: ServedModels) -> gr.Blocks:
             log_request(route="page", task=task, status=err.status, outcome=err.code)
             raise gr.Error(err.message) from None
         log_request(route="page", task=result["task"], version=result["model"]["version"], status=200,
-                    outcome="ok", latency_ms=round(1000 * (time.perf_counter() - start), 2))
-        return {p["label"]: p["probability"] for p in result["predictions"]}
+                    outcome="ok", recognised=result["recognised"],
+                    latency_ms=round(1000 * (time.perf_counter() - start), 2))
+        verdict = (f"**Recognised as a pet** (ImageNet's view: {result['pet_probability']:.0%} a cat or dog)."
+                   if result["recognised"] else f"**Not recognised:** {result['reason']}.")
+        return {p["label"]: p["probability"] for p in result["predictions"]}, verdict
 
     with gr.Blocks(title="petlab demo") as page:
         gr.Markdown("# petlab\nUpload, paste or drag a pet photo: the production model names the class.")
@@ -149,6 +151,7 @@ def build_page(models: ServedModels) -> gr.Blocks:
                              elem_id="photo")
             with gr.Column():
                 label = gr.Label(num_top_classes=5, label="Prediction", elem_id="prediction")
+                recognition = gr.Markdown("", elem_id="recognition")
                 summary_text, card_text = current_card(tasks[0] if tasks else None)
                 summary = gr.Markdown(summary_text, elem_id="served")
         if examples:
@@ -156,9 +159,9 @@ def build_page(models: ServedModels) -> gr.Blocks:
                         label="Examples (validation photos)", cache_examples=False)
         with gr.Accordion("Model card", open=False):
             card = gr.Markdown(card_text, elem_id="card")
-        image.change(on_image, [image, task], label, api_name="classify")
+        image.change(on_image, [image, task], [label, recognition], api_name="classify")
         task.change(current_card, task, [summary, card], api_name=False).then(
-            on_image, [image, task], label, api_name=False)
+            on_image, [image, task], [label, recognition], api_name=False)
         page.load(on_load, None, [task, summary, card], api_name=False)
     return page
 

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from petlab.data.images import load_rgb
+from petlab.models.pet_view import PET_THRESHOLD, VIEW_ARCH, VIEW_SIZE, PetView
 from petlab.paths import relative_to_root
 from petlab.registry.loaded import LoadedModel, load_version
 from petlab.registry.store import Registry
@@ -35,6 +36,21 @@ class ServedModels:
         self.registry = registry
         self._loaded: dict[tuple[str, int], LoadedModel] = {}
         self._lock = threading.Lock()
+        self._pet_view: PetView | None = None
+
+    @property
+    def pet_view(self) -> PetView:
+        """ImageNet's view of whether a photo shows a pet at all, shared by every task (loaded once)."""
+        with self._lock:
+            if self._pet_view is None:
+                self._pet_view = PetView()
+            return self._pet_view
+
+    def classify(self, image, task: str | None, top_k: int) -> dict:
+        """The served answer for one decoded photo: the model's top-k, and whether it looks like a pet at all."""
+        model = self.model(task)
+        return {"task": model.task, "model": {"name": model.name, "version": model.version, "format": model.fmt},
+                **self.pet_view.judge(image), "predictions": model.predict(image, top_k)}
 
     def production(self) -> dict[str, int]:
         """task -> production version, for every task that has one."""
@@ -75,7 +91,8 @@ class ServedModels:
             return self._loaded[key]
 
     def warm_up(self) -> None:
-        """Load every production model now, so the first request does not pay for it."""
+        """Load every production model (and the pet view) now, so the first request does not pay for it."""
+        self.pet_view  # noqa: B018 - loads it
         for task in self.production():
             try:
                 self.model(task)
@@ -91,7 +108,8 @@ class ServedModels:
             models[task] = {"name": card["name"], "version": version, "arch": card["arch"],
                             "classes": len(card["classes"]), "format": loaded.fmt if loaded else "not loaded yet"}
         return {"status": "ok" if served else "no_production_model", "registry": shown_path(self.registry.root),
-                "models": models}
+                "models": models, "not_a_pet": {"score": f"ImageNet {VIEW_ARCH} probability of a dog or cat class, "
+                                                          f"at {VIEW_SIZE} px", "threshold": PET_THRESHOLD}}
 
 
 def parse_top_k(value) -> int:

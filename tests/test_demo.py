@@ -37,6 +37,7 @@ def predict(url, data: bytes, name="photo.jpg", **fields):
 
 def probabilities(response) -> dict:
     assert response.status_code == 200, response.text
+    assert isinstance(response.json()["recognised"], bool)  # every prediction says whether it looks like a pet
     return {p["label"]: p["probability"] for p in response.json()["predictions"]}
 
 
@@ -82,6 +83,7 @@ def test_clear_cats_and_dogs_get_the_right_label(server, validation):
             assert body["task"] == "cats_vs_dogs" and body["model"] == {
                 "name": "petlab-cats-vs-dogs", "version": 1, "format": "torch_export"}
             assert body["predictions"][0]["label"] == label, (name, body)
+            assert body["recognised"] is True and body["reason"] is None and body["pet_probability"] > 0.12
             assert sum(p["probability"] for p in body["predictions"]) == pytest.approx(1.0, abs=1e-4)
             assert body["latency_ms"] > 0
 
@@ -103,6 +105,22 @@ def test_every_odd_but_valid_photo_is_predicted(server, validation):
     for name in ("grayscale.jpg", "palette.png", "rgba.png", "cmyk.jpg", "animated.gif"):
         assert results[name]["cat"] > 0.5, (name, results[name])
     assert set(results["one_pixel.png"]) == {"cat", "dog"}
+
+
+def test_photos_that_are_not_pets_get_an_honest_answer_and_still_a_top_k(server):
+    from petlab.data.non_pets import drawing, sample_photo_files
+
+    url, _ = server
+    photos = {p.name: p.read_bytes() for p in sample_photo_files() if p.stem in ("rocket", "coffee", "astronaut")}
+    photos["drawing.png"] = encode(drawing(7), "PNG")
+    for name, data in photos.items():
+        body = predict(url, data, name).json()
+        assert body["recognised"] is False, (name, body)
+        assert "does not look like a cat or a dog" in body["reason"] and body["pet_probability"] < 0.12
+        assert [p["label"] for p in body["predictions"]] in (["cat", "dog"], ["dog", "cat"])
+        assert sum(p["probability"] for p in body["predictions"]) == pytest.approx(1.0, abs=1e-4)
+    health = httpx.get(f"{url}/api/health").json()
+    assert health["not_a_pet"]["threshold"] == 0.12
 
 
 def first_frame_png(gif: bytes) -> bytes:
@@ -158,13 +176,19 @@ def test_gradio_client_predicts(server, validation):
 
     url, _ = server
     client = Client(url, verbose=False)
-    result = client.predict(handle_file(str(validation / "dogs" / DOGS[1])), "cats_vs_dogs", api_name="/classify")
+    result, verdict = client.predict(handle_file(str(validation / "dogs" / DOGS[1])), "cats_vs_dogs",
+                                     api_name="/classify")
     assert result["label"] == "dog"
     assert {c["label"] for c in result["confidences"]} == {"cat", "dog"}
+    assert verdict.startswith("**Recognised as a pet**")
 
 
 def test_a_browser_uploads_a_photo_and_reads_the_label(server, validation, tmp_path):
     from playwright.sync_api import expect, sync_playwright
+
+    from petlab.data.non_pets import sample_photo_files
+
+    (rocket,) = [p for p in sample_photo_files() if p.stem == "rocket"]
 
     url, _ = server
     shots = Path(os.environ.get("PETLAB_SCREENSHOT_DIR") or tmp_path)
@@ -179,9 +203,17 @@ def test_a_browser_uploads_a_photo_and_reads_the_label(server, validation, tmp_p
         expect(page.locator("#prediction")).to_contain_text("cat", timeout=60_000)
         expect(page.locator("#prediction")).to_contain_text("%", timeout=10_000)
         expect(page.locator("#served")).to_contain_text("petlab-cats-vs-dogs v1")
+        expect(page.locator("#recognition")).to_contain_text("Recognised as a pet", timeout=10_000)
         page.screenshot(path=str(shots / "demo.png"), full_page=True)
+        # a photo of a rocket: the page says so honestly, and still shows the model's guesses
+        page.locator("#photo button[aria-label='Remove Image']").click()
+        page.locator("#photo input[type=file]").set_input_files(str(rocket))
+        expect(page.locator("#recognition")).to_contain_text("Not recognised", timeout=60_000)
+        expect(page.locator("#recognition")).to_contain_text("does not look like a cat or a dog")
+        expect(page.locator("#prediction")).to_contain_text("%")
+        page.screenshot(path=str(shots / "demo_not_a_pet.png"), full_page=True)
         browser.close()
-    assert (shots / "demo.png").stat().st_size > 20_000
+    assert (shots / "demo.png").stat().st_size > 20_000 and (shots / "demo_not_a_pet.png").stat().st_size > 20_000
 
 
 def test_the_latency_benchmark_runs_against_a_real_server(promoted_registry):

@@ -174,6 +174,17 @@ def _torchvision_pretrained(arch: str) -> dict[str, torch.Tensor]:
     return weights.get_state_dict(progress=False)
 
 
+def build_imagenet_classifier(arch: str) -> nn.Module:
+    """The architecture with its pretrained 1000-class ImageNet head, in eval mode (bundled weights, offline)."""
+    spec = ARCHS[arch]
+    if spec.bundled_weights is None:
+        raise WeightsError(f"{arch} ships no offline ImageNet weights")
+    model = spec.build_imagenet()
+    path = spec.bundled_weights()
+    load_backbone_weights(model, read_state_dict(path), path)
+    return model.eval()
+
+
 def build_model(arch: str, num_classes: int, pretrained: bool = False, weights: str | None = None,
                 dropout: float = 0.0, imagenet_rows: tuple[list[str], dict[str, list[str]]] | None = None,
                 ) -> tuple[nn.Module, dict | None]:
