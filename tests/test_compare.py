@@ -7,6 +7,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from petlab.calibration import fit_temperature, reliability_panel
+from petlab.reports.runs import read_predictions
 from tests.runs import script
 
 
@@ -34,6 +36,12 @@ def test_leaderboard_matches_the_run_records_and_ranks_by_validation(real_runs, 
         assert row["wall_time_s"] == pytest.approx(results["wall_time_s"])
         assert row["pretrained"] == (row["arch"] != "custom_cnn")
         assert f"arch:{row['arch']}" in row["tags"]
+        # calibration from the run's own predictions: ECE of test, raw and with T fitted on val
+        predictions = read_predictions(run_dir)
+        panel = reliability_panel(predictions["test"]["probs"], predictions["test"]["targets"],
+                                  fit_temperature(predictions["val"]["probs"], predictions["val"]["targets"]))
+        assert row["test_ece"] == pytest.approx(panel["ece_before"])
+        assert row["test_ece_calibrated"] == pytest.approx(panel["ece_after"])
     markdown = (folder / "leaderboard.md").read_text()
     assert markdown in stdout and f"{board['best_val_accuracy'][0]:.2%}" in markdown
 
@@ -41,7 +49,7 @@ def test_leaderboard_matches_the_run_records_and_ranks_by_validation(real_runs, 
 def test_report_has_every_figure_and_one_page_showing_them(report):
     folder, _ = report
     figures = ["learning_curves_cats_vs_dogs.png", "confusion_matrices_cats_vs_dogs.png",
-               "per_class_accuracy_cats_vs_dogs.png"]
+               "per_class_accuracy_cats_vs_dogs.png", "reliability_cats_vs_dogs.png"]
     page = (folder / "index.html").read_text()
     for name in figures:
         with Image.open(folder / name) as image:

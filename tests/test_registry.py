@@ -92,6 +92,13 @@ def test_a_promoted_version_is_complete_verified_and_queued_in_comet(promoted_re
     (register,) = [m["payload"] for m in messages if m["type"] == "register_model"]
     assert register["model_name"] == "petlab-cats-vs-dogs" and register["version"] == "1.0.0"
     assert register["status"] == "Production" and register["experiment_id"] == card["comet"]["key"]
+    # the calibration goes with it: the reliability diagram and the temperature and ECEs
+    figures = [m["payload"]["additional_params"]["figName"] for m in messages if m["type"] == "file_upload"
+               and m["payload"]["upload_type"] == "visualization"]
+    assert figures == ["v1_reliability"]
+    others = {m["payload"]["key"]: m["payload"]["value"] for m in messages if m["type"] == "log_other"}
+    assert others["promotion.v1.temperature"] == card["calibration"]["temperature"]
+    assert others["promotion.v1.test_ece_after"] == pytest.approx(card["calibration"]["test"]["ece_after"])
 
 
 def test_a_new_production_archives_the_old_and_rollback_restores_it(real_runs, tmp_path):

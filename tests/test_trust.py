@@ -7,8 +7,8 @@ import pytest
 import torch
 from scipy.stats import binomtest
 
+from petlab.calibration import apply_temperature, calibrate, expected_calibration_error, fit_temperature
 from petlab.data.images import load_rgb
-from petlab.engine.calibration import apply_temperature, calibrate, expected_calibration_error, fit_temperature
 from petlab.registry import Registry
 from petlab.registry.loaded import load_version
 from petlab.registry.promote import promote, rollback

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 import torch
 
+from petlab.calibration import apply_temperature
 from petlab.data.images import load_rgb
 from petlab.data.transforms import Preprocessing
-from petlab.engine.calibration import apply_temperature
 from petlab.export import preferred_export
 from petlab.registry.store import Registry
 

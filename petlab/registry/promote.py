@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from petlab.calibration import calibrate, reliability_panel
 from petlab.data.datasets import DatasetError, load_splits
 from petlab.data.files import visible_files
 from petlab.data.images import BadImageError, load_rgb
-from petlab.engine.calibration import apply_temperature, calibrate, reliability_bins
 from petlab.engine.evaluate import load_trained_model
 from petlab.errors import PromotionError, PromotionRefused
 from petlab.export import EXPORT_FILES, export_and_verify
@@ -266,14 +266,9 @@ def run_calibration(predictions: dict) -> dict | None:
 
 
 def plot_calibration(predictions: dict, calibration: dict, path: Path, title: str) -> None:
-    panels = {}
-    for split in ("val", "test"):
-        if split in predictions:
-            probs, targets = predictions[split]["probs"], predictions[split]["targets"]
-            panels[split] = {"before": reliability_bins(probs, targets),
-                             "after": reliability_bins(apply_temperature(probs, calibration["temperature"]), targets),
-                             **{k: calibration[split][k] for k in ("ece_before", "ece_after")}}
-    plot_reliability(panels, calibration["temperature"], path, f"reliability: {title}")
+    panels = {split: reliability_panel(predictions[split]["probs"], predictions[split]["targets"],
+                                       calibration["temperature"]) for split in ("val", "test") if split in predictions}
+    plot_reliability(panels, path, f"reliability: {title}")
 
 
 def register_in_comet(record: RunRecord, cfg, registry: Registry, task: str, version: int, status: str) -> dict:
@@ -289,6 +284,16 @@ def register_in_comet(record: RunRecord, cfg, registry: Registry, task: str, ver
     tracker = create_tracker(cfg, record.path, previous_key=key)
     for file in [folder / EXPORT_FILES["torch_export"], folder / "card.json", folder / "card.md"]:
         tracker.log_model(name, file)  # the deployable export and its card (the weights are the run's model)
+    card = registry.card(task, version)
+    if (folder / RELIABILITY_FIGURE).is_file():  # calibration and the comparison, beside the run's own metrics
+        tracker.log_image(folder / RELIABILITY_FIGURE, f"v{version}_reliability")
+    calibration = card.get("calibration") or {}
+    tracker.log_others({f"promotion.v{version}.{key}": value for key, value in {
+        "temperature": calibration.get("temperature"),
+        **{f"{split}_ece_{when}": (calibration.get(split) or {}).get(f"ece_{when}")
+           for split in ("val", "test") for when in ("before", "after")},
+        **{f"compared_with.{k}": v for k, v in (card.get("compared_with") or {}).items()
+           if k in ("production_version", "difference", "p_value", "forced", "photos")}}.items() if value is not None})
     ok = tracker.register_model(name, f"{version}.0.0", status.capitalize(),
                                 f"petlab {task} v{version}: {cfg.model.arch}", [f"task:{task}", f"v{version}"])
     tracker.end()

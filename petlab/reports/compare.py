@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from petlab.reports.figures import plot_confusion_matrices, plot_learning_curves, pyplot
-from petlab.reports.runs import RunRecord, leaderboard
+from petlab.calibration import fit_temperature, reliability_panel
+from petlab.reports.figures import plot_confusion_matrices, plot_learning_curves, plot_reliability, pyplot
+from petlab.reports.runs import RunRecord, leaderboard, read_predictions
 
 
 def run_labels(records: list[RunRecord]) -> dict[str, str]:
@@ -52,6 +53,10 @@ def write_report(records: list[RunRecord], out_dir: Path, title: str) -> dict[st
     board = leaderboard(records)
     labels = run_labels(records)
     board.insert(1, "label", board["run"].map(labels))
+    calibration = calibration_by_run(records)
+    for column, key in (("test_ece", "ece_before"), ("temperature_on_val", "temperature"),
+                        ("test_ece_calibrated", "ece_after")):
+        board[column] = [(calibration.get(run) or {}).get(key) for run in board["run"]]
     files = {"csv": out_dir / "leaderboard.csv", "markdown": out_dir / "leaderboard.md"}
     board.to_csv(files["csv"], index=False)
     confused = most_confused_by_run(records, labels)
@@ -77,10 +82,27 @@ def write_report(records: list[RunRecord], out_dir: Path, title: str) -> dict[st
                                     figures[f"confusion_matrices_{task}"], f"{split} confusion matrices")
             figures[f"per_class_accuracy_{task}"] = out_dir / f"per_class_accuracy_{task}.png"
             plot_per_class_accuracy(same, labels, figures[f"per_class_accuracy_{task}"], split)
+        calibrated = [r for r in group if r.run in calibration]
+        if calibrated:
+            figures[f"reliability_{task}"] = out_dir / f"reliability_{task}.png"
+            plot_reliability({labels[r.run]: calibration[r.run] for r in calibrated}, figures[f"reliability_{task}"],
+                             f"{task}: test reliability, before and after a temperature fitted on val")
     files.update(figures)
     files["html"] = out_dir / "index.html"
     files["html"].write_text(_html(title, board, figures, confused))
     return files
+
+
+def calibration_by_run(records: list[RunRecord]) -> dict[str, dict]:
+    """run -> its test reliability panel (calibration.reliability_panel) with T fitted on its validation
+    predictions, for the local runs that kept predictions.npz with both splits."""
+    out = {}
+    for r in records:
+        found = read_predictions(r.path) if r.path is not None else None
+        if found and "val" in found and "test" in found:
+            temperature = fit_temperature(found["val"]["probs"], found["val"]["targets"])
+            out[r.run] = reliability_panel(found["test"]["probs"], found["test"]["targets"], temperature)
+    return out
 
 
 def most_confused_by_run(records: list[RunRecord], labels: dict[str, str]) -> dict[str, tuple[str, list[dict]]]:

@@ -154,27 +154,27 @@ def plot_lr_find(lrs: list[float], losses: list[float], smoothed: list[float], s
     plt.close(fig)
 
 
-def plot_reliability(panels: dict[str, dict], temperature: float, path: Path, title: str = "") -> None:
-    """Reliability diagrams, one panel per split: accuracy against mean confidence per confidence bin,
-    before and after temperature scaling (a calibrated model lies on the diagonal).
-    panels: split -> {"before": bins, "after": bins, "ece_before", "ece_after"} (calibration.reliability_bins)."""
+def plot_reliability(panels: dict[str, dict], path: Path, title: str = "") -> None:
+    """Reliability diagrams, one panel per split or run: accuracy against mean confidence per confidence
+    bin, before and after temperature scaling (a calibrated model lies on the diagonal).
+    panels: name -> calibration.reliability_panel(...)."""
     plt = pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 5), squeeze=False)
-    for ax, (split, panel) in zip(axes[0], panels.items()):
+    for ax, (name, panel) in zip(axes[0], panels.items()):
         width = panel["before"]["edges"][1]
         centres = panel["before"]["edges"][:-1] + width / 2
         for key, colour, offset in (("before", "C3", -width / 4), ("after", "C0", width / 4)):
             bins = panel[key]
             ax.bar(centres + offset, np.nan_to_num(bins["accuracy"]), width / 2, color=colour, alpha=0.8,
                    label=f"{key} (ECE {panel[f'ece_{key}']:.3f})" if key == "before" else
-                   f"after T = {temperature:.2f} (ECE {panel['ece_after']:.3f})")
+                   f"after T = {panel['temperature']:.2f} (ECE {panel['ece_after']:.3f})")
         ax.plot([0, 1], [0, 1], color="0.3", linestyle="--", linewidth=1, label="perfectly calibrated")
         shown = panel["before"]["count"]
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
         ax.set_xlabel("confidence of the top prediction")
         ax.set_ylabel("accuracy in the bin")
-        ax.set_title(f"{split} ({int(shown.sum())} photos)")
+        ax.set_title(f"{name} ({int(shown.sum())} photos)", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="upper left")
     fig.suptitle(title or "reliability diagram")

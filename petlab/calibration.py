@@ -1,5 +1,8 @@
 """Calibrated probabilities: temperature scaling and the measures that show it worked.
 
+A module of its own, importing nothing of petlab: promotion, the server and the comparison
+report all use it.
+
 Temperature scaling (Guo et al., "On Calibration of Modern Neural Networks", 2017) divides the
 logits by one scalar T fitted on the validation split by minimising the negative log-likelihood.
 It never changes which class wins, so accuracy is untouched; only the confidence moves.
@@ -14,9 +17,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from petlab.engine.metrics import mean_nll
-
 ECE_BINS = 15  # Guo et al.'s choice; equal-width confidence bins
+# A validation split the model gets entirely right has no finite optimum (T -> 0 keeps lowering its
+# NLL): the fitted T is kept within these bounds so such a model is not made infinitely sure.
+TEMPERATURE_RANGE = (0.05, 20.0)
 
 
 def apply_temperature(probs: np.ndarray | torch.Tensor, temperature: float):
@@ -40,7 +44,7 @@ def fit_temperature(probs: np.ndarray, targets: np.ndarray) -> float:
         return loss
 
     optimizer.step(closure)
-    return float(log_t.detach().exp())
+    return float(np.clip(float(log_t.detach().exp()), *TEMPERATURE_RANGE))
 
 
 def reliability_bins(probs: np.ndarray, targets: np.ndarray, bins: int = ECE_BINS) -> dict[str, np.ndarray]:
@@ -61,6 +65,12 @@ def expected_calibration_error(probs: np.ndarray, targets: np.ndarray, bins: int
     return float(np.sum(b["count"][used] / len(targets) * np.abs(b["accuracy"][used] - b["confidence"][used])))
 
 
+def mean_nll(probs: np.ndarray, targets: np.ndarray) -> float:
+    """The loss of predictions given as probabilities (torch's NLL of their logarithm)."""
+    log_p = torch.as_tensor(probs, dtype=torch.float64).clamp_min(1e-12).log()
+    return float(torch.nn.functional.nll_loss(log_p, torch.as_tensor(targets, dtype=torch.long)))
+
+
 def calibrate(predictions: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict:
     """Fit T on predictions["val"] = (probs, targets); ECE and NLL before and after on every split given."""
     temperature = fit_temperature(*predictions["val"])
@@ -73,3 +83,11 @@ def calibrate(predictions: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict:
                          "ece_after": expected_calibration_error(after, targets),
                          "nll_before": mean_nll(probs, targets), "nll_after": mean_nll(after, targets)}
     return report
+
+
+def reliability_panel(probs: np.ndarray, targets: np.ndarray, temperature: float) -> dict:
+    """What a reliability diagram draws for one set of predictions: bins and ECE before and after T."""
+    after = apply_temperature(probs, temperature)
+    return {"before": reliability_bins(probs, targets), "after": reliability_bins(after, targets),
+            "ece_before": expected_calibration_error(probs, targets),
+            "ece_after": expected_calibration_error(after, targets), "temperature": temperature}
