@@ -154,6 +154,12 @@ def plot_lr_find(lrs: list[float], losses: list[float], smoothed: list[float], s
     plt.close(fig)
 
 
+def matplotlib_rgb(colour: str) -> tuple[float, float, float]:
+    from matplotlib.colors import to_rgb
+
+    return to_rgb(colour)
+
+
 def plot_reliability(panels: dict[str, dict], path: Path, title: str = "") -> None:
     """Reliability diagrams, one panel per split or run: accuracy against mean confidence per confidence
     bin, before and after temperature scaling (a calibrated model lies on the diagonal).
@@ -165,18 +171,24 @@ def plot_reliability(panels: dict[str, dict], path: Path, title: str = "") -> No
         centres = panel["before"]["edges"][:-1] + width / 2
         for key, colour, offset in (("before", "C3", -width / 4), ("after", "C0", width / 4)):
             bins = panel[key]
-            ax.bar(centres + offset, np.nan_to_num(bins["accuracy"]), width / 2, color=colour, alpha=0.8,
+            # faint bars hold few photos: a tall bar over three photos weighs little in the ECE
+            share = bins["count"] / max(int(bins["count"].sum()), 1)
+            ax.bar(centres + offset, np.nan_to_num(bins["accuracy"]), width / 2,
+                   color=[(*matplotlib_rgb(colour), 0.15 + 0.85 * np.sqrt(x)) for x in share],
                    label=f"{key} (ECE {panel[f'ece_{key}']:.3f})" if key == "before" else
                    f"after T = {panel['temperature']:.2f} (ECE {panel['ece_after']:.3f})")
         ax.plot([0, 1], [0, 1], color="0.3", linestyle="--", linewidth=1, label="perfectly calibrated")
         shown = panel["before"]["count"]
+
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
         ax.set_xlabel("confidence of the top prediction")
         ax.set_ylabel("accuracy in the bin")
         ax.set_title(f"{name} ({int(shown.sum())} photos)", fontsize=10)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="upper left")
+        legend = ax.legend(fontsize=8, loc="upper left", title="bar opacity: share of photos", title_fontsize=7)
+        for handle, colour in zip(legend.legend_handles[1:], ("C3", "C0")):
+            handle.set_facecolor(colour)
     fig.suptitle(title or "reliability diagram")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
