@@ -43,8 +43,8 @@ def log_request(**fields) -> None:
 
 def classify(models: ServedModels, data: bytes, filename: str | None, task: str | None, top_k: int) -> dict:
     """The one prediction path the API and the page share (runs in a worker thread)."""
-    models.model(task)  # an unknown task or no production model is the answer before the upload is decoded
-    return models.classify(decode_upload(data, filename), task, top_k)
+    model = models.model(task)  # an unknown task or no production model is the answer before decoding
+    return models.classify(model, decode_upload(data, filename), top_k)
 
 
 def create_api(models: ServedModels, max_upload_bytes: int) -> FastAPI:

@@ -65,10 +65,14 @@ def expected_calibration_error(probs: np.ndarray, targets: np.ndarray, bins: int
     return float(np.sum(b["count"][used] / len(targets) * np.abs(b["accuracy"][used] - b["confidence"][used])))
 
 
+def nll(probs: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Each prediction's negative log-probability of its true class (its loss, given probabilities)."""
+    return -np.log(np.clip(probs[np.arange(len(targets)), targets], 1e-12, None))
+
+
 def mean_nll(probs: np.ndarray, targets: np.ndarray) -> float:
-    """The loss of predictions given as probabilities (torch's NLL of their logarithm)."""
-    log_p = torch.as_tensor(probs, dtype=torch.float64).clamp_min(1e-12).log()
-    return float(torch.nn.functional.nll_loss(log_p, torch.as_tensor(targets, dtype=torch.long)))
+    """Mean negative log-probability of the true class (the loss of predictions given as probabilities)."""
+    return float(nll(probs, targets).mean())
 
 
 def calibrate(predictions: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict:

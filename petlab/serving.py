@@ -46,9 +46,8 @@ class ServedModels:
                 self._pet_view = PetView()
             return self._pet_view
 
-    def classify(self, image, task: str | None, top_k: int) -> dict:
+    def classify(self, model: LoadedModel, image, top_k: int) -> dict:
         """The served answer for one decoded photo: the model's top-k, and whether it looks like a pet at all."""
-        model = self.model(task)
         return {"task": model.task, "model": {"name": model.name, "version": model.version, "format": model.fmt},
                 **self.pet_view.judge(image), "predictions": model.predict(image, top_k)}
 

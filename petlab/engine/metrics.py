@@ -5,19 +5,11 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
+from petlab.calibration import mean_nll, nll  # noqa: F401 - the engine's names for them
+
 TOP_K = 5
 MOST_CONFUSED = 10
 HEADLINE = ("accuracy", f"top{TOP_K}_accuracy", "balanced_accuracy", "loss")  # what logs and summaries show
-
-
-def nll(probs: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """Each prediction's negative log-probability of its true class (its loss, given probabilities)."""
-    return -np.log(np.clip(probs[np.arange(len(targets)), targets], 1e-12, None))
-
-
-def mean_nll(probs: np.ndarray, targets: np.ndarray) -> float:
-    """Mean negative log-probability of the true class (the loss of predictions given as probabilities)."""
-    return float(nll(probs, targets).mean())
 
 
 def top_k_accuracy(targets: np.ndarray, probs: np.ndarray, k: int = TOP_K) -> float:

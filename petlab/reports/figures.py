@@ -154,17 +154,13 @@ def plot_lr_find(lrs: list[float], losses: list[float], smoothed: list[float], s
     plt.close(fig)
 
 
-def matplotlib_rgb(colour: str) -> tuple[float, float, float]:
-    from matplotlib.colors import to_rgb
-
-    return to_rgb(colour)
-
-
 def plot_reliability(panels: dict[str, dict], path: Path, title: str = "") -> None:
     """Reliability diagrams, one panel per split or run: accuracy against mean confidence per confidence
     bin, before and after temperature scaling (a calibrated model lies on the diagonal).
     panels: name -> calibration.reliability_panel(...)."""
     plt = pyplot()
+    from matplotlib.colors import to_rgb
+
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 5), squeeze=False)
     for ax, (name, panel) in zip(axes[0], panels.items()):
         width = panel["before"]["edges"][1]
@@ -174,17 +170,15 @@ def plot_reliability(panels: dict[str, dict], path: Path, title: str = "") -> No
             # faint bars hold few photos: a tall bar over three photos weighs little in the ECE
             share = bins["count"] / max(int(bins["count"].sum()), 1)
             ax.bar(centres + offset, np.nan_to_num(bins["accuracy"]), width / 2,
-                   color=[(*matplotlib_rgb(colour), 0.15 + 0.85 * np.sqrt(x)) for x in share],
+                   color=[(*to_rgb(colour), 0.15 + 0.85 * np.sqrt(x)) for x in share],
                    label=f"{key} (ECE {panel[f'ece_{key}']:.3f})" if key == "before" else
                    f"after T = {panel['temperature']:.2f} (ECE {panel['ece_after']:.3f})")
         ax.plot([0, 1], [0, 1], color="0.3", linestyle="--", linewidth=1, label="perfectly calibrated")
-        shown = panel["before"]["count"]
-
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
         ax.set_xlabel("confidence of the top prediction")
         ax.set_ylabel("accuracy in the bin")
-        ax.set_title(f"{name} ({int(shown.sum())} photos)", fontsize=10)
+        ax.set_title(f"{name} ({int(panel['before']['count'].sum())} photos)", fontsize=10)
         ax.grid(alpha=0.3)
         legend = ax.legend(fontsize=8, loc="upper left", title="bar opacity: share of photos", title_fontsize=7)
         for handle, colour in zip(legend.legend_handles[1:], ("C3", "C0")):
