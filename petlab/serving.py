@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from petlab.data.images import load_rgb
-from petlab.models.pet_view import PET_THRESHOLD, VIEW_ARCH, VIEW_SIZE, PetView
+from petlab.models.pet_view import PET_THRESHOLD, VIEW_ARCH, VIEW_SIZE, PetView, verdict
 from petlab.paths import relative_to_root
 from petlab.registry.loaded import LoadedModel, load_version
 from petlab.registry.store import Registry
@@ -40,16 +40,21 @@ class ServedModels:
 
     @property
     def pet_view(self) -> PetView:
-        """ImageNet's view of whether a photo shows a pet at all, shared by every task (loaded once)."""
+        """ImageNet's separate view of whether a photo shows a pet at all, for the versions that cannot answer
+        from their own backbone; shared by every task, loaded the first time one needs it."""
         with self._lock:
             if self._pet_view is None:
                 self._pet_view = PetView()
             return self._pet_view
 
     def classify(self, model: LoadedModel, image, top_k: int) -> dict:
-        """The served answer for one decoded photo: the model's top-k, and whether it looks like a pet at all."""
+        """The served answer for one decoded photo: the model's top-k, and whether it looks like a pet at all
+        (from the model's own forward pass when its backbone is ImageNet's, else from the separate view)."""
+        predictions, pet = model.predict_with_pet(image, top_k)
+        judged = verdict(pet, model.pet_threshold) if pet is not None else \
+            verdict(float(self.pet_view.pet_probability([image])[0]), PET_THRESHOLD)
         return {"task": model.task, "model": {"name": model.name, "version": model.version, "format": model.fmt},
-                **self.pet_view.judge(image), "predictions": model.predict(image, top_k)}
+                **judged, "predictions": predictions}
 
     def production(self) -> dict[str, int]:
         """task -> production version, for every task that has one."""
@@ -90,11 +95,12 @@ class ServedModels:
             return self._loaded[key]
 
     def warm_up(self) -> None:
-        """Load every production model (and the pet view) now, so the first request does not pay for it."""
-        self.pet_view  # noqa: B018 - loads it
+        """Load every production model (and the separate pet view, if one needs it) now, so the first request
+        does not pay for it."""
         for task in self.production():
             try:
-                self.model(task)
+                if self.model(task).pet_module is None:
+                    self.pet_view  # noqa: B018 - loads it
             except Exception as exc:  # noqa: BLE001 - a broken version must not stop the others being served
                 log.error("could not load %s: %s", task, exc)
 
@@ -105,10 +111,22 @@ class ServedModels:
             card = self.registry.card(task, version)
             loaded = self._loaded.get((task, version))
             models[task] = {"name": card["name"], "version": version, "arch": card["arch"],
-                            "classes": len(card["classes"]), "format": loaded.fmt if loaded else "not loaded yet"}
+                            "classes": len(card["classes"]), "format": loaded.fmt if loaded else "not loaded yet",
+                            "not_a_pet": not_a_pet_check(card, loaded)}
         return {"status": "ok" if served else "no_production_model", "registry": shown_path(self.registry.root),
-                "models": models, "not_a_pet": {"score": f"ImageNet {VIEW_ARCH} probability of a dog or cat class, "
-                                                          f"at {VIEW_SIZE} px", "threshold": PET_THRESHOLD}}
+                "models": models}
+
+
+def not_a_pet_check(card: dict, loaded: LoadedModel | None) -> dict:
+    """What the health endpoint says of a version's "is this a pet?" check: the score, and its threshold."""
+    own = (card.get("not_a_pet") or {}).get("view") == "own_backbone" and (loaded is None or loaded.pet_module)
+    if own:
+        entry = card["not_a_pet"]
+        return {"score": f"ImageNet's head on this model's own {entry['arch']} backbone (ImageNet's weights, "
+                         f"untouched): probability of a dog or cat class, at {entry['image_size']} px, same pass",
+                "threshold": entry["threshold"]}
+    return {"score": f"a separate ImageNet {VIEW_ARCH}: probability of a dog or cat class, at {VIEW_SIZE} px",
+            "threshold": PET_THRESHOLD}
 
 
 def parse_top_k(value) -> int:

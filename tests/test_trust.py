@@ -9,6 +9,9 @@ from scipy.stats import binomtest
 
 from petlab.calibration import apply_temperature, calibrate, expected_calibration_error, fit_temperature
 from petlab.data.images import load_rgb
+from petlab.models import build_model
+from petlab.models.pet_view import OWN_BACKBONE_THRESHOLDS, own_backbone_head, pet_probability
+from petlab.models.zoo import build_imagenet_classifier
 from petlab.registry import Registry
 from petlab.registry.loaded import load_version
 from petlab.registry.promote import promote, rollback
@@ -61,6 +64,9 @@ def test_a_better_run_is_promoted_a_worse_one_refused_and_force_is_recorded(weak
     reg = Registry(registry)
     promote(TASK, run=weak_run, registry=reg)
     assert reg.card(TASK, 1)["compared_with"] is None  # nothing to compare with yet
+    # trained from scratch: no ImageNet backbone to ask, so the server uses the separate ImageNet view
+    assert reg.card(TASK, 1)["not_a_pet"]["view"] == "separate"
+    assert not (registry / TASK / "v1" / "pet_view.pt2").exists()
 
     # Lite0 against the weak production model, on Lite0's validation photos: accepted, with the numbers.
     strong = clone_run(real_runs["lite0"], tmp_path / "lite0")
@@ -121,3 +127,39 @@ def test_a_promoted_version_is_calibrated_and_served_calibrated(promoted_registr
     torch.testing.assert_close(raw, torch.softmax(served.module(batch), 1))
     torch.testing.assert_close(served.probabilities(photos), apply_temperature(raw, cal["temperature"]))
     assert "## Calibration" in (promoted_registry / TASK / "v1" / "card.md").read_text()
+
+
+def test_only_a_backbone_that_is_exactly_imagenets_answers_not_a_pet_itself():
+    model, _ = build_model("efficientnet_lite0", 2, pretrained=True)
+    head = own_backbone_head(model, "efficientnet_lite0", 224)
+    assert head is not None and head.out_features == 1000
+    assert own_backbone_head(model, "efficientnet_lite0", 160) is None  # no threshold measured at 160 px
+    trained = model.state_dict()
+    bn = next(k for k in trained if k.endswith("running_mean"))
+    trained[bn] = trained[bn] + 1e-3  # BatchNorm that trained moves its statistics: no longer ImageNet's
+    model.load_state_dict(trained)
+    assert own_backbone_head(model, "efficientnet_lite0", 224) is None
+    scratch, _ = build_model("efficientnet_lite0", 2)
+    assert own_backbone_head(scratch, "efficientnet_lite0", 224) is None
+
+
+def test_a_frozen_imagenet_backbone_answers_not_a_pet_from_the_served_pass(promoted_registry, shared):
+    """The short Lite0 run trains only its head, so its promotion exports pet_view.pt2: the served logits and
+    ImageNet's pet probability from one forward pass, equal to the full ImageNet classifier's own answer."""
+    card = json.loads((promoted_registry / TASK / "v1" / "card.json").read_text())
+    assert card["not_a_pet"]["view"] == "own_backbone" and card["not_a_pet"]["file"] == "pet_view.pt2"
+    assert card["not_a_pet"]["threshold"] == OWN_BACKBONE_THRESHOLDS[("efficientnet_lite0", 224)]
+    served = load_version(Registry(promoted_registry), TASK, 1)
+    assert served.pet_module is not None and served.pet_threshold == card["not_a_pet"]["threshold"]
+    from petlab.data.non_pets import sample_photo_files
+
+    dogs = sorted((shared / "cats_and_dogs_filtered" / "validation" / "dogs").glob("*.jpg"))[:3]
+    photos = [load_rgb(p) for p in [*dogs, next(p for p in sample_photo_files() if p.stem == "rocket")]]
+    probs, pet = served.probabilities_and_pet(photos)
+    batch = served.pre.normalize(torch.stack([served.pre.eval_tensor(p) for p in photos]))
+    with torch.inference_mode():
+        expected = pet_probability(build_imagenet_classifier("efficientnet_lite0")(batch))
+        plain = apply_temperature(torch.softmax(served.module(batch), 1), served.temperature)  # model.pt2's answer
+    torch.testing.assert_close(probs, plain)  # the one-pass export serves the same probabilities
+    torch.testing.assert_close(pet, expected, atol=1e-5, rtol=1e-4)
+    assert (pet[:3] > served.pet_threshold).all() and pet[3] < served.pet_threshold  # three dogs, one rocket

@@ -23,6 +23,7 @@ from petlab.errors import ExportError
 log = logging.getLogger(__name__)
 
 EXPORT_FILES = {"torch_export": "model.pt2", "torchscript": "model.ts"}
+PET_VIEW_FILE = "pet_view.pt2"  # (logits, pet probability) in one pass, for a model with ImageNet's own backbone
 PREFERENCE = ("torch_export", "torchscript")  # what a server should load first
 MAX_BATCH = 1024
 
@@ -114,3 +115,26 @@ def export_and_verify(model: torch.nn.Module, trace_batch: torch.Tensor, check_b
             diffs[f"batch_{batch.shape[0]}"] = float((got - expected).abs().max())
         report[fmt] = {"file": name, "max_abs_diff": diffs}
     return report
+
+
+@torch.no_grad()
+def export_pet_view(view: torch.nn.Module, model: torch.nn.Module, trace_batch: torch.Tensor,
+                    check_batches: list[torch.Tensor], out_dir: Path) -> dict:
+    """Write `view` (x -> (logits, pet probability), models/pet_view.OwnBackboneView) as a torch.export
+    program and verify it after a round trip: its logits must be the served model's (so the two files
+    cannot drift apart) and its pet probability the eager view's. Returns the file and the largest
+    differences; raises ExportError otherwise."""
+    view, model = view.float().eval(), model.float().eval()
+    torch.export.save(_export(view, trace_batch.float().contiguous()), out_dir / PET_VIEW_FILE)
+    loaded = load_exported(out_dir / PET_VIEW_FILE)
+    diffs = {}
+    for batch in check_batches:
+        logits, pet = loaded(batch.float())
+        try:
+            torch.testing.assert_close(logits, model(batch.float()))
+            torch.testing.assert_close(pet, view(batch.float())[1])
+        except AssertionError as exc:
+            raise ExportError(f"{PET_VIEW_FILE} disagrees with the eager model at batch size {batch.shape[0]}: "
+                              f"{exc}") from exc
+        diffs[f"batch_{batch.shape[0]}"] = float((logits - model(batch.float())).abs().max())
+    return {"file": PET_VIEW_FILE, "max_abs_diff": diffs}

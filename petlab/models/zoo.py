@@ -100,7 +100,7 @@ ARCHS: dict[str, ArchSpec] = {
 }
 
 
-def _set_submodule(model: nn.Module, path: str, module: nn.Module) -> None:
+def set_submodule(model: nn.Module, path: str, module: nn.Module) -> None:
     parent, _, leaf = path.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, leaf, module)
 
@@ -214,5 +214,5 @@ def build_model(arch: str, num_classes: int, pretrained: bool = False, weights: 
         from petlab.models.imagenet_head import init_rows_from_imagenet
 
         init_rows_from_imagenet(new_head, old_head, *imagenet_rows)
-    _set_submodule(model, spec.head, nn.Sequential(nn.Dropout(dropout), new_head) if dropout else new_head)
+    set_submodule(model, spec.head, nn.Sequential(nn.Dropout(dropout), new_head) if dropout else new_head)
     return model, report

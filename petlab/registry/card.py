@@ -50,6 +50,17 @@ def calibration_lines(c: dict | None) -> list[str]:
             f"![reliability diagram]({c['figure']})", ""]
 
 
+def not_a_pet_lines(check: dict | None) -> list[str]:
+    if not check:  # a card from before the check existed: the server uses the separate view
+        return []
+    where = ("ImageNet's own head on this model's backbone, which is ImageNet's, untouched by training: the "
+             f"same forward pass (`{check['file']}`), at {check['image_size']} px" if check["view"] == "own_backbone"
+             else f"a separate ImageNet {check['arch']} at {check['image_size']} px: one more forward pass per photo")
+    return ["## Not a pet?",
+            f"A photo is answered as not recognised when the ImageNet probability that it shows a dog or a cat is "
+            f"below **{check['threshold']}**; the score comes from {where}.", ""]
+
+
 def card_markdown(card: dict) -> str:
     metrics = card.get("metrics", {})
     val, test = metrics.get("val", {}), metrics.get("test", {})
@@ -76,6 +87,7 @@ def card_markdown(card: dict) -> str:
         "",
         *comparison_lines(card.get("compared_with")),
         *calibration_lines(card.get("calibration")),
+        *not_a_pet_lines(card.get("not_a_pet")),
         "## Input",
         preprocessing_steps(card["preprocessing"]),
         "",

@@ -1,5 +1,6 @@
 """A registered version, loaded to predict: its export (or eager weights) with its own card's preprocessing,
-test-time augmentation and temperature. The server and the promotion gate predict through it."""
+test-time augmentation and temperature, and, when the card has one, the export that also answers "is this a pet
+at all?" from the same forward pass. The server and the promotion gate predict through it."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import torch
 from petlab.calibration import apply_temperature
 from petlab.data.images import load_rgb
 from petlab.data.transforms import Preprocessing
-from petlab.export import preferred_export
+from petlab.export import PET_VIEW_FILE, load_exported, preferred_export
 from petlab.registry.store import Registry
 
 log = logging.getLogger(__name__)
@@ -26,22 +27,34 @@ class LoadedModel:
     fmt: str
     module: object
     pre: Preprocessing
+    pet_module: object | None = None  # x -> (logits, ImageNet pet probability): pet_view.pt2, when the card has it
 
     @property
     def classes(self) -> list[str]:
         return self.card["classes"]
 
-    @torch.inference_mode()
     def probabilities(self, images: list, calibrated: bool = True) -> torch.Tensor:
         """RGB PIL images -> [N, classes] probabilities, preprocessed exactly as the card says and, when
         the card holds a temperature, calibrated (the export itself stays raw logits)."""
+        return self.probabilities_and_pet(images, calibrated)[0]
+
+    @torch.inference_mode()
+    def probabilities_and_pet(self, images: list, calibrated: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """probabilities(), and each photo's ImageNet pet probability when this version computes it in the
+        same pass (pet_view.pt2), else None."""
         batch = self.pre.normalize(torch.stack([self.pre.eval_tensor(img) for img in images]))
-        probs = torch.softmax(self.module(batch).float(), dim=1)
+        logits, pet = self.pet_module(batch) if self.pet_module is not None else (self.module(batch), None)
+        probs = torch.softmax(logits.float(), dim=1)
         if self.card.get("tta") == "flip":  # the card's metrics averaged each photo with its mirror image
             probs = (probs + torch.softmax(self.module(batch.flip(3)).float(), dim=1)) / 2
         if calibrated and self.temperature != 1.0:
             probs = apply_temperature(probs, self.temperature)
-        return probs
+        return probs, pet
+
+    @property
+    def pet_threshold(self) -> float | None:
+        """The threshold measured for this version's own pet probability (None: it has none)."""
+        return (self.card.get("not_a_pet") or {}).get("threshold") if self.pet_module is not None else None
 
     @property
     def temperature(self) -> float:
@@ -54,9 +67,14 @@ class LoadedModel:
         return torch.cat(parts) if parts else torch.empty(0, len(self.classes))
 
     def predict(self, image, top_k: int = 5) -> list[dict]:
-        probs = self.probabilities([image])[0]
-        values, indices = probs.topk(min(top_k, len(self.classes)))
-        return [{"label": self.classes[i], "probability": round(float(v), 6)} for v, i in zip(values, indices)]
+        return self.predict_with_pet(image, top_k)[0]
+
+    def predict_with_pet(self, image, top_k: int = 5) -> tuple[list[dict], float | None]:
+        """The top-k for one photo, and its ImageNet pet probability when this version computes it."""
+        probs, pet = self.probabilities_and_pet([image])
+        values, indices = probs[0].topk(min(top_k, len(self.classes)))
+        top = [{"label": self.classes[i], "probability": round(float(v), 6)} for v, i in zip(values, indices)]
+        return top, (float(pet[0]) if pet is not None else None)
 
 
 def load_eager(registry: Registry, task: str, version: int) -> torch.nn.Module:
@@ -77,4 +95,12 @@ def load_version(registry: Registry, task: str, version: int) -> LoadedModel:
     except Exception as exc:  # noqa: BLE001 - an old or damaged export: serve the eager weights
         log.warning("serving %s v%d from its state dict: %s", task, version, exc)
         fmt, module = "eager", load_eager(registry, task, version)
-    return LoadedModel(task, card["name"], version, card, fmt, module, Preprocessing.from_dict(card["preprocessing"]))
+    pet_module = None
+    if (card.get("not_a_pet") or {}).get("file") == PET_VIEW_FILE:
+        try:
+            pet_module = load_exported(registry.version_dir(task, version) / PET_VIEW_FILE)
+        except Exception as exc:  # noqa: BLE001 - the separate view answers instead, one forward pass dearer
+            log.warning("%s v%d: could not load %s (%s); using the separate ImageNet view", task, version,
+                        PET_VIEW_FILE, exc)
+    return LoadedModel(task, card["name"], version, card, fmt, module, Preprocessing.from_dict(card["preprocessing"]),
+                       pet_module)

@@ -20,7 +20,15 @@ from petlab.data.files import visible_files
 from petlab.data.images import BadImageError, load_rgb
 from petlab.engine.evaluate import load_trained_model
 from petlab.errors import PromotionError, PromotionRefused
-from petlab.export import EXPORT_FILES, export_and_verify
+from petlab.export import EXPORT_FILES, PET_VIEW_FILE, ExportError, export_and_verify, export_pet_view
+from petlab.models.pet_view import (
+    OWN_BACKBONE_THRESHOLDS,
+    PET_THRESHOLD,
+    VIEW_ARCH,
+    VIEW_SIZE,
+    OwnBackboneView,
+    own_backbone_head,
+)
 from petlab.names import model_name
 from petlab.paths import runs_root as default_runs_root
 from petlab.registry.card import preprocessing_steps
@@ -203,6 +211,8 @@ def promote(task: str, metric: str = "val_accuracy", runs_root: Path | None = No
     staged = registry.staging_dir(task)
     try:
         verification = export_and_verify(model, trace, [one, eight], staged)
+        not_a_pet = export_not_a_pet_view(model, cfg.model.arch, len(classes), pre.image_size, trace, [one, eight],
+                                          staged)
         torch.save(model.state_dict(), staged / "state_dict.pt")
         (staged / "examples").mkdir()
         per_class_seen: dict[str, int] = {}
@@ -215,7 +225,9 @@ def promote(task: str, metric: str = "val_accuracy", runs_root: Path | None = No
                              f"{cfg.model.arch} on {cfg.data.dataset}")
             calibration["figure"] = RELIABILITY_FIGURE
         card = {**_build_card(best, cfg, classes, pre, metric, value, len(records), verification),
-                "calibration": calibration, "compared_with": comparison}
+                "calibration": calibration, "compared_with": comparison, "not_a_pet": not_a_pet}
+        if not_a_pet.get("file"):
+            card["files"][PET_VIEW_FILE] = "torch.export program: (logits, ImageNet pet probability) in one pass"
         version = registry.add_version(task, staged, card, status)
     except BaseException:
         registry.discard(staged)
@@ -227,6 +239,24 @@ def promote(task: str, metric: str = "val_accuracy", runs_root: Path | None = No
         comet = {"registration": f"failed: {type(exc).__name__}: {exc}"}
     registry.annotate(task, version, comet={**card["comet"], **comet})
     return registry.card(task, version)
+
+
+def export_not_a_pet_view(model, arch: str, num_classes: int, image_size: int, trace: torch.Tensor,
+                          checks: list[torch.Tensor], staged: Path) -> dict:
+    """How the server will tell a pet from anything else, for the card. A model whose backbone is ImageNet's
+    own gets pet_view.pt2, which answers from the same forward pass; any other model is served beside the
+    separate ImageNet view (models/pet_view.py), one more forward pass per photo."""
+    separate = {"view": "separate", "arch": VIEW_ARCH, "image_size": VIEW_SIZE, "threshold": PET_THRESHOLD}
+    head = own_backbone_head(model, arch, image_size)
+    if head is None:
+        return separate
+    try:
+        exported = export_pet_view(OwnBackboneView(model, arch, head, num_classes), model, trace, checks, staged)
+    except ExportError as exc:  # the separate view still works; say why the cheap one is missing
+        log.warning("%s; the server will use the separate ImageNet view", exc)
+        return separate
+    return {"view": "own_backbone", "arch": arch, "image_size": image_size,
+            "threshold": OWN_BACKBONE_THRESHOLDS[(arch, image_size)], **exported}
 
 
 def gate(registry: Registry, task: str, best: RunRecord, classes: list[str], predictions: dict,
