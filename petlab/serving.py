@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from petlab.data.images import load_rgb
-from petlab.models.pet_view import PET_THRESHOLD, VIEW_ARCH, VIEW_SIZE, PetView, verdict
+from petlab.models.pet_view import PET_THRESHOLD, SEPARATE_VIEW, PetView, verdict
 from petlab.paths import relative_to_root
 from petlab.registry.loaded import LoadedModel, load_version
 from petlab.registry.store import Registry
@@ -125,8 +125,8 @@ def not_a_pet_check(card: dict, loaded: LoadedModel | None) -> dict:
         return {"score": f"ImageNet's head on this model's own {entry['arch']} backbone (ImageNet's weights, "
                          f"untouched): probability of a dog or cat class, at {entry['image_size']} px, same pass",
                 "threshold": entry["threshold"]}
-    return {"score": f"a separate ImageNet {VIEW_ARCH}: probability of a dog or cat class, at {VIEW_SIZE} px",
-            "threshold": PET_THRESHOLD}
+    return {"score": f"a separate ImageNet {SEPARATE_VIEW['arch']}: probability of a dog or cat class, at "
+                     f"{SEPARATE_VIEW['image_size']} px", "threshold": SEPARATE_VIEW["threshold"]}
 
 
 def parse_top_k(value) -> int:

@@ -129,12 +129,13 @@ def export_pet_view(view: torch.nn.Module, model: torch.nn.Module, trace_batch: 
     loaded = load_exported(out_dir / PET_VIEW_FILE)
     diffs = {}
     for batch in check_batches:
-        logits, pet = loaded(batch.float())
+        batch = batch.float()
+        (logits, pet), expected = loaded(batch), model(batch)
         try:
-            torch.testing.assert_close(logits, model(batch.float()))
-            torch.testing.assert_close(pet, view(batch.float())[1])
+            torch.testing.assert_close(logits, expected)
+            torch.testing.assert_close(pet, view(batch)[1])
         except AssertionError as exc:
             raise ExportError(f"{PET_VIEW_FILE} disagrees with the eager model at batch size {batch.shape[0]}: "
                               f"{exc}") from exc
-        diffs[f"batch_{batch.shape[0]}"] = float((logits - model(batch.float())).abs().max())
+        diffs[f"batch_{batch.shape[0]}"] = float((logits - expected).abs().max())
     return {"file": PET_VIEW_FILE, "max_abs_diff": diffs}

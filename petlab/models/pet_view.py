@@ -31,6 +31,8 @@ PET_CLASSES = slice(151, 294)
 # is answered as not recognised -- the highest that wrongly rejects at most 2% of the tuning pets
 # (the 400 cats-vs-dogs validation photos), with half of the offline non-pet photos beside them.
 PET_THRESHOLD = 0.12
+# What a card records (and /api/health reports) for a model served beside the separate view.
+SEPARATE_VIEW = {"view": "separate", "arch": VIEW_ARCH, "image_size": VIEW_SIZE, "threshold": PET_THRESHOLD}
 # A served model whose backbone is ImageNet's own, untouched by training (a frozen backbone with its
 # BatchNorm statistics kept: the feature-cache recipes), computes ImageNet's features anyway: ImageNet's
 # head on those features answers the same question at the cost of one matrix product (OwnBackboneView),

@@ -21,14 +21,7 @@ from petlab.data.images import BadImageError, load_rgb
 from petlab.engine.evaluate import load_trained_model
 from petlab.errors import PromotionError, PromotionRefused
 from petlab.export import EXPORT_FILES, PET_VIEW_FILE, ExportError, export_and_verify, export_pet_view
-from petlab.models.pet_view import (
-    OWN_BACKBONE_THRESHOLDS,
-    PET_THRESHOLD,
-    VIEW_ARCH,
-    VIEW_SIZE,
-    OwnBackboneView,
-    own_backbone_head,
-)
+from petlab.models.pet_view import OWN_BACKBONE_THRESHOLDS, SEPARATE_VIEW, OwnBackboneView, own_backbone_head
 from petlab.names import model_name
 from petlab.paths import runs_root as default_runs_root
 from petlab.registry.card import preprocessing_steps
@@ -246,15 +239,14 @@ def export_not_a_pet_view(model, arch: str, num_classes: int, image_size: int, t
     """How the server will tell a pet from anything else, for the card. A model whose backbone is ImageNet's
     own gets pet_view.pt2, which answers from the same forward pass; any other model is served beside the
     separate ImageNet view (models/pet_view.py), one more forward pass per photo."""
-    separate = {"view": "separate", "arch": VIEW_ARCH, "image_size": VIEW_SIZE, "threshold": PET_THRESHOLD}
     head = own_backbone_head(model, arch, image_size)
     if head is None:
-        return separate
+        return dict(SEPARATE_VIEW)
     try:
         exported = export_pet_view(OwnBackboneView(model, arch, head, num_classes), model, trace, checks, staged)
     except ExportError as exc:  # the separate view still works; say why the cheap one is missing
         log.warning("%s; the server will use the separate ImageNet view", exc)
-        return separate
+        return dict(SEPARATE_VIEW)
     return {"view": "own_backbone", "arch": arch, "image_size": image_size,
             "threshold": OWN_BACKBONE_THRESHOLDS[(arch, image_size)], **exported}
 
