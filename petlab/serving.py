@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from petlab.data.images import load_rgb
-from petlab.models.pet_view import PET_THRESHOLD, SEPARATE_VIEW, PetView, verdict
+from petlab.models.pet_view import SEPARATE_VIEW, PetView, verdict
 from petlab.paths import relative_to_root
 from petlab.registry.loaded import LoadedModel, load_version
 from petlab.registry.store import Registry
@@ -52,7 +52,7 @@ class ServedModels:
         (from the model's own forward pass when its backbone is ImageNet's, else from the separate view)."""
         predictions, pet = model.predict_with_pet(image, top_k)
         judged = verdict(pet, model.pet_threshold) if pet is not None else \
-            verdict(float(self.pet_view.pet_probability([image])[0]), PET_THRESHOLD)
+            verdict(float(self.pet_view.pet_probability([image])[0]), SEPARATE_VIEW["threshold"])
         return {"task": model.task, "model": {"name": model.name, "version": model.version, "format": model.fmt},
                 **judged, "predictions": predictions}
 
