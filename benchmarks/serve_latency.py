@@ -4,8 +4,10 @@
 
 Starts the demo (a real server in its own process) on the registry's production model, posts
 real photos to /api/predict at each concurrency, and prints client-side latency p50/p95, the
-server's own latency_ms, throughput and errors. Then, in this process, times the exported model
-against the eager one (same weights, same photos) at batch sizes 1 and 8.
+server's own latency_ms, throughput and errors. It does so twice, side by side: serving as petlab
+does (model.onnx on ONNX Runtime, on a CPU) and as it did before ONNX Runtime (PETLAB_RUNTIME=torch:
+model.pt2), with each p50 over the other's. Then, in this process, times each export against the
+eager model (same weights, same photos) at batch sizes 1 and 8.
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ from common import demo_process, median_call_seconds, shared_data  # benchmarks/
 
 from petlab.data.images import load_rgb
 from petlab.data.transforms import Preprocessing
+from petlab.engine.speed import machine
 from petlab.export import EXPORT_FILES, load_exported
+from petlab.export.onnx import RUNTIME_SWITCH
 from petlab.registry import Registry
 from petlab.registry.loaded import load_eager
 
@@ -75,6 +79,12 @@ def exported_vs_eager(registry: Registry, task: str, version: int, photos: list[
     return out
 
 
+def served_format(serving: dict) -> str:
+    """What the server said it predicts with (/api/health), e.g. "onnx" or "torch_export"."""
+    models = serving["served"].get("models") or {}
+    return ", ".join(sorted({str(m.get("format")) for m in models.values() if isinstance(m, dict)})) or "?"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default="cats_vs_dogs")
@@ -101,26 +111,38 @@ def main(argv=None) -> int:
     photos = [p.read_bytes() for p in paths]
     torch.set_num_threads(os.cpu_count() or 1)
 
-    with tempfile.TemporaryDirectory() as tmp, demo_process(registry.root, Path(tmp) / "demo.log") as url:
-        phases = [load_phase(url, args.task, photos, args.requests, c) for c in args.concurrency]
+    serving = {}
+    for runtime in ("torch", "onnxruntime"):  # before, then as petlab serves now
+        env = {**os.environ, RUNTIME_SWITCH: runtime}
+        with tempfile.TemporaryDirectory() as tmp, demo_process(registry.root, Path(tmp) / "demo.log", env=env) as url:
+            phases = [load_phase(url, args.task, photos, args.requests, c) for c in args.concurrency]
+            served = httpx.get(f"{url}/api/health", timeout=30).json()  # once a request has loaded the model
+        serving[runtime] = {"served": served, "phases": phases}
+    for before, after in zip(serving["torch"]["phases"], serving["onnxruntime"]["phases"]):
+        after["p50_over_torch"] = after["p50_ms"] / before["p50_ms"]
     inference = exported_vs_eager(registry, args.task, production["version"], paths, args.repeats)
     result = {"task": args.task, "version": production["version"], "cpu_count": os.cpu_count(),
-              "torch": torch.__version__, "serving": phases, "inference": inference}
+              "machine": machine(torch.device("cpu")), "serving": serving["onnxruntime"]["phases"],
+              "serving_before": serving["torch"]["phases"], "served_format": served_format(serving["onnxruntime"]),
+              "served_format_before": served_format(serving["torch"]), "inference": inference}
     if args.json:
         print(json.dumps(result))
         return 0
     print(f"{args.task} v{production['version']} ({registry.card(args.task, production['version'])['arch']}), "
-          f"{os.cpu_count()} CPU cores, {args.requests} requests per row")
-    print(f"{'concurrency':>11} {'p50 ms':>8} {'p95 ms':>8} {'server p50':>10} {'req/s':>7} {'errors':>6}")
-    for p in phases:
-        print(f"{p['concurrency']:>11} {p['p50_ms']:>8.1f} {p['p95_ms']:>8.1f} {p['server_p50_ms'] or 0:>10.1f} "
-              f"{p['throughput_rps']:>7.1f} {p['errors']:>6}")
-    print(f"inference, median ms of {args.repeats} calls (the server uses torch_export):")
+          f"{result['machine']['cpu']}, {os.cpu_count()} CPU cores, {args.requests} requests per row")
+    print(f"{'served from':>22} {'concurrency':>11} {'p50 ms':>8} {'p95 ms':>8} {'server p50':>10} {'req/s':>7} "
+          f"{'errors':>6}")
+    for key, fmt in (("serving_before", result["served_format_before"]), ("serving", result["served_format"])):
+        for p in result[key]:
+            ratio = f"  ({p['p50_over_torch']:.2f}x the p50 before)" if "p50_over_torch" in p else ""
+            print(f"{fmt:>22} {p['concurrency']:>11} {p['p50_ms']:>8.1f} {p['p95_ms']:>8.1f} "
+                  f"{p['server_p50_ms'] or 0:>10.1f} {p['throughput_rps']:>7.1f} {p['errors']:>6}{ratio}")
+    print(f"inference, median ms of {args.repeats} calls:")
     for size in (1, 8):
         b = inference[f"batch_{size}"]
-        print(f"  batch {size}: eager {b['eager_ms']:.1f}, torch_export {b['torch_export_ms']:.1f} "
-              f"({b['torch_export_over_eager']:.2f}x eager), torchscript {b['torchscript_ms']:.1f} "
-              f"({b['torchscript_over_eager']:.2f}x eager)")
+        print(f"  batch {size}: eager {b['eager_ms']:.1f}, " + ", ".join(
+            f"{fmt} {b[f'{fmt}_ms']:.1f} ({b[f'{fmt}_over_eager']:.2f}x eager's time)" for fmt in EXPORT_FILES))
+    phases = result["serving"] + result["serving_before"]
     return 0 if all(p["errors"] == 0 for p in phases) else 1
 
 

@@ -10,8 +10,11 @@ include decoding every JPEG, any backbone features, training, the final evaluati
 figures. Accuracy is the test split's, of the checkpoint chosen by validation accuracy.
 
 Prints a table (recipe, dataset, minutes, accuracy, target, budget, met); `--json` prints one
-JSON object instead. The latest figures per recipe are kept in reports/speed/time_to_accuracy.json
-and drawn in reports/speed/time_to_accuracy.png.
+JSON object instead. `--before-after` runs each recipe twice, cold both times, side by side: first as
+petlab ran before ONNX Runtime (PETLAB_RUNTIME=torch: PyTorch eager predicts and extracts features),
+then as it runs now, with the speed-up and the accuracy difference (PETLAB_NATIVE_BF16=0 in the
+environment measures both as a CPU without native bf16 runs them). The latest figures per recipe
+are kept in reports/speed/time_to_accuracy.json and drawn in reports/speed/time_to_accuracy.png.
 """
 
 from __future__ import annotations
@@ -54,16 +57,16 @@ RECIPES = {
 }
 
 
-def run_recipe(name: str, out: Path) -> dict:
+def run_recipe(name: str, out: Path, env_extra: dict | None = None) -> dict:
     recipe = RECIPES[name]
-    cache, runs = out / name / "cache", out / name / "runs"
-    if (out / name).exists():
-        raise SystemExit(f"{out / name} exists: a cold start needs an empty --output-dir")
+    cache, runs = out / "cache", out / "runs"
+    if out.exists():
+        raise SystemExit(f"{out} exists: a cold start needs an empty --output-dir")
     cache.mkdir(parents=True)  # empty: nothing decoded or extracted yet
     command = [sys.executable, str(REPO / "experiments" / "run.py"),
                "--config", str(REPO / "experiments" / "configs" / f"{name}.yaml"),
                "--data-dir", str(shared_data() / recipe.data), "--output-dir", str(runs)]
-    env = {**os.environ, "PETLAB_CACHE_DIR": str(cache)}
+    env = {**os.environ, **(env_extra or {}), "PETLAB_CACHE_DIR": str(cache)}
     print(f"[{name}] {recipe.what} (target {recipe.target:.1%} within {recipe.budget_minutes:g} min)",
           file=sys.stderr, flush=True)
     start = time.perf_counter()
@@ -81,6 +84,7 @@ def run_recipe(name: str, out: Path) -> dict:
             "met": accuracy >= recipe.target and minutes <= recipe.budget_minutes,
             "epochs": results["epochs_completed"], "best_epoch": results["best_epoch"],
             "test_images": results["test"]["n"], "run_dir": str(run_dir), "what": recipe.what,
+            "machine": results.get("machine"),
             "measured_at": time.strftime("%Y-%m-%d %H:%M")}
 
 
@@ -120,6 +124,30 @@ def draw(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def before_after(args) -> int:
+    from petlab.export.onnx import RUNTIME_SWITCH
+
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        out = args.output_dir or Path(tmp)
+        for name in args.recipe:
+            before = run_recipe(name, out / name / "before", {RUNTIME_SWITCH: "torch"})
+            after = run_recipe(name, out / name / "after")
+            results[name] = {"before": before, "after": after, "speedup": before["minutes"] / after["minutes"],
+                             "accuracy_points": 100 * (after["test_accuracy"] - before["test_accuracy"])}
+    if args.json:
+        print(json.dumps(results))
+        return 0
+    machine = next(iter(results.values()))["after"]["machine"] or {}
+    print(f"{machine.get('cpu')} ({machine.get('cpu_capability')}, native bf16: {machine.get('native_bf16')}), "
+          f"{machine.get('threads')} threads; cold caches; before: PETLAB_RUNTIME=torch")
+    print(f"{'recipe':<30} {'before min':>10} {'after min':>9} {'speed-up':>8} {'acc before':>10} {'acc after':>9}")
+    for name, r in results.items():
+        print(f"{name:<30} {r['before']['minutes']:10.2f} {r['after']['minutes']:9.2f} {r['speedup']:7.2f}x "
+              f"{r['before']['test_accuracy']:10.2%} {r['after']['test_accuracy']:9.2%}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", nargs="+", choices=list(RECIPES), default=list(RECIPES), metavar="NAME",
@@ -127,10 +155,14 @@ def main(argv=None) -> int:
     parser.add_argument("--output-dir", type=Path, help="keep the runs and caches here (default: a temp folder)")
     parser.add_argument("--no-report", action="store_true", help="do not update reports/speed/")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--before-after", action="store_true",
+                        help="each recipe on PyTorch alone (as before ONNX Runtime), then as now, side by side")
     args = parser.parse_args(argv)
+    if args.before_after:
+        return before_after(args)
     with tempfile.TemporaryDirectory() as tmp:
         out = args.output_dir or Path(tmp)
-        results = {name: run_recipe(name, out) for name in args.recipe}
+        results = {name: run_recipe(name, out / name) for name in args.recipe}
     if not args.no_report:
         save_report(results)
     if args.json:

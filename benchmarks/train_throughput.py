@@ -101,7 +101,7 @@ def petlab_engine(arch: str, batch: int, window: int, epochs: int, overrides: di
 
 
 def inference(arch: str, repeats: int) -> dict:
-    """Inference images/s at batch 1 and 32: eager fp32 vs the two exports petlab ships."""
+    """Inference images/s at batch 1 and 32: eager fp32 vs the exports petlab ships (model.onnx on ONNX Runtime)."""
     import torch
 
     from petlab.export import EXPORT_FILES, export_and_verify, load_exported

@@ -1,6 +1,6 @@
 """petlab demo: the registry's production models behind a Gradio page and a JSON API, one server.
 
-    python demo/app.py [--host 127.0.0.1] [--port 7860] [--registry DIR] [--max-upload-mb 10]
+    python demo/app.py [--host 127.0.0.1] [--port 7860] [--registry DIR] [--max-upload-mb 10] [--upload-ttl-s 3600]
 
 - /              the Gradio page: upload, paste or drag a photo -> top-5 classes
 - POST /api/predict   multipart: file, optional task and top_k -> JSON predictions
@@ -27,18 +27,83 @@ import uvicorn  # noqa: E402
 from fastapi import FastAPI, Request  # noqa: E402
 from fastapi.responses import JSONResponse  # noqa: E402
 from starlette.concurrency import run_in_threadpool  # noqa: E402
+from starlette.formparsers import MultiPartException  # noqa: E402
 
 from petlab.registry import Registry  # noqa: E402
 from petlab.registry.card import card_markdown  # noqa: E402
-from petlab.serving import ServedModels, ServingError, decode_upload, parse_top_k  # noqa: E402
+from petlab.serving import (  # noqa: E402
+    ServedModels,
+    ServingError,
+    decode_upload,
+    parse_top_k,
+    return_freed_memory_promptly,
+)
 
 log = logging.getLogger("petlab.demo")
-MULTIPART_OVERHEAD = 64 * 1024  # form fields and boundaries around the file, for the early size check
+MULTIPART_OVERHEAD = 64 * 1024  # form fields and boundaries: a body may be this much over the file limit
+UPLOAD_TTL_S = 3600  # Gradio's copies of page uploads are deleted once this old (checked every UPLOAD_TTL_S / 6)
 
 
 def log_request(**fields) -> None:
     """One JSON line per request: what was asked, what answered, how long it took."""
     log.info(json.dumps(fields, sort_keys=True))
+
+
+class BodyTooLarge(MultiPartException):
+    """Raised into the app from `receive` once a body passes the limit. A MultiPartException, because
+    both multipart parsers (Starlette's and Gradio's) catch that one and delete the files they had
+    begun, so an abandoned upload leaves nothing on disk."""
+
+
+class BodyLimit:
+    """Every request body, on every route (the API, Gradio's /gradio_api/upload and its queue), is
+    counted while it streams: a declared Content-Length over the limit is refused before a byte is
+    read, and a chunked body (no Content-Length) is refused as soon as it passes the limit, with
+    at most the limit plus one network chunk ever read. Checking after `await upload.read()` would
+    first spool the whole body, so one client could fill the disk or the memory."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            return await self.refuse(scope, send, int(declared))
+        received, started, refused = 0, False, False
+
+        async def counted_receive():
+            nonlocal received, refused
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    if not (started or refused):
+                        await self.refuse(scope, send, received)
+                    refused = True
+                    raise BodyTooLarge(f"request body over the {self.max_bytes} byte maximum allowed size")
+            return message
+
+        async def guarded_send(message):
+            nonlocal started
+            if refused:
+                return  # we answered 413 already; what the app says after the abort is dropped
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, guarded_send)
+        except Exception:
+            if not refused:
+                raise  # BodyTooLarge, or whatever the app raised while it unwound from it, is answered
+
+    async def refuse(self, scope, send, size: int) -> None:
+        log_request(route=scope.get("path"), status=413, outcome="too_large", body_bytes=size)
+        await JSONResponse({"error": "too_large", "message": f"request body of {size}+ bytes is over the "
+                                                             f"{self.max_bytes} byte limit"},
+                           status_code=413, headers={"Connection": "close"})(scope, None, send)
 
 
 def classify(models: ServedModels, data: bytes, filename: str | None, task: str | None, top_k: int) -> dict:
@@ -62,11 +127,10 @@ def create_api(models: ServedModels, max_upload_bytes: int) -> FastAPI:
         start = time.perf_counter()
         record = {"route": "/api/predict", "task": None, "version": None}
         try:
-            length = request.headers.get("content-length")
-            if length and length.isdigit() and int(length) > max_upload_bytes + MULTIPART_OVERHEAD:
-                raise too_large(int(length))  # before reading the body at all
-            try:
+            try:  # BodyLimit (around the whole app) has refused an oversized body before or while it streams
                 form = await request.form(max_files=1, max_fields=8)
+            except BodyTooLarge:
+                raise
             except Exception as exc:  # noqa: BLE001 - malformed multipart bodies
                 raise ServingError(400, "bad_form", f"could not parse the form: {exc}") from None
             upload = form.get("file")
@@ -84,6 +148,8 @@ def create_api(models: ServedModels, max_upload_bytes: int) -> FastAPI:
             log_request(**record, status=err.status, outcome=err.code,
                         latency_ms=round(1000 * (time.perf_counter() - start), 2))
             return JSONResponse({"error": err.code, "message": err.message}, status_code=err.status)
+        except BodyTooLarge:
+            raise  # BodyLimit has answered 413 and logged it
         except Exception:  # noqa: BLE001 - the trace goes to the log, never to the client
             log.exception("predict failed")
             log_request(**record, status=500, outcome="internal_error")
@@ -98,7 +164,7 @@ def create_api(models: ServedModels, max_upload_bytes: int) -> FastAPI:
     return app
 
 
-def build_page(models: ServedModels) -> gr.Blocks:
+def build_page(models: ServedModels, upload_ttl_s: int = UPLOAD_TTL_S) -> gr.Blocks:
     served = models.production()
     tasks = sorted(served)
     examples = [[str(p), task] for task in tasks
@@ -141,7 +207,8 @@ def build_page(models: ServedModels) -> gr.Blocks:
                    if result["recognised"] else f"**Not recognised:** {result['reason']}.")
         return {p["label"]: p["probability"] for p in result["predictions"]}, verdict
 
-    with gr.Blocks(title="petlab demo") as page:
+    # delete_cache: Gradio keeps a copy of every page upload; without it /gradio_api/upload fills the disk.
+    with gr.Blocks(title="petlab demo", delete_cache=(max(1, upload_ttl_s // 6), upload_ttl_s)) as page:
         gr.Markdown("# petlab\nUpload, paste or drag a pet photo: the production model names the class.")
         task = gr.Dropdown(choices=tasks, value=tasks[0] if tasks else None, label="Task",
                            visible=len(tasks) > 1, interactive=True)
@@ -166,7 +233,9 @@ def build_page(models: ServedModels) -> gr.Blocks:
     return page
 
 
-def create_app(registry_dir: str | os.PathLike | None = None, max_upload_mb: float = 10.0) -> FastAPI:
+def create_app(registry_dir: str | os.PathLike | None = None, max_upload_mb: float = 10.0,
+               upload_ttl_s: int = UPLOAD_TTL_S) -> FastAPI:
+    return_freed_memory_promptly()
     registry = Registry(registry_dir)
     models = ServedModels(registry)
     models.warm_up()
@@ -175,8 +244,10 @@ def create_app(registry_dir: str | os.PathLike | None = None, max_upload_mb: flo
     # The page may serve the example photos and nothing else of the registry (weights, exports, cards).
     examples = [str((registry.version_dir(task, version) / "examples").resolve())
                 for task, version in models.production().items()]
-    return gr.mount_gradio_app(app, build_page(models), path="/", allowed_paths=examples, max_file_size=max_bytes,
-                               footer_links=["api"])
+    app = gr.mount_gradio_app(app, build_page(models, upload_ttl_s), path="/", allowed_paths=examples,
+                              max_file_size=max_bytes, footer_links=["api"])
+    app.add_middleware(BodyLimit, max_bytes=max_bytes + MULTIPART_OVERHEAD)  # around the API and Gradio alike
+    return app
 
 
 def main(argv=None) -> None:
@@ -185,9 +256,11 @@ def main(argv=None) -> None:
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
     parser.add_argument("--registry", help="registry folder (default $PETLAB_REGISTRY_DIR or models/registry)")
     parser.add_argument("--max-upload-mb", type=float, default=10.0)
+    parser.add_argument("--upload-ttl-s", type=int, default=UPLOAD_TTL_S,
+                        help="delete Gradio's copies of page uploads once this many seconds old")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_app(args.registry, args.max_upload_mb)
+    app = create_app(args.registry, args.max_upload_mb, args.upload_ttl_s)
     log.info("serving on http://%s:%d (registry %s)", args.host, args.port, Registry(args.registry).root)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 

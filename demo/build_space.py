@@ -3,7 +3,7 @@
     python demo/build_space.py [--out build/space] [--registry DIR]
 
 The folder it writes is a complete Space (sdk: gradio, app_file: app.py). Push it with git:
-    cd build/space && git init && git lfs track "*.pt2" "*.ts" && git add . && git commit -m "petlab demo"
+    cd build/space && git init && git lfs track "*.onnx" "*.pt2" "*.ts" && git add . && git commit -m "petlab demo"
     git push --force https://huggingface.co/spaces/<user>/<space> HEAD:main
 On the Space, GRADIO_SERVER_NAME=0.0.0.0 makes app.py listen publicly; locally it stays on 127.0.0.1.
 """
@@ -22,7 +22,8 @@ from petlab.registry import Registry
 DEMO = Path(__file__).resolve().parent
 REPO = DEMO.parent
 MARKER = ".petlab-space"
-SPACE_FILES = ("model.pt2", "model.ts", "card.json", "card.md")  # the state dict stays home: exports suffice
+SPACE_FILES = ("model.onnx", "model.pt2", "model.ts", "pet_view.onnx", "pet_view.pt2", "card.json", "card.md")
+# (the state dict stays home: the exports suffice; a version without a pet view has no pet_view.* to copy)
 
 FRONT_MATTER = """---
 title: petlab pet classifier

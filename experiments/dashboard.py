@@ -14,7 +14,7 @@ import sys
 
 from petlab.errors import ConfigError
 from petlab.paths import default_study_storage
-from petlab.search.storage import open_storage, storage_file
+from petlab.search.storage import open_storage, redacted, storage_file
 
 
 def main(argv=None) -> int:
@@ -37,7 +37,8 @@ def main(argv=None) -> int:
         return 2
     from optuna_dashboard import run_server
 
-    logging.info("optuna-dashboard on http://%s:%d over %s (Ctrl-C stops it)", args.host, args.port, args.storage)
+    logging.info("optuna-dashboard on http://%s:%d over %s (Ctrl-C stops it)", args.host, args.port,
+                 redacted(args.storage))
     run_server(storage, host=args.host, port=args.port)
     return 0
 

@@ -78,11 +78,11 @@ def main(argv=None) -> int:
         else:
             card = promote(args.task, args.metric, args.runs_root, args.from_study, args.storage, args.run,
                            registry, args.images, force=args.force)
-    except PromotionRefused as exc:
-        log.error("%s", exc)
+    except PromotionRefused as exc:  # an answer, not a broken input: exit 3
+        print(f"error: {exc}", file=sys.stderr)
         return 3
     except PetlabError as exc:
-        log.error("%s", exc)
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"{card['name']} v{card['version']} is now {card['status']} "
           f"({card['arch']}, {card['selected_by']['metric']} = {card['selected_by']['value']:.4f}); "

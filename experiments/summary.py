@@ -19,6 +19,19 @@ def shown(path) -> str:
     return str(relative_to_root(path) or path)
 
 
+def scored(results: dict, split: str) -> str:
+    """'91.25%', or '91.25% (95% CI 86.5-94.5%, a sample of 200 of 1000 photos)' where evaluation was sampled."""
+    metrics = results.get(split)
+    if not metrics:
+        return f"no {split} split"
+    sample = (results.get("eval_sample") or {}).get(split)
+    if not sample:
+        return f"{metrics['accuracy']:.2%}"
+    low, high = metrics["accuracy_ci95"]
+    return (f"{metrics['accuracy']:.2%} (95% CI {low:.1%}-{high:.1%}, a sample of {sample['n']} of "
+            f"{sample['of']} photos)")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=Path, default=runs_root(), help="folder holding the run directories")
@@ -35,9 +48,13 @@ def main(argv=None) -> int:
         res = r.results
         budget = res.get("time_budget")
         note = f", budget {budget['budget_s']:.0f} s, {res['epochs_completed']} epoch(s)" if budget else ""
-        test = f"test {r.metrics('test')['accuracy']:.2%}" if r.metrics("test") else "no test split"
-        lines.append(f"  {r.arch:20s} val {res['val']['accuracy']:.2%}  {test}  "
+        lines.append(f"  {r.arch:20s} val {scored(res, 'val')}  test {scored(res, 'test')}  "
                      f"{res['wall_time_s'] / 60:.1f} min{note}  ({r.run})")
+        if budget and budget["reached"]:
+            machine = res.get("machine") or {}
+            lines.append(f"  {'':20s} the budget ended training after {budget.get('trained_images', '?')} training "
+                         f"photos ({budget['used_s']:.0f} s on {machine.get('cpu', 'this machine')}"
+                         f"{'' if machine.get('native_bf16', True) else ', fp32: no native bf16'})")
         archive = (res.get("tracking") or {}).get("archive")
         if archive:
             archives.append(archive)

@@ -7,6 +7,7 @@ it must round-trip through YAML unchanged (only str/int/float/bool/None/lists in
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -96,6 +97,9 @@ class DataConfig(_Section):
     species: str | None = setting(None, choices=SPECIES, flag=True, help="oxford_iiit_pet: keep one species")
     val_fraction: float = setting(0.2, check=(lambda v: 0 < v < 1, "must be in (0, 1)"), flag=True,
                                   help="carved from train (stratified, seeded) when there is no official val split")
+    eval_sample: int | None = setting(None, check=POSITIVE, flag=True,
+                                      help="validate and test on a stratified, seeded sample of at most N photos "
+                                           "per split (results state it, with each accuracy's 95%% interval)")
     image_size: int | None = setting(None, check=POSITIVE, flag=True, help="default: the architecture's input size")
     resize_ratio: float = setting(1.14, check=(lambda v: v >= 1, "must be >= 1"),
                                   help="eval resizes the short side to image_size * ratio, then centre-crops")
@@ -128,8 +132,9 @@ class ModelConfig(_Section):
     # Keep the pretrained BatchNorm statistics when fine-tuning: small batches of a small dataset
     # would otherwise replace ImageNet's statistics with noisy ones (the affine weights still train).
     freeze_batchnorm: bool = setting(False, flag=True, help="keep the pretrained BatchNorm statistics")
-    backbone_lr_scale: float = setting(0.1, help="backbone lr = lr * scale once unfrozen")
-    dropout: float = setting(0.0, flag=True, help="extra dropout before the new head")
+    backbone_lr_scale: float = setting(0.1, check=NON_NEGATIVE, help="backbone lr = lr * scale once unfrozen")
+    dropout: float = setting(0.0, check=(lambda v: 0 <= v < 1, "must be in [0, 1)"), flag=True,
+                             help="extra dropout before the new head")
     # imagenet: rows of classes that are ImageNet categories start from the pretrained classifier's rows
     # (models/imagenet_head.py); fresh: a new random head.
     head_init: str = setting("fresh", choices=HEAD_INITS, flag=True,
@@ -143,7 +148,7 @@ class TrainConfig(_Section):
     lr: float = setting(1e-4, check=NON_NEGATIVE, flag=True)
     optimizer: str = setting("adam", choices=OPTIMIZERS, flag=True)
     weight_decay: float = setting(0.0, check=NON_NEGATIVE, flag=True)
-    momentum: float = setting(0.9, help="sgd only")
+    momentum: float = setting(0.9, check=(lambda v: 0 <= v < 1, "must be in [0, 1)"), help="sgd only")
     scheduler: str = setting("none", choices=SCHEDULERS, flag=True)
     warmup_epochs: float = setting(0.0, check=NON_NEGATIVE, flag=True,
                                    help="linear warm-up from lr/100 over this many epochs (fractions too) for any "
@@ -282,7 +287,9 @@ def _flatten(d: dict, prefix: str = ""):
 
 
 def _coerce(key: str, value: Any, annotation: Any) -> Any:
-    """Convert a YAML/CLI value to the field's declared type, or fail naming the key."""
+    """Convert a YAML/CLI value to the field's declared type, or fail naming the key. Strict where a
+    silent conversion would change the meaning: a string is never split into a list of characters, a
+    boolean is never a number, and a number is finite."""
     allowed = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
     if value is None:
         if type(None) in allowed:
@@ -291,20 +298,30 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
     for kind in allowed:
         if kind is type(None):
             continue
+        if typing.get_origin(kind) is list:
+            if not isinstance(value, (list, tuple)):
+                continue  # `tags: baseline` is not ['b', 'a', 's', ...]: it needs `tags: [baseline]`
+            (element,) = typing.get_args(kind)
+            return [_coerce(f"{key}[{i}]", v, element) for i, v in enumerate(value)]
         if kind is bool:
             if isinstance(value, bool):
                 return value
             if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
                 return value.lower() in ("true", "1", "yes")
             continue
-        if kind is int and isinstance(value, bool):
-            continue
+        if isinstance(value, bool) or isinstance(value, (list, dict)):
+            continue  # `lr: true` is not 1.0
         try:
             if kind is int and isinstance(value, float) and not value.is_integer():
                 continue
-            return kind(value)
+            converted = kind(value)
         except (TypeError, ValueError):
             continue
+        if isinstance(converted, float) and not math.isfinite(converted):
+            raise ConfigError(f"{key}: must be a finite number, got {value!r}")
+        return converted
+    if isinstance(value, str) and any(typing.get_origin(k) is list for k in allowed):
+        raise ConfigError(f"{key}: expected a list, got the string {value!r}; write [{value}]")
     names = " or ".join(getattr(k, "__name__", str(k)) for k in allowed)
     raise ConfigError(f"{key}: expected {names}, got {value!r}")
 

@@ -33,6 +33,11 @@ class MissingFileError(PetlabError, FileNotFoundError):
     """A run directory, checkpoint or report input that should exist does not."""
 
 
+class UnsafeFileError(PetlabError, ValueError):
+    """A stored file (a checkpoint) holds something other than plain data, or is unreadable: refused
+    unopened, so no code in it runs."""
+
+
 class RegistryError(PetlabError, RuntimeError):
     """The model registry has no such task/version, or refuses the change."""
 

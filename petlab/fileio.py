@@ -2,12 +2,15 @@
 
 atomic_write: write to a temporary file beside the target, flush it to disk, then rename it over
 the target (rename is atomic on POSIX), so a reader or a crash never sees half a file.
+A writer killed mid-write (kill -9, a full disk) leaves its temporary file behind; its name carries
+the writer's pid, so the next write of the same target removes it once that process is gone.
 file_lock: filelock's FileLock (already a dependency through torch and huggingface), which works
 across processes on one host.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import tempfile
@@ -24,7 +27,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """A fresh temporary path beside `path`: fill it in the block; it is renamed over `path` when the
     block ends without error and deleted otherwise (for writers that need a path, such as a memmap)."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    remove_orphaned_temporaries(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide outputs from other users (a demo service)
     os.close(fd)
     try:
@@ -32,6 +36,28 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+def remove_orphaned_temporaries(path: Path) -> list[Path]:
+    """Delete the temporary files of earlier writes of `path` whose writer process no longer exists."""
+    removed = []
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2:].split(".", 1)[0]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this host (someone else's counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return pid > 0
 
 
 def atomic_write(path: str | os.PathLike, data: str | bytes | Callable[[IO[bytes]], None]) -> Path:

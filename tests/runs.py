@@ -37,7 +37,7 @@ def real_photo_runs(shared: Path, out: Path) -> dict[str, Path]:
     recipes = {
         # the smoke command, at batch 4
         "custom_cnn": ["--arch", "custom_cnn", "--limit-batches", "2", "--epochs", "1", "--batch-size", "4",
-                       "--precision", "bf16", "--channels-last"],
+                       "--channels-last"],
         "lite0": ["--config", REPO / "experiments/configs/lite0_cats_vs_dogs.yaml", "--epochs", "2",
                   "--limit-batches", "4", "--batch-size", "32"],
         "mobilenet_v2": ["--config", REPO / "experiments/configs/mobilenet_v2_cats_vs_dogs.yaml", "--epochs", "2",

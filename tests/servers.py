@@ -15,19 +15,23 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @contextlib.contextmanager
-def demo_process(registry: str | os.PathLike | None, log_path: str | os.PathLike, *args: str,
-                 app: str | os.PathLike | None = None, cwd: str | os.PathLike | None = None, timeout: float = 180.0):
+def demo_server(registry: str | os.PathLike | None, log_path: str | os.PathLike, *args: str,
+                 app: str | os.PathLike | None = None, cwd: str | os.PathLike | None = None, timeout: float = 180.0,
+                 env: dict | None = None, site: str | os.PathLike | None = None):
     """Run the demo (demo/app.py, or another copy of it) in a child process on a free local port;
-    yields its base URL once /api/health answers. For tests and benchmarks: a real server,
-    started and stopped as a user would."""
+    yields (base URL, process) once /api/health answers. For tests and benchmarks: a real server,
+    started and stopped as a user would. `site`: run it with `python -S` and only that folder on the
+    import path besides the app's own (see tests/isolation.py), as on a host that installed its requirements."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     app = app or REPO / "demo" / "app.py"
-    command = [sys.executable, str(app), "--port", str(port), *(["--registry", str(registry)] if registry else []),
-               *args]
+    if site is not None:
+        env = {**(env or os.environ), "PYTHONPATH": str(site)}
+    command = [sys.executable, *(["-S"] if site is not None else []), str(app), "--port", str(port),
+               *(["--registry", str(registry)] if registry else []), *args]
     with open(log_path, "w") as log_file:
-        proc = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, cwd=cwd)
+        proc = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, cwd=cwd, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout
@@ -41,10 +45,17 @@ def demo_process(registry: str | os.PathLike | None, log_path: str | os.PathLike
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"the demo did not answer within {timeout:.0f}s") from None
                 time.sleep(0.25)
-        yield url
+        yield url, proc
     finally:
         proc.terminate()
         try:
             proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@contextlib.contextmanager
+def demo_process(*args, **kwargs):
+    """demo_server, yielding only the base URL."""
+    with demo_server(*args, **kwargs) as (url, _):
+        yield url

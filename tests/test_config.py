@@ -36,6 +36,15 @@ def test_resolved_config_round_trips_through_yaml():
     ({"train.colour": 1}, "unknown config key 'train.colour'"),
     ({"data.image_size": 128}, "custom_cnn takes 192 to 255 px"),
     ({"task": "birds"}, "task: 'birds' is not one of"),
+    # coerced, not checked, until issue 24: each of these used to be accepted
+    ({"tracking.tags": "baseline"}, r"tracking.tags: expected a list, got the string 'baseline'; write \[baseline\]"),
+    ({"train.lr": True}, "train.lr: expected float, got True"),
+    ({"train.lr": float("inf")}, "train.lr: must be a finite number"),
+    ({"train.lr": "nan"}, "train.lr: must be a finite number"),
+    ({"model.dropout": 2.0}, r"model.dropout: must be in \[0, 1\)"),
+    ({"model.backbone_lr_scale": -1}, "model.backbone_lr_scale: must be >= 0"),
+    ({"train.momentum": -5}, r"train.momentum: must be in \[0, 1\)"),
+    ({"train.cv_lrs": [0.1, "high"]}, r"train.cv_lrs\[1\]: expected float"),
 ])
 def test_bad_values_name_the_key(overrides, message):
     with pytest.raises(ConfigError, match=message):

@@ -13,6 +13,7 @@ from PIL import Image
 
 from petlab.models.pet_view import OWN_BACKBONE_THRESHOLDS
 from tests.imaging import encode, odd_photos, png_bomb, write_bad_files
+from tests.isolation import isolated_site
 from tests.runs import REPO
 from tests.servers import demo_process
 
@@ -49,7 +50,7 @@ def test_health_reports_the_production_version(server):
     health = httpx.get(f"{url}/api/health").json()
     assert health["status"] == "ok"
     model = health["models"]["cats_vs_dogs"]
-    assert model["name"] == "petlab-cats-vs-dogs" and model["version"] == 1 and model["format"] == "torch_export"
+    assert model["name"] == "petlab-cats-vs-dogs" and model["version"] == 1 and model["format"] == "onnx"
 
 
 def test_health_and_the_served_card_hold_no_absolute_path(server, promoted_registry):
@@ -61,6 +62,7 @@ def test_health_and_the_served_card_hold_no_absolute_path(server, promoted_regis
     card = Registry(promoted_registry).card("cats_vs_dogs", 1)
     for shown in (json.dumps(health), json.dumps(card), card_markdown(card)):
         assert str(promoted_registry) not in shown and str(REPO) not in shown and str(REPO.parent) not in shown
+        assert str(promoted_registry.parent) not in shown  # the test's temp folder, where the runs and archives are
     assert health["registry"] == promoted_registry.name
     assert card["source_run"] and "/" not in card["source_run"] and "/" not in card["dataset_root"]
 
@@ -70,7 +72,7 @@ def test_the_page_serves_example_photos_but_no_registry_file(server, promoted_re
     version = promoted_registry.resolve() / "cats_vs_dogs" / "v1"
     example = next((version / "examples").iterdir())
     assert httpx.get(f"{url}/gradio_api/file={example}").status_code == 200
-    for private in ("state_dict.pt", "model.pt2", "model.ts", "card.json"):
+    for private in ("state_dict.pt", "model.onnx", "pet_view.onnx", "model.pt2", "model.ts", "card.json"):
         response = httpx.get(f"{url}/gradio_api/file={version / private}")
         assert response.status_code == 403, (private, response.status_code)
     assert httpx.get(f"{url}/gradio_api/file={promoted_registry.resolve() / 'cats_vs_dogs' / 'index.json'}") \
@@ -84,7 +86,7 @@ def test_clear_cats_and_dogs_get_the_right_label(server, validation):
             response = predict(url, (validation / f"{label}s" / name).read_bytes(), name, top_k="2")
             body = response.json()
             assert body["task"] == "cats_vs_dogs" and body["model"] == {
-                "name": "petlab-cats-vs-dogs", "version": 1, "format": "torch_export"}
+                "name": "petlab-cats-vs-dogs", "version": 1, "format": "onnx"}
             assert body["predictions"][0]["label"] == label, (name, body)
             # Lite0's ImageNet head at 224 px gives cat.2001 (a cat lying in a cardboard box) only 36% on dog and cat
             # classes: one of the 4.4% of held-out pets the measured threshold rejects (README, "Not a pet");
@@ -231,9 +233,13 @@ def test_the_latency_benchmark_runs_against_a_real_server(promoted_registry):
                            "--json"], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout)
-    assert [p["concurrency"] for p in result["serving"]] == [1, 4]
-    for phase in result["serving"]:
+    # side by side: model.onnx on ONNX Runtime, and model.pt2 as petlab served before it
+    assert result["served_format"] == "onnx" and result["served_format_before"] == "torch_export"
+    for phases in (result["serving"], result["serving_before"]):
+        assert [p["concurrency"] for p in phases] == [1, 4]
+    for phase in result["serving"] + result["serving_before"]:
         assert phase["errors"] == 0 and 0 < phase["p50_ms"] <= phase["p95_ms"] and phase["throughput_rps"] > 0
+    assert all(p["p50_over_torch"] > 0 for p in result["serving"])
     for size in ("batch_1", "batch_8"):
         timing = result["inference"][size]
         assert timing["eager_ms"] > 0 and timing["torch_export_over_eager"] > 0 and timing["torchscript_ms"] > 0
@@ -248,12 +254,19 @@ def test_the_hugging_face_space_bundle_runs_on_its_own(promoted_registry, valida
     pins = {line for line in (space / "requirements.txt").read_text().splitlines() if "==" in line}
     assert pins <= set((REPO / "requirements.txt").read_text().splitlines())  # the same versions as the repo
     assert {p.name for p in (space / "models/registry/cats_vs_dogs/v1").iterdir()} == {
-        "model.pt2", "model.ts", "card.json", "card.md", "examples"}
-    # run from inside the bundle, as the Space does: its own petlab copy and models/registry
-    which = subprocess.run([sys.executable, "-c", "import petlab; print(petlab.__file__)"], cwd=space,
-                           capture_output=True, text=True, check=True)
+        "model.onnx", "model.pt2", "model.ts", "pet_view.onnx", "pet_view.pt2", "card.json", "card.md", "examples"}
+    # run from inside the bundle, as the Space does, with nothing importable but the bundle (its own petlab
+    # copy and models/registry) and the distributions its requirements.txt installs
+    site = isolated_site(space / "requirements.txt", tmp_path / "site")
+    isolated = {**os.environ, "PYTHONPATH": str(site)}
+    which = subprocess.run([sys.executable, "-S", "-c", "import petlab, sys; print(petlab.__file__); import comet_ml"],
+                           cwd=space, capture_output=True, text=True, env=isolated)
     assert Path(which.stdout.strip()).is_relative_to(space)
-    with demo_process(None, tmp_path / "space.log", app=space / "app.py", cwd=space) as url:
+    assert "No module named 'comet_ml'" in which.stderr  # the isolation holds: development packages are absent
+    with demo_process(None, tmp_path / "space.log", app=space / "app.py", cwd=space, site=site) as url:
         health = httpx.get(f"{url}/api/health").json()
         assert health["registry"] == "models/registry" and health["models"]["cats_vs_dogs"]["version"] == 1
-        assert probabilities(predict(url, (validation / "dogs" / DOGS[2]).read_bytes()))["dog"] > 0.5
+        response = predict(url, (validation / "dogs" / DOGS[2]).read_bytes(), top_k="2")
+        assert probabilities(response)["dog"] > 0.5 and response.json()["recognised"] is True
+        assert len(response.json()["predictions"]) == 2
+        assert "onnx" in response.json()["model"]["format"]  # the fast runtime, not a fallback

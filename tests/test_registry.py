@@ -67,7 +67,11 @@ def test_a_promoted_version_is_complete_verified_and_queued_in_comet(promoted_re
     assert "centre-crop 224x224" in card["preprocessing"]["steps"]
     assert card["dataset"] == "cats_and_dogs_filtered" and card["git"]["commit"] == results["git"]["commit"]
     assert card["comet"]["key"] == results["tracking"]["key"] and card["created_at"]
-    assert set(card["verification"]) == {"torch_export", "torchscript"}
+    assert set(card["verification"]) == {"onnx", "torch_export", "torchscript"}
+    onnx = card["verification"]["onnx"]
+    assert onnx["file"] == "model.onnx" and onnx["same_top1"] and onnx["runtime"].startswith("onnxruntime ")
+    assert max(onnx["max_abs_diff"].values()) <= onnx["tolerance"]["atol"]
+    assert card["serving"]["cpu_order"][0] == "model.onnx" and "model.onnx" in (folder / "card.md").read_text()
     assert "# petlab-cats-vs-dogs v1 (production)" in (folder / "card.md").read_text()
     assert sorted(p.name for p in (folder / "examples").iterdir())[:2] == ["cat-1.jpg", "cat-2.jpg"]
 
@@ -81,12 +85,20 @@ def test_a_promoted_version_is_complete_verified_and_queued_in_comet(promoted_re
             exported = load_exported(folder / name)
             torch.testing.assert_close(exported(batch), expected)
             torch.testing.assert_close(exported(batch[:1]), expected[:1])
+        onnx_model = load_exported(folder / "model.onnx")  # on ONNX Runtime
+        assert type(onnx_model).__name__ == "OnnxModel"
+        for images in (batch, batch[:1]):  # the logits equal the eager model's, and so does every top-1
+            got = onnx_model(images)
+            torch.testing.assert_close(got, expected[:len(images)], rtol=1e-4, atol=1e-4)
+            assert torch.equal(got.argmax(1), expected[:len(images)].argmax(1))
     state = torch.load(folder / "state_dict.pt", weights_only=True)
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
 
     # offline, the Comet registration is queued in a new archive of the run's own experiment
-    archive = Path(card["comet"]["archive"])
-    assert archive.parent.parent.name == source.name and archive.parent.parent != source
+    archive = Path(card["comet"]["archive"])  # relative to the runs folder the promotion read
+    assert not archive.is_absolute() and archive.parts[0] == source.name
+    archive = next(promoted_registry.parent.glob("promoted_runs*")) / archive  # conftest's promoted_registry
+    assert archive.is_file() and not archive.is_relative_to(source)
     with zipfile.ZipFile(archive) as zf:
         messages = [json.loads(line) for line in zf.read("messages.json").decode().splitlines()]
     (register,) = [m["payload"] for m in messages if m["type"] == "register_model"]
@@ -196,3 +208,28 @@ def test_a_tracer_warning_fails_the_export(tmp_path):
     with pytest.raises(ExportError, match="TracerWarning"):
         export_and_verify(DataDependent().eval(), images[:2], [images[2:3], images[3:]], tmp_path)
 
+
+
+def test_a_dropout_model_served_from_its_state_dict_alone_answers_a_photo(tmp_path):
+    """The fallback when a version's exports are missing or damaged: its state dict, rebuilt with the
+    dropout head it was trained with (it used to be rebuilt without, and failed on mismatched keys)."""
+    from petlab.serving import ServedModels
+    from tests.imaging import make_imagefolder
+    from tests.runs import TINY, only_run_dir
+
+    data = make_imagefolder(tmp_path / "data", {"train": 12, "val": 6, "test": 4})
+    script("run.py", *TINY, "--dropout", "0.2", "--epochs", "1", "--tracking", "none", "--data-dir", data,
+           "--output-dir", tmp_path / "runs")
+    registry = tmp_path / "registry"
+    script("promote.py", "--registry", registry, "--task", TASK, "--run", only_run_dir(tmp_path / "runs"))
+    folder = registry / TASK / "v1"
+    card = json.loads((folder / "card.json").read_text())
+    assert card["dropout"] == 0.2 and "dropout=0.2" in card["files"]["state_dict.pt"]
+    for export in [p for p in folder.iterdir() if p.suffix in (".onnx", ".pt2", ".ts")]:
+        export.unlink()
+    models = ServedModels(Registry(registry))
+    model = models.model(TASK)
+    assert model.fmt == "eager"
+    answer = models.classify(model, load_rgb(data / "test" / "dogs" / "dogs.0.jpg"), 2)
+    assert sorted(p["label"] for p in answer["predictions"]) == ["cat", "dog"]
+    assert abs(sum(p["probability"] for p in answer["predictions"]) - 1) < 1e-3

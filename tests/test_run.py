@@ -36,6 +36,10 @@ def test_smoke_run_on_real_photos_writes_every_file(real_runs):
         assert set(results[split]["per_class"]["dog"]) == {"accuracy", "precision", "recall", "f1", "support"}
         assert np.asarray(results[split]["confusion_matrix"]).sum() == 16
     assert results["skipped_files"]["train"]["count"] == 0 and results["wall_time_s"] > 0
+    machine = results["machine"]  # every figure carries the machine it was measured on
+    assert machine["cpu"] and machine["device"] == "cpu" and isinstance(machine["native_bf16"], bool)
+    config = (run_dir / "config.yaml").read_text()  # the recipe said auto; the machine chose
+    assert f"precision: {'bf16' if machine['native_bf16'] else 'fp32'}" in config
     ckpt = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=False)
     assert ckpt["classes"] == ["cat", "dog"] and ckpt["config"]["model"]["arch"] == "custom_cnn"
     assert ckpt["preprocessing"]["image_size"] == 224
@@ -163,3 +167,24 @@ def test_a_completed_run_without_a_test_split_compares_promotes_and_summarises(t
     assert set(card["metrics"]) == {"val"}
     summary = script("summary.py", "--runs", tmp_path / "runs").stdout
     assert "no test split" in summary
+
+
+def test_a_budgeted_run_evaluated_on_a_sample_says_exactly_what_was_done(tmp_path):
+    """make run's seed step: --time-budget ends training, --eval-sample evaluates a stated, stratified sample
+    of val and test, each accuracy with its 95% interval, and the summary says all of it."""
+    data = make_imagefolder(tmp_path / "data", {"train": 12, "val": 8, "test": 10})  # per class, 2 classes
+    script("run.py", *TINY, "--epochs", "200", "--time-budget", "4s", "--eval-sample", "6", "--data-dir", data,
+           "--output-dir", tmp_path / "runs", "--tracking", "none")
+    run_dir = only_run_dir(tmp_path / "runs")
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["eval_sample"] == {"val": {"n": 6, "of": 16}, "test": {"n": 6, "of": 20}}
+    assert results["split_sizes"] == {"train": 24, "val": 6, "test": 6} and results["test"]["n"] == 6
+    assert results["test"]["per_class"]["cat"]["support"] == results["test"]["per_class"]["dog"]["support"] == 3
+    low, high = results["test"]["accuracy_ci95"]
+    assert 0 <= low <= results["test"]["accuracy"] <= high <= 1 and high - low > 0.3  # 6 photos say little
+    assert "a stratified sample of 6 of its 20 photos" in results["split_notes"]["test"]
+    budget = results["time_budget"]
+    assert budget["reached"] and budget["trained_images"] >= 8  # at least a batch
+    summary = script("summary.py", "--runs", tmp_path / "runs").stdout
+    assert f"(95% CI {low:.1%}-{high:.1%}, a sample of 6 of 20 photos)" in summary
+    assert f"the budget ended training after {budget['trained_images']} training photos" in summary

@@ -46,7 +46,9 @@ def test_the_throughput_benchmark_compares_both_loops_and_the_exports(tmp_path):
     assert result["ratio"] == result["petlab_img_s"] / result["plain_img_s"]
     assert result["peak_rss_mb"]["plain"] > 100 and result["peak_rss_mb"]["petlab"] > 100
     assert result["petlab_settings"]["channels_last"] is True  # resolved, as written to the run's config.yaml
-    assert all(v > 0 for v in result["inference"].values()) and len(result["inference"]) == 6
+    # eager and each export (model.pt2, model.ts, model.onnx), at batch 1 and batch 32
+    assert all(v > 0 for v in result["inference"].values()) and len(result["inference"]) == 8
+    assert {"onnx_batch_1_img_s", "onnx_batch_32_img_s"} <= set(result["inference"])
 
 
 def test_time_to_accuracy_runs_a_recipe_cold_and_reports_it(tmp_path):

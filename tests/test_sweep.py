@@ -12,7 +12,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from petlab.config import load_config
+from petlab.config import ConfigError, load_config
 from petlab.registry import Registry
 from petlab.search.space import load_sweep
 from petlab.search.storage import open_storage
@@ -182,3 +182,49 @@ def test_shipped_sweep_configs_load(path):
     sweep = load_sweep(path)
     assert sweep.base.is_file() and sweep.trials >= 20
     assert load_config(sweep.base, sweep.overrides).model.freeze_backbone  # head-only: the feature cache applies
+
+
+def test_reusing_a_study_name_after_editing_the_sweep_is_refused(tmp_path):
+    """Issue 24: optuna keeps a study's stored direction (asked to minimise, it maximised) and a
+    parameter whose kind changed raised in suggest(); the sweep's definition is now stored and compared."""
+    import dataclasses
+
+    from petlab.search.runner import open_study
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    sweep = load_sweep(REPO / "experiments/configs/sweeps/lite0_cats_vs_dogs.yaml")
+    study = open_study(sweep, storage, "edited")
+    assert study.user_attrs["sweep_definition"]["direction"] == "maximize"
+    assert open_study(sweep, storage, "edited").study_name == "edited"  # the same sweep reopens it
+    minimise = dataclasses.replace(sweep, direction="minimize", metric="val_loss")
+    with pytest.raises(ConfigError, match=r"created from another sweep definition \(direction: stored 'maximize', "
+                                          r"now 'minimize'; metric: stored 'val_accuracy', now 'val_loss'\)"):
+        open_study(minimise, storage, "edited")
+    recategorised = dataclasses.replace(sweep, space={**sweep.space, "train.lr": {"type": "categorical",
+                                                                                  "choices": [0.01, 0.1]}})
+    with pytest.raises(ConfigError, match="space: stored"):
+        open_study(recategorised, storage, "edited")
+    # a study from before definitions were stored, with trials: its direction is still compared
+    old = optuna.create_study(study_name="older", storage=storage, direction="maximize")
+    old.tell(old.ask(), 0.5)
+    with pytest.raises(ConfigError, match="direction: stored 'maximize', now 'minimize'"):
+        open_study(minimise, storage, "older")
+
+
+def test_a_trial_that_fails_before_its_heartbeat_is_marked_failed(tmp_path):
+    """Not left RUNNING for ever (counted toward the total, waited on by other workers)."""
+    import dataclasses
+
+    from petlab.search.runner import run_trial
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    sweep = load_sweep(REPO / "experiments/configs/sweeps/lite0_cats_vs_dogs.yaml")
+    study = optuna.create_study(study_name="kinds", storage=storage, direction="maximize")
+    first = study.ask()
+    first.suggest_float("train.lr", 1e-3, 1e-1, log=True)
+    study.tell(first, 0.5)
+    changed = dataclasses.replace(sweep, space={"train.lr": {"type": "categorical", "choices": ["a", "b"]}})
+    with pytest.raises(ValueError):
+        run_trial(study, study.ask(), changed, {})
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.FAIL]
+    assert "ValueError" in study.trials[1].user_attrs["error"]

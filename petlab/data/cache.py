@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -65,6 +66,21 @@ def _decode(path: str, pre: Preprocessing) -> np.ndarray | dict:
         return {"path": path, "reason": exc.reason, "detail": str(exc)}
 
 
+def reserve_disk(path: Path, nbytes: int, split: str) -> None:
+    """Allocate the cache file's blocks before it is mapped: a write through a memmap into a full disk is
+    a SIGBUS that kills the process without a word, so the space is claimed (or refused) here instead."""
+    if not hasattr(os, "posix_fallocate"):  # macOS: no preallocation; a full disk fails the write later
+        return
+    try:
+        with open(path, "r+b") as fh:
+            os.posix_fallocate(fh.fileno(), 0, nbytes)
+    except OSError as exc:
+        free = shutil.disk_usage(path.parent).free
+        raise DatasetError(f"no room for the decode cache of {split}: it needs {nbytes / 2**30:.2f} GiB in "
+                           f"{path.parent}, which has {free / 2**30:.2f} GiB free ({exc.strerror}); free some "
+                           "space, or set PETLAB_CACHE_DIR (data.cache_dir) to a disk with room") from None
+
+
 def decode_split(samples: list[tuple[str, int]], pre: Preprocessing, cache_dir: Path, split: str,
                  threads: int = 2) -> DecodedImages:
     size = pre.resize_size
@@ -78,6 +94,7 @@ def decode_split(samples: list[tuple[str, int]], pre: Preprocessing, cache_dir: 
     cache_dir.mkdir(parents=True, exist_ok=True)
     labels, skipped = [], []
     with atomic_path(data_file) as staging:
+        reserve_disk(staging, max(len(samples), 1) * size * size * 3, split)
         out = np.memmap(staging, np.uint8, "w+", shape=(max(len(samples), 1), size, size, 3))
         with ThreadPoolExecutor(threads) as pool:  # PIL decodes and resizes without holding the GIL
             results = pool.map(lambda s: _decode(s[0], pre), samples)

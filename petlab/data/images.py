@@ -51,8 +51,22 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB") if img.mode != "RGB" else img
 
 
-def load_rgb(source: str | os.PathLike | bytes | BinaryIO) -> Image.Image:
-    """Decode fully (so truncation is caught here, not mid-batch) and return an RGB image."""
+# Modes Image.reduce averages correctly (palette indices, 1-bit and 16-bit become RGB first).
+REDUCIBLE = ("L", "LA", "RGB", "RGBA", "CMYK", "YCbCr", "I", "F")
+
+
+def load_rgb(source: str | os.PathLike | bytes | BinaryIO, *, max_side: int | None = None,
+             max_pixels: int = MAX_PIXELS, formats: tuple[str, ...] | None = None) -> Image.Image:
+    """Decode fully (so truncation is caught here, not mid-batch) and return an RGB image.
+
+    For serving (see petlab.serving), three bounds on what one decode may cost:
+    - `formats`: the Pillow formats accepted (others are `not_an_image`, never handed to a plugin
+      such as EPS, which runs Ghostscript);
+    - `max_side`: decode at reduced size where the format allows it (JPEG's DCT scaling, through
+      `Image.draft`), else shrink by an integer factor right after decoding (`Image.reduce`), so a
+      photo ends at most about twice `max_side` on its long side, before any conversion copies it;
+    - `max_pixels`: checked after the draft, so a large JPEG costs what its reduced decode costs.
+    """
     if isinstance(source, bytes):
         if not source:
             raise BadImageError("empty", "zero bytes")
@@ -62,17 +76,24 @@ def load_rgb(source: str | os.PathLike | bytes | BinaryIO) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(source) as img:
-                if img.width * img.height > MAX_PIXELS:
-                    raise BadImageError("too_large", f"{img.width}x{img.height} px is over {MAX_PIXELS} pixels")
+            with Image.open(source, formats=formats) as img:
+                if max_side:
+                    img.draft(None, (max_side, max_side))  # JPEG only; a no-op for other formats
+                if img.width * img.height > max_pixels:
+                    raise BadImageError("too_large", f"{img.width}x{img.height} px is over {max_pixels} pixels")
                 img.seek(0)  # animated GIF/WebP/PNG: the first frame
                 img.load()
+                if max_side and max(img.size) >= 2 * max_side:
+                    if img.mode not in REDUCIBLE:
+                        img = _to_rgb(img)
+                    img = img.reduce(max(img.size) // max_side)
                 img = ImageOps.exif_transpose(img)
                 return _to_rgb(img)
     except BadImageError:
         raise
     except UnidentifiedImageError as exc:
-        raise BadImageError("not_an_image", str(exc)) from exc
+        accepted = f" (accepted: {', '.join(formats)})" if formats else ""
+        raise BadImageError("not_an_image", f"{exc}{accepted}") from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise BadImageError("too_large", str(exc)) from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:

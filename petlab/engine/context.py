@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from sklearn.model_selection import train_test_split
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from petlab.config import Config, config_from_dict
@@ -33,7 +34,7 @@ from petlab.data.transforms import Preprocessing
 from petlab.engine import distributed
 from petlab.engine.batches import resolve_device
 from petlab.engine.features import uses_feature_cache
-from petlab.engine.speed import speed_settings
+from petlab.engine.speed import check_precision, speed_settings
 from petlab.errors import MissingFileError
 from petlab.fileio import atomic_write
 from petlab.models import ARCHS
@@ -118,7 +119,23 @@ def load_run_splits(cfg: Config) -> Splits:
         joined = " (shipped val/ joined train)" if splits.val else ""
         splits.train, splits.val = sorted(splits.train + splits.val), []
         splits.notes["val"] = f"none: {folds}-fold cross-validation on train{joined}"
+    n = cfg.data.eval_sample
+    for split in ("val", "test") if n else ():
+        whole = getattr(splits, split)
+        if len(whole) > n:
+            setattr(splits, split, stratified_sample(whole, n, cfg.seed))
+            splits.sampled_from[split] = len(whole)
+            splits.notes[split] = (f"{splits.notes.get(split, split)}; a stratified sample of {n} of its "
+                                   f"{len(whole)} photos (--eval-sample, seed {cfg.seed})")
     return splits
+
+
+def stratified_sample(samples: list, n: int, seed: int) -> list:
+    """n of the samples, each class in its share (seeded), in their original order."""
+    labels = [label for _, label in samples]
+    stratify = labels if min(labels.count(c) for c in set(labels)) >= 2 and n >= len(set(labels)) else None
+    kept, _ = train_test_split(range(len(samples)), train_size=n, stratify=stratify, random_state=seed)
+    return [samples[i] for i in sorted(kept)]
 
 
 def run_preprocessing(cfg: Config) -> Preprocessing:
@@ -137,12 +154,20 @@ def decode_splits(splits: Splits, pre: Preprocessing, cache_dir: Path) -> dict[s
             for name, samples in (("train", splits.train), ("val", splits.val), ("test", splits.test)) if samples}
 
 
+def write_run_config(run_dir: Path, cfg: Config, note: str = "") -> None:
+    """config.yaml: what the run does (read back by --resume, evaluate.py and the reports). `note`
+    becomes a comment at its top, for what the values alone do not say."""
+    header = "".join(f"# {line}\n" for line in note.splitlines())
+    atomic_write(Path(run_dir) / "config.yaml", header + yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
 @contextmanager
 def open_run(cfg: Config | None = None, resume: Path | None = None) -> Iterator[RunContext]:
     started = time.perf_counter()
     if resume is not None:
         cfg = read_run_config(Path(resume))
     device = resolve_device(cfg.train.device)
+    check_precision(cfg.train.precision, device)  # an emulated bf16 stops here, before any data is read
     dist = distributed.setup(cfg, device)  # one process: a no-op
     run_dir = Path(resume) if resume is not None else dist.broadcast(new_run_dir(cfg) if dist.is_main else None)
     handler = setup_logging(run_dir if dist.is_main else None)
@@ -163,7 +188,7 @@ def open_run(cfg: Config | None = None, resume: Path | None = None) -> Iterator[
             log.info("speed settings for %s on %s: precision %s, channels_last %s", cfg.model.arch, device.type,
                      cfg.train.precision, cfg.train.channels_last)
             if dist.is_main:
-                atomic_write(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+                write_run_config(run_dir, cfg)
                 # One tracked experiment per run, however many processes train it: rank 0's.
                 tracker = create_tracker(cfg, run_dir, (previous.get("tracking") or {}).get("key"))
             yield RunContext(cfg, run_dir, resume is not None, device, dist, splits, pre, decoded, tracker, started,

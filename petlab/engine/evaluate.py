@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 from petlab.config import config_from_dict
@@ -13,8 +14,10 @@ from petlab.data.transforms import Preprocessing
 from petlab.engine.batches import predict_loader, resolve_device
 from petlab.engine.checkpoint import load_checkpoint
 from petlab.engine.metrics import classification_metrics
+from petlab.engine.speed import predicting_precision, predicting_runtime
 from petlab.errors import DatasetError
-from petlab.models import build_model
+from petlab.export.onnx import CheckedOnnx
+from petlab.models import rebuild_trained
 from petlab.paths import cache_root
 
 
@@ -31,9 +34,8 @@ def match_classes(model_classes: list[str], data_classes: list[str], where: str)
 def load_trained_model(run_dir: Path, checkpoint: str = "best.pt"):
     ckpt = load_checkpoint(Path(run_dir) / "checkpoints" / checkpoint)
     cfg = config_from_dict(ckpt["config"])
-    model, _ = build_model(cfg.model.arch, len(ckpt["classes"]), dropout=cfg.model.dropout)
-    model.load_state_dict(ckpt["model"])
-    return model.eval(), cfg, ckpt["classes"], Preprocessing.from_dict(ckpt["preprocessing"])
+    model = rebuild_trained(cfg.model.arch, len(ckpt["classes"]), ckpt["model"], cfg.model.dropout)
+    return model, cfg, ckpt["classes"], Preprocessing.from_dict(ckpt["preprocessing"])
 
 
 def eval_only_splits(root: Path, task: str) -> Splits | None:
@@ -67,8 +69,14 @@ def evaluate_run(run_dir: Path, data_dir: str | None = None, dataset: str | None
     device = resolve_device(cfg.train.device)
     model.to(device)
     loader = make_loader(decoded, pre, False, batch_size, cfg.data.num_workers)
-    targets, probs, loss = predict_loader(model, loader, pre, device, cfg.train.precision,
-                                          cfg.train.channels_last, desc=split, tta=tta)
+    with tempfile.TemporaryDirectory(prefix="petlab-evaluate-") as tmp:
+        # on a CPU, the checkpoint's ONNX twin on ONNX Runtime (checked against it on the first batch)
+        fast = CheckedOnnx(model, Path(tmp) / "model.onnx", cfg.train.threads) \
+            if predicting_runtime(cfg.model.arch, cfg.train.precision, device) == "onnxruntime" else None
+        precision = predicting_precision(cfg.train.precision, device)
+        targets, probs, loss = predict_loader(fast or model, loader, pre, device, precision,
+                                              cfg.train.channels_last and fast is None, desc=split, tta=tta)
     metrics = classification_metrics(targets, probs, loss, classes)
     return {"run_dir": str(run_dir), "dataset": splits.dataset, "data_dir": splits.root, "split": split,
-            "tta": tta, "classes": classes, **metrics, "skipped_files": decoded.skipped_summary()}
+            "tta": tta, "runtime": fast.runtime if fast is not None else "torch",
+            "classes": classes, **metrics, "skipped_files": decoded.skipped_summary()}

@@ -5,7 +5,8 @@
         loaders = run_loaders(run, model)       # decoded images, or cached backbone features
         cv = cross_validation(run, model)       # few-shot: lr and epochs from folds of train (optional)
         trainer = Trainer(...)                  # trainer.py: epochs, checkpoints, early stopping
-        trainer.fit()                           # resumable; Ctrl-C -> "interrupted"; StopRun -> its status
+        trainer.fit()                           # resumable; Ctrl-C/SIGTERM anywhere -> "interrupted" within
+                                                # seconds (signals.py); StopRun -> its status
         final = final_evaluation(...)           # best.pt on val and test
         write_figures(...); track_final(...)
         return write_results(...)               # outcome.py: results.json, same keys for every ending
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -38,10 +40,12 @@ from petlab.data.transforms import Preprocessing
 from petlab.engine import crossval, distributed
 from petlab.engine.batches import seed_everything
 from petlab.engine.checkpoint import load_checkpoint
-from petlab.engine.context import RunContext, open_run
+from petlab.engine.context import RunContext, open_run, write_run_config
 from petlab.engine.features import feature_loaders
 from petlab.engine.metrics import HEADLINE, classification_metrics, mean_nll, nll
 from petlab.engine.outcome import Interrupted, RunOutcome, StopRun, write_results
+from petlab.engine.signals import StopFlag
+from petlab.engine.speed import machine
 from petlab.engine.trainer import Trainer
 from petlab.errors import ConfigError
 from petlab.fileio import atomic_write
@@ -67,6 +71,17 @@ def run_experiment(cfg: Config | None = None, resume: Path | None = None, on_epo
 
 
 def train_run(run: RunContext, on_epoch=None) -> RunOutcome:
+    """The run inside its signal handling: Ctrl-C or SIGTERM ends it within seconds wherever it is (training,
+    validation, the final evaluation), with results.json saying "interrupted" and --resume continuing it."""
+    so_far: dict = {}  # the trainer and the run's record, once they exist: what an interruption writes
+    with StopFlag(immediate=not run.dist.enabled) as stop:
+        try:
+            return _train_run(run, stop, so_far, on_epoch)
+        except Interrupted:
+            return _interrupted(run, stop, so_far)
+
+
+def _train_run(run: RunContext, stop: StopFlag, so_far: dict, on_epoch) -> RunOutcome:
     cfg = run.cfg
     model, facts = build_run_model(run)
     loaders = run_loaders(run, model)
@@ -74,35 +89,49 @@ def train_run(run: RunContext, on_epoch=None) -> RunOutcome:
     trainer = Trainer(crossval.refit_config(cfg, cv) if cv else cfg, model, run.pre, loaders, run.run_dir,
                       run.splits.classes, device=run.device, tracker=run.tracker, features=run.features,
                       dist=run.dist, on_epoch=on_epoch)
+    record = run_record(run, facts, cv)
+    so_far.update(trainer=trainer, record=record)
     last = run.run_dir / "checkpoints" / "last.pt"
     if run.resuming and last.is_file():
         trainer.resume(last)
     if cfg.model.head_init == "imagenet" and not trainer.state.initial and not trainer.state.history:
         trainer.state.initial = initial_metrics(trainer, loaders, run.splits.classes)
-    record = run_record(run, facts, cv)
     try:
         if not trainer.state.finished:
-            trainer.fit(cv["chosen"]["epochs"] if cv else None)
-    except Interrupted:
-        done = trainer.state.epoch
-        where = f"checkpoints/last.pt holds epoch {done}" if done else "no epoch had finished yet"
-        log.warning("interrupted: %s; continue with --resume %s", where, run.run_dir)
-        return write_results(run, trainer, "interrupted", extra=record)
-    except StopRun as stop:
-        log.info("stopped after epoch %d: %s", trainer.state.epoch, stop)
-        return write_results(run, trainer, stop.status, reason=str(stop), extra=record)
+            trainer.fit(cv["chosen"]["epochs"] if cv else None, stop)
+    except StopRun as stop_run:
+        log.info("stopped after epoch %d: %s", trainer.state.epoch, stop_run)
+        with stop.deferred():
+            return write_results(run, trainer, stop_run.status, reason=str(stop_run), extra=record)
 
     final, predictions = final_evaluation(run, trainer, loaders, cv)
-    if run.is_main:
-        write_predictions(run, predictions, cv)
-        shown = (run.decoded[prediction_source(run, "val", cv)], *predictions["val"]) if "val" in predictions else None
-        figures, record["top_losses"] = write_figures(run, final, trainer.state.history, shown, cv)
-        track_final(run, final, figures)
-    outcome = write_results(run, trainer, "completed", final=final, extra=record)
+    with stop.deferred():  # what is written from here on is written whole
+        if run.is_main:
+            write_predictions(run, predictions, cv)
+            shown = (run.decoded[prediction_source(run, "val", cv)], *predictions["val"]) \
+                if "val" in predictions else None
+            figures, record["top_losses"] = write_figures(run, final, trainer.state.history, shown, cv)
+            track_final(run, final, figures)
+        outcome = write_results(run, trainer, "completed", final=final, extra=record)
     summary = ", ".join(f"{s} accuracy {m['accuracy']:.4f} (top-5 {m['top5_accuracy']:.4f})" for s, m in final.items())
     log.info("done in %.0fs: best epoch %d, %s -> %s", outcome.results.get("wall_time_s", 0),
              trainer.state.best_epoch, summary, run.run_dir)
     return outcome
+
+
+def _interrupted(run: RunContext, stop: StopFlag, so_far: dict) -> RunOutcome:
+    """results.json for a run a signal ended (its last.pt is what --resume continues from)."""
+    trainer = so_far.get("trainer")
+    with stop.deferred():
+        if trainer is None:  # before training was set up: nothing to keep but config.yaml
+            log.warning("interrupted before training started; continue with --resume %s", run.run_dir)
+            run.tracker.end()
+            return RunOutcome("interrupted", run.run_dir)
+        done = trainer.state.epoch
+        where = "training had finished; the final evaluation is left" if trainer.state.finished else (
+            f"checkpoints/last.pt holds epoch {done}" if done else "no epoch had finished yet")
+        log.warning("interrupted: %s; continue with --resume %s", where, run.run_dir)
+        return write_results(run, trainer, "interrupted", extra=so_far["record"])
 
 
 def model_summary(model, image_size: int):
@@ -161,6 +190,7 @@ def track_setup(run: RunContext, summary, trainable: int, git: dict) -> None:
     tracker.log_others({"params_total": summary.total_params, "params_trainable": trainable,
                         "mult_adds": summary.total_mult_adds, "git_commit": git["commit"],
                         "git_dirty": git["dirty"], "dataset_root": splits.root})
+    tracker.log_others({f"machine.{k}": v for k, v in machine(run.device).items()})
     tracker.log_others({f"package.{name}": version for name, version in sorted(installed_packages().items())})
 
 
@@ -198,6 +228,11 @@ def cross_validation(run: RunContext, model: torch.nn.Module) -> dict | None:
                                    run.splits.classes, run.pre, run.features, run.cache_dir, run.device)
     run.tracker.log_others({"cv_folds": cv["folds"], "cv_chosen_lr": cv["chosen"]["lr"],
                             "cv_chosen_epochs": cv["chosen"]["epochs"], "cv_accuracy": cv["chosen"]["accuracy"]})
+    if run.dist.is_main:  # config.yaml says what the refit does (a resume recomputes the same from cv.json)
+        write_run_config(run.run_dir, crossval.refit_config(run.cfg, cv),
+                         f"cross-validated ({cv['folds']} folds, cv.json): the refit on all of train uses the chosen\n"
+                         f"train.lr {cv['chosen']['lr']:g} and stops after epoch {cv['chosen']['epochs']} of the "
+                         f"{run.cfg.train.epochs}-epoch schedule the folds were scored with")
     return cv
 
 
@@ -207,10 +242,12 @@ def run_record(run: RunContext, facts: dict, cv: dict | None) -> dict:
     record = {"run_dir": str(run.run_dir), "task": cfg.task, "arch": cfg.model.arch, "dataset": splits.dataset,
               "dataset_root": splits.root, "classes": splits.classes, "split_sizes": splits.sizes(),
               "usable_sizes": {n: len(d.labels) for n, d in run.decoded.items()}, "split_notes": splits.notes,
+              "eval_sample": {split: {"n": len(getattr(splits, split)), "of": whole}
+                              for split, whole in splits.sampled_from.items()} or None,
               "classes_without_val": splits.classes_without_val,
               "skipped_files": {name: d.skipped_summary() for name, d in run.decoded.items()},
               "feature_cache": run.features, **facts, "tags": run_tags(cfg), "started_at": run.started_at,
-              "world_size": run.dist.world_size}
+              "world_size": run.dist.world_size, "machine": machine(run.device)}
     if cv:
         record["cross_validation"] = {k: v for k, v in cv.items() if k != "oof"}
     return record
@@ -246,11 +283,16 @@ def final_evaluation(run: RunContext, trainer: Trainer, loaders: dict, cv: dict 
         final["val"] = {**classification_metrics(labels, oof, mean_nll(oof, labels), classes),
                         "source": f"{cv['folds']}-fold cross-validation on train (out-of-fold)"}
         predictions["val"] = (labels, oof)
-    for split in ("val", "test"):
-        if split in loaders:
-            targets, probs, loss = trainer.predict(loaders[split], split)
-            final[split] = classification_metrics(targets, probs, loss, classes)
-            predictions[split] = (targets, probs)
+    with tempfile.TemporaryDirectory(prefix="petlab-eval-") as tmp:
+        # best.pt's ONNX twin predicts val and test where ONNX Runtime is the faster (a CPU; README "Speed")
+        fast = trainer.runtime_twin(Path(tmp))
+        for split in ("val", "test"):
+            if split in loaders:
+                targets, probs, loss = trainer.predict(loaders[split], split, fast)
+                final[split] = classification_metrics(targets, probs, loss, classes)
+                predictions[split] = (targets, probs)
+    if fast is not None:
+        log.info("final evaluation on %s", fast.runtime)
     return final, predictions
 
 

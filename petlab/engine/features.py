@@ -3,7 +3,13 @@
 When the backbone is frozen for the whole run and training images are not augmented, every
 epoch would push the same pixels through the same backbone. So each image's features are
 computed once, stored under the cache root keyed by (architecture, weights, preprocessing,
-precision, images), and the head trains on them: a sweep's head-only trials then cost seconds.
+runtime, images), and the head trains on them: a sweep's head-only trials then cost seconds.
+
+On a CPU the features come from ONNX Runtime (export/onnx.py; benchmarks/inference_throughput.py
+measures it several times faster than PyTorch there): the headless backbone is exported once per
+(architecture, weights, image size) into the cache, and checked against the eager backbone (fp32) on
+the first batch of every extraction before any feature is kept (CheckedOnnx: a file that fails to load
+or to agree is exported again once; if that fails too, the eager backbone computes the features).
 """
 
 from __future__ import annotations
@@ -25,12 +31,15 @@ from petlab.data.cache import DecodedImages
 from petlab.data.loaders import make_loader
 from petlab.data.transforms import Preprocessing
 from petlab.engine.batches import autocast, prepare_batch
+from petlab.engine.speed import predicting_runtime
+from petlab.export.onnx import CheckedOnnx
 from petlab.fileio import atomic_write
 from petlab.models import ARCHS
 from petlab.progress import progress
 
 log = logging.getLogger(__name__)
 FEATURES_FORMAT = 2  # 2: (N, views, F), the mirror image's features second
+ONNX_BACKBONE_FORMAT = 1
 
 
 def uses_feature_cache(cfg: Config) -> bool:
@@ -64,6 +73,19 @@ def without_head(model: nn.Module, head: str):
         setattr(parent, child, original)
 
 
+def extraction_identity(cfg: Config, device: torch.device) -> list:
+    """What computes the features, for the cache key: ONNX Runtime in fp32, or PyTorch at the run's settings."""
+    if predicting_runtime(cfg.model.arch, cfg.train.precision, device) == "onnxruntime":
+        return ["onnxruntime", "fp32"]
+    return ["torch", cfg.train.precision, cfg.train.channels_last]
+
+
+def backbone_file(cfg: Config, image_size: int, cache_dir: Path) -> Path:
+    """Where the headless backbone's ONNX export is cached: one per architecture, weights and image size."""
+    identity = [ONNX_BACKBONE_FORMAT, cfg.model.arch, weights_identity(cfg), image_size]
+    return cache_dir / "features" / f"backbone-{hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:24]}.onnx"
+
+
 @torch.inference_mode()
 def backbone_features(cfg: Config, model: nn.Module, decoded: DecodedImages, pre: Preprocessing, split: str,
                       cache_dir: Path, device: torch.device) -> np.ndarray:
@@ -71,8 +93,8 @@ def backbone_features(cfg: Config, model: nn.Module, decoded: DecodedImages, pre
     feature_views is 2), from the cache when already computed."""
     t = cfg.train
     views = feature_views(cfg)
-    identity = [FEATURES_FORMAT, cfg.model.arch, weights_identity(cfg), pre.to_dict(), t.precision,
-                t.channels_last, decoded.key, views]
+    identity = [FEATURES_FORMAT, cfg.model.arch, weights_identity(cfg), pre.to_dict(),
+                *extraction_identity(cfg, device), decoded.key, views]
     key = hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:24]
     path = cache_dir / "features" / f"{key}.npy"
     if path.is_file():
@@ -82,10 +104,13 @@ def backbone_features(cfg: Config, model: nn.Module, decoded: DecodedImages, pre
     model.eval()
     chunks = []
     with without_head(model, ARCHS[cfg.model.arch].head) as backbone:
+        on_runtime = predicting_runtime(cfg.model.arch, cfg.train.precision, device) == "onnxruntime"
+        extract = CheckedOnnx(backbone, backbone_file(cfg, pre.image_size, cache_dir), t.threads, ("features",)) \
+            if on_runtime else backbone
         for images, _ in progress(loader, desc=f"features {split}", unit="batch", leave=False):
-            x = prepare_batch(images, pre, device, t.channels_last)
-            with autocast(device, t.precision):
-                batch_views = [backbone(v).float().flatten(1).cpu() for v in ([x, x.flip(3)] if views == 2 else [x])]
+            x = prepare_batch(images, pre, device, t.channels_last and not on_runtime)
+            with autocast(device, t.precision):  # PyTorch's forward only; the runtime computes in fp32
+                batch_views = [extract(v).float().flatten(1).cpu() for v in ([x, x.flip(3)] if views == 2 else [x])]
             chunks.append(torch.stack(batch_views, 1))
     features = torch.cat(chunks).numpy()
     path.parent.mkdir(parents=True, exist_ok=True)

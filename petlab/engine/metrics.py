@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from scipy.stats import binomtest
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from petlab.calibration import mean_nll, nll  # noqa: F401 - the engine's names for them
@@ -19,6 +20,15 @@ def top_k_accuracy(targets: np.ndarray, probs: np.ndarray, k: int = TOP_K) -> fl
     k = min(k, probs.shape[1])
     top = np.argpartition(-probs, k - 1, axis=1)[:, :k]
     return float((top == targets[:, None]).any(axis=1).mean())
+
+
+def accuracy_interval(correct: int, n: int) -> list[float] | None:
+    """The accuracy's 95% Wilson interval: how far a figure from n photos (a sample of a test set, or a
+    small one) may be from the accuracy on all the photos it stands for."""
+    if not n:
+        return None
+    ci = binomtest(int(correct), int(n)).proportion_ci(0.95, method="wilson")
+    return [float(ci.low), float(ci.high)]
 
 
 def most_confused(matrix: np.ndarray, classes: list[str], n: int = MOST_CONFUSED) -> list[dict]:
@@ -41,6 +51,7 @@ def classification_metrics(targets: np.ndarray, probs: np.ndarray, loss: float, 
     present = support > 0
     return {
         "accuracy": float((targets == preds).mean()) if len(targets) else float("nan"),
+        "accuracy_ci95": accuracy_interval((targets == preds).sum(), len(targets)),
         f"top{TOP_K}_accuracy": top_k_accuracy(targets, probs),
         # the mean of the per-class accuracies, over the classes this split has images of
         "balanced_accuracy": float(recall[present].mean()) if present.any() else float("nan"),

@@ -61,7 +61,10 @@ def write_results(run, trainer, status: str, reason: str | None = None, final: d
         "stopped_by": state.stopped_by,
         "compile_seconds": state.compile_seconds if run.cfg.train.compile else None,
         "time_budget": {"budget_s": trainer.budget.seconds, "used_s": state.budget_used_s,
-                        "reached": state.stopped_by == "time_budget", "epochs_completed": state.epoch}
+                        "reached": state.stopped_by == "time_budget", "epochs_completed": state.epoch,
+                        "reserved_s": trainer.budget.reserve,  # kept for the last validation pass
+                        "trained_images": round(sum(r["images_per_second"] * r["train_seconds"]
+                                                    for r in state.history))}
         if trainer.budget is not None else None,
         "val": final.get("val"),
         "test": final.get("test"),

@@ -11,8 +11,8 @@ import csv
 import io
 import logging
 import math
-import signal
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -28,12 +28,15 @@ from petlab.config import Config
 from petlab.data.transforms import Preprocessing
 from petlab.engine.batches import autocast, batches_per_epoch, predict_loader, prepare_batch, seed_everything
 from petlab.engine.budget import WARMUP_START, Budget, lr_factor, parse_duration
-from petlab.engine.checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
+from petlab.engine.checkpoint import atomic_save, check_resumable, load_checkpoint, rng_state, set_rng_state
 from petlab.engine.diagnostics import Diagnostics, gradient_norm
 from petlab.engine.distributed import Distributed, gather_predictions
 from petlab.engine.outcome import Interrupted
 from petlab.engine.profiling import EpochProfile, torch_trace
+from petlab.engine.signals import StopFlag
+from petlab.engine.speed import predicting_runtime
 from petlab.errors import ConfigError
+from petlab.export.onnx import CheckedOnnx
 from petlab.fileio import atomic_write
 from petlab.models import ARCHS, head_parameters
 from petlab.progress import progress
@@ -44,29 +47,6 @@ log = logging.getLogger(__name__)
 METRIC_COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr",
                   "epoch_seconds", "images_per_second", "train_seconds", "data_seconds", "compute_seconds",
                   "data_wait_fraction", "cpu_utilisation", "peak_rss_mb"]
-
-
-class StopFlag:
-    """SIGINT/SIGTERM set a flag the loop checks between batches; a second Ctrl-C aborts at once."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = {}
-
-    def _handle(self, signum, frame):
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested = True
-        log.warning("received %s: stopping after this batch", signal.Signals(signum).name)
-
-    def __enter__(self):
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
 
 
 @dataclass
@@ -210,6 +190,16 @@ class Trainer:
         m = self.eval_model
         return m.get_submodule(ARCHS[self.cfg.model.arch].head) if self.features else m
 
+    def runtime_twin(self, folder: Path) -> CheckedOnnx | None:
+        """The evaluated weights' ONNX twin (exported into `folder`, checked on the first batch), where ONNX
+        Runtime predicts faster than PyTorch here (engine/speed.py); None for cached features (the head
+        alone: nothing to gain), under torchrun or --compile."""
+        c = self.cfg
+        if self.features or self.dist.enabled or c.train.compile or \
+                predicting_runtime(c.model.arch, c.train.precision, self.device) != "onnxruntime":
+            return None
+        return CheckedOnnx(self.eval_model, folder / "evaluated.onnx", c.train.threads)
+
     # ------------------------------------------------------------------ helpers
     def _autocast(self):
         return autocast(self.device, self.cfg.train.precision)
@@ -282,6 +272,7 @@ class Trainer:
 
     def resume(self, path: Path) -> None:
         ckpt = load_checkpoint(path)
+        check_resumable(ckpt, path, self.classes, self.cfg.to_dict())
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if self.scaler and ckpt.get("scaler"):
@@ -413,39 +404,43 @@ class Trainer:
             self.ema.update_parameters(self.model)
         return grad_norm
 
-    def predict(self, loader, desc: str = "eval") -> tuple[np.ndarray, np.ndarray, float]:
-        """Targets, class probabilities and mean loss over the whole split (each rank predicts its shard)."""
+    def predict(self, loader, desc: str = "eval", runtime_net=None) -> tuple[np.ndarray, np.ndarray, float]:
+        """Targets, class probabilities and mean loss over the whole split (each rank predicts its shard).
+        runtime_net: the evaluated weights' CheckedOnnx twin (export/onnx.py), to predict on ONNX Runtime."""
         net = self._eval_net()
         self.dist.sync_buffers(net)  # BatchNorm statistics as rank 0 has (and saves) them
-        out = predict_loader(net, loader, self.batch_pre, self.device, self.cfg.train.precision,
-                             self.cfg.train.channels_last, self.cfg.train.limit_batches, self.criterion, desc,
-                             self.cfg.train.tta)
+        channels_last = self.cfg.train.channels_last and runtime_net is None  # the runtime takes NCHW
+        out = predict_loader(runtime_net or net, loader, self.batch_pre, self.device, self.cfg.train.precision,
+                             channels_last, self.cfg.train.limit_batches, self.criterion, desc, self.cfg.train.tta)
         return gather_predictions(self.dist, loader, *out)
 
-    def fit(self, until_epoch: int | None = None) -> TrainState:
+    def fit(self, until_epoch: int | None = None, stop: StopFlag | None = None) -> TrainState:
         """Train to cfg.train.epochs (or to the time budget), or stop after until_epoch with the schedule
-        still set for all of them (a cross-validated refit stops where the folds did best)."""
+        still set for all of them (a cross-validated refit stops where the folds did best). stop: the run's
+        signal handling (signals.py), else this call's own."""
         cfg = self.cfg
         profile_steps = cfg.diagnostics.profile_steps if cfg.diagnostics.profile and self.run_dir else 0
         if self.budget is not None:
             self.budget.start()
         # with a time budget the deadline ends training, not the epoch count
         last_epoch = until_epoch or (sys.maxsize if self.budget is not None else cfg.train.epochs)
-        with StopFlag() as stop:
+        with nullcontext(stop) if stop is not None else StopFlag(immediate=not self.dist.enabled) as stop:
             for epoch in range(self.state.epoch, last_epoch):
                 if self.budget is not None and self.budget.spent():
                     break
                 row = self.run_epoch(epoch, stop, profile_steps)
                 profile_steps = 0  # one trace per process is plenty
-                self._record(epoch, row)
+                with stop.deferred():  # best.pt, last.pt and metrics.csv are written whole, or not at all
+                    self._record(epoch, row)
                 if self.on_epoch:
                     self.on_epoch(row)
                 if stop.requested:
                     raise Interrupted
                 if self._should_stop():
                     break
-        self.state.finished = True
-        self.checkpoint("last.pt")
+            self.state.finished = True
+            with stop.deferred():
+                self.checkpoint("last.pt")
         return self.state
 
     def run_epoch(self, epoch: int, stop: StopFlag, profile_steps: int = 0) -> dict:
@@ -462,7 +457,9 @@ class Trainer:
         targets, probs, val_loss = np.zeros(0), np.zeros((0, 1)), math.nan
         if "val" in self.loaders:
             val_started = time.perf_counter()
-            targets, probs, val_loss = self.predict(self.loaders["val"], "val")
+            # on ONNX Runtime where it is the faster (a CPU): this epoch's weights exported, checked, predicting
+            with tempfile.TemporaryDirectory(prefix="petlab-val-") as tmp:
+                targets, probs, val_loss = self.predict(self.loaders["val"], "val", self.runtime_twin(Path(tmp)))
             self.last_val = (targets, probs)
             if self.budget is not None:  # the last validation must fit in the budget too
                 self.budget.measured_reserve(time.perf_counter() - val_started)

@@ -41,6 +41,10 @@ class ArchSpec:
     # native bf16, and channels_last. An architecture that measures slower with either sets it False.
     bf16: bool = True
     channels_last: bool = True
+    # Where a model that only predicts runs on a CPU with native bf16: ONNX Runtime in fp32 if it measured
+    # faster than PyTorch's bf16 + channels_last there (benchmarks/inference_throughput.py), else PyTorch.
+    # Without native bf16, ONNX Runtime always (export/onnx.py).
+    onnx_over_bf16: bool = False
 
     def check_image_size(self, size: int | None) -> None:
         if size is None:
@@ -94,7 +98,7 @@ ARCHS: dict[str, ArchSpec] = {
         # TF EfficientNet-Lite was trained on inputs scaled to [-1, 1]; keep that here.
         # Native sizes as trained: Lite0 224, Lite1 240, Lite2 260 px.
         *(ArchSpec(f"efficientnet_lite{n}", _lite(n), "_fc", image_size=size, mean=(0.5, 0.5, 0.5),
-                   std=(0.5, 0.5, 0.5), bundled_weights=_lite_weights_file(n), torchvision=False)
+                   std=(0.5, 0.5, 0.5), bundled_weights=_lite_weights_file(n), torchvision=False, onnx_over_bf16=True)
           for n, size in ((0, 224), (1, 240), (2, 260))),
     ]
 }
@@ -216,3 +220,18 @@ def build_model(arch: str, num_classes: int, pretrained: bool = False, weights: 
         init_rows_from_imagenet(new_head, old_head, *imagenet_rows)
     set_submodule(model, spec.head, nn.Sequential(nn.Dropout(dropout), new_head) if dropout else new_head)
     return model, report
+
+
+def rebuild_trained(arch: str, num_classes: int, state_dict: dict, dropout: float | None = None) -> nn.Module:
+    """A trained model from its weights alone, in eval mode: the one place petlab rebuilds one (a run's
+    best.pt for evaluation and promotion, a registered version's state_dict.pt for serving).
+
+    The head's shape depends on dropout (nn.Sequential(Dropout, Linear) when it was used); at eval
+    dropout does nothing, so where the dropout is not recorded (cards older than the field), the
+    weights' own keys say which head to build."""
+    if dropout is None:
+        head = ARCHS[arch].head
+        dropout = 0.5 if f"{head}.1.weight" in state_dict else 0.0
+    model, _ = build_model(arch, num_classes, pretrained=False, dropout=dropout)
+    model.load_state_dict(state_dict)
+    return model.eval()

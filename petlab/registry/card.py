@@ -61,6 +61,22 @@ def not_a_pet_lines(check: dict | None) -> list[str]:
             f"below **{check['threshold']}**; the score comes from {where}.", ""]
 
 
+def serving_lines(card: dict) -> list[str]:
+    """Which export serves, and how each was checked against the eager model."""
+    serving, checks = card.get("serving"), card.get("verification") or {}
+    if not serving:
+        return []
+    lines = [f"On a CPU the server loads the first of {', '.join(f'`{f}`' for f in serving['cpu_order'])} that "
+             f"loads ({serving['why']}).", ""]
+    onnx = checks.get("onnx")
+    if onnx:
+        worst = max(onnx["max_abs_diff"].values())
+        lines += [f"`{onnx['file']}` on {onnx['runtime']}: logits within rtol/atol {onnx['tolerance']['rtol']:g} "
+                  f"of the eager model's (largest difference {worst:.1e}), same top-1 on every verification photo.",
+                  ""]
+    return lines
+
+
 def card_markdown(card: dict) -> str:
     metrics = card.get("metrics", {})
     val, test = metrics.get("val", {}), metrics.get("test", {})
@@ -94,6 +110,7 @@ def card_markdown(card: dict) -> str:
         "## Files",
         *(f"- `{name}`: {what}" for name, what in card["files"].items()),
         "",
+        *serving_lines(card),
         "## Provenance",
         f"- dataset: {card.get('dataset')} ({_name(card.get('dataset_root'))})",
         f"- source run: `{_name(card['source_run'])}`",

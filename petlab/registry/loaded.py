@@ -12,7 +12,7 @@ import torch
 from petlab.calibration import apply_temperature
 from petlab.data.images import load_rgb
 from petlab.data.transforms import Preprocessing
-from petlab.export import PET_VIEW_FILE, load_exported, preferred_export
+from petlab.export import PET_VIEW_FILE, PET_VIEW_FILES, first_loadable, preferred_export
 from petlab.registry.store import Registry
 
 log = logging.getLogger(__name__)
@@ -24,10 +24,11 @@ class LoadedModel:
     name: str
     version: int
     card: dict
-    fmt: str
+    fmt: str  # which file serves: "onnx" (on ONNX Runtime), "torch_export", "torchscript", or "eager"
     module: object
     pre: Preprocessing
-    pet_module: object | None = None  # x -> (logits, ImageNet pet probability): pet_view.pt2, when the card has it
+    pet_module: object | None = None  # x -> (logits, ImageNet pet probability), when the card has a pet view
+    pet_fmt: str | None = None
 
     @property
     def classes(self) -> list[str]:
@@ -79,13 +80,11 @@ class LoadedModel:
 
 def load_eager(registry: Registry, task: str, version: int) -> torch.nn.Module:
     """A registered version's eager model, from its state dict, in eval mode."""
-    from petlab.models import build_model
+    from petlab.models import rebuild_trained
 
     card = registry.card(task, version)
-    module, _ = build_model(card["arch"], len(card["classes"]), pretrained=False)
     state = torch.load(registry.version_dir(task, version) / "state_dict.pt", map_location="cpu", weights_only=True)
-    module.load_state_dict(state)
-    return module.eval()
+    return rebuild_trained(card["arch"], len(card["classes"]), state, card.get("dropout"))
 
 
 def load_version(registry: Registry, task: str, version: int) -> LoadedModel:
@@ -95,12 +94,14 @@ def load_version(registry: Registry, task: str, version: int) -> LoadedModel:
     except Exception as exc:  # noqa: BLE001 - an old or damaged export: serve the eager weights
         log.warning("serving %s v%d from its state dict: %s", task, version, exc)
         fmt, module = "eager", load_eager(registry, task, version)
-    pet_module = None
-    if (card.get("not_a_pet") or {}).get("file") == PET_VIEW_FILE:
+    pet_fmt = pet_module = None
+    entry = card.get("not_a_pet") or {}
+    if entry.get("file") == PET_VIEW_FILE:
+        files = {fmt: name for fmt, name in PET_VIEW_FILES.items() if fmt == "torch_export" or entry.get(fmt)}
         try:
-            pet_module = load_exported(registry.version_dir(task, version) / PET_VIEW_FILE)
+            pet_fmt, pet_module = first_loadable(registry.version_dir(task, version), files)
         except Exception as exc:  # noqa: BLE001 - the separate view answers instead, one forward pass dearer
-            log.warning("%s v%d: could not load %s (%s); using the separate ImageNet view", task, version,
-                        PET_VIEW_FILE, exc)
+            log.warning("%s v%d: could not load its pet view (%s); using the separate ImageNet view", task, version,
+                        exc)
     return LoadedModel(task, card["name"], version, card, fmt, module, Preprocessing.from_dict(card["preprocessing"]),
-                       pet_module)
+                       pet_module, pet_fmt)

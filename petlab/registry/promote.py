@@ -20,7 +20,15 @@ from petlab.data.files import visible_files
 from petlab.data.images import BadImageError, load_rgb
 from petlab.engine.evaluate import load_trained_model
 from petlab.errors import PromotionError, PromotionRefused
-from petlab.export import EXPORT_FILES, PET_VIEW_FILE, ExportError, export_and_verify, export_pet_view
+from petlab.export import (
+    EXPORT_FILES,
+    PET_VIEW_FILE,
+    PET_VIEW_FILES,
+    ExportError,
+    export_and_verify,
+    export_pet_view,
+    preference,
+)
 from petlab.models.pet_view import OWN_BACKBONE_THRESHOLDS, SEPARATE_VIEW, OwnBackboneView, own_backbone_head
 from petlab.names import model_name
 from petlab.paths import runs_root as default_runs_root
@@ -155,6 +163,7 @@ def _build_card(record: RunRecord, cfg, classes, pre, metric, value, n_candidate
     results = record.results
     return {
         "arch": cfg.model.arch,
+        "dropout": cfg.model.dropout,  # shapes the head: the state dict is rebuilt with it
         "classes": list(classes),
         "num_classes": len(classes),
         "preprocessing": {**pre.to_dict(), "steps": preprocessing_steps(pre.to_dict())},
@@ -170,13 +179,16 @@ def _build_card(record: RunRecord, cfg, classes, pre, metric, value, n_candidate
         "git": results.get("git"),
         "created_at": now_iso(),
         "torch_version": torch.__version__,
-        "files": {EXPORT_FILES["torch_export"]: "torch.export ExportedProgram (torch.export.load(...).module())",
+        "files": {EXPORT_FILES["onnx"]: "ONNX, what a CPU serves from (onnxruntime.InferenceSession)",
+                  EXPORT_FILES["torch_export"]: "torch.export ExportedProgram (torch.export.load(...).module())",
                   EXPORT_FILES["torchscript"]: "TorchScript, traced (torch.jit.load)",
-                  "state_dict.pt": f"the eager weights (petlab.models.build_model('{cfg.model.arch}', "
-                                   f"{len(classes)}))",
+                  "state_dict.pt": f"the eager weights (petlab.models.rebuild_trained('{cfg.model.arch}', "
+                                   f"{len(classes)}, state_dict, dropout={cfg.model.dropout}))",
                   "examples/": "real photos from the validation split, for the demo",
                   RELIABILITY_FIGURE: "reliability diagram of val and test, before and after temperature scaling"},
         "verification": verification,
+        "serving": {"cpu_order": [EXPORT_FILES[f] for f in preference("cpu")],
+                    "why": "ONNX Runtime measured several times faster than PyTorch on CPUs, README \"Speed\""},
     }
 
 
@@ -221,7 +233,9 @@ def promote(task: str, metric: str = "val_accuracy", runs_root: Path | None = No
                 "calibration": calibration, "compared_with": comparison, "not_a_pet": not_a_pet}
         if not_a_pet.get("file"):
             card["files"][PET_VIEW_FILE] = "torch.export program: (logits, ImageNet pet probability) in one pass"
-        version = registry.add_version(task, staged, card, status)
+            card["files"][PET_VIEW_FILES["onnx"]] = "the same as ONNX (outputs logits, pet_probability)"
+        version = registry.add_version(task, staged, card, status,
+                                       gated_against=comparison["production_version"] if comparison else None)
     except BaseException:
         registry.discard(staged)
         raise
@@ -325,8 +339,11 @@ def register_in_comet(record: RunRecord, cfg, registry: Registry, task: str, ver
         if status == "production":
             sync_comet_statuses(registry, task)
         return {"registration": f"registered online as {name} {version}.0.0 ({status})", "url": tracker.url}
-    return {"registration": f"queued offline in {tracker.archive()} (`comet upload` registers it)",
-            "archive": tracker.archive()}
+    # shown from the runs folder: a card (and so the page and the Space) holds no absolute path
+    archive, runs = Path(tracker.archive()).resolve(), record.path.resolve().parent
+    shown = archive.relative_to(runs) if archive.is_relative_to(runs) else archive.name
+    return {"registration": f"queued offline in {shown} under the runs folder (`comet upload` registers it)",
+            "archive": str(shown)}
 
 
 def sync_comet_statuses(registry: Registry, task: str) -> None:

@@ -20,14 +20,18 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-from petlab.errors import RegistryError
-from petlab.fileio import atomic_write, file_lock
+from petlab.errors import PromotionError, RegistryError
+from petlab.fileio import atomic_write, file_lock, pid_alive
 from petlab.names import model_name
 from petlab.paths import registry_root
-from petlab.processes import pid_alive
 
 # The statuses Comet's model registry uses, lower-cased.
 STATUSES = ("none", "staging", "production", "archived")
+UNGATED = object()  # add_version without a gate to re-check (tests, tools)
+
+
+def _named(version: int | None) -> str:
+    return "no production version" if version is None else f"v{version}"
 
 
 def now_iso() -> str:
@@ -82,12 +86,25 @@ class Registry:
         path.mkdir(parents=True)
         return path
 
-    def add_version(self, task: str, staged: Path, card: dict, status: str = "production") -> int:
-        """Move a fully written staging folder in as the next version; returns its number."""
+    def add_version(self, task: str, staged: Path, card: dict, status: str = "production",
+                    gated_against: int | None | object = UNGATED) -> int:
+        """Move a fully written staging folder in as the next version; returns its number.
+
+        gated_against: the production version (or None: there was none) the promotion gate compared
+        the candidate with, minutes ago and outside the lock. Checked again here, under it: a rollback
+        or another promotion in between would otherwise be undone silently, and the card's
+        `compared_with` would name a version that is no longer production."""
         _check_status(status)
         with self._locked():
             self._reap_staging(task)
             index = self.index(task)
+            if gated_against is not UNGATED:
+                now = next((e["version"] for e in index["versions"] if e["status"] == "production"), None)
+                if now != gated_against:
+                    raise PromotionError(
+                        f"production {task} changed from {_named(gated_against)} to {_named(now)} while this "
+                        "promotion was exporting; nothing was added. Run promote.py again to compare with "
+                        f"{_named(now)}")
             taken = [e["version"] for e in index["versions"]]
             taken += [int(p.name[1:]) for p in (self.root / task).glob("v*") if p.name[1:].isdigit()]
             version = max(taken, default=0) + 1

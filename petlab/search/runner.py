@@ -6,6 +6,7 @@ study and trial number); the trial stores its run directory and the run its tria
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -19,9 +20,15 @@ from petlab.config import Config, load_config
 from petlab.engine.experiment import run_experiment
 from petlab.engine.outcome import StopRun
 from petlab.errors import ConfigError
-from petlab.paths import default_study_storage
 from petlab.search.space import SweepConfig, make_pruner, suggest
-from petlab.search.storage import admission_lock, counted_trials, heartbeat, open_storage, reap_dead_workers
+from petlab.search.storage import (
+    admission_lock,
+    counted_trials,
+    heartbeat,
+    open_storage,
+    reap_dead_workers,
+    redacted,
+)
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +37,7 @@ def load_study(name: str, storage, storage_url: str | None) -> optuna.Study:
     try:
         return optuna.load_study(study_name=name, storage=storage)
     except KeyError:
-        raise ConfigError(f"no study named {name!r} in {storage_url or default_study_storage()}") from None
+        raise ConfigError(f"no study named {name!r} in {redacted(storage_url)}") from None
 
 
 def study_run_dirs(study_name: str, storage_url: str | None) -> list[Path]:
@@ -50,8 +57,36 @@ def open_study(sweep: SweepConfig, storage_url: str | None, study_name: str | No
     # would draw identical startup trials.
     study = optuna.create_study(study_name=name, storage=storage, direction=sweep.direction, load_if_exists=True,
                                 pruner=make_pruner(sweep.pruner))
+    check_same_sweep(study, sweep, storage_url)
     study.sampler = optuna.samplers.TPESampler(seed=sweep.seed + 1000 * seed_offset + len(study.trials))
     return study
+
+
+def sweep_definition(sweep: SweepConfig) -> dict:
+    """What makes a study's trials comparable: reusing its name with any of this changed mixes two searches.
+    (The trial count, seeds and timings may change; the base recipe is named, not pathed, so workers on
+    other machines agree.)"""
+    return json.loads(json.dumps({"base": sweep.base.name, "space": sweep.space, "overrides": sweep.overrides,
+                                  "metric": sweep.metric, "direction": sweep.direction}, sort_keys=True, default=str))
+
+
+def check_same_sweep(study: optuna.Study, sweep: SweepConfig, storage_url: str | None) -> None:
+    """Store the sweep's definition in a new study; refuse to reuse the study from another definition.
+    Without this, optuna keeps the stored direction (asked to minimise, it maximised) and a parameter
+    whose kind changed raises inside suggest(), mid-trial."""
+    definition = sweep_definition(sweep)
+    stored = study.user_attrs.get("sweep_definition")
+    if stored is None:
+        stored = {"direction": study.direction.name.lower()}  # a study from before definitions were stored
+        if not study.trials:
+            study.set_user_attr("sweep_definition", definition)
+            return
+    changed = sorted(key for key in definition if key in stored and stored[key] != definition[key])
+    if changed:
+        details = "; ".join(f"{key}: stored {stored[key]!r}, now {definition[key]!r}" for key in changed)
+        raise ConfigError(f"study {study.study_name!r} in {redacted(storage_url)} was created from another sweep "
+                          f"definition ({details[:600]}); pass --study-name NEW for a new study, or restore the "
+                          "sweep config")
 
 
 def trial_config(sweep: SweepConfig, study: str, params: dict, overrides: dict, tags: list[str]) -> Config:
@@ -63,15 +98,19 @@ def trial_config(sweep: SweepConfig, study: str, params: dict, overrides: dict, 
 def run_trial(study: optuna.Study, trial: optuna.Trial, sweep: SweepConfig, overrides: dict) -> None:
     trial.set_user_attr("worker_host", socket.gethostname())
     trial.set_user_attr("worker_pid", os.getpid())
-    params = suggest(trial, sweep.space)
     tags = [f"study:{study.study_name}", f"trial:{trial.number}"]
-    try:
+    try:  # before the heartbeat starts, a failure must end the trial here: nothing would ever reap it
+        params = suggest(trial, sweep.space)
         cfg = trial_config(sweep, study.study_name, params, overrides, tags)
     except ConfigError as exc:
         log.warning("trial %d: %s", trial.number, exc)
         trial.set_user_attr("error", str(exc))
         study.tell(trial, state=TrialState.FAIL)
         return
+    except BaseException as exc:
+        trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
+        study.tell(trial, state=TrialState.FAIL)
+        raise
     cfg.name = f"{study.study_name}-trial{trial.number}"
 
     def report(row: dict) -> None:

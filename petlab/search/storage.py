@@ -19,14 +19,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import optuna
+import sqlalchemy
 from optuna.storages import RetryHeartbeatStaleTrialCallback as RetryStale
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import TrialState
 
 from petlab.errors import ConfigError
-from petlab.fileio import file_lock
+from petlab.fileio import file_lock, pid_alive
 from petlab.paths import default_study_storage
-from petlab.processes import pid_alive
 
 MAX_RETRY = 3
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
@@ -38,6 +38,17 @@ def storage_file(url: str) -> Path | None:
         if url.startswith(prefix):
             return Path(url.removeprefix(prefix))
     return None
+
+
+def redacted(url: str | None) -> str:
+    """A storage URL fit for a message or a log: a database URL's password becomes ***."""
+    url = url or default_study_storage()
+    if storage_file(url) is not None or "://" not in url:
+        return url
+    try:
+        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+    except sqlalchemy.exc.ArgumentError:
+        return url.split("://", 1)[0] + "://***"  # unparseable: show the scheme alone
 
 
 def open_storage(url: str | None, heartbeat_s: int = 5, grace_s: int = 20) -> optuna.storages.BaseStorage:
@@ -53,8 +64,12 @@ def open_storage(url: str | None, heartbeat_s: int = 5, grace_s: int = 20) -> op
     elif "://" not in url:
         raise ConfigError(f"--storage {url!r}: expected sqlite:///FILE, journal:FILE or a database URL "
                           "such as postgresql://user:password@host/db")
-    return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat_s, grace_period=grace_s,
-                                      heartbeat_stale_trial_callback=RetryStale(max_retry=MAX_RETRY), **kwargs)
+    try:
+        return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat_s, grace_period=grace_s,
+                                          heartbeat_stale_trial_callback=RetryStale(max_retry=MAX_RETRY), **kwargs)
+    except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.ArgumentError, ImportError) as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        raise ConfigError(f"--storage {redacted(url)}: cannot open the study storage ({reason})") from None
 
 
 @contextmanager

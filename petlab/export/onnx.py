@@ -1,0 +1,186 @@
+"""ONNX export, and ONNX Runtime wherever a model only predicts (serving, evaluate.py, the feature cache).
+
+Why: measured side by side in one process (benchmarks/inference_throughput.py, fp32, same weights, outputs
+equal within 1e-5), ONNX Runtime runs these convnets several times faster than PyTorch eager on a CPU --
+on CPUs without native bf16 (4.0x for EfficientNet-Lite0 at batch 64 on a Zen 2 EPYC) and, in fp32, even
+against PyTorch's bf16 on CPUs that have it (README, "Speed"). OpenVINO was the runner-up on the Zen 2
+EPYC (1.95x) and is not a dependency. On CUDA, PyTorch stays (`runtime()`).
+
+The exporter is torch.onnx's TorchScript-based one (`dynamo=False`): on EfficientNet-Lite0 it exports
+in 0.9 s against the dynamo exporter's 10 s, with the same outputs; a run that caches backbone features
+exports once per cache key, and promotion exports twice, so the difference is paid often. Every export
+is checked after a round trip: ONNX Runtime's output against the eager model's within ONNX_TOLERANCE,
+and the same top-1 class.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from petlab.errors import ExportError
+
+log = logging.getLogger(__name__)
+
+ONNX_FILE = "model.onnx"
+PET_VIEW_ONNX = "pet_view.onnx"
+OPSET = 17
+# float32 kernels differ in summation order, not in what they compute: measured differences are ~1e-6
+ONNX_TOLERANCE = {"rtol": 1e-4, "atol": 1e-4}
+CHECK_ROWS = 8  # CheckedOnnx compares this many photos of the first batch with the eager module
+RUNTIME_SWITCH = "PETLAB_RUNTIME"  # "torch": predict with PyTorch everywhere (for comparisons)
+
+
+def runtime(device: torch.device | str = "cpu", precision: str = "fp32", onnx_over_bf16: bool = True) -> str:
+    """Where a model that only predicts runs: "onnxruntime" on a CPU, except where it would replace a native
+    bf16 that measured faster for the architecture (onnx_over_bf16 False: ResNets and the custom CNN, whose
+    plain convolutions oneDNN runs fast in bf16); "torch" on CUDA, or when PETLAB_RUNTIME=torch says so."""
+    if os.environ.get(RUNTIME_SWITCH, "").strip().lower() == "torch" or torch.device(device).type != "cpu":
+        return "torch"
+    return "torch" if precision == "bf16" and not onnx_over_bf16 else "onnxruntime"
+
+
+def export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, outputs: tuple[str, ...] = ("logits",)) \
+        -> Path:
+    """Write `model` (float32 NCHW -> outputs) as ONNX with a dynamic batch dimension."""
+    model = model.float().eval()
+    try:
+        # fp32 whatever autocast the caller is under (an evaluation at bf16 would trace bf16 casts into the graph)
+        with warnings.catch_warnings(), torch.autocast("cpu", enabled=False):
+            warnings.simplefilter("ignore")  # the exporter's own deprecation and tracing notices
+            torch.onnx.export(model, (example.float().contiguous(),), str(path), dynamo=False, opset_version=OPSET,
+                              input_names=["images"], output_names=list(outputs),
+                              dynamic_axes={name: {0: "batch"} for name in ("images", *outputs)})
+    except Exception as exc:  # noqa: BLE001 - the exporter's errors are long; the first line says what broke
+        raise ExportError(f"ONNX export failed: {str(exc).strip().splitlines()[0]}") from exc
+    return Path(path)
+
+
+class OnnxModel:
+    """An ONNX file on ONNX Runtime, called like the eager module: a float32 [N, 3, H, W] tensor in, a tensor
+    (or a tuple of them, one per output) out. Intra-op threads follow torch's (a run's --threads)."""
+
+    runtime = "onnxruntime"
+
+    def __init__(self, path: str | Path, threads: int | None = None):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3  # errors only
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # noqa: BLE001 - a damaged file: say which, in one line
+            raise ExportError(f"{Path(path).name} does not load in ONNX Runtime: {str(exc).strip()[:300]}") from exc
+        self.input = self.session.get_inputs()[0].name
+        self.path = Path(path)
+
+    def __call__(self, x: torch.Tensor):
+        outputs = self.session.run(None, {self.input: np.ascontiguousarray(x.detach().float().cpu().numpy())})
+        tensors = tuple(torch.from_numpy(o) for o in outputs)
+        return tensors[0] if len(tensors) == 1 else tensors
+
+    def eval(self) -> OnnxModel:  # what callers of an eager module do, harmlessly
+        return self
+
+    def to(self, *args, **kwargs) -> OnnxModel:
+        return self
+
+
+class CheckedOnnx:
+    """An eager module's ONNX twin on ONNX Runtime, for code that only predicts (evaluation, feature extraction).
+
+    Exported to `path` on the first call (or reused when the file is there: a cache), and checked against the
+    eager module in fp32 on that first batch before any output is used. A file that fails to load or to agree
+    is exported again once; if that fails too, the eager module answers from then on (under the caller's
+    autocast), with a warning. So the answers are never the runtime's unchecked ones."""
+
+    def __init__(self, module: torch.nn.Module, path: Path, threads: int | None = None,
+                 outputs: tuple[str, ...] = ("logits",)):
+        self.module, self.path, self.threads, self.outputs = module, Path(path), threads, outputs
+        self.session: OnnxModel | None = None
+        self.checked = False
+
+    @property
+    def runtime(self) -> str:
+        return "onnxruntime" if self.session is not None or not self.checked else "torch"
+
+    def _export(self, example: torch.Tensor, fresh: bool) -> None:
+        from petlab.fileio import atomic_path
+
+        if fresh or not self.path.is_file():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(self.path) as tmp:  # two rows at least, so the batch stays dynamic
+                export_onnx(self.module, example[:2] if len(example) > 1 else example.repeat(2, 1, 1, 1), tmp,
+                            self.outputs)
+        self.session = OnnxModel(self.path, self.threads)
+
+    def _first(self, x: torch.Tensor) -> torch.Tensor:
+        self.checked = True
+        with torch.autocast(x.device.type, enabled=False):  # the first rows only: eager is the slow one
+            expected = self.module(x[:CHECK_ROWS].float())
+        for fresh in (False, True):
+            try:
+                self._export(x, fresh)
+                got = self.session(x)
+                check_close(got[:CHECK_ROWS], expected, self.path.name)
+                return got
+            except ExportError as exc:
+                self.session = None
+                if fresh:
+                    log.warning("%s; predicting with PyTorch instead", exc)
+                    return self.module(x)
+                log.warning("%s; exporting it again", exc)
+        raise AssertionError("unreachable")
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.checked:
+            return self._first(x)
+        return self.session(x) if self.session is not None else self.module(x)
+
+    def eval(self) -> CheckedOnnx:
+        self.module.eval()
+        return self
+
+
+def check_close(got, expected, what: str) -> float:
+    """The largest absolute difference; ExportError unless within ONNX_TOLERANCE with the same top-1."""
+    got, expected = torch.as_tensor(got).float(), torch.as_tensor(expected).float()
+    try:
+        torch.testing.assert_close(got, expected, **ONNX_TOLERANCE)
+    except AssertionError as exc:
+        raise ExportError(f"{what} disagrees with the eager model: {exc}") from exc
+    if got.dim() == 2 and not torch.equal(got.argmax(1), expected.argmax(1)):
+        raise ExportError(f"{what} predicts a different top-1 class than the eager model")
+    return float((got - expected).abs().max()) if got.numel() else 0.0
+
+
+@torch.no_grad()
+def export_and_check(model: torch.nn.Module, example: torch.Tensor, checks: list[torch.Tensor], path: Path,
+                     outputs: tuple[str, ...] = ("logits",), expected=None) -> dict:
+    """Export, load back on ONNX Runtime, and compare with the eager model on every check batch (their sizes
+    differ from the export's, so the dynamic batch is exercised). expected(batch) gives the eager outputs
+    (default: model(batch)). Returns the file, the tolerance and the largest difference per batch size."""
+    export_onnx(model, example, path, outputs)
+    loaded = OnnxModel(path)
+    expected = expected or model
+    diffs = {}
+    for batch in checks:
+        got, want = loaded(batch.float()), expected(batch.float())
+        got, want = (got, want) if isinstance(got, tuple) else ((got,), (want,))
+        diffs[f"batch_{batch.shape[0]}"] = max(check_close(g, w, f"{path.name} ({name}, batch {batch.shape[0]})")
+                                               for g, w, name in zip(got, want, outputs))
+    return {"file": path.name, "runtime": f"onnxruntime {_ort_version()}", "tolerance": dict(ONNX_TOLERANCE),
+            "same_top1": True, "max_abs_diff": diffs}
+
+
+def _ort_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__

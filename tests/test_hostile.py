@@ -1,0 +1,355 @@
+"""What a stranger may send the public demo, and what a crafted file may hold: each refused cheaply, nothing left.
+
+A real server on 127.0.0.1 (1 MB upload limit, Gradio's uploads in a folder of the test's own, kept
+2 s), raw HTTP where a well-behaved client would hide the attack (chunked bodies), and the real
+scripts on a real run whose checkpoint has been swapped for a pickle that runs code.
+"""
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from tests.runs import REPO, script
+from tests.servers import demo_process
+
+LIMIT_MB = 1
+LIMIT = LIMIT_MB * 2**20 + 64 * 1024  # demo/app.py's MULTIPART_OVERHEAD on top of the file limit
+
+
+@pytest.fixture(scope="module")
+def hostile_server(promoted_registry, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("hostile")
+    uploads = folder / "gradio"
+    uploads.mkdir()
+    env = {**os.environ, "GRADIO_TEMP_DIR": str(uploads)}
+    with demo_process(promoted_registry, folder / "demo.log", "--max-upload-mb", str(LIMIT_MB),
+                      "--upload-ttl-s", "2", env=env) as url:
+        yield url, folder / "demo.log", uploads
+
+
+def files_in(folder: Path) -> set[Path]:
+    return {p for p in folder.rglob("*") if p.is_file()}
+
+
+def rgba_png(side: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGBA", (side, side), (40, 160, 90, 128)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def chunked(total: int, field: str, sent: list[int]):
+    yield (f'--b\r\nContent-Disposition: form-data; name="{field}"; filename="x.jpg"\r\n'
+           "Content-Type: image/jpeg\r\n\r\n").encode()
+    while sent[0] < total:
+        sent[0] += 65536
+        yield b"\xff" * 65536
+    yield b"\r\n--b--\r\n"
+
+
+def ordinary_photo_is_served(url: str, shared: Path) -> bool:
+    photo = (shared / "cats_and_dogs_filtered/validation/dogs/dog.2001.jpg").read_bytes()
+    response = httpx.post(f"{url}/api/predict", files={"file": ("dog.jpg", photo)}, timeout=60)
+    return response.status_code == 200 and response.json()["predictions"][0]["label"] == "dog"
+
+
+@pytest.mark.parametrize("route, field", [("/api/predict", "file"), ("/gradio_api/upload", "files")])
+def test_a_chunked_body_over_the_limit_is_refused_while_it_streams(hostile_server, shared, route, field):
+    url, log, uploads = hostile_server
+    before = files_in(uploads)
+    sent = [0]
+    response = httpx.post(f"{url}{route}", content=chunked(40 * 2**20, field, sent), timeout=60,
+                          headers={"Content-Type": "multipart/form-data; boundary=b"})
+    assert "content-length" not in {k.lower() for k in response.request.headers}  # really chunked
+    assert response.status_code == 413 and response.json()["error"] == "too_large", response.text
+    assert sent[0] < 40 * 2**20  # refused mid-stream, not after the whole body
+    refusals = [json.loads(line.split("petlab.demo: ", 1)[1]) for line in log.read_text().splitlines()
+                if '"outcome": "too_large"' in line and f'"route": "{route}"' in line]
+    # what the server had read when it refused: the limit, plus what uvicorn buffers ahead of the app
+    # (its 64 KiB high-water mark and the socket reads in flight), never the 40 MB
+    assert refusals and LIMIT < refusals[-1]["body_bytes"] <= LIMIT + 256 * 1024
+    assert files_in(uploads) == before  # the part it had begun to spool is gone
+    assert ordinary_photo_is_served(url, shared)
+
+
+def test_a_declared_length_over_the_limit_is_refused_unread(hostile_server):
+    url, _, uploads = hostile_server
+    response = httpx.post(f"{url}/gradio_api/upload", files={"files": ("x.jpg", os.urandom(3 * 2**20))}, timeout=60)
+    assert response.status_code == 413 and "byte limit" in response.json()["message"]
+
+
+def test_a_small_png_with_huge_dimensions_is_refused_from_its_header(hostile_server, shared):
+    url, _, _ = hostile_server
+    png = rgba_png(8000)  # ~260 KB that would be 256 MB decoded (and 1.5 GB through the generic path)
+    assert len(png) < LIMIT_MB * 2**20
+    start = time.perf_counter()
+    response = httpx.post(f"{url}/api/predict", files={"file": ("big.png", png)}, timeout=60)
+    assert response.status_code == 400 and response.json()["error"] == "too_large"
+    assert "8000x8000" in response.json()["message"]
+    assert time.perf_counter() - start < 5  # the header was enough
+    assert ordinary_photo_is_served(url, shared)
+
+
+@pytest.mark.parametrize("fmt", ["EPS", "ICO", "PCX"])
+def test_formats_outside_the_allow_list_are_refused_unopened(hostile_server, fmt):
+    url, _, _ = hostile_server
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(buffer, fmt)  # Pillow itself would read each of these
+    assert Image.open(io.BytesIO(buffer.getvalue())).format == fmt
+    response = httpx.post(f"{url}/api/predict", files={"file": (f"x.{fmt.lower()}", buffer.getvalue())}, timeout=60)
+    assert response.status_code == 400 and response.json()["error"] == "not_an_image"
+    assert "JPEG, PNG, WEBP, GIF, BMP, TIFF" in response.json()["message"]
+
+
+def test_gradio_keeps_page_uploads_only_as_long_as_told(hostile_server, shared):
+    url, _, uploads = hostile_server
+    photo = (shared / "cats_and_dogs_filtered/validation/cats/cat.2001.jpg").read_bytes()
+    response = httpx.post(f"{url}/gradio_api/upload", files={"files": ("cat.jpg", photo)}, timeout=60)
+    assert response.status_code == 200, response.text
+    (stored,) = map(Path, response.json())
+    assert stored.is_file() and stored.is_relative_to(uploads)
+    deadline = time.monotonic() + 30
+    while stored.exists() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not stored.exists()  # --upload-ttl-s 2: deleted by Gradio's delete_cache
+
+
+def test_concurrent_large_decodes_stay_within_a_memory_budget(tmp_path):
+    """Six 36 MP RGBA PNGs (144 MB each decoded) at once through the server's decode path, in a fresh
+    process so its high-water mark is this test's: the generic path peaked at several GB here."""
+    child = textwrap.dedent("""
+        import io, json, sys
+        from concurrent.futures import ThreadPoolExecutor
+        from PIL import Image
+        from petlab.serving import DECODES, decode_upload, return_freed_memory_promptly
+        return_freed_memory_promptly()  # as demo/app.py does at start
+        buffer = io.BytesIO()
+        Image.new("RGBA", (6000, 6000), (40, 160, 90, 128)).save(buffer, "PNG")
+        png = buffer.getvalue()
+        def status(key):
+            return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith(key)) // 1024
+        open("/proc/self/clear_refs", "w").write("5")
+        before = status("VmRSS")
+        with ThreadPoolExecutor(6) as pool:
+            sizes = list(pool.map(lambda _: decode_upload(png, "big.png").size, range(6)))
+        print(json.dumps({"growth_mb": status("VmHWM") - before, "sizes": sizes, "slots": DECODES}))
+    """)
+    proc = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    assert all(max(size) < 2048 for size in result["sizes"])  # shrunk right after decoding
+    assert result["growth_mb"] < 350 * result["slots"], result  # ~300 MB a decode, two at a time
+
+
+class RunsCode:
+    """Unpickling this runs a shell command: what a crafted best.pt would hold."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def crafted_run(real_run: Path, dest: Path, marker: Path) -> Path:
+    shutil.copytree(real_run, dest, symlinks=False)
+    for name in ("best.pt", "last.pt"):
+        torch.save({"model": RunsCode(marker), "config": {}}, dest / "checkpoints" / name)
+    return dest
+
+
+def test_a_crafted_checkpoint_is_refused_and_its_code_never_runs(real_runs, shared, tmp_path):
+    marker = tmp_path / "the-payload-ran"
+    runs = tmp_path / "runs"
+    run_dir = crafted_run(real_runs["custom_cnn"], runs / real_runs["custom_cnn"].name, marker)
+    attempts = {
+        "evaluate": script("evaluate.py", run_dir, "--data-dir", shared / "cats_and_dogs_filtered", check=False),
+        "promote": script("promote.py", "--registry", tmp_path / "registry", "--task", "cats_vs_dogs",
+                          "--runs-root", runs, check=False),
+        "resume": script("run.py", "--resume", run_dir, check=False),
+    }
+    for name, proc in attempts.items():
+        assert proc.returncode == 2, (name, proc.stderr[-2000:])
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and "not a plain petlab checkpoint" in errors[0], (name, proc.stderr[-2000:])
+        assert "posix.system" in errors[0] and "Traceback" not in proc.stderr
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("command", [
+    ["sweep.py", "--config", REPO / "experiments/configs/sweeps/lite0_cats_vs_dogs.yaml", "--trials", "1"],
+    ["dashboard.py"],
+])
+def test_a_database_password_never_appears_in_what_the_scripts_print(command):
+    url = "postgresql+psycopg://petlab:s3cret-pw@127.0.0.1:1/petlab"  # nothing listens on port 1
+    proc = script(*command, "--storage", url, check=False, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    (error,) = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert "petlab:***@127.0.0.1:1/petlab" in error and "cannot open the study storage" in error
+    assert "s3cret-pw" not in proc.stdout + proc.stderr
+
+
+def resumable_copy(real_run: Path, dest: Path, edit) -> Path:
+    """A copy of a real run whose config.yaml `edit(config)` has changed since its checkpoint was written."""
+    shutil.copytree(real_run, dest)
+    config = yaml.safe_load((dest / "config.yaml").read_text())
+    edit(config)
+    (dest / "config.yaml").write_text(yaml.safe_dump(config))
+    return dest
+
+
+def test_resume_is_refused_when_a_class_folder_was_renamed(tmp_path):
+    """Breed names are the folders' own (cats vs dogs maps any cat(s)/dog(s) spelling to cat and dog)."""
+    from tests.imaging import make_imagefolder
+    from tests.runs import TINY, only_run_dir
+
+    data = make_imagefolder(tmp_path / "data", {"train": 8, "val": 4, "test": 4}, classes=("Beagle", "Toy_Poodle"))
+    script("run.py", *TINY, "--task", "breeds", "--epochs", "1", "--tracking", "none", "--data-dir", data,
+           "--output-dir", tmp_path / "runs")
+    run_dir = only_run_dir(tmp_path / "runs")
+    for split in ("train", "val", "test"):  # Beagle -> Whippet: it now sorts after Toy_Poodle, so labels swap
+        (data / split / "Beagle").rename(data / split / "Whippet")
+    proc = script("run.py", "--resume", run_dir, check=False, timeout=600)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    (error,) = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert "cannot resume" in error and "'Beagle'" in error and "'Whippet'" in error and "permute the labels" in error
+
+
+def test_resume_is_refused_when_the_recipe_was_edited(real_runs, tmp_path):
+    run_dir = resumable_copy(real_runs["custom_cnn"], tmp_path / "run", lambda config: config["train"].update(lr=0.5))
+    proc = script("run.py", "--resume", run_dir, check=False, timeout=600)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    (error,) = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert "cannot resume" in error and "train.lr" in error and "-> 0.5" in error
+
+
+def test_a_version_that_cannot_load_answers_503_at_once_instead_of_reloading_per_request(
+        promoted_registry, tmp_path, caplog):
+    from petlab.registry import Registry
+    from petlab.serving import ServedModels, ServingError
+
+    registry_dir = tmp_path / "registry"
+    shutil.copytree(promoted_registry, registry_dir)
+    for file in (registry_dir / "cats_vs_dogs" / "v1").iterdir():
+        if file.suffix in (".onnx", ".pt2", ".ts", ".pt"):
+            file.write_bytes(b"damaged on disk")
+    models = ServedModels(Registry(registry_dir))
+    for attempt in range(3):
+        start = time.perf_counter()
+        with pytest.raises(ServingError) as raised:
+            models.model("cats_vs_dogs")
+        assert raised.value.status == 503 and raised.value.code == "model_unavailable"
+        assert "cats_vs_dogs v1 could not be loaded" in raised.value.message
+        if attempt:
+            assert time.perf_counter() - start < 0.05  # answered from the remembered failure
+    assert sum("could not load cats_vs_dogs v1" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_a_rollback_while_a_promotion_exports_is_not_undone(promoted_registry, real_runs, tmp_path):
+    from tests.registry import clone_run
+
+    registry = tmp_path / "registry"
+    shutil.copytree(promoted_registry, registry)
+    runs = tmp_path / "runs"
+    script("promote.py", "--registry", registry, "--task", "cats_vs_dogs", "--force",  # v2: something to roll back
+           "--run", clone_run(real_runs["mobilenet_v2"], runs / "mobilenet_v2"))
+    # v3: gated against v2 (forced past it), then tens of seconds of exporting and verifying
+    promotion = subprocess.Popen([sys.executable, str(REPO / "experiments/promote.py"), "--registry", str(registry),
+                                  "--task", "cats_vs_dogs", "--force", "--run",
+                                  str(clone_run(real_runs["lite0"], runs / "lite0"))],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    deadline = time.monotonic() + 300
+    while not list((registry / "cats_vs_dogs").glob(".staging-*")):  # past the gate, exporting
+        assert promotion.poll() is None and time.monotonic() < deadline, promotion.communicate()
+        time.sleep(0.1)
+    script("promote.py", "--registry", registry, "--task", "cats_vs_dogs", "--rollback", "1")
+    _, stderr = promotion.communicate(timeout=300)
+    assert promotion.returncode == 2, stderr[-2000:]
+    (error,) = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert "changed from v2 to v1 while this promotion was exporting" in error
+    index = json.loads((registry / "cats_vs_dogs" / "index.json").read_text())
+    assert [e["version"] for e in index["versions"] if e["status"] == "production"] == [1]  # the rollback stands
+    assert not (registry / "cats_vs_dogs" / "v3").exists() and not list((registry / "cats_vs_dogs").glob(".staging-*"))
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 8 MB filesystem (tmpfs): a full disk, not a simulated one."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(disk)], check=True)
+    yield disk
+    subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_a_full_disk_while_caching_is_one_error_line_and_leaves_nothing(small_disk, shared, tmp_path):
+    from tests.runs import TINY
+
+    env = {**os.environ, "PETLAB_CACHE_DIR": str(small_disk)}
+    proc = script("run.py", *TINY, "--data-dir", shared / "cats_and_dogs_filtered", "--epochs", "1",
+                  "--limit-batches", "1", "--tracking", "none", "--output-dir", tmp_path / "runs",
+                  env=env, check=False, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]  # not -7 (SIGBUS) from a write through the memmap
+    (error,) = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert "no room for the decode cache" in error and "GiB free" in error and "PETLAB_CACHE_DIR" in error
+    assert not [p for p in small_disk.rglob("*") if p.is_file()]  # the claimed space is given back
+
+
+def test_a_killed_writers_temporary_file_is_removed_by_the_next_write(tmp_path):
+    from petlab.fileio import atomic_write
+
+    target = tmp_path / "best.pt"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    orphan = tmp_path / f".best.pt.{dead.stdout.strip()}.x1y2z3.tmp"  # what kill -9 mid-write leaves
+    orphan.write_bytes(b"half a checkpoint")
+    live = tmp_path / f".best.pt.{os.getpid()}.a1b2c3.tmp"  # a write in progress in a live process
+    live.write_bytes(b"being written")
+    atomic_write(target, b"whole")
+    assert target.read_bytes() == b"whole" and not orphan.exists() and live.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["best.pt", live.name])
+
+
+def test_a_version_that_is_still_loading_does_not_hold_up_the_others(promoted_registry, tmp_path):
+    """One task's first load (here held open for as long as the test likes: its card.json is a FIFO that
+    nothing writes yet) must not stall the requests of another task, whose model is loaded."""
+    import threading
+
+    from petlab.registry import Registry
+    from petlab.serving import ServedModels
+
+    registry_dir = tmp_path / "registry"
+    shutil.copytree(promoted_registry, registry_dir)
+    shutil.copytree(registry_dir / "cats_vs_dogs", registry_dir / "breeds")
+    card = registry_dir / "breeds" / "v1" / "card.json"
+    text = card.read_text()
+    card.unlink()
+    os.mkfifo(card)
+    models = ServedModels(Registry(registry_dir))
+    models.model("cats_vs_dogs")
+    slow = threading.Thread(target=models.model, args=("breeds",), daemon=True)
+    slow.start()
+    try:
+        time.sleep(0.5)
+        assert slow.is_alive()  # blocked in its load, holding whatever it holds
+        answered = []
+        fast = threading.Thread(target=lambda: answered.append(models.model("cats_vs_dogs").task), daemon=True)
+        start = time.perf_counter()
+        fast.start()
+        fast.join(timeout=10)
+        assert answered == ["cats_vs_dogs"] and time.perf_counter() - start < 1.0
+    finally:
+        with open(card, "w") as fifo:  # lets the slow load finish
+            fifo.write(text)
+    slow.join(timeout=60)
+    assert not slow.is_alive() and models.model("breeds").task == "breeds"
