@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test lint promote demo space dashboard clean-runs
+.PHONY: setup run test test-fast lint promote demo space dashboard clean-runs
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -54,6 +54,12 @@ space: setup
 test: setup
 	bash .ci/test-deps
 	$(PY) -m pytest $(ARGS)
+
+# The in-process tier, minutes: every module on tiny data; no subprocess, server, browser, PostgreSQL or
+# torchrun (tests/runs.py refuses a process to a test without the mark that allows it).
+FAST := not slow and not browser and not postgres and not distributed
+test-fast: setup
+	$(PY) -m pytest -m "$(FAST)" $(ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -1,7 +1,7 @@
 """Inference speed on this CPU: PyTorch eager against ONNX Runtime (petlab's choice) and OpenVINO (the runner-up).
 
     python benchmarks/inference_throughput.py [--models efficientnet_lite0 ...] [--repeats 5] [--json]
-                                              [--figure reports/benchmarks/inference_throughput.png]
+                                              [--figure reports/speed/inference_throughput.png]
 
 For each model (ImageNet weights where petlab bundles them, else random ones: speed does not depend on
 the values), in one process, on the same weights and the same input: images/s at batch 64 and ms per

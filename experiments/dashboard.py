@@ -27,7 +27,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     path = storage_file(args.storage)
     if path is not None and not path.is_file():
-        print(f"error: no sweep storage at {path}: run a sweep first (python experiments/sweep.py --config "
+        print(f"error: no sweep storage at {path}: run a sweep first (python experiments/sweep.py --sweep "
               "experiments/configs/sweeps/NAME.yaml), or pass --storage URL", file=sys.stderr)
         return 2
     try:

@@ -76,7 +76,7 @@ def main(argv=None) -> int:
               "  make demo                                   # the production model in a browser, and its JSON API",
               *([f"  comet upload {shown(archives[0])}   # with COMET_API_KEY set: the run in Comet"]
                 if archives else []),
-              "  python experiments/sweep.py --config experiments/configs/sweeps/lite0_cats_vs_dogs.yaml"
+              "  python experiments/sweep.py --sweep experiments/configs/sweeps/lite0_cats_vs_dogs.yaml"
               "   # an Optuna sweep",
               "  make dashboard                              # watch the sweep live (optuna-dashboard)",
               "  python experiments/run.py --arch custom_cnn # the seed's full 20-epoch recipe (hours on a CPU)"]

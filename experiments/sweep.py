@@ -1,4 +1,4 @@
-"""Hyperparameter sweep: python experiments/sweep.py --config experiments/configs/sweep_X.yaml [--trials N]
+"""Hyperparameter sweep: python experiments/sweep.py --sweep experiments/configs/sweeps/X.yaml [--trials N]
 
 Runs trials until the study holds N (complete, pruned or running) -- so running the same command
 again resumes the study instead of starting over. Any run.py flag (--data-dir, --epochs,
@@ -31,7 +31,9 @@ log = logging.getLogger("petlab")
 
 def parse(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_run_flags(parser)  # --config here is the sweep YAML
+    add_run_flags(parser)  # the base experiment's overrides; its --config (an experiment YAML) is refused below
+    parser.add_argument("--sweep", type=Path, metavar="SWEEP_YAML",
+                        help="the sweep: base experiment, overrides, space, pruner (experiments/configs/sweeps/)")
     parser.add_argument("--lr-from", metavar="LR_FIND_JSON", help="search train.lr within 10x either side of "
                         "experiments/lr_find.py's suggestion (its lr_find.json or run directory)")
     parser.add_argument("--trials", type=int, help="trials in the study in all (default: the sweep config's)")
@@ -48,11 +50,14 @@ def parse(argv):
 
 def main(argv=None) -> int:
     parser, args = parse(argv)
-    if not args.config:
-        parser.error("--config SWEEP_YAML is required")
+    if args.config:  # --config means an experiment YAML, in every script
+        parser.error("--config names an experiment YAML (run.py); the sweep file goes to --sweep "
+                     "(its base experiment is named inside it)")
+    if not args.sweep:
+        parser.error("--sweep SWEEP_YAML is required")
     setup_logging()
     try:
-        sweep = load_sweep(args.config)
+        sweep = load_sweep(args.sweep)
         if args.lr_from:
             sweep = centre_lr(sweep, args.lr_from)
         overrides = overrides_from(args)

@@ -4,6 +4,17 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# What a test may need beyond one process (pyproject.toml describes each); `make test-fast` runs the rest.
+NEEDS_MORE_THAN_A_PROCESS = {"slow", "browser", "postgres", "distributed"}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """Before the test's fixtures: tests/runs.py refuses to start a process for a test without those marks."""
+    from tests.runs import IN_PROCESS_ONLY
+
+    marked = NEEDS_MORE_THAN_A_PROCESS & {mark.name for mark in item.iter_markers()}
+    os.environ[IN_PROCESS_ONLY] = "0" if marked else "1"
 
 
 def shared_data() -> Path:
@@ -16,6 +27,15 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def shared() -> Path:
     return shared_data()
+
+
+@pytest.fixture(scope="session")
+def red_vs_blue(tmp_path_factory) -> Path:
+    """Generated red and blue photos (tests/imaging.py), 16 a class in train, 8 in val, 4 in test: 32 training
+    images are 4 batches of 8, or 1 of 32. Read only: runs write their caches and outputs elsewhere."""
+    from tests.imaging import make_imagefolder
+
+    return make_imagefolder(tmp_path_factory.mktemp("red_vs_blue"), {"train": 16, "val": 8, "test": 4})
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,19 @@ TINY = ["--arch", "resnet18", "--image-size", "64", "--batch-size", "8", "--lr",
         "--optimizer", "adamw", "--threads", "2"]
 
 
+# Set by conftest.py for each test: "1" while a test carries none of the marks that allow processes.
+IN_PROCESS_ONLY = "PETLAB_TEST_IN_PROCESS_ONLY"
+
+
+def refuse_in_process_tier(what: str) -> None:
+    """Keep `make test-fast` in process: a test that starts a process must say so by its marks."""
+    if os.environ.get(IN_PROCESS_ONLY) == "1":
+        raise AssertionError(f"this test starts {what}: mark it slow (or browser, postgres, distributed), "
+                             "so that `make test-fast` stays in process")
+
+
 def script(name, *args, check=True, **kw):
+    refuse_in_process_tier(f"experiments/{name}")
     proc = subprocess.run([sys.executable, str(REPO / "experiments" / name), *map(str, args)],
                           capture_output=True, text=True, cwd=REPO, **kw)
     if check and proc.returncode != 0:

@@ -194,6 +194,7 @@ print("attempts", len(attempts))
 """
 
 
+@pytest.mark.slow
 def test_lite1_and_lite2_build_pretrained_offline_without_a_network_attempt():
     proc = subprocess.run([sys.executable, "-c", NO_NETWORK], capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -411,6 +412,7 @@ def test_120_breeds_with_one_or_two_photos_train_evaluate_promote_and_serve(shar
         assert [p["label"] for p in cats.json()["predictions"]][0] == "dog"
 
 
+@pytest.mark.slow
 def test_error_analysis_shows_the_highest_loss_photos_and_the_confused_pairs(fewshot_run):
     from petlab.engine.experiment import top_losses
 

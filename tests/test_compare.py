@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from petlab.calibration import fit_temperature, reliability_panel
-from petlab.reports.runs import read_predictions
+from petlab.rundir import read_predictions
 from tests.runs import script
 
 
@@ -20,6 +20,7 @@ def report(real_runs, tmp_path_factory):
     return out / "cats", proc.stdout
 
 
+@pytest.mark.slow
 def test_leaderboard_matches_the_run_records_and_ranks_by_validation(real_runs, report):
     folder, stdout = report
     board = pd.read_csv(folder / "leaderboard.csv")
@@ -46,6 +47,7 @@ def test_leaderboard_matches_the_run_records_and_ranks_by_validation(real_runs, 
     assert markdown in stdout and f"{board['best_val_accuracy'][0]:.2%}" in markdown
 
 
+@pytest.mark.slow
 def test_report_has_every_figure_and_one_page_showing_them(report):
     folder, _ = report
     figures = ["learning_curves_cats_vs_dogs.png", "confusion_matrices_cats_vs_dogs.png",
@@ -58,6 +60,7 @@ def test_report_has_every_figure_and_one_page_showing_them(report):
     assert page.count("<tr") == 4  # header + 3 runs
 
 
+@pytest.mark.slow
 def test_filters_by_arch_and_tag_and_refuses_an_empty_selection(real_runs, tmp_path):
     root = real_runs["custom_cnn"].parents[1]
     script("compare.py", "--runs", root, "--out", tmp_path, "--name", "lite", "--arch", "efficientnet_lite0")
@@ -72,6 +75,7 @@ def test_filters_by_arch_and_tag_and_refuses_an_empty_selection(real_runs, tmp_p
     assert proc.returncode == 2 and "not a date" in proc.stderr
 
 
+@pytest.mark.slow
 def test_the_closing_summary_of_make_run_names_accuracies_archives_registry_and_next_steps(real_runs, report,
                                                                                           promoted_registry):
     folder, _ = report

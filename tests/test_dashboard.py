@@ -7,11 +7,13 @@ import time
 
 import httpx
 import optuna
+import pytest
 
 from petlab.search.storage import open_storage
 from tests.runs import REPO, script
 
 
+@pytest.mark.slow
 def test_the_dashboard_serves_a_real_studys_trials(tmp_path):
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     study = optuna.create_study(study_name="lr_sweep", storage=open_storage(url), direction="maximize")
@@ -47,6 +49,7 @@ def test_the_dashboard_serves_a_real_studys_trials(tmp_path):
         proc.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_no_storage_yet_is_one_clear_error(tmp_path):
     proc = script("dashboard.py", "--storage", f"sqlite:///{tmp_path / 'missing.db'}", check=False)
     assert proc.returncode == 2 and proc.stderr.startswith("error: no sweep storage at")

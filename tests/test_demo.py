@@ -45,6 +45,7 @@ def probabilities(response) -> dict:
     return {p["label"]: p["probability"] for p in response.json()["predictions"]}
 
 
+@pytest.mark.slow
 def test_health_reports_the_production_version(server):
     url, _ = server
     health = httpx.get(f"{url}/api/health").json()
@@ -53,6 +54,7 @@ def test_health_reports_the_production_version(server):
     assert model["name"] == "petlab-cats-vs-dogs" and model["version"] == 1 and model["format"] == "onnx"
 
 
+@pytest.mark.slow
 def test_health_and_the_served_card_hold_no_absolute_path(server, promoted_registry):
     from petlab.registry import Registry
     from petlab.registry.card import card_markdown
@@ -67,6 +69,7 @@ def test_health_and_the_served_card_hold_no_absolute_path(server, promoted_regis
     assert card["source_run"] and "/" not in card["source_run"] and "/" not in card["dataset_root"]
 
 
+@pytest.mark.slow
 def test_the_page_serves_example_photos_but_no_registry_file(server, promoted_registry):
     url, _ = server
     version = promoted_registry.resolve() / "cats_vs_dogs" / "v1"
@@ -79,6 +82,7 @@ def test_the_page_serves_example_photos_but_no_registry_file(server, promoted_re
         .status_code == 403
 
 
+@pytest.mark.slow
 def test_clear_cats_and_dogs_get_the_right_label(server, validation):
     url, _ = server
     for label, names in (("cat", CATS), ("dog", DOGS)):
@@ -98,6 +102,7 @@ def test_clear_cats_and_dogs_get_the_right_label(server, validation):
             assert body["latency_ms"] > 0
 
 
+@pytest.mark.slow
 def test_every_odd_but_valid_photo_is_predicted(server, validation):
     url, _ = server
     upright = Image.open(validation / "cats" / CATS[0]).convert("RGB")
@@ -117,6 +122,7 @@ def test_every_odd_but_valid_photo_is_predicted(server, validation):
     assert set(results["one_pixel.png"]) == {"cat", "dog"}
 
 
+@pytest.mark.slow
 def test_photos_that_are_not_pets_get_an_honest_answer_and_still_a_top_k(server):
     from petlab.data.non_pets import drawing, sample_photo_files
 
@@ -140,6 +146,7 @@ def first_frame_png(gif: bytes) -> bytes:
         return encode(img.convert("RGB"), "PNG")
 
 
+@pytest.mark.slow
 def test_bad_uploads_get_a_clear_4xx_and_the_server_keeps_serving(server, validation, tmp_path):
     url, log = server
     good = (validation / "dogs" / DOGS[0]).read_bytes()
@@ -174,6 +181,7 @@ def test_bad_uploads_get_a_clear_4xx_and_the_server_keeps_serving(server, valida
     assert all(e["version"] == 1 and e["task"] == "cats_vs_dogs" and e["latency_ms"] > 0 for e in ok)
 
 
+@pytest.mark.slow
 def test_no_production_model_is_a_503_that_says_what_to_run(tmp_path, validation):
     with demo_process(tmp_path / "empty-registry", tmp_path / "demo.log") as url:
         assert httpx.get(f"{url}/api/health").json()["status"] == "no_production_model"
@@ -182,6 +190,7 @@ def test_no_production_model_is_a_503_that_says_what_to_run(tmp_path, validation
         assert httpx.get(url).status_code == 200  # the page still renders
 
 
+@pytest.mark.slow
 def test_gradio_client_predicts(server, validation):
     from gradio_client import Client, handle_file
 
@@ -194,6 +203,8 @@ def test_gradio_client_predicts(server, validation):
     assert verdict.startswith("**Recognised as a pet**")
 
 
+@pytest.mark.slow
+@pytest.mark.browser
 def test_a_browser_uploads_a_photo_and_reads_the_label(server, validation, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
@@ -227,6 +238,7 @@ def test_a_browser_uploads_a_photo_and_reads_the_label(server, validation, tmp_p
     assert (shots / "demo.png").stat().st_size > 20_000 and (shots / "demo_not_a_pet.png").stat().st_size > 20_000
 
 
+@pytest.mark.slow
 def test_the_latency_benchmark_runs_against_a_real_server(promoted_registry):
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks/serve_latency.py"), "--registry",
                            str(promoted_registry), "--requests", "12", "--concurrency", "1", "4", "--repeats", "2",
@@ -245,6 +257,7 @@ def test_the_latency_benchmark_runs_against_a_real_server(promoted_registry):
         assert timing["eager_ms"] > 0 and timing["torch_export_over_eager"] > 0 and timing["torchscript_ms"] > 0
 
 
+@pytest.mark.slow
 def test_the_hugging_face_space_bundle_runs_on_its_own(promoted_registry, validation, tmp_path):
     space = tmp_path / "space"
     subprocess.run([sys.executable, str(REPO / "demo/build_space.py"), "--out", str(space), "--registry",

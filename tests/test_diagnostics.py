@@ -14,13 +14,7 @@ from torch import nn
 
 from petlab.data.loaders import CachedImages
 from petlab.tracking import Tracker
-from tests.imaging import make_imagefolder
 from tests.trainers import SIZE, tiny_trainer
-
-
-@pytest.fixture(scope="module")
-def red_vs_blue(tmp_path_factory):
-    return make_imagefolder(tmp_path_factory.mktemp("rvb"), {"train": 16, "val": 8, "test": 4})
 
 
 @pytest.fixture(scope="module")

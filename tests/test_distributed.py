@@ -4,9 +4,10 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 
-from tests.runs import REPO, only_run_dir, read_metrics, script
+from tests.runs import REPO, only_run_dir, read_metrics, refuse_in_process_tier, script
 
 # fast_resnet at 64 px learns cats vs dogs from real photos to ~70% in a few epochs of seconds each.
 RECIPE = ["--arch", "fast_resnet", "--image-size", "64", "--epochs", "4", "--batch-size", "32",
@@ -14,11 +15,13 @@ RECIPE = ["--arch", "fast_resnet", "--image-size", "64", "--epochs", "4", "--bat
 
 
 def torchrun(*args, processes: int = 2):
+    refuse_in_process_tier("torchrun")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
                str(REPO / "experiments" / "run.py"), *map(str, args)]
     return subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600)
 
 
+@pytest.mark.distributed
 def test_two_processes_match_one_with_the_same_global_batch(shared, tmp_path):
     data = ["--data-dir", shared / "cats_and_dogs_filtered"]
     script("run.py", *RECIPE, *data, "--output-dir", tmp_path / "single")
@@ -53,6 +56,7 @@ def test_two_processes_match_one_with_the_same_global_batch(shared, tmp_path):
     assert not any(k.startswith("module.") for k in ckpt["model"])  # the plain model, not the DDP wrapper
 
 
+@pytest.mark.distributed
 def test_a_global_batch_that_does_not_split_is_refused(shared, tmp_path):
     proc = torchrun("--arch", "fast_resnet", "--batch-size", "33", "--epochs", "1",
                     "--data-dir", shared / "cats_and_dogs_filtered", "--output-dir", tmp_path)

@@ -71,6 +71,7 @@ sys.exit(run.main(["--arch", "custom_cnn", "--epochs", "1", "--output-dir", sys.
 """
 
 
+@pytest.mark.slow
 def test_a_failed_download_is_one_error_line_naming_the_url_and_where_files_go(tmp_path):
     import os
     import subprocess

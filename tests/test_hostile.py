@@ -64,6 +64,7 @@ def ordinary_photo_is_served(url: str, shared: Path) -> bool:
     return response.status_code == 200 and response.json()["predictions"][0]["label"] == "dog"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("route, field", [("/api/predict", "file"), ("/gradio_api/upload", "files")])
 def test_a_chunked_body_over_the_limit_is_refused_while_it_streams(hostile_server, shared, route, field):
     url, log, uploads = hostile_server
@@ -83,12 +84,14 @@ def test_a_chunked_body_over_the_limit_is_refused_while_it_streams(hostile_serve
     assert ordinary_photo_is_served(url, shared)
 
 
+@pytest.mark.slow
 def test_a_declared_length_over_the_limit_is_refused_unread(hostile_server):
     url, _, uploads = hostile_server
     response = httpx.post(f"{url}/gradio_api/upload", files={"files": ("x.jpg", os.urandom(3 * 2**20))}, timeout=60)
     assert response.status_code == 413 and "byte limit" in response.json()["message"]
 
 
+@pytest.mark.slow
 def test_a_small_png_with_huge_dimensions_is_refused_from_its_header(hostile_server, shared):
     url, _, _ = hostile_server
     png = rgba_png(8000)  # ~260 KB that would be 256 MB decoded (and 1.5 GB through the generic path)
@@ -101,6 +104,7 @@ def test_a_small_png_with_huge_dimensions_is_refused_from_its_header(hostile_ser
     assert ordinary_photo_is_served(url, shared)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["EPS", "ICO", "PCX"])
 def test_formats_outside_the_allow_list_are_refused_unopened(hostile_server, fmt):
     url, _, _ = hostile_server
@@ -112,6 +116,7 @@ def test_formats_outside_the_allow_list_are_refused_unopened(hostile_server, fmt
     assert "JPEG, PNG, WEBP, GIF, BMP, TIFF" in response.json()["message"]
 
 
+@pytest.mark.slow
 def test_gradio_keeps_page_uploads_only_as_long_as_told(hostile_server, shared):
     url, _, uploads = hostile_server
     photo = (shared / "cats_and_dogs_filtered/validation/cats/cat.2001.jpg").read_bytes()
@@ -125,6 +130,7 @@ def test_gradio_keeps_page_uploads_only_as_long_as_told(hostile_server, shared):
     assert not stored.exists()  # --upload-ttl-s 2: deleted by Gradio's delete_cache
 
 
+@pytest.mark.slow
 def test_concurrent_large_decodes_stay_within_a_memory_budget(tmp_path):
     """Six 36 MP RGBA PNGs (144 MB each decoded) at once through the server's decode path, in a fresh
     process so its high-water mark is this test's: the generic path peaked at several GB here."""
@@ -169,6 +175,7 @@ def crafted_run(real_run: Path, dest: Path, marker: Path) -> Path:
     return dest
 
 
+@pytest.mark.slow
 def test_a_crafted_checkpoint_is_refused_and_its_code_never_runs(real_runs, shared, tmp_path):
     marker = tmp_path / "the-payload-ran"
     runs = tmp_path / "runs"
@@ -187,8 +194,9 @@ def test_a_crafted_checkpoint_is_refused_and_its_code_never_runs(real_runs, shar
     assert not marker.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", [
-    ["sweep.py", "--config", REPO / "experiments/configs/sweeps/lite0_cats_vs_dogs.yaml", "--trials", "1"],
+    ["sweep.py", "--sweep", REPO / "experiments/configs/sweeps/lite0_cats_vs_dogs.yaml", "--trials", "1"],
     ["dashboard.py"],
 ])
 def test_a_database_password_never_appears_in_what_the_scripts_print(command):
@@ -209,6 +217,7 @@ def resumable_copy(real_run: Path, dest: Path, edit) -> Path:
     return dest
 
 
+@pytest.mark.slow
 def test_resume_is_refused_when_a_class_folder_was_renamed(tmp_path):
     """Breed names are the folders' own (cats vs dogs maps any cat(s)/dog(s) spelling to cat and dog)."""
     from tests.imaging import make_imagefolder
@@ -226,6 +235,7 @@ def test_resume_is_refused_when_a_class_folder_was_renamed(tmp_path):
     assert "cannot resume" in error and "'Beagle'" in error and "'Whippet'" in error and "permute the labels" in error
 
 
+@pytest.mark.slow
 def test_resume_is_refused_when_the_recipe_was_edited(real_runs, tmp_path):
     run_dir = resumable_copy(real_runs["custom_cnn"], tmp_path / "run", lambda config: config["train"].update(lr=0.5))
     proc = script("run.py", "--resume", run_dir, check=False, timeout=600)
@@ -234,6 +244,7 @@ def test_resume_is_refused_when_the_recipe_was_edited(real_runs, tmp_path):
     assert "cannot resume" in error and "train.lr" in error and "-> 0.5" in error
 
 
+@pytest.mark.slow
 def test_a_version_that_cannot_load_answers_503_at_once_instead_of_reloading_per_request(
         promoted_registry, tmp_path, caplog):
     from petlab.registry import Registry
@@ -256,6 +267,7 @@ def test_a_version_that_cannot_load_answers_503_at_once_instead_of_reloading_per
     assert sum("could not load cats_vs_dogs v1" in r.getMessage() for r in caplog.records) == 1
 
 
+@pytest.mark.slow
 def test_a_rollback_while_a_promotion_exports_is_not_undone(promoted_registry, real_runs, tmp_path):
     from tests.registry import clone_run
 
@@ -293,6 +305,7 @@ def small_disk(tmp_path):
     subprocess.run(["umount", str(disk)], check=True)
 
 
+@pytest.mark.slow
 def test_a_full_disk_while_caching_is_one_error_line_and_leaves_nothing(small_disk, shared, tmp_path):
     from tests.runs import TINY
 
@@ -306,6 +319,7 @@ def test_a_full_disk_while_caching_is_one_error_line_and_leaves_nothing(small_di
     assert not [p for p in small_disk.rglob("*") if p.is_file()]  # the claimed space is given back
 
 
+@pytest.mark.slow
 def test_a_killed_writers_temporary_file_is_removed_by_the_next_write(tmp_path):
     from petlab.fileio import atomic_write
 
@@ -320,6 +334,7 @@ def test_a_killed_writers_temporary_file_is_removed_by_the_next_write(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["best.pt", live.name])
 
 
+@pytest.mark.slow
 def test_a_version_that_is_still_loading_does_not_hold_up_the_others(promoted_registry, tmp_path):
     """One task's first load (here held open for as long as the test likes: its card.json is a FIFO that
     nothing writes yet) must not stall the requests of another task, whose model is loaded."""

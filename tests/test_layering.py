@@ -5,6 +5,7 @@ import ast
 from pathlib import Path
 
 import networkx as nx
+import pytest
 
 from tests.runs import REPO
 
@@ -68,6 +69,7 @@ def test_comet_ml_is_imported_only_under_tracking():
     assert any("comet_ml" in imports(p) for p in (PETLAB / "tracking").rglob("*.py"))
 
 
+@pytest.mark.slow
 def test_the_library_launches_no_processes_for_tests():
     """Ports, Popen and health polling are test tooling: they live in tests/servers.py."""
     for path in PETLAB.rglob("*.py"):

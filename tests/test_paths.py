@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from petlab import paths
@@ -24,6 +25,7 @@ def test_relative_locations_hang_off_the_project_root_and_absolute_ones_stay(tmp
     assert paths.project_root() == REPO
 
 
+@pytest.mark.slow
 def test_a_run_a_sweep_and_a_promotion_started_elsewhere_land_under_the_project_root(tmp_path, shared):
     home, elsewhere = tmp_path / "home", tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -48,7 +50,7 @@ def test_a_run_a_sweep_and_a_promotion_started_elsewhere_land_under_the_project_
     (sweep_dir / "sweep.yaml").write_text(yaml.safe_dump({
         "study": "tiny", "base": "base.yaml", "trials": 1, "seed": 1,
         "space": {"train.lr": {"type": "loguniform", "low": 1e-3, "high": 1e-1}}}))
-    script("sweep.py", "--config", sweep_dir / "sweep.yaml", "--data-dir", data, "--tracking", "none")
+    script("sweep.py", "--sweep", sweep_dir / "sweep.yaml", "--data-dir", data, "--tracking", "none")
     assert (home / "runs" / "optuna.db").is_file()
     assert len(list((home / "runs" / "sweeps" / "tiny").glob("*/results.json"))) == 1
     assert (home / "reports" / "sweeps" / "tiny" / "trials.csv").is_file()

@@ -14,10 +14,10 @@ import torch
 from torch import nn
 
 from petlab.data.images import load_rgb
-from petlab.engine.evaluate import load_trained_model
 from petlab.export import ExportError, export_and_verify, load_exported
 from petlab.registry import Registry, RegistryError
 from petlab.registry.promote import PromotionError, candidate_runs, check_metric, promote, rollback, select_best
+from petlab.rundir import load_model
 from tests.registry import clone_run
 from tests.runs import REPO, script
 
@@ -39,6 +39,7 @@ def cli(registry: Path, *args, check=True):
     return script("promote.py", "--registry", registry, *args, check=check)
 
 
+@pytest.mark.slow  # real_runs: experiments/run.py on the shared photos
 def test_promotion_picks_the_best_validation_run_and_never_test(candidates, real_runs):
     records = candidate_runs(TASK, candidates)
     best, value = select_best(records, "val_accuracy")
@@ -56,6 +57,7 @@ def test_promotion_picks_the_best_validation_run_and_never_test(candidates, real
             check_metric(metric)
 
 
+@pytest.mark.slow
 def test_a_promoted_version_is_complete_verified_and_queued_in_comet(promoted_registry, real_runs, shared):
     folder = promoted_registry / TASK / "v1"
     card = json.loads((folder / "card.json").read_text())
@@ -76,7 +78,8 @@ def test_a_promoted_version_is_complete_verified_and_queued_in_comet(promoted_re
     assert sorted(p.name for p in (folder / "examples").iterdir())[:2] == ["cat-1.jpg", "cat-2.jpg"]
 
     # the exports, loaded here independently, match the eager model on real photos
-    model, _, _, pre = load_trained_model(source)
+    trained = load_model(source)
+    model, pre = trained.model, trained.preprocessing
     photos = sorted((shared / "cats_and_dogs_filtered" / "validation" / "dogs").glob("*.jpg"))[-8:]
     batch = pre.normalize(torch.stack([pre.eval_tensor(load_rgb(p)) for p in photos]))
     with torch.no_grad():
@@ -113,6 +116,7 @@ def test_a_promoted_version_is_complete_verified_and_queued_in_comet(promoted_re
     assert others["promotion.v1.test_ece_after"] == pytest.approx(card["calibration"]["test"]["ece_after"])
 
 
+@pytest.mark.slow  # real_runs: experiments/run.py on the shared photos
 def test_a_new_production_archives_the_old_and_rollback_restores_it(real_runs, tmp_path):
     registry = tmp_path / "registry"
     reg = Registry(registry)
@@ -134,6 +138,7 @@ def test_a_new_production_archives_the_old_and_rollback_restores_it(real_runs, t
         rollback(TASK, 7, reg)
 
 
+@pytest.mark.slow
 def test_two_promotions_at_once_leave_a_consistent_registry(real_runs, tmp_path):
     registry = tmp_path / "registry"
     procs = [subprocess.Popen([sys.executable, str(REPO / "experiments/promote.py"), "--registry", str(registry),
@@ -155,6 +160,7 @@ def test_two_promotions_at_once_leave_a_consistent_registry(real_runs, tmp_path)
     assert not list((registry / TASK).glob(".staging-*"))
 
 
+@pytest.mark.slow
 def test_a_promotion_killed_mid_write_leaves_the_previous_state(real_runs, tmp_path):
     registry = tmp_path / "registry"
     promote(TASK, run=clone_run(real_runs["lite0"], tmp_path / "lite0"), registry=Registry(registry))
@@ -178,6 +184,7 @@ def test_a_promotion_killed_mid_write_leaves_the_previous_state(real_runs, tmp_p
     assert not list((registry / TASK).glob(".staging-*"))
 
 
+@pytest.mark.slow  # real_runs: experiments/run.py on the shared photos
 def test_promotion_errors_are_clear(real_runs, tmp_path):
     registry = Registry(tmp_path / "registry")
     with pytest.raises(PromotionError, match="no completed breeds runs"):
@@ -210,6 +217,7 @@ def test_a_tracer_warning_fails_the_export(tmp_path):
 
 
 
+@pytest.mark.slow
 def test_a_dropout_model_served_from_its_state_dict_alone_answers_a_photo(tmp_path):
     """The fallback when a version's exports are missing or damaged: its state dict, rebuilt with the
     dropout head it was trained with (it used to be rebuilt without, and failed on mismatched keys)."""

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from petlab.engine.trainer import METRIC_COLUMNS
+from petlab.engine.epoch_log import METRIC_COLUMNS
 from tests.imaging import make_imagefolder, write_bad_files
 from tests.runs import REPO, TINY, only_run_dir, read_metrics, script
 
@@ -20,6 +20,7 @@ RUN_FILES = ["config.yaml", "model_summary.txt", "metrics.csv", "checkpoints/bes
              "results.json", "confusion_matrix.png", "learning_curves.png", "top_losses.png", "train.log"]
 
 
+@pytest.mark.slow  # real_runs: experiments/run.py on the shared photos
 def test_smoke_run_on_real_photos_writes_every_file(real_runs):
     run_dir = real_runs["custom_cnn"]
     for name in RUN_FILES:
@@ -45,6 +46,7 @@ def test_smoke_run_on_real_photos_writes_every_file(real_runs):
     assert ckpt["preprocessing"]["image_size"] == 224
 
 
+@pytest.mark.slow  # real_runs: experiments/run.py on the shared photos
 def test_transfer_learning_on_real_photos_learns_in_a_few_batches(real_runs):
     for recipe in ("lite0", "mobilenet_v2"):
         results = json.loads((real_runs[recipe] / "results.json").read_text())
@@ -62,6 +64,7 @@ def odd_but_valid_images(folder: Path) -> int:
     return 5
 
 
+@pytest.mark.slow
 def test_bad_files_are_skipped_counted_and_reported(tmp_path):
     data = make_imagefolder(tmp_path / "data", {"train": 12, "val": 4, "test": 4})
     bad = write_bad_files(data / "train" / "cats")
@@ -78,6 +81,7 @@ def test_bad_files_are_skipped_counted_and_reported(tmp_path):
     assert "skipping" in proc.stderr and "truncated" in proc.stderr
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path):
     data = make_imagefolder(tmp_path / "data", {"train": 40, "val": 6, "test": 6})
     args = [*TINY, "--epochs", "6", "--data-dir", data, "--scheduler", "cosine"]
@@ -117,6 +121,7 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in b)
 
 
+@pytest.mark.slow
 def test_bad_config_value_is_a_clear_error_and_creates_no_run(tmp_path):
     proc = script("run.py", "--arch", "vgg99", "--output-dir", tmp_path, check=False)
     assert proc.returncode == 2 and "model.arch: 'vgg99' is not one of" in proc.stderr
@@ -135,6 +140,7 @@ def breeds_run(tmp_path_factory):
     return run_dir
 
 
+@pytest.mark.slow
 def test_evaluate_matches_class_names_across_spellings(breeds_run, tmp_path):
     # Same colours per class as in training (red Beagle, blue poodle), names spelt differently.
     other = make_imagefolder(tmp_path, {"train": 5, "test": 4}, classes=("BEAGLE", "toy-poodle"))
@@ -145,6 +151,7 @@ def test_evaluate_matches_class_names_across_spellings(breeds_run, tmp_path):
     assert result["accuracy"] == 1.0  # labels follow the names, so the model's perfect score carries over
 
 
+@pytest.mark.slow
 def test_evaluate_refuses_unknown_classes_and_lists_them(breeds_run, tmp_path):
     other = make_imagefolder(tmp_path, {"train": 5, "test": 2}, classes=("Beagle", "Boxer", "Pug"))
     proc = script("evaluate.py", breeds_run, "--data-dir", other, check=False)
@@ -152,6 +159,7 @@ def test_evaluate_refuses_unknown_classes_and_lists_them(breeds_run, tmp_path):
     assert "['Boxer', 'Pug']" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_a_completed_run_without_a_test_split_compares_promotes_and_summarises(tmp_path):
     """results.json keeps "test": null when the dataset has no test split; every reader copes."""
     data = make_imagefolder(tmp_path / "data", {"train": 20})  # validation is carved from train; no test
@@ -169,6 +177,7 @@ def test_a_completed_run_without_a_test_split_compares_promotes_and_summarises(t
     assert "no test split" in summary
 
 
+@pytest.mark.slow
 def test_a_budgeted_run_evaluated_on_a_sample_says_exactly_what_was_done(tmp_path):
     """make run's seed step: --time-budget ends training, --eval-sample evaluates a stated, stratified sample
     of val and test, each accuracy with its 95% interval, and the summary says all of it."""

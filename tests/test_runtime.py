@@ -29,6 +29,7 @@ from tests.imaging import make_imagefolder
 from tests.runs import REPO, TINY, only_run_dir, script
 
 
+@pytest.mark.slow
 def test_explicit_bf16_where_it_would_be_emulated_is_refused_before_any_work(tmp_path, monkeypatch):
     data = make_imagefolder(tmp_path / "data", {"train": 4})
     env = {**os.environ, BF16_SWITCH: "0"}  # this process's CPU as one without native bf16
@@ -88,6 +89,7 @@ def test_features_from_onnx_runtime_equal_eager_features_on_real_photos(shared, 
     assert "exporting it again" in caplog.text and onnx.stat().st_size > 1_000_000
 
 
+@pytest.mark.slow
 def test_the_server_answers_from_model_onnx_and_falls_back_when_it_is_missing_or_corrupt(promoted_registry, shared,
                                                                                          tmp_path):
     registry = tmp_path / "registry"
@@ -112,6 +114,7 @@ def test_the_server_answers_from_model_onnx_and_falls_back_when_it_is_missing_or
         torch.testing.assert_close(a, b, **ONNX_TOLERANCE)
 
 
+@pytest.mark.slow
 def test_sigterm_during_the_final_evaluation_ends_the_run_within_seconds_and_resume_finishes_it(tmp_path):
     # the seed's CNN at 224 px: a few hundred evaluation photos take far longer than the 10 s allowed
     data = make_imagefolder(tmp_path / "data", {"train": 4, "val": 100, "test": 100})
@@ -143,6 +146,7 @@ def test_sigterm_during_the_final_evaluation_ends_the_run_within_seconds_and_res
     assert resumed["status"] == "completed" and resumed["test"]["n"] == 200 and resumed["epochs_completed"] == 1
 
 
+@pytest.mark.slow
 def test_evaluate_predicts_on_onnx_runtime_and_says_so(tmp_path):
     data = make_imagefolder(tmp_path / "data", {"train": 8, "val": 2, "test": 4})
     script("run.py", *TINY, "--epochs", "1", "--data-dir", data, "--output-dir", tmp_path / "runs",

@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from petlab.cli import add_run_flags, overrides_from
@@ -36,6 +37,7 @@ def test_boolean_flags_have_a_yes_and_a_no_form_and_unset_overrides_nothing():
         is False
 
 
+@pytest.mark.slow
 def test_the_throughput_benchmark_compares_both_loops_and_the_exports(tmp_path):
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks/train_throughput.py"), "--models", "resnet18",
                            "--warmup", "1", "--window", "1", "--windows", "1", "--repeats", "2", "--json"],
@@ -51,6 +53,7 @@ def test_the_throughput_benchmark_compares_both_loops_and_the_exports(tmp_path):
     assert {"onnx_batch_1_img_s", "onnx_batch_32_img_s"} <= set(result["inference"])
 
 
+@pytest.mark.slow
 def test_time_to_accuracy_runs_a_recipe_cold_and_reports_it(tmp_path):
     """The dog-breed recipe end to end (real photos, cold cache): the smallest one, about half a minute."""
     out = tmp_path / "runs"

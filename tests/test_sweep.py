@@ -43,7 +43,7 @@ def sweep_files(tmp_path, trials=4, base=None, **extra):
 
 
 def sweep_args(tmp_path, data, storage, *more):
-    return ["--config", sweep_files(tmp_path) if not (tmp_path / "sweep.yaml").exists() else tmp_path / "sweep.yaml",
+    return ["--sweep", sweep_files(tmp_path) if not (tmp_path / "sweep.yaml").exists() else tmp_path / "sweep.yaml",
             "--data-dir", data, "--storage", storage, "--tracking", "none", "--report-dir", tmp_path / "reports",
             *more]
 
@@ -59,6 +59,7 @@ def states(storage):
     return found
 
 
+@pytest.mark.slow
 def test_a_study_runs_resumes_to_its_total_and_never_overshoots(tmp_path, data):
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     sweep_files(tmp_path, trials=3)
@@ -78,6 +79,7 @@ def test_a_study_runs_resumes_to_its_total_and_never_overshoots(tmp_path, data):
         assert t.value == pytest.approx(results["val"]["accuracy"])
 
 
+@pytest.mark.slow
 def test_study_report_has_figures_table_and_a_runnable_best_config(tmp_path, data):
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     script("sweep.py", *sweep_args(tmp_path, data, storage, "--trials", "4"))
@@ -117,7 +119,8 @@ def postgres():
         yield url
 
 
-@pytest.mark.parametrize("storage_kind", ["journal", "postgresql"])
+@pytest.mark.slow
+@pytest.mark.parametrize("storage_kind", ["journal", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def test_two_workers_share_one_study_without_losing_or_duplicating_trials(tmp_path, data, storage_kind, request):
     if storage_kind == "journal":
         storage = f"journal:{tmp_path / 'study.log'}"
@@ -138,6 +141,7 @@ def test_two_workers_share_one_study_without_losing_or_duplicating_trials(tmp_pa
         assert open(f"{t.user_attrs['run_dir']}/train.log").read().count("done in") == 1
 
 
+@pytest.mark.slow
 def test_a_killed_worker_s_trial_is_detected_and_retried(tmp_path, data):
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     slow = {**BASE, "data": {"image_size": 64, "augment": True}, "train": {**BASE["train"], "epochs": 200}}
@@ -168,13 +172,24 @@ def test_a_killed_worker_s_trial_is_detected_and_retried(tmp_path, data):
     assert sum(t.state == TrialState.COMPLETE for t in final) == 3
 
 
+@pytest.mark.slow
 def test_bad_sweep_configs_are_clear_errors(tmp_path, data):
     path = sweep_files(tmp_path, space={"train.lr": {"type": "loguniform", "low": 0, "high": 1}})
-    proc = script("sweep.py", "--config", path, "--data-dir", data, check=False)
+    proc = script("sweep.py", "--sweep", path, "--data-dir", data, check=False)
     assert proc.returncode == 2 and "loguniform needs low > 0" in proc.stderr
     path = sweep_files(tmp_path, space={"train.nope": {"type": "uniform", "low": 0, "high": 1}})
-    proc = script("sweep.py", "--config", path, "--data-dir", data, check=False)
+    proc = script("sweep.py", "--sweep", path, "--data-dir", data, check=False)
     assert proc.returncode == 2 and "unknown config key" in proc.stderr
+
+
+@pytest.mark.slow
+def test_config_means_an_experiment_yaml_in_sweep_py_too(tmp_path, data):
+    """One meaning for --config: sweep.py refuses it and names --sweep, before any study is opened."""
+    path = sweep_files(tmp_path)
+    proc = script("sweep.py", "--config", path, "--data-dir", data, "--storage", f"sqlite:///{tmp_path / 'x.db'}",
+                  check=False)
+    assert proc.returncode == 2 and "the sweep file goes to --sweep" in proc.stderr
+    assert not (tmp_path / "x.db").exists()
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "experiments/configs/sweeps").glob("*.yaml")), ids=lambda p: p.stem)

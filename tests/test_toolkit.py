@@ -7,15 +7,9 @@ import torch
 
 from petlab.config import ConfigError, load_config
 from petlab.engine.budget import lr_factor
-from petlab.engine.trainer import build_optimizer, build_scheduler
+from petlab.engine.step import build_optimizer, build_scheduler
 from petlab.models import build_model
-from tests.imaging import make_imagefolder
 from tests.trainers import tiny_trainer
-
-
-@pytest.fixture(scope="module")
-def red_vs_blue(tmp_path_factory):  # 32 training images: 4 batches of 8, or 1 of 32
-    return make_imagefolder(tmp_path_factory.mktemp("toolkit"), {"train": 16, "val": 8, "test": 4})
 
 
 def grads_norm(model) -> float:
@@ -87,7 +81,7 @@ def test_mixup_and_cutmix_targets_sum_to_1_and_a_mixed_epoch_trains(tmp_path, re
     torch.manual_seed(0)
     mixed_any = False
     for _ in range(4):  # each call mixes the batch with one of the two
-        x, target = trainer.mix(trainer._prepare(images), labels)
+        x, target = trainer.step.mix(trainer.step.prepare(images), labels)
         assert x.shape == (8, 3, 32, 32) and target.shape == (8, 2)
         torch.testing.assert_close(target.sum(1), torch.ones(8))
         mixed_any |= bool(((target > 0) & (target < 1)).any())
@@ -102,13 +96,13 @@ def test_fp16_trains_with_a_gradient_scaler_that_resume_keeps(tmp_path, red_vs_b
     trainer = tiny_trainer(tmp_path, red_vs_blue, **{"train.epochs": 3, "train.precision": "fp16"})
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     state = trainer.fit()
-    assert trainer.scaler is not None and all(0 < r["train_loss"] < 10 for r in state.history)
+    assert trainer.step.scaler is not None and all(0 < r["train_loss"] < 10 for r in state.history)
     assert any(not torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
     saved = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)["scaler"]
-    assert saved["scale"] == trainer.scaler.get_scale()
+    assert saved["scale"] == trainer.step.scaler.get_scale()
     again = tiny_trainer(tmp_path / "again", red_vs_blue, **{"train.epochs": 3, "train.precision": "fp16"})
     again.resume(tmp_path / "checkpoints" / "last.pt")
-    assert again.scaler.get_scale() == trainer.scaler.get_scale()
+    assert again.step.scaler.get_scale() == trainer.step.scaler.get_scale()
 
 
 def test_the_ema_follows_the_decay_formula_and_is_what_best_pt_holds(tmp_path, red_vs_blue):
@@ -118,7 +112,7 @@ def test_the_ema_follows_the_decay_formula_and_is_what_best_pt_holds(tmp_path, r
     one.fit()  # w1: the weights after the first step
     two = tiny_trainer(tmp_path / "two", red_vs_blue, **common, **{"train.limit_batches": 2})
     two.fit()  # w2, and the EMA of w1 then w2 (the first update copies, as AveragedModel does)
-    w1, w2, ema = one.model.state_dict(), two.model.state_dict(), two.ema.module.state_dict()
+    w1, w2, ema = one.model.state_dict(), two.model.state_dict(), two.step.ema.module.state_dict()
     floats = [k for k, v in w2.items() if v.is_floating_point()]
     assert floats and any(not torch.equal(w1[k], w2[k]) for k in floats)
     for k in floats:  # parameters and BatchNorm statistics alike (use_buffers)
@@ -153,6 +147,7 @@ def test_compile_trains_a_tiny_model_and_reports_compile_time_apart(tmp_path, re
     assert all(0 < r["train_loss"] < 10 for r in state.history) and second["train_loss"] < first["train_loss"] + 1
 
 
+@pytest.mark.slow
 def test_lr_find_writes_its_figure_and_a_suggestion_in_the_swept_range_and_a_sweep_centres_on_it(tmp_path,
                                                                                                 red_vs_blue):
     from PIL import Image

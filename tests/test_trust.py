@@ -15,7 +15,7 @@ from petlab.models.zoo import build_imagenet_classifier
 from petlab.registry import Registry
 from petlab.registry.loaded import load_version
 from petlab.registry.promote import promote, rollback
-from petlab.reports.runs import read_predictions
+from petlab.rundir import read_predictions
 from tests.registry import clone_run
 from tests.runs import only_run_dir, script
 
@@ -59,6 +59,7 @@ def test_temperature_scaling_undoes_overconfidence_and_keeps_every_prediction():
     assert torch.allclose(apply_temperature(torch.tensor(sharp[:5]), temperature), torch.tensor(fixed[:5]))
 
 
+@pytest.mark.slow
 def test_a_better_run_is_promoted_a_worse_one_refused_and_force_is_recorded(weak_run, real_runs, tmp_path):
     registry = tmp_path / "registry"
     reg = Registry(registry)
@@ -103,6 +104,7 @@ def test_a_better_run_is_promoted_a_worse_one_refused_and_force_is_recorded(weak
     assert reg.production(TASK)["version"] == 2
 
 
+@pytest.mark.slow
 def test_a_promoted_version_is_calibrated_and_served_calibrated(promoted_registry, real_runs, shared):
     card = json.loads((promoted_registry / TASK / "v1" / "card.json").read_text())
     cal = card["calibration"]
@@ -143,6 +145,7 @@ def test_only_a_backbone_that_is_exactly_imagenets_answers_not_a_pet_itself():
     assert own_backbone_head(scratch, "efficientnet_lite0", 224) is None
 
 
+@pytest.mark.slow
 def test_a_frozen_imagenet_backbone_answers_not_a_pet_from_the_served_pass(promoted_registry, shared):
     """The short Lite0 run trains only its head, so its promotion exports pet_view.pt2: the served logits and
     ImageNet's pet probability from one forward pass, equal to the full ImageNet classifier's own answer."""

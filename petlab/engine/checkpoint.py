@@ -1,20 +1,21 @@
-"""Checkpoints that survive a crash mid-write (written to a temp file, then renamed), and that are
-read without running code: a checkpoint is a pickle, and a crafted `best.pt` dropped under runs/
-would otherwise run its payload when promote.py (which picks runs by itself), evaluate.py or
---resume opens it. torch's weights-only unpickler accepts tensors and plain data; the only other
-things our checkpoints hold are numpy's RNG state arrays, allow-listed below."""
+"""Checkpoints that survive a crash mid-write (written to a temp file, then renamed), the RNG state they
+carry, and what a resumed run must share with them. They are read, without running code, by
+petlab.rundir.load_checkpoint."""
 
 from __future__ import annotations
 
-import pickle
 import random
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
-from petlab.errors import ConfigError, DatasetError, MissingFileError, UnsafeFileError
+from petlab.config import Config
+from petlab.data.transforms import Preprocessing
+from petlab.errors import ConfigError, DatasetError
 from petlab.fileio import atomic_write
+from petlab.rundir import checkpoint_path, load_checkpoint
 
 
 def atomic_save(obj, path: Path) -> None:
@@ -29,26 +30,6 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
-
-
-def load_checkpoint(path: Path) -> dict:
-    if not path.is_file():
-        raise MissingFileError(f"checkpoint not found: {path}")
-    try:
-        with torch.serialization.safe_globals(NUMPY_RNG_GLOBALS):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:  # torch's message is a page long; the one line that matters
-        refused = next((line.split("WeightsUnpickler error:")[-1].strip() for line in str(exc).splitlines()
-                        if "GLOBAL" in line or "Unsupported" in line), "the weights-only unpickler refused it")
-        raise UnsafeFileError(f"{path} is not a plain petlab checkpoint and was not loaded ({refused}); "
-                              "a checkpoint may only hold tensors and plain data") from None
-    except (RuntimeError, EOFError, OSError) as exc:  # truncated or not a torch file at all
-        raise UnsafeFileError(f"{path} is not a readable checkpoint ({str(exc).split('. ')[0]}); "
-                              "retrain, or resume from checkpoints/last.pt") from None
-
-
-# numpy.random.get_state() is a tuple holding a uint32 array: these rebuild that array and nothing else.
-NUMPY_RNG_GLOBALS = [np._core.multiarray._reconstruct, np.ndarray, np.dtype, np.dtypes.UInt32DType]
 
 
 # What a resumed run must share with the part that wrote its checkpoint: everything that shapes the
@@ -85,3 +66,36 @@ def check_resumable(ckpt: dict, path: Path, classes: list[str], config: dict) ->
     if differences:
         raise ConfigError(f"cannot resume from {path}: config.yaml no longer matches the run's recipe "
                           f"({'; '.join(differences[:5])}); restore it, or start a new run")
+
+
+class CheckpointSaver:
+    """A run's best.pt and last.pt. last.pt can resume training (the step's optimizer, schedule, scaler and
+    EMA, and the RNG state); best.pt holds only what evaluation and export need (a third the size). Only
+    rank 0 writes (every rank holds the same weights); run_dir None writes nothing (a cross-validation fold)."""
+
+    def __init__(self, run_dir: Path | None, writes_files: bool, cfg: Config, classes: list[str],
+                 pre: Preprocessing):
+        self.run_dir, self.writes_files = run_dir, writes_files and run_dir is not None
+        self.cfg, self.classes, self.pre = cfg, classes, pre
+        if self.run_dir is not None:
+            checkpoint_path(self.run_dir).parent.mkdir(parents=True, exist_ok=True)
+
+    def save(self, name: str, model: nn.Module, state: dict, step=None) -> None:
+        """step: the TrainStep, for a resumable checkpoint; None for best.pt."""
+        if not self.writes_files:
+            return
+        ckpt = {"model": model.state_dict(), "state": state, "config": self.cfg.to_dict(),
+                "classes": self.classes, "preprocessing": self.pre.to_dict(), "arch": self.cfg.model.arch}
+        if step is not None:
+            ckpt.update(rng=rng_state(), **step.state_dict())
+        atomic_save(ckpt, checkpoint_path(self.run_dir, name))
+
+    def restore(self, path: Path, model: nn.Module, step) -> dict:
+        """Loads last.pt into the model and the step and the RNGs, once check_resumable agrees; returns the
+        saved TrainState's fields."""
+        ckpt = load_checkpoint(path)
+        check_resumable(ckpt, path, self.classes, self.cfg.to_dict())
+        model.load_state_dict(ckpt["model"])
+        step.load_state_dict(ckpt)
+        set_rng_state(ckpt["rng"])
+        return ckpt["state"]

@@ -13,7 +13,6 @@ It closes the tracker, the log file and the process group when the block ends, h
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Iterator
@@ -23,11 +22,11 @@ from datetime import datetime
 from pathlib import Path
 
 import torch
-import yaml
 from sklearn.model_selection import train_test_split
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from petlab.config import Config, config_from_dict
+from petlab import rundir
+from petlab.config import Config
 from petlab.data.cache import DecodedImages, decode_split
 from petlab.data.datasets import Splits, load_splits
 from petlab.data.transforms import Preprocessing
@@ -35,8 +34,6 @@ from petlab.engine import distributed
 from petlab.engine.batches import resolve_device
 from petlab.engine.features import uses_feature_cache
 from petlab.engine.speed import check_precision, speed_settings
-from petlab.errors import MissingFileError
-from petlab.fileio import atomic_write
 from petlab.models import ARCHS
 from petlab.paths import cache_root, runs_root
 from petlab.tracking import Tracker, create_tracker
@@ -94,21 +91,6 @@ def new_run_dir(cfg: Config) -> Path:
     return run_dir
 
 
-def read_run_config(run_dir: Path) -> Config:
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise MissingFileError(f"not a run directory (no config.yaml): {run_dir}")
-    return config_from_dict(yaml.safe_load(path.read_text()))
-
-
-def previous_record(run_dir: Path) -> dict:
-    """What the interrupted part of a resumed run recorded (its Comet key, its start time)."""
-    try:
-        return json.loads((run_dir / "results.json").read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def load_run_splits(cfg: Config) -> Splits:
     """The dataset's splits. Cross-validation carves no validation split: its settings come from folds of
     train, so a shipped val/ is training data too."""
@@ -154,18 +136,11 @@ def decode_splits(splits: Splits, pre: Preprocessing, cache_dir: Path) -> dict[s
             for name, samples in (("train", splits.train), ("val", splits.val), ("test", splits.test)) if samples}
 
 
-def write_run_config(run_dir: Path, cfg: Config, note: str = "") -> None:
-    """config.yaml: what the run does (read back by --resume, evaluate.py and the reports). `note`
-    becomes a comment at its top, for what the values alone do not say."""
-    header = "".join(f"# {line}\n" for line in note.splitlines())
-    atomic_write(Path(run_dir) / "config.yaml", header + yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-
-
 @contextmanager
 def open_run(cfg: Config | None = None, resume: Path | None = None) -> Iterator[RunContext]:
     started = time.perf_counter()
     if resume is not None:
-        cfg = read_run_config(Path(resume))
+        cfg = rundir.read_config(Path(resume))
     device = resolve_device(cfg.train.device)
     check_precision(cfg.train.precision, device)  # an emulated bf16 stops here, before any data is read
     dist = distributed.setup(cfg, device)  # one process: a no-op
@@ -174,7 +149,7 @@ def open_run(cfg: Config | None = None, resume: Path | None = None) -> Iterator[
     tracker = Tracker()
     try:
         with logging_redirect_tqdm():
-            previous = previous_record(run_dir) if resume is not None else {}
+            previous = rundir.read_results(run_dir) if resume is not None else {}  # its Comet key, start time
             if cfg.train.threads:
                 torch.set_num_threads(cfg.train.threads)
             log.info("run directory: %s", run_dir)
@@ -188,7 +163,7 @@ def open_run(cfg: Config | None = None, resume: Path | None = None) -> Iterator[
             log.info("speed settings for %s on %s: precision %s, channels_last %s", cfg.model.arch, device.type,
                      cfg.train.precision, cfg.train.channels_last)
             if dist.is_main:
-                write_run_config(run_dir, cfg)
+                rundir.write_config(run_dir, cfg)
                 # One tracked experiment per run, however many processes train it: rank 0's.
                 tracker = create_tracker(cfg, run_dir, (previous.get("tracking") or {}).get("key"))
             yield RunContext(cfg, run_dir, resume is not None, device, dist, splits, pre, decoded, tracker, started,

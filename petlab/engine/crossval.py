@@ -23,6 +23,7 @@ import torch
 from sklearn.model_selection import StratifiedKFold
 from torch.utils.data import DataLoader, Subset
 
+from petlab import rundir
 from petlab.config import Config
 from petlab.data.cache import DecodedImages
 from petlab.data.loaders import make_loader
@@ -97,11 +98,11 @@ def cross_validate(cfg: Config, make_model: Callable[[], torch.nn.Module], fold_
             fold_cfg = cfg.updated({"train.lr": lr, "train.cv_folds": None, "train.early_stopping_patience": None,
                                     "diagnostics.enabled": False})
             for fi, (train_idx, val_idx) in enumerate(folds):
-                def keep(row, val_idx=val_idx, li=li):
-                    oof[li, row["epoch"] - 1, val_idx] = trainer.last_val[1]  # noqa: B023 - runs inside this fold's fit
+                def keep(epoch, targets, probs, val_idx=val_idx, li=li):
+                    oof[li, epoch - 1, val_idx] = probs  # every held-out photo's prediction after each epoch
 
                 trainer = Trainer(fold_cfg, make_model(), pre, fold_loaders(train_idx, val_idx), None, classes,
-                                  device=device, features=head_only, on_epoch=keep)
+                                  device=device, features=head_only, on_validated=keep)
                 with inner_progress_hidden():
                     trainer.fit()
                 bar.update()
@@ -148,12 +149,12 @@ def refit_config(cfg: Config, result: dict) -> Config:
 def save(result: dict, run_dir: Path) -> None:
     """cv.json (the table and the choice) and cv_oof.npy: a resumed run does not cross-validate again."""
     np.save(run_dir / "cv_oof.npy", result["oof"])
-    (run_dir / "cv.json").write_text(json.dumps({k: v for k, v in result.items() if k != "oof"}, indent=2))
+    (run_dir / rundir.CV).write_text(json.dumps({k: v for k, v in result.items() if k != "oof"}, indent=2))
 
 
 def load(run_dir: Path) -> dict | None:
     try:
-        result = json.loads((run_dir / "cv.json").read_text())
+        result = json.loads((run_dir / rundir.CV).read_text())
         result["oof"] = np.load(run_dir / "cv_oof.npy")
     except (OSError, ValueError):
         return None

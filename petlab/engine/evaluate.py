@@ -5,19 +5,16 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from petlab.config import config_from_dict
+from petlab import rundir
 from petlab.data.cache import decode_split
 from petlab.data.datasets import Splits, load_splits, normalise_class_name, read_split_folders
 from petlab.data.files import visible_dirs
 from petlab.data.loaders import make_loader
-from petlab.data.transforms import Preprocessing
 from petlab.engine.batches import predict_loader, resolve_device
-from petlab.engine.checkpoint import load_checkpoint
 from petlab.engine.metrics import classification_metrics
 from petlab.engine.speed import predicting_precision, predicting_runtime
 from petlab.errors import DatasetError
 from petlab.export.onnx import CheckedOnnx
-from petlab.models import rebuild_trained
 from petlab.paths import cache_root
 
 
@@ -29,13 +26,6 @@ def match_classes(model_classes: list[str], data_classes: list[str], where: str)
         raise DatasetError(f"classes in {where} that the model does not know: {unmatched}; "
                            f"the model's classes: {model_classes}")
     return {i: index[normalise_class_name(c)] for i, c in enumerate(data_classes)}
-
-
-def load_trained_model(run_dir: Path, checkpoint: str = "best.pt"):
-    ckpt = load_checkpoint(Path(run_dir) / "checkpoints" / checkpoint)
-    cfg = config_from_dict(ckpt["config"])
-    model = rebuild_trained(cfg.model.arch, len(ckpt["classes"]), ckpt["model"], cfg.model.dropout)
-    return model, cfg, ckpt["classes"], Preprocessing.from_dict(ckpt["preprocessing"])
 
 
 def eval_only_splits(root: Path, task: str) -> Splits | None:
@@ -50,7 +40,8 @@ def eval_only_splits(root: Path, task: str) -> Splits | None:
 
 def evaluate_run(run_dir: Path, data_dir: str | None = None, dataset: str | None = None,
                  split: str = "test", batch_size: int = 64, tta: str = "none") -> dict:
-    model, cfg, classes, pre = load_trained_model(run_dir)
+    trained = rundir.load_model(run_dir)
+    model, cfg, classes, pre = trained.model, trained.cfg, trained.classes, trained.preprocessing
     try:  # test needs no validation carved (a folder of tiny classes has none to give)
         splits = load_splits(dataset, cfg.task, data_dir, None, cfg.data.val_fraction, cfg.seed,
                              carve=split != "test")

@@ -34,13 +34,13 @@ import numpy as np
 import torch
 import torchinfo
 
+from petlab import rundir
 from petlab.config import Config
 from petlab.data.loaders import make_loader
 from petlab.data.transforms import Preprocessing
 from petlab.engine import crossval, distributed
 from petlab.engine.batches import seed_everything
-from petlab.engine.checkpoint import load_checkpoint
-from petlab.engine.context import RunContext, open_run, write_run_config
+from petlab.engine.context import RunContext, open_run
 from petlab.engine.features import feature_loaders
 from petlab.engine.metrics import HEADLINE, classification_metrics, mean_nll, nll
 from petlab.engine.outcome import Interrupted, RunOutcome, StopRun, write_results
@@ -48,7 +48,6 @@ from petlab.engine.signals import StopFlag
 from petlab.engine.speed import machine
 from petlab.engine.trainer import Trainer
 from petlab.errors import ConfigError
-from petlab.fileio import atomic_write
 from petlab.models import build_model, head_parameters
 from petlab.models.imagenet_head import head_init_report, match_imagenet
 from petlab.names import model_name
@@ -91,7 +90,7 @@ def _train_run(run: RunContext, stop: StopFlag, so_far: dict, on_epoch) -> RunOu
                       dist=run.dist, on_epoch=on_epoch)
     record = run_record(run, facts, cv)
     so_far.update(trainer=trainer, record=record)
-    last = run.run_dir / "checkpoints" / "last.pt"
+    last = rundir.checkpoint_path(run.run_dir, "last.pt")
     if run.resuming and last.is_file():
         trainer.resume(last)
     if cfg.model.head_init == "imagenet" and not trainer.state.initial and not trainer.state.history:
@@ -229,7 +228,7 @@ def cross_validation(run: RunContext, model: torch.nn.Module) -> dict | None:
     run.tracker.log_others({"cv_folds": cv["folds"], "cv_chosen_lr": cv["chosen"]["lr"],
                             "cv_chosen_epochs": cv["chosen"]["epochs"], "cv_accuracy": cv["chosen"]["accuracy"]})
     if run.dist.is_main:  # config.yaml says what the refit does (a resume recomputes the same from cv.json)
-        write_run_config(run.run_dir, crossval.refit_config(run.cfg, cv),
+        rundir.write_config(run.run_dir, crossval.refit_config(run.cfg, cv),
                          f"cross-validated ({cv['folds']} folds, cv.json): the refit on all of train uses the chosen\n"
                          f"train.lr {cv['chosen']['lr']:g} and stops after epoch {cv['chosen']['epochs']} of the "
                          f"{run.cfg.train.epochs}-epoch schedule the folds were scored with")
@@ -276,7 +275,7 @@ def final_evaluation(run: RunContext, trainer: Trainer, loaders: dict, cv: dict 
     predictions behind them: split -> (targets, probabilities), in the decoded cache's order. With
     cross-validation, val is the out-of-fold prediction of every training photo under the chosen setting."""
     run.dist.barrier()  # rank 0 has written best.pt
-    trainer.eval_model.load_state_dict(load_checkpoint(run.run_dir / "checkpoints" / "best.pt")["model"])
+    trainer.eval_model.load_state_dict(rundir.load_checkpoint(rundir.checkpoint_path(run.run_dir))["model"])
     classes, final, predictions = run.splits.classes, {}, {}
     if cv:
         labels, oof = run.decoded["train"].labels, cv["oof"]
@@ -304,16 +303,13 @@ def prediction_source(run: RunContext, split: str, cv: dict | None) -> str:
 def write_predictions(run: RunContext, predictions: dict, cv: dict | None) -> Path:
     """predictions.npz: per split, every photo's file, true label and predicted probabilities. Promotion
     fits the temperature on them and pairs them with the production model's on the same photos."""
-    arrays = {}
+    splits = {}
     for split, (targets, probs) in predictions.items():
         source = prediction_source(run, split, cv)
         skipped = {s["path"] for s in run.decoded[source].skipped}
         files = [str(path) for path, _ in getattr(run.splits, source) if path not in skipped]
-        files = files[:len(targets)]  # --limit-batches evaluates the split's first batches only
-        arrays.update({f"{split}_files": np.array(files), f"{split}_targets": targets,
-                       f"{split}_probs": probs.astype(np.float32)})
-    return atomic_write(run.run_dir / "predictions.npz",
-                        lambda f: np.savez_compressed(f, classes=np.array(run.splits.classes), **arrays))
+        splits[split] = (files[:len(targets)], targets, probs)  # --limit-batches evaluates the first batches only
+    return rundir.write_predictions(run.run_dir, run.splits.classes, splits)
 
 
 TOP_LOSSES = 16
@@ -384,5 +380,5 @@ def track_final(run: RunContext, final: dict, figures: dict[str, Path]) -> None:
     for name, path in figures.items():
         tracker.log_image(path, name)
     if run.cfg.tracking.log_model:
-        tracker.log_model(model_name(run.cfg.task), run.run_dir / "checkpoints" / "best.pt")
+        tracker.log_model(model_name(run.cfg.task), rundir.checkpoint_path(run.run_dir))
 

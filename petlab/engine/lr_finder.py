@@ -47,30 +47,30 @@ def find_lr(run: RunContext, start_lr: float = 1e-7, end_lr: float = 10.0, steps
                              "train.time_budget": None, "train.ema": None, "train.accumulate": 1})
     trainer = Trainer(sweep_cfg, model, run.pre, loaders, None, run.splits.classes, device=run.device,
                       features=run.features, dist=run.dist)
-    start_lrs = [g["lr"] for g in trainer.optimizer.param_groups]
+    step = trainer.step  # the public pieces: the step (its optimizer and schedule) and what trains
+    start_lrs = [g["lr"] for g in step.optimizer.param_groups]
     # ExponentialLR multiplies every step: start_lr * gamma^steps = end_lr
-    trainer.scheduler = torch.optim.lr_scheduler.ExponentialLR(trainer.optimizer,
-                                                               gamma=(end_lr / start_lr) ** (1 / steps))
-    if trainer.generator is not None:
-        trainer.generator.manual_seed(cfg.seed)
+    step.scheduler = torch.optim.lr_scheduler.ExponentialLR(step.optimizer, gamma=(end_lr / start_lr) ** (1 / steps))
+    if loaders["train"].generator is not None:
+        loaders["train"].generator.manual_seed(cfg.seed)
     trainer.set_trainable(0)  # as the run's first epoch trains
     forward = trainer.train_forward()
     lrs, losses, smoothed, average = [], [], [], 0.0
-    for step, (images, targets) in enumerate(progress(cycle(loaders["train"]), total=steps, desc="lr range test",
-                                                      unit="step")):
-        if step >= steps:
+    for i, (images, targets) in enumerate(progress(cycle(loaders["train"]), total=steps, desc="lr range test",
+                                                   unit="step")):
+        if i >= steps:
             break
-        trainer.optimizer.zero_grad(set_to_none=True)
-        _, loss, _ = trainer.forward_backward(forward, images, targets, group=1, sync=True)
-        lr = trainer.optimizer.param_groups[0]["lr"]
-        trainer.optimizer_step(read_norm=False)
+        step.zero_grad()
+        _, loss, _ = step.forward_backward(forward, images, targets)
+        lr = step.lr
+        step.optimizer_step(read_norm=False)
         value = loss.item()
         average = SMOOTHING * average + (1 - SMOOTHING) * value
         lrs.append(lr)
         losses.append(value)
-        smoothed.append(average / (1 - SMOOTHING ** (step + 1)))
+        smoothed.append(average / (1 - SMOOTHING ** (i + 1)))
         if not math.isfinite(value) or smoothed[-1] > DIVERGED * min(smoothed):
-            log.info("lr range test: the loss diverged at lr %.2e (step %d)", lr, step)
+            log.info("lr range test: the loss diverged at lr %.2e (step %d)", lr, i)
             break
     suggestion = suggest_lr(lrs, smoothed)
     min_loss_lr = float(lrs[int(np.argmin(smoothed))])

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from petlab.fileio import write_json
+from petlab import rundir
 
 EXIT_INTERRUPTED = 130  # what a shell reports for Ctrl-C
 
@@ -79,5 +79,5 @@ def write_results(run, trainer, status: str, reason: str | None = None, final: d
                             **({"best_epoch": results["best_epoch"]} if status == "completed" else {})})
     run.tracker.end()  # the offline archive's name is known once tracking ends
     results["tracking"] = run.tracker.record()
-    write_json(run.run_dir / "results.json", results)
+    rundir.write_results(run.run_dir, results)
     return RunOutcome(status, run.run_dir, results)

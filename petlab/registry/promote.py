@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from petlab import rundir
 from petlab.calibration import calibrate, reliability_panel
 from petlab.data.datasets import DatasetError, load_splits
 from petlab.data.files import visible_files
 from petlab.data.images import BadImageError, load_rgb
-from petlab.engine.evaluate import load_trained_model
 from petlab.errors import PromotionError, PromotionRefused
 from petlab.export import (
     EXPORT_FILES,
@@ -37,7 +37,7 @@ from petlab.registry.gate import compare_with_production, explain
 from petlab.registry.loaded import LoadedModel
 from petlab.registry.store import Registry, RegistryError, now_iso
 from petlab.reports.figures import plot_reliability
-from petlab.reports.runs import RunRecord, find_local_runs, read_local_run, read_predictions
+from petlab.reports.runs import RunRecord, find_local_runs, read_local_run
 from petlab.tracking.comet import create_tracker, set_model_statuses
 
 log = logging.getLogger(__name__)
@@ -135,7 +135,7 @@ def sample_images(cfg, classes: list[str], images_dir: Path | None, per_class: i
 def candidate_predictions(record: RunRecord, model, cfg, classes: list[str], pre) -> dict:
     """The run's validation and test predictions: its predictions.npz, or -- for a run from before
     runs kept them -- predicted now from best.pt, as it would be served."""
-    stored = read_predictions(record.path)
+    stored = rundir.read_predictions(record.path)
     if stored is not None:
         return stored
     log.info("%s has no predictions.npz (an older run): predicting its validation and test photos now", record.path)
@@ -202,7 +202,8 @@ def promote(task: str, metric: str = "val_accuracy", runs_root: Path | None = No
     records = candidate_runs(task, runs_root, study, storage, run)
     best, value = select_best(records, metric)
     log.info("promoting %s (%s = %.4f, best of %d %s runs)", best.path, metric, value, len(records), task)
-    model, cfg, classes, pre = load_trained_model(best.path)
+    trained = rundir.load_model(best.path)
+    model, cfg, classes, pre = trained.model, trained.cfg, trained.classes, trained.preprocessing
     predictions = candidate_predictions(best, model, cfg, classes, pre)
     comparison = gate(registry, task, best, classes, predictions, force)
     calibration = run_calibration(predictions)
@@ -234,7 +235,7 @@ def promote(task: str, metric: str = "val_accuracy", runs_root: Path | None = No
         if not_a_pet.get("file"):
             card["files"][PET_VIEW_FILE] = "torch.export program: (logits, ImageNet pet probability) in one pass"
             card["files"][PET_VIEW_FILES["onnx"]] = "the same as ONNX (outputs logits, pet_probability)"
-        version = registry.add_version(task, staged, card, status,
+        version = registry.add_version(task, staged, card, status, forced=force,
                                        gated_against=comparison["production_version"] if comparison else None)
     except BaseException:
         registry.discard(staged)

@@ -87,20 +87,23 @@ class Registry:
         return path
 
     def add_version(self, task: str, staged: Path, card: dict, status: str = "production",
-                    gated_against: int | None | object = UNGATED) -> int:
+                    gated_against: int | None | object = UNGATED, forced: bool = False) -> int:
         """Move a fully written staging folder in as the next version; returns its number.
 
         gated_against: the production version (or None: there was none) the promotion gate compared
         the candidate with, minutes ago and outside the lock. Checked again here, under it: a rollback
-        or another promotion in between would otherwise be undone silently, and the card's
-        `compared_with` would name a version that is no longer production."""
+        in between would otherwise be undone silently, and another promotion would have been skipped by
+        the gate (the card's `compared_with` would name a version no longer production). Only a forced
+        promotion (--force: the comparison does not matter) may land on top of a newer promotion; none
+        undoes a rollback."""
         _check_status(status)
         with self._locked():
             self._reap_staging(task)
             index = self.index(task)
             if gated_against is not UNGATED:
                 now = next((e["version"] for e in index["versions"] if e["status"] == "production"), None)
-                if now != gated_against:
+                newer = now is not None and (gated_against is None or now > gated_against)
+                if now != gated_against and not (forced and newer):
                     raise PromotionError(
                         f"production {task} changed from {_named(gated_against)} to {_named(now)} while this "
                         "promotion was exporting; nothing was added. Run promote.py again to compare with "

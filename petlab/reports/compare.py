@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from petlab import rundir
 from petlab.calibration import fit_temperature, reliability_panel
 from petlab.reports.figures import plot_confusion_matrices, plot_learning_curves, plot_reliability, pyplot
-from petlab.reports.runs import RunRecord, leaderboard, read_predictions
+from petlab.reports.runs import RunRecord, leaderboard
 
 
 def run_labels(records: list[RunRecord]) -> dict[str, str]:
@@ -98,7 +99,7 @@ def calibration_by_run(records: list[RunRecord]) -> dict[str, dict]:
     predictions, for the local runs that kept predictions.npz with both splits."""
     out = {}
     for r in records:
-        found = read_predictions(r.path) if r.path is not None else None
+        found = rundir.read_predictions(r.path) if r.path is not None else None
         if found and "val" in found and "test" in found:
             temperature = fit_temperature(found["val"]["probs"], found["val"]["targets"])
             out[r.run] = reliability_panel(found["test"]["probs"], found["test"]["targets"], temperature)

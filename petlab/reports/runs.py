@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import yaml
 
+from petlab import rundir
 from petlab.config import dotted_to_nested
 from petlab.tracking.comet import experiment_summaries
 
@@ -49,40 +49,27 @@ class RunRecord:
 def read_local_run(run_dir: Path) -> RunRecord | None:
     """A completed run directory as a record; None (with a reason in the log) otherwise."""
     try:
-        results = json.loads((run_dir / "results.json").read_text())
-        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+        results = json.loads((run_dir / rundir.RESULTS).read_text())
+        config = yaml.safe_load((run_dir / rundir.CONFIG).read_text())
     except (OSError, ValueError, yaml.YAMLError) as exc:
         log.info("skipping %s: %s", run_dir, exc)
         return None
     if results.get("status") != "completed":
         log.info("skipping %s: status %s", run_dir, results.get("status"))
         return None
-    metrics = run_dir / "metrics.csv"
+    metrics = run_dir / rundir.METRICS
     history = pd.read_csv(metrics).to_dict("records") if metrics.is_file() else []
     started = results.get("started_at")
     started = datetime.fromisoformat(started) if started else datetime.fromtimestamp(
-        (run_dir / "config.yaml").stat().st_mtime)
+        (run_dir / rundir.CONFIG).stat().st_mtime)
     return RunRecord(run_dir.name, config, results, history, started, path=run_dir)
-
-
-def read_predictions(run_dir: Path) -> dict | None:
-    """A run's predictions.npz (written since its final evaluation kept them) as
-    {"classes": [...], split: {"files", "targets", "probs"}}; None for a run without one."""
-    path = Path(run_dir) / "predictions.npz"
-    if not path.is_file():
-        return None
-    with np.load(path) as npz:
-        splits = {name.rsplit("_", 1)[0] for name in npz.files if name.endswith("_probs")}
-        return {"classes": npz["classes"].tolist(),
-                **{split: {"files": npz[f"{split}_files"].tolist(), "targets": npz[f"{split}_targets"],
-                           "probs": npz[f"{split}_probs"].astype(np.float64)} for split in sorted(splits)}}
 
 
 def find_local_runs(roots: list[Path]) -> list[RunRecord]:
     """Every completed run under the given folders (a run directory itself counts too)."""
     found = []
     for root in roots:
-        for results in sorted(Path(root).glob("**/results.json")):
+        for results in sorted(Path(root).glob(f"**/{rundir.RESULTS}")):
             record = read_local_run(results.parent)
             if record:
                 found.append(record)
