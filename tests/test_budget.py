@@ -29,6 +29,25 @@ def test_schedules_run_from_their_start_to_their_end_over_the_budget():
     assert budget.spent()
 
 
+def test_an_epoch_that_ends_just_short_of_the_cut_off_ends_the_schedule_with_its_steps():
+    """60 s, a 4.6 s validation pass: no step may start after 55.4 s. An epoch whose steps end at 51 s is
+    the last (its validation ends at 55.6 s), so the schedule must end at 51 s, not at 55.4 s."""
+    budget = Budget(60, used=50)
+    budget.measured_reserve(4.6)
+    budget.expect_epoch_end(1.0)  # this epoch's last step ends in a second
+    assert budget.horizon() == pytest.approx(51, abs=0.01) and not budget.spent()
+    budget.used_before = 51  # its last step done: the schedule is at its end, the cut-off not yet reached
+    assert budget.progress() == 1.0 and lr_factor("cosine", budget.progress(), 0.0) == pytest.approx(0.0)
+    assert not budget.spent()
+    # an epoch that ends early enough for another to train after its validation keeps the cut-off
+    budget = Budget(60, used=30)
+    budget.measured_reserve(4.6)
+    budget.expect_epoch_end(5.0)
+    assert budget.horizon() == pytest.approx(55.4) and budget.progress() == pytest.approx(30 / 55.4, abs=1e-3)
+    budget.expect_epoch_end(None)  # a new epoch, rate not known yet
+    assert budget.horizon() == pytest.approx(55.4)
+
+
 @pytest.mark.slow
 def test_a_60s_budget_on_the_custom_cnn_stops_at_60s_with_the_schedule_at_its_end(shared, tmp_path):
     script("run.py", "--arch", "custom_cnn", "--batch-size", "8", "--lr", "0.001", "--scheduler", "cosine",

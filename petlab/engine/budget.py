@@ -3,7 +3,9 @@
 Training ends at the budget, and the learning-rate schedule anneals to that deadline instead of to
 an epoch count: its progress is the share of the budget used, measured as training goes (the
 measured step rate, in effect), less the time the final validation pass is expected to take (the
-last one's). So the schedule reaches its end just as training stops, whatever the machine's speed.
+last one's); when an epoch's steps will end too close to that cut-off for another epoch to train, the
+schedule ends with them. So the schedule reaches its end just as training stops, whatever the
+machine's speed.
 The budget used is checkpointed with the training state, so a resumed run spends only what is left.
 """
 
@@ -53,6 +55,7 @@ class Budget:
         self.used_before = used  # spent by earlier parts of a resumed run
         self.reserve = 0.0  # seconds kept for the last validation pass (the last one's duration)
         self.reserve_measured = False
+        self.epoch_end: float | None = None  # budget time at which this epoch's training steps should end
         self._started: float | None = None
 
     def estimate_reserve(self, seconds_per_train_image: float, val_images: int) -> None:
@@ -69,9 +72,25 @@ class Budget:
     def used(self) -> float:
         return self.used_before + (time.perf_counter() - self._started if self._started is not None else 0.0)
 
+    def expect_epoch_end(self, seconds_from_now: float | None) -> None:
+        """Where this epoch's training steps will end, at the rate so far (None: not known yet)."""
+        self.epoch_end = None if seconds_from_now is None else self.used() + seconds_from_now
+
+    def cutoff(self) -> float:
+        """The budget time after which no training step may start: the last validation pass must still fit."""
+        return self.seconds - self.reserve
+
+    def horizon(self) -> float:
+        """Where the schedule ends: the cut-off, or the end of this epoch's steps when no training can follow
+        them (its validation pass will take the epoch past the cut-off). Without the second case, an epoch
+        that ends naturally just short of the cut-off would stop training with the schedule unfinished."""
+        if self.epoch_end is not None and self.epoch_end + self.reserve >= self.cutoff():
+            return min(self.cutoff(), self.epoch_end)
+        return self.cutoff()
+
     def progress(self) -> float:
-        """Share of the training time used: 1 when training must stop to leave time for validation."""
-        return min(1.0, self.used() / max(self.seconds - self.reserve, 1e-9))
+        """Share of the schedule's time used: 1 at its horizon."""
+        return min(1.0, self.used() / max(self.horizon(), 1e-9))
 
     def spent(self) -> bool:
-        return self.progress() >= 1.0
+        return self.used() >= self.cutoff()

@@ -214,6 +214,8 @@ class Trainer:
                 group_start, opt_step = step - step % accumulate, step // accumulate
                 group_end = step + 1 == min(group_start + accumulate, steps)
                 logged = group_end and opt_step % every == 0
+                if self.budget is not None:  # where this epoch's steps will end, at this epoch's rate so far
+                    self.budget.expect_epoch_end((steps - step) * profile.elapsed() / step if step else None)
                 # Stop (Ctrl-C, or the time budget spent) between groups, every rank at the same step: across
                 # processes agreeing is a collective, so only where an optimizer step is also logged.
                 if step == group_start and (not self.dist.enabled or opt_step % every == 0):
