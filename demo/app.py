@@ -3,7 +3,9 @@
     python demo/app.py [--host 127.0.0.1] [--port 7860] [--registry DIR] [--max-upload-mb 10] [--upload-ttl-s 3600]
 
 - /              the Gradio page: upload, paste or drag a photo -> top-5 classes
-- POST /api/predict   multipart: file, optional task and top_k -> JSON predictions
+- POST /api/predict   multipart: file, optional task and top_k -> JSON predictions; `file` may repeat
+                      (up to MAX_FILES_PER_REQUEST photos, the whole body within --max-upload-mb) -> one
+                      result per file, in order, under "results"
 - GET  /api/health    status and the versions served
 - the Gradio client API (api_name "/classify")
 It listens on 127.0.0.1 unless told otherwise (no share link, ever), needs no network, and only
@@ -37,10 +39,14 @@ from petlab.serving import (  # noqa: E402
     decode_upload,
     parse_top_k,
     return_freed_memory_promptly,
+    served_model,
 )
 
 log = logging.getLogger("petlab.demo")
 MULTIPART_OVERHEAD = 64 * 1024  # form fields and boundaries: a body may be this much over the file limit
+# Photos one /api/predict request may carry (one forward pass for all of them); the body limit holds for
+# the request as a whole, so 16 photos share --max-upload-mb.
+MAX_FILES_PER_REQUEST = 16
 UPLOAD_TTL_S = 3600  # Gradio's copies of page uploads are deleted once this old (checked every UPLOAD_TTL_S / 6)
 
 
@@ -112,6 +118,28 @@ def classify(models: ServedModels, data: bytes, filename: str | None, task: str 
     return models.classify(model, decode_upload(data, filename), top_k)
 
 
+def classify_files(models: ServedModels, files: list[tuple[bytes, str | None]], task: str | None, top_k: int) -> dict:
+    """Several uploads in one request: each decoded on its own (an unreadable one gets its error in its place),
+    the readable ones predicted in one forward pass. Results keep the order of the files."""
+    model = models.model(task)
+    decoded: list = []
+    for data, filename in files:
+        try:
+            decoded.append(decode_upload(data, filename))
+        except ServingError as err:
+            decoded.append(err)
+    readable = [d for d in decoded if not isinstance(d, ServingError)]
+    answers = iter(models.classify_many(model, readable, top_k) if readable else [])
+    results = []
+    for (_, filename), d in zip(files, decoded):
+        if isinstance(d, ServingError):
+            results.append({"file": filename, "error": d.code, "message": d.message})
+        else:
+            answer = next(answers)
+            results.append({"file": filename, **{k: v for k, v in answer.items() if k not in ("task", "model")}})
+    return {"task": model.task, "model": served_model(model), "results": results}
+
+
 def create_api(models: ServedModels, max_upload_bytes: int) -> FastAPI:
     app = FastAPI(title="petlab", docs_url="/api/docs", openapi_url="/api/openapi.json", redoc_url=None)
 
@@ -128,22 +156,33 @@ def create_api(models: ServedModels, max_upload_bytes: int) -> FastAPI:
         record = {"route": "/api/predict", "task": None, "version": None}
         try:
             try:  # BodyLimit (around the whole app) has refused an oversized body before or while it streams
-                form = await request.form(max_files=1, max_fields=8)
+                form = await request.form(max_files=MAX_FILES_PER_REQUEST, max_fields=8)
             except BodyTooLarge:
                 raise
             except Exception as exc:  # noqa: BLE001 - malformed multipart bodies
+                if "Too many files" in str(exc):
+                    raise ServingError(413, "too_many_files", f"at most {MAX_FILES_PER_REQUEST} files per request; "
+                                                              "send the others in further requests") from None
                 raise ServingError(400, "bad_form", f"could not parse the form: {exc}") from None
-            upload = form.get("file")
-            if upload is None or isinstance(upload, str):
+            uploads = form.getlist("file")
+            if not uploads or any(isinstance(u, str) for u in uploads):
                 raise ServingError(400, "missing_file", "missing form field 'file': POST multipart/form-data "
-                                                        "with the photo in a field named file")
+                                                        "with the photo in a field named file (repeat it for "
+                                                        f"up to {MAX_FILES_PER_REQUEST} photos)")
             task = form.get("task") or None
             record["task"] = task
             top_k = parse_top_k(form.get("top_k"))
-            data = await upload.read()
-            if len(data) > max_upload_bytes:
-                raise too_large(len(data))
-            result = await run_in_threadpool(classify, models, data, upload.filename, task, top_k)
+            files = [(await upload.read(), upload.filename) for upload in uploads]
+            if any(len(data) > max_upload_bytes for data, _ in files):
+                raise too_large(max(len(data) for data, _ in files))
+            if len(files) > 1:
+                result = await run_in_threadpool(classify_files, models, files, task, top_k)
+                result["latency_ms"] = round(1000 * (time.perf_counter() - start), 2)
+                log_request(route="/api/predict", task=result["task"], version=result["model"]["version"],
+                            status=200, outcome="ok", files=len(files), latency_ms=result["latency_ms"],
+                            unreadable=sum(1 for r in result["results"] if "error" in r))
+                return result
+            result = await run_in_threadpool(classify, models, *files[0], task, top_k)
         except ServingError as err:
             log_request(**record, status=err.status, outcome=err.code,
                         latency_ms=round(1000 * (time.perf_counter() - start), 2))

@@ -1,6 +1,7 @@
 """Evaluate a run's best checkpoint and print the metrics as JSON.
 
 python experiments/evaluate.py RUN_DIR --data-dir DIR [--dataset NAME] [--split test] [--tta flip]
+python experiments/evaluate.py RUN_DIR --labels-csv FILE.csv
 
 DIR may be any training layout, or a folder holding only test/<class>/ or only class folders.
 """
@@ -20,6 +21,7 @@ def main(argv=None) -> int:
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--data-dir", help="dataset folder (any supported layout)")
     parser.add_argument("--dataset", help="dataset name; default: detected from --data-dir")
+    parser.add_argument("--labels-csv", help="a CSV of file,label rows, files relative to it (as run.py takes)")
     parser.add_argument("--split", default="test", choices=["train", "val", "test"])
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--tta", default="none", choices=["none", "flip"],
@@ -27,7 +29,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     try:
-        result = evaluate_run(args.run_dir, args.data_dir, args.dataset, args.split, args.batch_size, args.tta)
+        result = evaluate_run(args.run_dir, args.data_dir, args.dataset, args.split, args.batch_size, args.tta,
+                              args.labels_csv)
     except PetlabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -1,4 +1,6 @@
 """Hyperparameter sweep: python experiments/sweep.py --sweep experiments/configs/sweeps/X.yaml [--trials N]
+A grid (each combination once, e.g. repeats over seeds, reported as median and spread):
+    python experiments/sweep.py --config experiments/configs/X.yaml --grid seed=0,1,2,3 [--grid train.lr=1e-3,3e-3]
 
 Runs trials until the study holds N (complete, pruned or running) -- so running the same command
 again resumes the study instead of starting over. Any run.py flag (--data-dir, --epochs,
@@ -23,7 +25,7 @@ from petlab.errors import ConfigError, PetlabError
 from petlab.paths import reports_root
 from petlab.search.report import write_study_report
 from petlab.search.runner import open_study, retrain_best, work
-from petlab.search.space import centre_lr, load_sweep
+from petlab.search.space import centre_lr, grid_sweep, load_sweep, parse_grid
 from petlab.search.storage import counted_trials
 
 log = logging.getLogger("petlab")
@@ -34,6 +36,9 @@ def parse(argv):
     add_run_flags(parser)  # the base experiment's overrides; its --config (an experiment YAML) is refused below
     parser.add_argument("--sweep", type=Path, metavar="SWEEP_YAML",
                         help="the sweep: base experiment, overrides, space, pruner (experiments/configs/sweeps/)")
+    parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                        help="a grid over these values (repeatable; Optuna's GridSampler, every combination once) "
+                             "of --config's experiment, or in place of --sweep's space")
     parser.add_argument("--lr-from", metavar="LR_FIND_JSON", help="search train.lr within 10x either side of "
                         "experiments/lr_find.py's suggestion (its lr_find.json or run directory)")
     parser.add_argument("--trials", type=int, help="trials in the study in all (default: the sweep config's)")
@@ -50,14 +55,18 @@ def parse(argv):
 
 def main(argv=None) -> int:
     parser, args = parse(argv)
-    if args.config:  # --config means an experiment YAML, in every script
+    if args.config and not args.grid:  # --config means an experiment YAML, in every script
         parser.error("--config names an experiment YAML (run.py); the sweep file goes to --sweep "
-                     "(its base experiment is named inside it)")
-    if not args.sweep:
-        parser.error("--sweep SWEEP_YAML is required")
+                     "(its base experiment is named inside it), or give --grid KEY=V1,V2 for a grid over --config")
+    if bool(args.config) == bool(args.sweep):
+        parser.error("pass --sweep SWEEP_YAML, or --config EXPERIMENT_YAML with --grid")
     setup_logging()
     try:
-        sweep = load_sweep(args.sweep)
+        sweep = load_sweep(args.sweep) if args.sweep else None
+        if args.grid:
+            grid = parse_grid(args.grid)
+            sweep = grid_sweep(sweep.base, grid, sweep.overrides, None, sweep.metric) if sweep else \
+                grid_sweep(Path(args.config), grid)
         if args.lr_from:
             sweep = centre_lr(sweep, args.lr_from)
         overrides = overrides_from(args)
@@ -85,6 +94,8 @@ def main(argv=None) -> int:
         best = study.best_trial
         print(f"best trial {best.number}: {sweep.metric} {best.value:.4f} {best.params}\n"
               f"  run: {best.user_attrs.get('run_dir')}\n  config: {files['best']}")
+    if "grid_summary_md" in files:
+        print(files["grid_summary_md"].read_text().rstrip())
     print(f"report: {files['trials'].parent}")
     return 0
 

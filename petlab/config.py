@@ -94,6 +94,9 @@ class DataConfig(_Section):
     dataset: str | None = setting(None, choices=_datasets, flag=True,
                                   help="a named dataset; default: the layout under --data-dir, else the task's")
     data_dir: str | None = setting(None, flag=True, help="one dataset's folder (else <data root>/<dataset>)")
+    labels_csv: str | None = setting(None, flag=True,
+                                     help="a CSV of file,label rows (an optional split column: train, val, test), "
+                                          "files relative to it; test and val are carved when it has no split")
     species: str | None = setting(None, choices=SPECIES, flag=True, help="oxford_iiit_pet: keep one species")
     val_fraction: float = setting(0.2, check=(lambda v: 0 < v < 1, "must be in (0, 1)"), flag=True,
                                   help="carved from train (stratified, seeded) when there is no official val split")
@@ -340,6 +343,23 @@ def _update(section: Any, updates: dict[str, Any], prefix: str = "") -> None:
             _update(current, value, f"{full}.")
         else:
             setattr(section, key, _coerce(full, value, hints[key]))
+
+
+def parse_value(text: str) -> Any:
+    """A value typed on the command line, read as YAML, except that 1e-3 is a number (YAML 1.1 wants 1.0e-3);
+    the field's own type is checked later (_coerce)."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{text!r} is not valid YAML ({str(exc).splitlines()[0]})") from None
+    if isinstance(value, str):
+        try:
+            return float(value) if value.strip().lower() not in ("nan", "inf", "-inf", "infinity") else value
+        except ValueError:
+            return value
+    if isinstance(value, list):
+        return [parse_value(str(v)) if isinstance(v, str) else v for v in value]
+    return value
 
 
 def dotted_to_nested(overrides: dict[str, Any]) -> dict[str, Any]:

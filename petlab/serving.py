@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from petlab.data.images import load_rgb
@@ -90,10 +91,10 @@ class ServedModels:
     def classify(self, model: LoadedModel, image, top_k: int) -> dict:
         """The served answer for one decoded photo: the model's top-k, and whether it looks like a pet at all
         (from the model's own forward pass when its backbone is ImageNet's, else from the separate view)."""
-        predictions, pet = model.predict_with_pet(image, top_k)
-        judged = verdict(pet, model.pet_threshold) if pet is not None else \
-            verdict(float(self.pet_view.pet_probability([image])[0]), SEPARATE_VIEW["threshold"])
-        return {"task": model.task, "model": served_model(model), **judged, "predictions": predictions}
+        return self.classify_many(model, [image], top_k)[0]
+
+    def classify_many(self, model: LoadedModel, images: list, top_k: int) -> list[dict]:
+        return classify_many(model, images, top_k, lambda: self.pet_view)
 
     def production(self) -> dict[str, int]:
         """task -> production version, for every task that has one."""
@@ -174,6 +175,19 @@ class ServedModels:
                             "not_a_pet": not_a_pet_check(card, loaded)}
         return {"status": "ok" if served else "no_production_model", "registry": shown_path(self.registry.root),
                 "models": models}
+
+
+def classify_many(model: LoadedModel, images: list, top_k: int, pet_view: Callable[[], PetView]) -> list[dict]:
+    """ServedModels.classify for several decoded photos, in one forward pass of the model (and, for a version
+    without its own pet view, one of `pet_view()`, called only then)."""
+    answers = model.predict_many_with_pet(images, top_k)
+    if any(pet is None for _, pet in answers):
+        separate = pet_view().pet_probability(images)
+        judged = [verdict(float(p), SEPARATE_VIEW["threshold"]) for p in separate]
+    else:
+        judged = [verdict(pet, model.pet_threshold) for _, pet in answers]
+    return [{"task": model.task, "model": served_model(model), **j, "predictions": top}
+            for (top, _), j in zip(answers, judged)]
 
 
 def served_model(model: LoadedModel) -> dict:

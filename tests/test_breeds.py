@@ -238,7 +238,11 @@ def test_fewshot_run_learns_from_every_photo_and_chooses_by_cross_validation(few
     results = json.loads((fewshot_run / "results.json").read_text())
     assert results["status"] == "completed" and results["split_sizes"] == {"train": 185, "val": 0, "test": 185}
     cv = results["cross_validation"]
-    assert cv["folds"] == 5 and cv["lrs"] == [1e-3, 3e-3, 1e-2] and len(cv["table"]) == 3 * 30
+    # epochs 0 (the ImageNet head rows, untrained: a candidate too) to 30, for each lr
+    assert cv["folds"] == 5 and cv["lrs"] == [1e-3, 3e-3, 1e-2] and len(cv["table"]) == 3 * 31
+    untrained = [r for r in cv["table"] if r["epoch"] == 0]
+    assert len(untrained) == 3 and len({(r["accuracy"], r["loss"]) for r in untrained}) == 1  # the same model
+    assert untrained[0]["accuracy"] < cv["chosen"]["accuracy"] and not cv["kept_initial_model"]
     best = max(cv["table"], key=lambda r: (r["accuracy"], -r["loss"]))
     assert cv["chosen"] == {"lr": best["lr"], "epochs": best["epoch"], "accuracy": best["accuracy"],
                             "loss": best["loss"]}
@@ -336,6 +340,41 @@ def test_an_interrupted_cross_validated_run_resumes_without_cross_validating_aga
     a = torch.load(run_dir / "checkpoints/best.pt", weights_only=False)["model"]
     b = torch.load(straight / "checkpoints/best.pt", weights_only=False)["model"]
     assert all(torch.equal(a[k], b[k]) for k in b)
+
+
+@pytest.mark.slow
+def test_when_no_training_scores_best_the_refit_keeps_the_initial_head(shared, tmp_path):
+    """Three Stanford breeds, all ImageNet classes: ImageNet's own rows already name every photo, and training
+    the head (with label smoothing) only makes them less sure. Epoch 0 wins the cross-validation table, and the
+    refit trains nothing: best.pt is the model as initialised."""
+    from petlab.engine.experiment import run_experiment
+    from petlab.models import build_model
+    from petlab.models.imagenet_head import match_imagenet
+
+    cfg = load_config(REPO / "experiments/configs/breeds_fewshot.yaml", {
+        "model.arch": "efficientnet_lite0", "train.epochs": 3, "train.cv_lrs": [3e-3, 1e-2], "train.cv_folds": 3,
+        "data.data_dir": str(shared / "stanford-dogs-3breeds"), "tracking.backend": "none",
+        "output_dir": str(tmp_path)})
+    outcome = run_experiment(cfg)
+    assert outcome.status == "completed"
+    results = json.loads((outcome.run_dir / "results.json").read_text())
+    cv = results["cross_validation"]
+    assert {(r["lr"], r["epoch"]) for r in cv["table"]} == {(lr, e) for lr in (3e-3, 1e-2) for e in range(4)}
+    untrained = next(r for r in cv["table"] if r["epoch"] == 0)
+    assert max(cv["table"], key=lambda r: (r["accuracy"], -r["loss"]))["epoch"] == 0
+    assert cv["chosen"]["epochs"] == 0 and cv["chosen"]["accuracy"] == untrained["accuracy"]
+    assert cv["kept_initial_model"] is True
+    assert results["epochs_completed"] == 0 and results["best_epoch"] == 0
+    # out-of-fold validation is the untrained model's, and test is what epoch 0 measured on it
+    assert results["val"]["accuracy"] == pytest.approx(untrained["accuracy"])
+    assert results["test"]["accuracy"] == pytest.approx(results["epoch0"]["test"]["accuracy"])
+    assert results["test"]["loss"] == pytest.approx(results["epoch0"]["test"]["loss"], abs=1e-3)
+    # best.pt holds the head as initialised: ImageNet's rows for these breeds, untouched
+    classes = results["classes"]
+    initial, _ = build_model("efficientnet_lite0", 3, True, None, 0.0, (classes, match_imagenet(classes, "breeds")))
+    kept = torch.load(outcome.run_dir / "checkpoints" / "best.pt", weights_only=False)["model"]
+    assert torch.equal(kept["_fc.weight"], initial.state_dict()["_fc.weight"])
+    assert "epoch 0 (no training) scored best" in (outcome.run_dir / "config.yaml").read_text()
 
 
 # ------------------------------------------------------------------ 120 breeds, some with one or two photos

@@ -69,3 +69,54 @@ def test_shipped_experiment_configs_load(path):
 def test_the_seed_config_keeps_the_seed_settings():
     cfg = load_config(Path(__file__).parents[1] / "experiments/configs/custom_cnn_cats_vs_dogs.yaml")
     assert (cfg.model.arch, cfg.train.batch_size, cfg.train.epochs, cfg.train.lr) == ("custom_cnn", 32, 20, 1e-4)
+
+
+def parsed(*argv: str) -> dict:
+    import argparse
+
+    from petlab.cli import add_run_flags, overrides_from
+
+    parser = argparse.ArgumentParser()
+    add_run_flags(parser)
+    return overrides_from(parser.parse_args(list(argv)))
+
+
+def test_every_config_key_can_be_set_from_the_command_line():
+    """--set reaches every key (71 of them, most with no flag of their own), with YAML values."""
+    import yaml
+
+    from petlab.config import Config, config_fields
+
+    defaults = Config().flat()
+    keys = [key for key, _, _ in config_fields()]
+    assert len(keys) >= 70
+    argv = [f"--set={key}={yaml.safe_dump(defaults[key], default_flow_style=True).strip().removesuffix('...').strip()}"
+            for key in keys]
+    assert load_config(None, parsed(*argv)).flat() == defaults  # each default, given back, round-trips
+    chosen = parsed("--set", "data.crop_scale_min=0.5", "--set", "train.momentum=0.95", "--set",
+                    "model.backbone_lr_scale=0.05", "--set", "diagnostics.loss_patience=7", "--set",
+                    "train.cv_lrs=[1e-3, 3e-3]", "--set", "tracking.tags=[a, b]", "--set", "model.weights=null",
+                    "--lr", "0.01")
+    cfg = load_config(None, chosen)
+    assert (cfg.data.crop_scale_min, cfg.train.momentum, cfg.model.backbone_lr_scale) == (0.5, 0.95, 0.05)
+    assert cfg.diagnostics.loss_patience == 7 and cfg.train.cv_lrs == [1e-3, 3e-3] and cfg.tracking.tags == ["a", "b"]
+    assert cfg.train.lr == 0.01 and cfg.model.weights is None
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--set", "train.momentun=0.9"], "no such config key; did you mean train.momentum"),
+    (["--set", "momentum=0.9"], "did you mean train.momentum"),
+    (["--set", "train.momentum"], "expected KEY=VALUE"),
+    (["--set", "train.momentum=[1, 2"], "not valid YAML"),
+    (["--set", "train.lr=0.1", "--lr", "0.2"], "given both as a flag and by --set"),
+])
+def test_a_bad_set_says_what_is_wrong(argv, message):
+    with pytest.raises(ConfigError, match=message):
+        parsed(*argv)
+
+
+@pytest.mark.parametrize("value, message", [("1.5", "data.crop_scale_min: must be in"),
+                                            ("yes please", "data.crop_scale_min: expected float")])
+def test_set_values_are_checked_as_in_a_config_file(value, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, parsed("--set", f"data.crop_scale_min={value}"))

@@ -171,3 +171,118 @@ def test_shared_stanford_three_breeds(shared):
     s = load_splits("stanford_dogs", "breeds", str(shared / "stanford-dogs-3breeds"))
     assert s.classes == ["Beagle", "Siberian Husky", "Toy Poodle"]
     assert s.sizes() == {"train": 377, "val": 80, "test": 81}
+
+
+# ---------------------------------------------------------------- CSV-labelled datasets
+
+def kaggle_dog_breed_copy(shared, root):
+    """Kaggle's Dog Breed Identification layout built from the shared 37 breeds (train and test photos alike):
+    train/<hex id>.jpg named by labels.csv (id,breed, breeds in Kaggle's lower_case style), an unlabelled test/."""
+    import hashlib
+    import shutil
+
+    source = shared / "oxford-pets-37breeds-5shot"
+    (root / "train").mkdir(parents=True)
+    (root / "test").mkdir()
+    rows = ["id,breed"]
+    for photo in sorted(source.glob("*/*/*.jpg")):
+        photo_id = hashlib.md5(photo.name.encode()).hexdigest()
+        shutil.copy(photo, root / "train" / f"{photo_id}.jpg")
+        rows.append(f"{photo_id},{photo.parent.name.lower()}")
+    for photo in sorted(source.glob("test/pug/*.jpg"))[:3]:  # Kaggle's test/ has no labels: never used
+        shutil.copy(photo, root / "test" / f"unlabelled-{photo.name}")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    (root / "sample_submission.csv").write_text("id,affenpinscher\n")
+    return root
+
+
+def test_kaggle_dog_breed_layout_is_recognised_and_carves_test_then_val(shared, tmp_path):
+    root = kaggle_dog_breed_copy(shared, tmp_path / "dog-breed-identification")
+    s = load_splits(None, "breeds", str(root), val_fraction=0.2, seed=7)
+    assert s.dataset == "kaggle_dog_breed" and len(s.classes) == 37
+    assert "American Bulldog" in s.classes and "Abyssinian" in s.classes  # pretty names, as the folder readers give
+    # 10 labelled photos a breed: 2 to test, then 20% of the other 296 (60) to validation, stratified and seeded
+    assert labels_of(s.test) == {i: 2 for i in range(37)} and set(labels_of(s.val).values()) == {1, 2}
+    assert s.sizes() == {"train": 236, "val": 60, "test": 74}
+    everything = [p for p, _ in s.train + s.val + s.test]
+    assert len(set(everything)) == 370 and all("/train/" in p for p in everything)  # the unlabelled test/ is not used
+    assert "unlabelled test/ is not used" in s.notes["test"] and "carved" in s.notes["val"]
+    again = load_splits(None, "breeds", str(root), val_fraction=0.2, seed=7)
+    assert again.test == s.test and again.val == s.val
+
+
+def test_labels_csv_reads_any_folder_with_a_split_column_or_without(shared, tmp_path):
+    """A second CSV layout: `image,class,split` at the root, photos in nested folders, paths relative to the CSV."""
+    import shutil
+
+    source = shared / "cats_and_dogs_filtered" / "validation"
+    root = tmp_path / "photos"
+    rows = ["image,class,split"]
+    for i, photo in enumerate(sorted(source.glob("*/*.jpg"))[::25]):  # 40 photos: 20 cats, 20 dogs
+        folder = root / "shoot" / f"day{i % 3}"
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(photo, folder / photo.name)
+        split = ("train", "train", "train", "valid", "test")[i % 5]
+        rows.append(f"shoot/day{i % 3}/{photo.name},{photo.parent.name},{split}")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    s = load_splits(None, "cats_vs_dogs", labels_csv=str(root / "labels.csv"))
+    assert s.dataset == "labels_csv" and s.classes == ["cat", "dog"]
+    assert s.sizes() == {"train": 24, "val": 8, "test": 8}
+    # without the split column: test carved, then val, both stratified
+    (root / "plain.csv").write_text("\n".join(",".join(r.split(",")[:2]) for r in rows) + "\n")
+    plain = load_splits(None, "cats_vs_dogs", labels_csv=str(root / "plain.csv"), val_fraction=0.25, seed=1)
+    assert plain.sizes() == {"train": 22, "val": 8, "test": 10}
+    assert labels_of(plain.test) == {0: 5, 1: 5}
+
+
+@pytest.mark.parametrize("csv, error", [
+    ("file,label\nmissing.jpg,cat\n", "1 listed files are not in"),
+    ("file,label\na.jpg,cat\na.jpg,dog\n", "listed twice, as 'cat' and 'dog'"),
+    ("file,label\na.jpg,horse\n", "needs labels cat(s) or dog(s), got 'horse'"),
+    ("name,kind,extra\na.jpg,cat,x\n", "cannot tell which column names the file"),
+    ("file,label\na.jpg,\n", ":2: every row needs a file"),
+    ("file,label\n../a.jpg,cat\n", "must be a path inside"),
+    ("file,label,split\na.jpg,cat,holdout\n", "split must be one of"),
+])
+def test_a_bad_labels_csv_is_an_error_naming_the_line(tmp_path, csv, error):
+    save_photo(tmp_path / "a.jpg", 0, seed=0)
+    (tmp_path / "labels.csv").write_text(csv)
+    with pytest.raises(DatasetError, match=error.replace("(", r"\(").replace(")", r"\)")):
+        load_splits(None, "cats_vs_dogs", labels_csv=str(tmp_path / "labels.csv"))
+
+
+@pytest.mark.slow
+def test_a_kaggle_layout_and_a_labels_csv_train_and_evaluate(shared, tmp_path):
+    """The Kaggle copy of the 37 breeds trains (Lite0 features) and evaluates on its carved test split; a plain
+    CSV of cats and dogs does too through --labels-csv."""
+    import json
+
+    from tests.runs import REPO, only_run_dir, script
+
+    root = kaggle_dog_breed_copy(shared, tmp_path / "dog-breed-identification")
+    script("run.py", "--config", REPO / "experiments/configs/lite0_features_breeds.yaml", "--data-dir", root,
+           "--epochs", "5", "--tracking", "none", "--output-dir", tmp_path / "runs")
+    run_dir = only_run_dir(tmp_path / "runs")
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["dataset"] == "kaggle_dog_breed" and results["split_sizes"] == {"train": 236, "val": 60, "test": 74}
+    assert results["test"]["accuracy"] > 0.6  # 37 breeds from ~6 photos each, 5 epochs of the head
+    evaluated = json.loads(script("evaluate.py", run_dir, "--data-dir", root).stdout)
+    assert evaluated["n"] == 74 and evaluated["accuracy"] == pytest.approx(results["test"]["accuracy"], abs=1 / 74)
+
+    photos = tmp_path / "cats-and-dogs"
+    rows = ["path,label"]
+    for split in ("train", "validation"):
+        for i, photo in enumerate(sorted((shared / "cats_and_dogs_filtered" / split).glob("*/*.jpg"))[::10]):
+            target = photos / "all" / f"{split}-{i:04d}.jpg"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(photo.read_bytes())
+            rows.append(f"all/{target.name},{photo.parent.name}")
+    (photos / "labels.csv").write_text("\n".join(rows) + "\n")  # 300 photos: 150 cats, 150 dogs
+    script("run.py", "--config", REPO / "experiments/configs/lite0_features_cats_vs_dogs.yaml", "--labels-csv",
+           photos / "labels.csv", "--epochs", "3", "--tracking", "none", "--output-dir", tmp_path / "csv-runs")
+    results = json.loads((only_run_dir(tmp_path / "csv-runs") / "results.json").read_text())
+    assert results["dataset"] == "labels_csv" and results["split_sizes"] == {"train": 192, "val": 48, "test": 60}
+    assert results["test"]["accuracy"] > 0.9
+    evaluated = json.loads(script("evaluate.py", only_run_dir(tmp_path / "csv-runs"), "--labels-csv",
+                                  photos / "labels.csv").stdout)
+    assert evaluated["dataset"] == "labels_csv" and evaluated["n"] == 60

@@ -283,3 +283,36 @@ def test_the_hugging_face_space_bundle_runs_on_its_own(promoted_registry, valida
         assert probabilities(response)["dog"] > 0.5 and response.json()["recognised"] is True
         assert len(response.json()["predictions"]) == 2
         assert "onnx" in response.json()["model"]["format"]  # the fast runtime, not a fallback
+
+
+@pytest.mark.slow
+def test_several_photos_in_one_request_get_one_answer_each_in_order(server, validation):
+    from demo.app import MAX_FILES_PER_REQUEST
+
+    url, _ = server
+    names = [("dogs", DOGS[1]), ("cats", CATS[1]), ("dogs", DOGS[2])]
+    files = [("file", (name, (validation / folder / name).read_bytes())) for folder, name in names]
+    files.insert(2, ("file", ("notes.jpg", b"not a photo at all")))
+    body = httpx.post(f"{url}/api/predict", files=files, data={"top_k": "2"}, timeout=60).json()
+    assert body["task"] == "cats_vs_dogs" and body["model"]["version"] == 1 and body["latency_ms"] > 0
+    results = body["results"]
+    assert [r["file"] for r in results] == [DOGS[1], CATS[1], "notes.jpg", DOGS[2]]
+    assert [r["predictions"][0]["label"] for r in results if "predictions" in r] == ["dog", "cat", "dog"]
+    assert results[2]["error"] == "not_an_image" and "notes.jpg" in results[2]["message"]
+    # each answer is the one the photo gets alone
+    response = predict(url, (validation / "cats" / CATS[1]).read_bytes(), CATS[1], top_k="2")
+    together = {p["label"]: p["probability"] for p in results[1]["predictions"]}
+    assert together == pytest.approx(probabilities(response), abs=1e-4)
+    alone = response.json()
+    assert results[1]["recognised"] == alone["recognised"]
+    # one file keeps the single answer's shape
+    assert "results" not in alone and alone["predictions"][0]["label"] == "cat"
+
+    # the limit: one file more than allowed is refused as a whole, and the server goes on serving
+    photo = (validation / "cats" / CATS[0]).read_bytes()
+    too_many = [("file", (f"{i}.jpg", photo)) for i in range(MAX_FILES_PER_REQUEST + 1)]
+    refused = httpx.post(f"{url}/api/predict", files=too_many, timeout=60)
+    assert refused.status_code == 413 and refused.json()["error"] == "too_many_files"
+    assert str(MAX_FILES_PER_REQUEST) in refused.json()["message"]
+    at_limit = httpx.post(f"{url}/api/predict", files=too_many[:MAX_FILES_PER_REQUEST], timeout=60)
+    assert at_limit.status_code == 200 and len(at_limit.json()["results"]) == MAX_FILES_PER_REQUEST

@@ -243,3 +243,45 @@ def test_a_trial_that_fails_before_its_heartbeat_is_marked_failed(tmp_path):
         run_trial(study, study.ask(), changed, {})
     assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.FAIL]
     assert "ValueError" in study.trials[1].user_attrs["error"]
+
+
+@pytest.mark.slow
+def test_a_grid_runs_each_combination_once_and_reports_median_and_spread(tmp_path, data):
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(BASE))
+    storage = f"sqlite:///{tmp_path / 'grid.db'}"
+    args = ["--config", tmp_path / "base.yaml", "--grid", "seed=0,1,2", "--grid", "train.lr=0.01,0.03",
+            "--data-dir", data, "--storage", storage, "--tracking", "none", "--report-dir", tmp_path / "reports",
+            "--output-dir", tmp_path / "runs"]
+    proc = script("sweep.py", *args)
+    done = trials(storage, "base-grid-seed-lr")
+    assert len(done) == 6 and {t.state for t in done} == {TrialState.COMPLETE}
+    assert sorted((t.params["seed"], t.params["train.lr"]) for t in done) == \
+        sorted((s, lr) for s in (0, 1, 2) for lr in (0.01, 0.03))
+    assert all(0 <= t.user_attrs["test_accuracy"] <= 1 for t in done)
+    report = tmp_path / "reports" / "base-grid-seed-lr"
+    with (report / "grid_summary.csv").open() as fh:
+        import csv
+
+        rows = list(csv.DictReader(fh))
+    assert sorted(float(r["train.lr"]) for r in rows) == [0.01, 0.03] and {r["trials"] for r in rows} == {"3"}
+    for row in rows:
+        values = [t.value for t in done if t.params["train.lr"] == float(row["train.lr"])]
+        assert float(row["val_accuracy_median"]) == pytest.approx(sorted(values)[1])
+        assert float(row["val_accuracy_min"]) == pytest.approx(min(values))
+        assert float(row["val_accuracy_max"]) == pytest.approx(max(values))
+        assert "test_accuracy_median" in row
+    assert "median [min-max], sd" in proc.stdout  # the summary is printed too
+    assert (report / "grid_summary.png").stat().st_size > 5_000
+    script("sweep.py", *args)  # the same command again: every combination has run, so nothing more runs
+    assert len(trials(storage, "base-grid-seed-lr")) == 6
+
+
+@pytest.mark.parametrize("items, message", [(["seed"], "expected KEY=V1,V2"), (["seed=1,1"], "distinct"),
+                                            (["seed="], "expected KEY=V1,V2")])
+def test_a_bad_grid_is_a_clear_error(items, message):
+    from petlab.search.space import parse_grid
+
+    with pytest.raises(ConfigError, match=message):
+        parse_grid(items)
+    assert parse_grid(["seed=0,1", "train.lr=1e-3,3e-3"]) == {
+        "seed": {"type": "grid", "values": [0, 1]}, "train.lr": {"type": "grid", "values": [1e-3, 3e-3]}}

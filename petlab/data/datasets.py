@@ -232,6 +232,122 @@ def read_cats_and_dogs_filtered(root: Path, task: str, **_) -> dict:
     return read_imagefolder(root, task)
 
 
+# Column names a labels CSV may use (case-insensitive): the first of each list present is taken.
+CSV_FILE_COLUMNS = ("filename", "file", "path", "image", "image_id", "id", "fname")
+CSV_LABEL_COLUMNS = ("label", "class", "breed", "species", "category")
+CSV_SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+
+
+def _csv_columns(path: Path, header: list[str]) -> tuple[str, str, str | None]:
+    """(file column, label column, split column or None) of a labels CSV's header."""
+    lower = {h.strip().lower(): h for h in header}
+    file_col = next((lower[c] for c in CSV_FILE_COLUMNS if c in lower), None)
+    label_col = next((lower[c] for c in CSV_LABEL_COLUMNS if c in lower), None)
+    if (file_col is None or label_col is None) and len(header) == 2:
+        file_col, label_col = header  # two unnamed columns: file, then label
+    if file_col is None or label_col is None:
+        raise DatasetError(f"{path}: cannot tell which column names the file and which the label (header: "
+                           f"{', '.join(header)}); name them one of {', '.join(CSV_FILE_COLUMNS)} and one of "
+                           f"{', '.join(CSV_LABEL_COLUMNS)}")
+    return file_col, label_col, lower.get("split")
+
+
+def read_labels_csv(path: Path, image_dir: Path, task: str) -> dict[str, dict[str, list[str]]]:
+    """{split: {class name: [files]}} from a CSV of (file, label[, split]) rows, files relative to image_dir.
+    A file may be named without its extension (Kaggle's `id`); every listed file must exist, once."""
+    import csv
+
+    _require_file(path)
+    on_disk = {f.relative_to(image_dir).as_posix(): f for f in visible_files(image_dir)}
+    by_stem: dict[str, list[Path]] = {}
+    for rel, f in on_disk.items():
+        by_stem.setdefault(rel.rsplit(".", 1)[0], []).append(f)
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            file_col, label_col, split_col = _csv_columns(path, reader.fieldnames or [])
+            rows = [(reader.line_num, row) for row in reader]
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise DatasetError(f"{path}: not a readable CSV ({exc})") from None
+    found: dict[str, dict[str, list[str]]] = {}
+    seen: dict[str, str] = {}
+    missing = []
+    for line, row in rows:
+        name, label = (row.get(file_col) or "").strip(), (row.get(label_col) or "").strip()
+        if not name or not label:
+            raise DatasetError(f"{path}:{line}: every row needs a file ({file_col}) and a label ({label_col})")
+        if name.startswith("/") or ".." in Path(name).parts:
+            raise DatasetError(f"{path}:{line}: {name!r} must be a path inside {image_dir}")
+        candidates = [on_disk[name]] if name in on_disk else by_stem.get(name, [])
+        if not candidates:
+            missing.append(name)
+            continue
+        if len(candidates) > 1:
+            raise DatasetError(f"{path}:{line}: {name!r} matches {len(candidates)} files in {image_dir}")
+        file = str(candidates[0])
+        if file in seen:
+            if seen[file] != label:
+                raise DatasetError(f"{path}:{line}: {name!r} is listed twice, as {seen[file]!r} and {label!r}")
+            continue
+        seen[file] = label
+        if task == "cats_vs_dogs":
+            cls = _SPECIES_ALIASES.get(label.lower())
+            if cls is None:
+                raise DatasetError(f"{path}:{line}: the cats_vs_dogs task needs labels cat(s) or dog(s), "
+                                   f"got {label!r}")
+        else:
+            cls = pretty_class_name(label)
+        split = "train"
+        if split_col is not None:
+            split = CSV_SPLIT_NAMES.get((row.get(split_col) or "").strip().lower())
+            if split is None:
+                raise DatasetError(f"{path}:{line}: split must be one of {', '.join(CSV_SPLIT_NAMES)}, got "
+                                   f"{row.get(split_col)!r}")
+        found.setdefault(split, {}).setdefault(cls, []).append(file)
+    if missing:
+        raise DatasetError(f"{path}: {len(missing)} listed files are not in {image_dir} (first: "
+                           f"{', '.join(missing[:3])})")
+    if not found.get("train"):
+        raise DatasetError(f"{path}: no training rows")
+    return found
+
+
+def labelled_splits(path: Path, image_dir: Path, task: str, seed: int, fraction: float, where: str) -> dict:
+    """A labels CSV as splits. Without a split column, test is carved from the labelled photos (stratified,
+    seeded, `fraction` of each class large enough), and validation later from what is left (load_splits)."""
+    found = read_labels_csv(path, image_dir, task)
+    classes = sorted(found["train"])
+    for split, by_class in found.items():
+        unseen = sorted(set(by_class) - set(classes))
+        if unseen:
+            raise DatasetError(f"{path}: {split} rows have classes no training row has: {', '.join(unseen[:5])}")
+    out = {"classes": classes, **{s: _labelled(by_class, classes) for s, by_class in found.items()}, "notes": {}}
+    if "test" not in out:
+        out["train"], out["test"] = carve_validation(out["train"], fraction, seed)
+        out["notes"]["test"] = f"carved {fraction:.0%} of {where}, stratified, seed {seed}"
+    return out
+
+
+def read_kaggle_dog_breed(root: Path, task: str, seed: int = 42, val_fraction: float = 0.2, **_) -> dict:
+    """Kaggle's Dog Breed Identification: labels.csv (id,breed) naming train/<id>.jpg. Its test/ has no
+    labels, so it is left alone: test and validation are carved, stratified, from the labelled photos."""
+    if task != "breeds":
+        raise DatasetError("kaggle_dog_breed only serves the breeds task")
+    _require_dir(root / "train", "Dog Breed Identification train/ folder")
+    out = labelled_splits(root / "labels.csv", root / "train", task, seed, val_fraction, "labels.csv")
+    out["notes"]["test"] += " (the unlabelled test/ is not used)"
+    return out
+
+
+def read_csv_dataset(root: Path, task: str, seed: int = 42, val_fraction: float = 0.2,
+                     labels_csv: str | None = None, **_) -> dict:
+    """--labels-csv FILE: (file, label[, split]) rows, files relative to the CSV's folder."""
+    if not labels_csv:
+        raise DatasetError("dataset labels_csv needs --labels-csv FILE")
+    path = Path(labels_csv).expanduser().resolve()
+    return labelled_splits(path, path.parent, task, seed, val_fraction, path.name)
+
+
 # name -> (reader, folder name under the data root)
 DATASETS = {
     "cats_and_dogs_filtered": (read_cats_and_dogs_filtered, "cats_and_dogs_filtered"),
@@ -239,6 +355,8 @@ DATASETS = {
     "stanford_dogs": (read_stanford_dogs, "stanford-dogs"),
     "dog_images": (read_dog_images, "dogImages"),
     "kaggle_cat_and_dog": (read_kaggle_cat_and_dog, "kaggle_cat_and_dog"),
+    "kaggle_dog_breed": (read_kaggle_dog_breed, "dog-breed-identification"),
+    "labels_csv": (read_csv_dataset, None),
     "imagefolder": (read_imagefolder, None),
 }
 
@@ -257,7 +375,9 @@ def dataset_dir(dataset: str, data_dir: str | None = None, download: bool = True
     if path.is_dir():
         return path
     if dataset not in ARCHIVES:
-        raise DatasetError(f"{dataset} not found at {path}. {KAGGLE_HELP.format(path=path)}")
+        help_ = KAGGLE_HELP.get(dataset, "put it there, or pass --data-dir")
+        raise DatasetError(f"{dataset} not found at {path}. Kaggle needs a login, so petlab cannot fetch it: "
+                           f"{help_.format(path=path)}")
     if not download:
         raise DatasetError(f"{dataset} not found at {path} (set PETLAB_DATA_DIR or pass --data-dir)")
     try:
@@ -296,14 +416,20 @@ def detect_layout(root: Path) -> str:
         return "stanford_dogs"
     if (root / "training_set").is_dir():
         return "kaggle_cat_and_dog"
+    if (root / "labels.csv").is_file() and (root / "train").is_dir():
+        return "kaggle_dog_breed"
     if (root / "train").is_dir():
         return "imagefolder"
     raise DatasetError(f"{root}: not a recognised dataset layout (expected train/ with val|valid|validation/ "
-                       "or test/, images/ + annotations/, Images/ + lists, or training_set/ + test_set/)")
+                       "or test/, images/ + annotations/, Images/ + lists, training_set/ + test_set/, or "
+                       "labels.csv + train/; any CSV of file,label rows: --labels-csv FILE)")
 
 
-def resolve_dataset_name(dataset: str | None, task: str, data_dir: str | None) -> str:
-    """An explicit name wins; else the layout under --data-dir; else the task's default dataset."""
+def resolve_dataset_name(dataset: str | None, task: str, data_dir: str | None, labels_csv: str | None = None) -> str:
+    """A labels CSV (the most specific: it lists the very files); else an explicit name; else the layout under
+    --data-dir; else the task's default dataset."""
+    if labels_csv:
+        return "labels_csv"
     if dataset and dataset != "imagefolder":
         return dataset
     if data_dir:
@@ -314,12 +440,17 @@ def resolve_dataset_name(dataset: str | None, task: str, data_dir: str | None) -
 
 
 def load_splits(dataset: str | None, task: str, data_dir: str | None = None, species: str | None = None,
-                val_fraction: float = 0.2, seed: int = 42, download: bool = True, carve: bool = True) -> Splits:
-    """carve False: no validation is carved from train (cross-validated runs use every training photo)."""
-    dataset = resolve_dataset_name(dataset, task, data_dir)
+                val_fraction: float = 0.2, seed: int = 42, download: bool = True, carve: bool = True,
+                labels_csv: str | None = None) -> Splits:
+    """carve False: no validation is carved from train (cross-validated runs use every training photo).
+    labels_csv: a CSV of (file, label) rows, files relative to it (dataset labels_csv)."""
+    dataset = resolve_dataset_name(dataset, task, data_dir, labels_csv)
     reader, _ = DATASETS[dataset]
-    root = dataset_dir(dataset, data_dir, download)
-    found = reader(root, task, species=species)
+    if dataset == "labels_csv" and not labels_csv:
+        raise DatasetError("dataset labels_csv needs --labels-csv FILE")
+    root = Path(labels_csv).expanduser().resolve().parent if dataset == "labels_csv" else \
+        dataset_dir(dataset, data_dir, download)
+    found = reader(root, task, species=species, seed=seed, val_fraction=val_fraction, labels_csv=labels_csv)
     classes = found["classes"]
     notes = dict(found.get("notes", {}))
     train, val = found["train"], found.get("val") or []

@@ -47,11 +47,15 @@ ARCHIVES: dict[str, list[Archive]] = {
     "dog_images": [Archive("https://s3-us-west-1.amazonaws.com/udacity-aind/dog-project/dogImages.zip", None)],
 }
 
-KAGGLE_HELP = (
-    "Kaggle needs a login, so petlab cannot fetch it: download "
-    "https://www.kaggle.com/datasets/tongpython/cat-and-dog (or `kaggle datasets download -d "
-    "tongpython/cat-and-dog`) and unzip it so that {path}/training_set and {path}/test_set exist."
-)
+# Kaggle needs a login, so petlab cannot fetch these: what to download, and what must exist after unzipping.
+KAGGLE_HELP = {
+    "kaggle_cat_and_dog": "download https://www.kaggle.com/datasets/tongpython/cat-and-dog (or `kaggle datasets "
+                          "download -d tongpython/cat-and-dog`) and unzip it so that {path}/training_set and "
+                          "{path}/test_set exist",
+    "kaggle_dog_breed": "download https://www.kaggle.com/competitions/dog-breed-identification/data (or `kaggle "
+                        "competitions download -c dog-breed-identification`) and unzip it so that "
+                        "{path}/labels.csv and {path}/train exist",
+}
 
 
 def _sha256(path: Path) -> str:

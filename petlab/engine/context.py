@@ -96,7 +96,7 @@ def load_run_splits(cfg: Config) -> Splits:
     train, so a shipped val/ is training data too."""
     folds = cfg.train.cv_folds
     splits = load_splits(cfg.data.dataset, cfg.task, cfg.data.data_dir, cfg.data.species,
-                         cfg.data.val_fraction, cfg.seed, carve=folds is None)
+                         cfg.data.val_fraction, cfg.seed, carve=folds is None, labels_csv=cfg.data.labels_csv)
     if folds is not None:
         joined = " (shipped val/ joined train)" if splits.val else ""
         splits.train, splits.val = sorted(splits.train + splits.val), []

@@ -81,13 +81,21 @@ def make_folds(labels: np.ndarray, k: int, seed: int) -> list[tuple[np.ndarray, 
         return list(splitter.split(np.zeros(len(labels)), labels))
 
 
+def first_candidate_epoch(cfg: Config) -> int:
+    """0 when the model as initialised already knows something (ImageNet's rows in its head), else 1:
+    a fresh random head untrained is no candidate."""
+    return 0 if cfg.model.head_init == "imagenet" else 1
+
+
 def cross_validate(cfg: Config, make_model: Callable[[], torch.nn.Module], fold_loaders: Callable,
                    labels: np.ndarray, classes: list[str], pre: Preprocessing, head_only: bool,
                    device: torch.device) -> dict:
-    """Returns {"table": [{lr, epoch, accuracy, loss}], "chosen": {lr, epochs, accuracy, loss}, "oof": probs}."""
+    """Returns {"table": [{lr, epoch, accuracy, loss}], "chosen": {lr, epochs, accuracy, loss}, "oof": probs}.
+    Epoch 0 rows (first_candidate_epoch) hold the initial model's held-out predictions, the same for every lr."""
     k, lrs, epochs = cfg.train.cv_folds, candidate_lrs(cfg), cfg.train.epochs
+    first = first_candidate_epoch(cfg)
     folds = make_folds(labels, k, cfg.seed)
-    oof = np.zeros((len(lrs), epochs, len(labels), len(classes)), np.float32)
+    oof = np.zeros((len(lrs), epochs + 1, len(labels), len(classes)), np.float32)  # [lr, epoch (0..), photo]
     trainer_log = logging.getLogger("petlab.engine.trainer")
     level = trainer_log.level
     trainer_log.setLevel(logging.WARNING)  # one line per fold here, not one per fold epoch
@@ -99,10 +107,12 @@ def cross_validate(cfg: Config, make_model: Callable[[], torch.nn.Module], fold_
                                     "diagnostics.enabled": False})
             for fi, (train_idx, val_idx) in enumerate(folds):
                 def keep(epoch, targets, probs, val_idx=val_idx, li=li):
-                    oof[li, epoch - 1, val_idx] = probs  # every held-out photo's prediction after each epoch
+                    oof[li, epoch, val_idx] = probs  # every held-out photo's prediction after each epoch
 
                 trainer = Trainer(fold_cfg, make_model(), pre, fold_loaders(train_idx, val_idx), None, classes,
                                   device=device, features=head_only, on_validated=keep)
+                if first == 0 and li == 0:  # untrained, the model is the same for every lr: predicted once
+                    _, oof[:, 0, val_idx], _ = trainer.predict(trainer.loaders["val"], "held-out fold (epoch 0)")
                 with inner_progress_hidden():
                     trainer.fit()
                 bar.update()
@@ -113,16 +123,18 @@ def cross_validate(cfg: Config, make_model: Callable[[], torch.nn.Module], fold_
         bar.close()
     table = []
     for li, lr in enumerate(lrs):
-        for e in range(epochs):
+        for e in range(first, epochs + 1):
             probs = oof[li, e]
-            table.append({"lr": lr, "epoch": e + 1, "accuracy": float((probs.argmax(1) == labels).mean()),
+            table.append({"lr": lr, "epoch": e, "accuracy": float((probs.argmax(1) == labels).mean()),
                           "loss": mean_nll(probs, labels)})
     best = max(table, key=lambda r: (r["accuracy"], -r["loss"]))
     chosen = {"lr": best["lr"], "epochs": best["epoch"], "accuracy": best["accuracy"], "loss": best["loss"]}
-    log.info("cross-validation (%d folds, lr in %s, 1-%d epochs) chose lr %.2e and %d epochs: out-of-fold "
-             "accuracy %.4f", k, lrs, epochs, chosen["lr"], chosen["epochs"], chosen["accuracy"])
+    log.info("cross-validation (%d folds, lr in %s, %d-%d epochs) chose lr %.2e and %d epochs: out-of-fold "
+             "accuracy %.4f", k, lrs, first, epochs, chosen["lr"], chosen["epochs"], chosen["accuracy"])
+    if chosen["epochs"] == 0:
+        log.info("no training scored best: the refit keeps the model as initialised (its ImageNet head rows)")
     li = lrs.index(best["lr"])
-    return {"folds": k, "lrs": lrs, "table": table, "chosen": chosen, "oof": oof[li, best["epoch"] - 1]}
+    return {"folds": k, "lrs": lrs, "table": table, "chosen": chosen, "oof": oof[li, best["epoch"]]}
 
 
 def select_or_resume(cfg: Config, run_dir: Path, resuming: bool, model: torch.nn.Module, train_images: DecodedImages,

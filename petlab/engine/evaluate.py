@@ -39,12 +39,12 @@ def eval_only_splits(root: Path, task: str) -> Splits | None:
 
 
 def evaluate_run(run_dir: Path, data_dir: str | None = None, dataset: str | None = None,
-                 split: str = "test", batch_size: int = 64, tta: str = "none") -> dict:
+                 split: str = "test", batch_size: int = 64, tta: str = "none", labels_csv: str | None = None) -> dict:
     trained = rundir.load_model(run_dir)
     model, cfg, classes, pre = trained.model, trained.cfg, trained.classes, trained.preprocessing
     try:  # test needs no validation carved (a folder of tiny classes has none to give)
         splits = load_splits(dataset, cfg.task, data_dir, None, cfg.data.val_fraction, cfg.seed,
-                             carve=split != "test")
+                             carve=split != "test", labels_csv=labels_csv)
     except DatasetError as exc:
         # Not a training layout: a folder of only test/<class>/, or of only class folders, is a test set.
         usable = data_dir and not dataset and split == "test" and Path(data_dir).is_dir()

@@ -228,10 +228,14 @@ def cross_validation(run: RunContext, model: torch.nn.Module) -> dict | None:
     run.tracker.log_others({"cv_folds": cv["folds"], "cv_chosen_lr": cv["chosen"]["lr"],
                             "cv_chosen_epochs": cv["chosen"]["epochs"], "cv_accuracy": cv["chosen"]["accuracy"]})
     if run.dist.is_main:  # config.yaml says what the refit does (a resume recomputes the same from cv.json)
-        rundir.write_config(run.run_dir, crossval.refit_config(run.cfg, cv),
-                         f"cross-validated ({cv['folds']} folds, cv.json): the refit on all of train uses the chosen\n"
-                         f"train.lr {cv['chosen']['lr']:g} and stops after epoch {cv['chosen']['epochs']} of the "
-                         f"{run.cfg.train.epochs}-epoch schedule the folds were scored with")
+        chosen = cv["chosen"]
+        note = (f"cross-validated ({cv['folds']} folds, cv.json): epoch 0 (no training) scored best, so the\n"
+                "refit trains nothing and keeps the model as initialised (its ImageNet head rows)"
+                if chosen["epochs"] == 0 else
+                f"cross-validated ({cv['folds']} folds, cv.json): the refit on all of train uses the chosen\n"
+                f"train.lr {chosen['lr']:g} and stops after epoch {chosen['epochs']} of the "
+                f"{run.cfg.train.epochs}-epoch schedule the folds were scored with")
+        rundir.write_config(run.run_dir, crossval.refit_config(run.cfg, cv), note)
     return cv
 
 
@@ -249,6 +253,8 @@ def run_record(run: RunContext, facts: dict, cv: dict | None) -> dict:
               "world_size": run.dist.world_size, "machine": machine(run.device)}
     if cv:
         record["cross_validation"] = {k: v for k, v in cv.items() if k != "oof"}
+        # epoch 0 won: best.pt is the model as initialised, and the refit trained nothing
+        record["cross_validation"]["kept_initial_model"] = cv["chosen"]["epochs"] == 0
     return record
 
 

@@ -52,7 +52,7 @@ def write_results(run, trainer, status: str, reason: str | None = None, final: d
         "status": status,
         "reason": reason,
         "epochs_completed": state.epoch,
-        "best_epoch": state.best_epoch if state.best_epoch > 0 else None,
+        "best_epoch": state.best_epoch if state.best_epoch >= 0 else None,
         # NaN (a refit has no val) becomes null
         "best_val_accuracy": None if state.best_epoch <= 0 or math.isnan(state.best_val_accuracy)
         else state.best_val_accuracy,

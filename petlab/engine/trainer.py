@@ -278,14 +278,16 @@ class Trainer:
 
     def fit(self, until_epoch: int | None = None, stop: StopFlag | None = None) -> TrainState:
         """Train to cfg.train.epochs (or to the time budget), or stop after until_epoch with the schedule
-        still set for all of them (a cross-validated refit stops where the folds did best). stop: the run's
-        signal handling (signals.py), else this call's own."""
+        still set for all of them (a cross-validated refit stops where the folds did best; 0: no training,
+        the model as initialised is the one kept). stop: the run's signal handling (signals.py), else this
+        call's own."""
         cfg = self.cfg
         profile_steps = cfg.diagnostics.profile_steps if cfg.diagnostics.profile and self.run_dir else 0
         if self.budget is not None:
             self.budget.start()
         # with a time budget the deadline ends training, not the epoch count
-        last_epoch = until_epoch or (sys.maxsize if self.budget is not None else cfg.train.epochs)
+        last_epoch = until_epoch if until_epoch is not None else \
+            (sys.maxsize if self.budget is not None else cfg.train.epochs)
         with nullcontext(stop) if stop is not None else StopFlag(immediate=not self.dist.enabled) as stop:
             for epoch in range(self.state.epoch, last_epoch):
                 if self.budget is not None and self.budget.spent():
@@ -302,6 +304,9 @@ class Trainer:
                     break
             self.state.finished = True
             with stop.deferred():
+                if until_epoch == 0:  # best.pt is the untrained model (epoch 0 won cross-validation)
+                    self.state.best_epoch = 0
+                    self.checkpoint("best.pt", resumable=False)
                 self.checkpoint("last.pt")
         return self.state
 

@@ -72,10 +72,15 @@ class LoadedModel:
 
     def predict_with_pet(self, image, top_k: int = 5) -> tuple[list[dict], float | None]:
         """The top-k for one photo, and its ImageNet pet probability when this version computes it."""
-        probs, pet = self.probabilities_and_pet([image])
-        values, indices = probs[0].topk(min(top_k, len(self.classes)))
-        top = [{"label": self.classes[i], "probability": round(float(v), 6)} for v, i in zip(values, indices)]
-        return top, (float(pet[0]) if pet is not None else None)
+        return self.predict_many_with_pet([image], top_k)[0]
+
+    def predict_many_with_pet(self, images: list, top_k: int = 5) -> list[tuple[list[dict], float | None]]:
+        """predict_with_pet for several photos in one forward pass."""
+        probs, pet = self.probabilities_and_pet(images)
+        values, indices = probs.topk(min(top_k, len(self.classes)), dim=1)
+        return [([{"label": self.classes[i], "probability": round(float(v), 6)} for v, i in zip(vs, ids)],
+                 float(pet[row]) if pet is not None else None)
+                for row, (vs, ids) in enumerate(zip(values.tolist(), indices.tolist()))]
 
 
 def load_eager(registry: Registry, task: str, version: int) -> torch.nn.Module:

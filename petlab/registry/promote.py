@@ -109,7 +109,8 @@ def run_splits(cfg, why: str):
     """The run's own splits, as it carved them (no download: promotion works on what is here)."""
     try:
         return load_splits(cfg.data.dataset, cfg.task, cfg.data.data_dir, cfg.data.species, cfg.data.val_fraction,
-                           cfg.seed, download=False, carve=cfg.train.cv_folds is None)
+                           cfg.seed, download=False, carve=cfg.train.cv_folds is None,
+                           labels_csv=cfg.data.labels_csv)
     except DatasetError as exc:
         raise PromotionError(f"{why} needs the run's photos, but its dataset is not here ({exc})") from exc
 

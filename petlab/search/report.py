@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import logging
+import statistics
 import warnings
 from pathlib import Path
 
@@ -11,7 +13,7 @@ import yaml
 from matplotlib.ticker import NullFormatter
 
 from petlab.reports.figures import pyplot
-from petlab.search.space import SweepConfig
+from petlab.search.space import SweepConfig, is_grid
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,8 @@ def write_study_report(study: optuna.Study, sweep: SweepConfig, out_dir: Path) -
         return files
     files["best"] = out_dir / "best_params.yaml"
     files["best"].write_text(best_config_yaml(study, sweep))
+    if is_grid(sweep.space):
+        files.update(write_grid_summary(grid_summary(complete, sweep), sweep, out_dir))
     plt = pyplot()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -69,3 +73,66 @@ def best_config_yaml(study: optuna.Study, sweep: SweepConfig) -> str:
     header = (f"# Best trial {best.number} of study {study.study_name}: {sweep.metric} = {best.value:.4f}\n"
               f"# parameters: {best.params}\n# python experiments/run.py --config THIS_FILE [--epochs E]\n")
     return header + yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+# Grid keys that are repetitions, not settings: a grid's summary pools the trials over them.
+REPEAT_KEYS = ("seed",)
+
+
+def grid_summary(complete: list, sweep: SweepConfig) -> list[dict]:
+    """One row per setting of the grid's other keys: how many trials (seeds), and the objective's and the test
+    accuracy's median, min, max and standard deviation over them."""
+    settings = [k for k in sweep.space if k not in REPEAT_KEYS]
+    groups: dict[tuple, list] = {}
+    for trial in complete:
+        groups.setdefault(tuple(trial.params[k] for k in settings), []).append(trial)
+    rows = []
+    for values, trials in groups.items():
+        row = {**dict(zip(settings, values)), "trials": len(trials)}
+        for name, numbers in ((sweep.metric, [t.value for t in trials]),
+                              ("test_accuracy", [t.user_attrs["test_accuracy"] for t in trials
+                                                 if "test_accuracy" in t.user_attrs])):
+            if numbers:
+                row.update({f"{name}_median": statistics.median(numbers), f"{name}_min": min(numbers),
+                            f"{name}_max": max(numbers),
+                            f"{name}_std": statistics.stdev(numbers) if len(numbers) > 1 else 0.0,
+                            f"{name}_values": [round(v, 6) for v in numbers]})
+        rows.append(row)
+    return rows
+
+
+def write_grid_summary(rows: list[dict], sweep: SweepConfig, out_dir: Path) -> dict[str, Path]:
+    """grid_summary.csv, grid_summary.md (median [min-max], sd) and grid_summary.png (each trial a dot)."""
+    files = {"grid_summary": out_dir / "grid_summary.csv", "grid_summary_md": out_dir / "grid_summary.md",
+             "grid_summary_png": out_dir / "grid_summary.png"}
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    with files["grid_summary"].open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    settings = [k for k in sweep.space if k not in REPEAT_KEYS]
+    metrics = [m for m in (sweep.metric, "test_accuracy") if f"{m}_median" in columns]
+    lines = ["| " + " | ".join([*settings, "trials", *(f"{m}: median [min-max], sd" for m in metrics)]) + " |",
+             "|" + "---|" * (len(settings) + 1 + len(metrics))]
+    for row in rows:
+        cells = [str(row[k]) for k in settings] + [str(row["trials"])]
+        cells += [f"{row[f'{m}_median']:.4f} [{row[f'{m}_min']:.4f}-{row[f'{m}_max']:.4f}], {row[f'{m}_std']:.4f}"
+                  if f"{m}_median" in row else "" for m in metrics]
+        lines.append("| " + " | ".join(cells) + " |")
+    files["grid_summary_md"].write_text("\n".join(lines) + "\n")
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4 + 1.2 * len(rows) * len(metrics), 4), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for x, row in enumerate(rows):
+            values = row.get(f"{metric}_values", [])
+            ax.scatter([x] * len(values), values, color="C0", alpha=0.7)
+            ax.hlines(row[f"{metric}_median"], x - 0.25, x + 0.25, color="C3", label="median" if x == 0 else None)
+        ax.set_xticks(range(len(rows)), [", ".join(str(row[k]) for k in settings) or "all" for row in rows])
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{sweep.study}: each dot a trial ({', '.join(REPEAT_KEYS)} varied)")
+    fig.tight_layout()
+    fig.savefig(files["grid_summary_png"], dpi=110)
+    plt.close(fig)
+    return files

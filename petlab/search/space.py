@@ -1,19 +1,24 @@
-"""Sweep configs: a base experiment, fixed overrides, and a search space over any config key."""
+"""Sweep configs: a base experiment, fixed overrides, and a search space over any config key.
+
+A space whose every dimension is `{type: grid, values: [...]}` is a grid: Optuna's GridSampler runs each
+combination once (`sweep.py --grid seed=0,1,2,3` builds one from the command line), and the report gives
+each setting's median and spread over the others (search/report.py)."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import optuna
 
-from petlab.config import load_config, read_yaml
+from petlab.config import load_config, parse_value, read_yaml
 from petlab.errors import ConfigError
 
-KINDS = ("loguniform", "uniform", "int", "categorical")
+KINDS = ("loguniform", "uniform", "int", "categorical", "grid")
 PRUNERS = ("median", "hyperband", "none")
 
 
@@ -61,6 +66,10 @@ def check_dimension(key: str, spec: dict) -> None:
     if kind == "categorical":
         if not spec.get("choices"):
             raise ConfigError(f"space.{key}: categorical needs a non-empty 'choices' list")
+    elif kind == "grid":
+        values = spec.get("values")
+        if not isinstance(values, list) or not values or len(set(map(repr, values))) != len(values):
+            raise ConfigError(f"space.{key}: grid needs a non-empty list of distinct 'values', got {values!r}")
     else:
         if "low" not in spec or "high" not in spec or not spec["low"] < spec["high"]:
             raise ConfigError(f"space.{key}: needs low < high, got {spec.get('low')!r}, {spec.get('high')!r}")
@@ -69,7 +78,40 @@ def check_dimension(key: str, spec: dict) -> None:
 
 
 def sample_midpoint(space: dict[str, dict]) -> dict[str, Any]:
-    return {k: s["choices"][0] if s["type"] == "categorical" else s["low"] for k, s in space.items()}
+    first = {"categorical": lambda s: s["choices"][0], "grid": lambda s: s["values"][0]}
+    return {k: first.get(s["type"], lambda s: s["low"])(s) for k, s in space.items()}
+
+
+def is_grid(space: dict[str, dict]) -> bool:
+    return bool(space) and all(s["type"] == "grid" for s in space.values())
+
+
+def grid_size(space: dict[str, dict]) -> int:
+    return math.prod(len(s["values"]) for s in space.values())
+
+
+def parse_grid(items: list[str]) -> dict[str, dict]:
+    """--grid KEY=V1,V2,... items -> a grid space (values read as YAML: 0 is an int, 1e-3 a float)."""
+    space = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip() or not text.strip():
+            raise ConfigError(f"--grid {item!r}: expected KEY=V1,V2,..., such as seed=0,1,2,3")
+        values = [parse_value(v) for v in text.split(",")]
+        space[key.strip()] = {"type": "grid", "values": values}
+    for key, spec in space.items():
+        check_dimension(key, spec)
+    return space
+
+
+def grid_sweep(base: Path, grid: dict[str, dict], overrides: dict | None = None, study: str | None = None,
+               metric: str = "val_accuracy") -> SweepConfig:
+    """A grid study over an experiment YAML: every combination once, nothing pruned."""
+    name = study or f"{Path(base).stem}-grid-{'-'.join(k.rsplit('.', 1)[-1] for k in grid)}"
+    sweep = SweepConfig(study=name, base=Path(base).resolve(), space=grid, overrides=dict(overrides or {}),
+                        trials=grid_size(grid), metric=metric, pruner="none")
+    load_config(sweep.base, {**sweep.overrides, **sample_midpoint(grid)})  # every key must exist
+    return sweep
 
 
 def suggest(trial: optuna.Trial, space: dict[str, dict]) -> dict[str, Any]:
@@ -82,6 +124,8 @@ def suggest(trial: optuna.Trial, space: dict[str, dict]) -> dict[str, Any]:
             values[key] = trial.suggest_float(key, float(s["low"]), float(s["high"]))
         elif s["type"] == "int":
             values[key] = trial.suggest_int(key, int(s["low"]), int(s["high"]), step=int(s.get("step", 1)))
+        elif s["type"] == "grid":  # GridSampler hands out the combination; this records it as the trial's
+            values[key] = trial.suggest_categorical(key, list(s["values"]))
         else:
             values[key] = trial.suggest_categorical(key, list(s["choices"]))
     return values
