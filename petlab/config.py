@@ -29,6 +29,8 @@ TRACKERS = ("comet", "none")
 AUGMENT_POLICIES = ("none", "trivial")
 HEAD_INITS = ("fresh", "imagenet")
 TTA_MODES = ("none", "flip")
+CLASS_WEIGHTS = ("none", "balanced")
+SAMPLERS = ("shuffle", "balanced")
 
 
 def _archs() -> tuple[str, ...]:
@@ -165,6 +167,13 @@ class TrainConfig(_Section):
                                 help="keep an exponential moving average of the weights with this decay "
                                      "(torch.optim.swa_utils.AveragedModel); it is what is evaluated, kept and shipped")
     label_smoothing: float = setting(0.0, check=(lambda v: 0 <= v < 1, "must be in [0, 1)"), flag=True)
+    # Class imbalance (engine/imbalance.py; README "Class imbalance" measures both)
+    class_weights: str = setting("none", choices=CLASS_WEIGHTS, flag=True,
+                                 help="balanced: weight each class's loss by n / (classes x its count) "
+                                      "(sklearn's compute_class_weight); a no-op on balanced data")
+    sampler: str = setting("shuffle", choices=SAMPLERS, flag=True,
+                           help="balanced: draw training photos with replacement, each class equally often "
+                                "(torch.utils.data.WeightedRandomSampler)")
     early_stopping_patience: int | None = setting(None, check=POSITIVE, flag=True,
                                                   help="epochs without val improvement; default off")
     precision: str = setting("auto", choices=PRECISIONS, flag=True,
@@ -424,6 +433,9 @@ def validate(cfg: Config) -> None:
     if (cfg.data.mixup or cfg.data.cutmix) and not cfg.data.augment:
         raise ConfigError("data.mixup / data.cutmix: mixing is training augmentation; it needs data.augment "
                           "(and so no feature cache)")
+    if cfg.train.class_weights == "balanced" and cfg.train.sampler == "balanced":
+        raise ConfigError("train.class_weights and train.sampler: each balances the classes on its own; together "
+                          "they correct twice (minority classes then outweigh the rest); choose one")
     if cfg.train.time_budget and cfg.train.cv_folds:
         raise ConfigError("train.time_budget: a cross-validated run chooses its epochs by folds; drop one of them")
     if cfg.model.head_init == "imagenet" and not (cfg.model.pretrained or cfg.model.weights):

@@ -121,3 +121,20 @@ def test_bad_requests_fail_with_one_line(promoted_registry, tmp_path):
     assert wrong_out.returncode == 2 and "write .csv or .json" in wrong_out.stderr
     nothing = script("predict.py", photo, "--registry", tmp_path / "no-registry", check=False)
     assert nothing.returncode == 2 and "pass --task" in nothing.stderr
+
+
+def test_the_labelling_benchmark_runs_on_the_production_model(promoted_registry, shared, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.runs import REPO, refuse_in_process_tier
+
+    refuse_in_process_tier("benchmarks/batch_predict.py")
+    report = tmp_path / "batch_predict.json"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "batch_predict.py"), "--registry",
+                           str(promoted_registry), "--limit", "24", "--batch-sizes", "1", "8", "--report", str(report)],
+                          capture_output=True, text=True, cwd=REPO, check=True)
+    figures = json.loads(report.read_text())
+    assert figures["photos"] == 24 and set(figures["by_batch_size"]) == {"1", "8"}
+    assert all(f["photos_per_s"] > 0 for f in figures["by_batch_size"].values())
+    assert "photos/s" in proc.stdout and "petlab-cats-vs-dogs v1" in proc.stdout

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Subset
 from petlab import rundir
 from petlab.config import Config
 from petlab.data.cache import DecodedImages
-from petlab.data.loaders import make_loader
+from petlab.data.loaders import make_loader, train_order
 from petlab.data.transforms import Preprocessing
 from petlab.engine.features import backbone_features, feature_dataset
 from petlab.engine.metrics import mean_nll
@@ -62,8 +62,9 @@ def fold_loader_factory(cfg: Config, model: torch.nn.Module, train_images: Decod
 
     def loaders(train_idx: np.ndarray, val_idx: np.ndarray) -> dict:
         train, val = datasets(train_idx, val_idx)
-        return {"train": DataLoader(train, batch_size=batch, shuffle=True, generator=torch.Generator(),
-                                    num_workers=cfg.data.num_workers),
+        labels = train.tensors[1] if head_only else train_images.labels[train_idx]
+        return {"train": DataLoader(train, batch_size=batch, num_workers=cfg.data.num_workers,
+                                    **train_order(cfg.train.sampler, labels, torch.Generator())),
                 "val": DataLoader(val, batch_size=eval_batch, num_workers=cfg.data.num_workers)}
 
     return loaders

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampler
 
 from petlab.config import Config
 from petlab.errors import ConfigError
@@ -134,6 +134,9 @@ def shard(loader: DataLoader, ctx: Distributed, train: bool, seed: int) -> DataL
     gathered predictions are exactly the split."""
     if not ctx.enabled:
         return loader
+    if train and isinstance(loader.sampler, WeightedRandomSampler):
+        raise ConfigError("train.sampler balanced draws from one process's sampler; under torchrun use "
+                          "train.class_weights balanced instead")
     if train:
         sampler = DistributedSampler(loader.dataset, ctx.world_size, ctx.rank, shuffle=True, seed=seed)
         batch = per_rank_batch(loader.batch_size, ctx)

@@ -211,7 +211,7 @@ def image_loaders(cfg: Config, pre: Preprocessing, decoded: dict) -> dict:
     t, d = cfg.train, cfg.data
     return {
         "train": make_loader(decoded["train"], pre, True, t.batch_size, d.num_workers, torch.Generator(),
-                             d.crop_scale_min, d.hflip, d.augment, d.policy),
+                             d.crop_scale_min, d.hflip, d.augment, d.policy, t.sampler),
         **{s: make_loader(decoded[s], pre, False, t.eval_batch(), d.num_workers)
            for s in ("val", "test") if s in decoded},
     }

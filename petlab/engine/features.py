@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from petlab.config import Config
 from petlab.data.cache import DecodedImages
-from petlab.data.loaders import make_loader
+from petlab.data.loaders import make_loader, train_order
 from petlab.data.transforms import Preprocessing
 from petlab.engine.batches import autocast, prepare_batch
 from petlab.engine.speed import predicting_runtime
@@ -138,6 +138,7 @@ def feature_loaders(cfg: Config, model: nn.Module, decoded: dict, pre: Preproces
         features = torch.from_numpy(backbone_features(cfg, model, images, pre, split, cache_dir, device))
         train = split == "train"
         dataset = feature_dataset(features, torch.from_numpy(images.labels), train, cfg.data.feature_flips)
+        order = train_order(cfg.train.sampler, dataset.tensors[1], torch.Generator()) if train else {}
         loaders[split] = DataLoader(dataset, batch_size=cfg.train.batch_size if train else cfg.train.eval_batch(),
-                                    shuffle=train, generator=torch.Generator() if train else None)
+                                    **order)
     return loaders

@@ -86,9 +86,15 @@ class TrainStep:
     """
 
     def __init__(self, cfg: Config, model: nn.Module, num_classes: int, device: torch.device,
-                 batch_pre: Preprocessing | None, optimizer_steps_per_epoch: int, budget: Budget | None = None):
+                 batch_pre: Preprocessing | None, optimizer_steps_per_epoch: int, budget: Budget | None = None,
+                 class_weights: torch.Tensor | None = None):
         self.cfg, self.model, self.device, self.batch_pre = cfg, model, device, batch_pre
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)  # also takes soft targets
+        # the training loss (also takes soft targets), weighted per class with --class-weights (imbalance.py);
+        # validation's loss is never weighted, so runs with and without weights compare
+        self.criterion = nn.CrossEntropyLoss(
+            weight=class_weights.to(device) if class_weights is not None else None,
+            label_smoothing=cfg.train.label_smoothing)
+        self.eval_criterion = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
         self.mix = batch_mixer(cfg, num_classes)
         # fp16's narrow range needs the loss scaled up before backward (bf16 and fp32 do not)
         self.scaler = torch.amp.GradScaler(device.type) if cfg.train.precision == "fp16" else None

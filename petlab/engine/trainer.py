@@ -29,6 +29,7 @@ from petlab.engine.checkpoint import CheckpointSaver
 from petlab.engine.diagnostics import Diagnostics
 from petlab.engine.distributed import Distributed, gather_predictions
 from petlab.engine.epoch_log import EpochLog
+from petlab.engine.imbalance import class_weights, dataset_labels
 from petlab.engine.outcome import Interrupted
 from petlab.engine.profiling import EpochProfile, torch_trace
 from petlab.engine.signals import StopFlag
@@ -107,7 +108,9 @@ class Trainer:
         # --ema: the step's averaged weights are what is validated, chosen as best, saved in best.pt, exported
         # and served; training updates `model`.
         self.step = TrainStep(cfg, self.model, len(classes), device, self.batch_pre,
-                              math.ceil(self.steps_per_epoch / cfg.train.accumulate), self.budget)
+                              math.ceil(self.steps_per_epoch / cfg.train.accumulate), self.budget,
+                              class_weights(cfg, dataset_labels(loaders["train"].dataset), len(classes))
+                              if cfg.train.class_weights != "none" else None)
         self.saver = CheckpointSaver(run_dir, self.dist.is_main, cfg, classes, pre)
         self.stop_rules = StopRules(cfg.train.early_stopping_patience, self.budget)
         self.epoch_log = EpochLog(run_dir, self.dist.is_main, self.tracker, self.steps_per_epoch)
@@ -273,7 +276,8 @@ class Trainer:
         self.dist.sync_buffers(net)  # BatchNorm statistics as rank 0 has (and saves) them
         channels_last = self.cfg.train.channels_last and runtime_net is None  # the runtime takes NCHW
         out = predict_loader(runtime_net or net, loader, self.batch_pre, self.device, self.cfg.train.precision,
-                             channels_last, self.cfg.train.limit_batches, self.step.criterion, desc, self.cfg.train.tta)
+                             channels_last, self.cfg.train.limit_batches, self.step.eval_criterion, desc,
+                             self.cfg.train.tta)
         return gather_predictions(self.dist, loader, *out)
 
     def fit(self, until_epoch: int | None = None, stop: StopFlag | None = None) -> TrainState:

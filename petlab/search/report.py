@@ -128,6 +128,7 @@ def write_grid_summary(rows: list[dict], sweep: SweepConfig, out_dir: Path) -> d
             ax.scatter([x] * len(values), values, color="C0", alpha=0.7)
             ax.hlines(row[f"{metric}_median"], x - 0.25, x + 0.25, color="C3", label="median" if x == 0 else None)
         ax.set_xticks(range(len(rows)), [", ".join(str(row[k]) for k in settings) or "all" for row in rows])
+        ax.set_xlim(-0.6, len(rows) - 0.4)
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
