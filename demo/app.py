@@ -128,14 +128,11 @@ def classify_files(models: ServedModels, files: list[tuple[bytes, str | None]], 
             decoded.append(decode_upload(data, filename))
         except ServingError as err:
             decoded.append(err)
-    readable = [d for d in decoded if not isinstance(d, ServingError)]
-    answers = iter(models.classify_many(model, readable, top_k) if readable else [])
     results = []
-    for (_, filename), d in zip(files, decoded):
-        if isinstance(d, ServingError):
+    for (_, filename), d, answer in zip(files, decoded, models.classify_readable(model, decoded, top_k)):
+        if answer is None:
             results.append({"file": filename, "error": d.code, "message": d.message})
         else:
-            answer = next(answers)
             results.append({"file": filename, **{k: v for k, v in answer.items() if k not in ("task", "model")}})
     return {"task": model.task, "model": served_model(model), "results": results}
 

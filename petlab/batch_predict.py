@@ -29,7 +29,7 @@ import torch
 from petlab import rundir
 from petlab.calibration import fit_temperature
 from petlab.data.files import is_hidden, visible_files
-from petlab.data.images import BadImageError, load_rgb
+from petlab.data.images import BadImageError
 from petlab.engine.speed import predicting_runtime
 from petlab.errors import PetlabError
 from petlab.export.onnx import CheckedOnnx
@@ -38,7 +38,7 @@ from petlab.models.pet_view import PetView
 from petlab.progress import progress
 from petlab.registry.loaded import LoadedModel, load_version
 from petlab.registry.store import Registry
-from petlab.serving import SERVING_MAX_PIXELS, SERVING_MAX_SIDE, UPLOAD_FORMATS, classify_many
+from petlab.serving import classify_readable, decode_photo
 
 log = logging.getLogger(__name__)
 # ONNX Runtime's throughput on these CPUs levels off by batch 64 (benchmarks/inference_throughput.py)
@@ -162,7 +162,7 @@ def format_rows(rows: list[dict], suffix: str) -> str:
 def decode(photo: Photo):
     """The decoded photo, or the reason it cannot be read (the server's bounds: formats, size)."""
     try:
-        return load_rgb(photo.path, max_side=SERVING_MAX_SIDE, max_pixels=SERVING_MAX_PIXELS, formats=UPLOAD_FORMATS)
+        return decode_photo(photo.path)
     except BadImageError as exc:
         return exc
     except OSError as exc:  # unreadable: permissions, a file that vanished
@@ -171,20 +171,17 @@ def decode(photo: Photo):
 
 def rows_for(model: LoadedModel, batch: list[Photo], decoded: list, top_k: int, pet_view) -> list[dict]:
     """One row per photo of a batch: the readable ones predicted in one pass, the others with their reason."""
-    readable = [i for i, d in enumerate(decoded) if not isinstance(d, BadImageError)]
-    answers = iter(classify_many(model, [decoded[i] for i in readable], top_k, pet_view) if readable else [])
     identity, rows = model_identity(model), []
-    for i, photo in enumerate(batch):
+    for photo, d, answer in zip(batch, decoded, classify_readable(model, decoded, top_k, pet_view)):
         base = {"input": photo.input, "file": photo.file, "model": identity}
-        if i in readable:
-            answer = next(answers)
+        if answer is not None:
             top = answer["predictions"]
             rows.append({**base, "label": top[0]["label"], "probability": top[0]["probability"], "top_k": top,
                          "recognised": answer["recognised"], "pet_probability": answer["pet_probability"],
                          "error": ""})
         else:
             rows.append({**base, "label": "", "probability": "", "top_k": [], "recognised": "",
-                         "pet_probability": "", "error": str(decoded[i])})
+                         "pet_probability": "", "error": str(d)})
     return rows
 
 

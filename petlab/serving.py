@@ -91,10 +91,10 @@ class ServedModels:
     def classify(self, model: LoadedModel, image, top_k: int) -> dict:
         """The served answer for one decoded photo: the model's top-k, and whether it looks like a pet at all
         (from the model's own forward pass when its backbone is ImageNet's, else from the separate view)."""
-        return self.classify_many(model, [image], top_k)[0]
+        return classify_many(model, [image], top_k, lambda: self.pet_view)[0]
 
-    def classify_many(self, model: LoadedModel, images: list, top_k: int) -> list[dict]:
-        return classify_many(model, images, top_k, lambda: self.pet_view)
+    def classify_readable(self, model: LoadedModel, decoded: list, top_k: int) -> list:
+        return classify_readable(model, decoded, top_k, lambda: self.pet_view)
 
     def production(self) -> dict[str, int]:
         """task -> production version, for every task that has one."""
@@ -190,6 +190,14 @@ def classify_many(model: LoadedModel, images: list, top_k: int, pet_view: Callab
             for (top, _), j in zip(answers, judged)]
 
 
+def classify_readable(model: LoadedModel, decoded: list, top_k: int, pet_view: Callable[[], PetView]) -> list:
+    """classify_many over a batch where an exception stands in the place of each photo that could not be
+    decoded: the readable ones in one pass, the answers back in the batch's order, None for the others."""
+    readable = [d for d in decoded if not isinstance(d, Exception)]
+    answers = iter(classify_many(model, readable, top_k, pet_view) if readable else [])
+    return [None if isinstance(d, Exception) else next(answers) for d in decoded]
+
+
 def served_model(model: LoadedModel) -> dict:
     """Which version answered, and from which file: with a pet view, that export gave the logits."""
     return {"name": model.name, "version": model.version,
@@ -220,13 +228,19 @@ def parse_top_k(value) -> int:
     return top_k
 
 
+def decode_photo(source):
+    """Bytes or a file -> RGB image within the serving bounds above (formats, reduced size, pixels), or
+    BadImageError. The server's uploads and predict.py's files are decoded by this one call."""
+    return load_rgb(source, max_side=SERVING_MAX_SIDE, max_pixels=SERVING_MAX_PIXELS, formats=UPLOAD_FORMATS)
+
+
 def decode_upload(data: bytes, filename: str | None = None):
     """Upload bytes -> RGB image, or a 4xx ServingError that says what is wrong with the file."""
     from petlab.data.images import BadImageError
 
     try:
         with _decode_slots:
-            return load_rgb(data, max_side=SERVING_MAX_SIDE, max_pixels=SERVING_MAX_PIXELS, formats=UPLOAD_FORMATS)
+            return decode_photo(data)
     except BadImageError as exc:
         what = {"empty": "the file is empty (zero bytes)",
                 "not_an_image": f"the file is not an image in an accepted format ({', '.join(UPLOAD_FORMATS)})",

@@ -29,6 +29,7 @@ from petlab.data.cache import DecodedImages
 from petlab.data.loaders import make_loader, train_order
 from petlab.data.transforms import Preprocessing
 from petlab.engine.features import backbone_features, feature_dataset
+from petlab.engine.imbalance import dataset_labels
 from petlab.engine.metrics import mean_nll
 from petlab.engine.trainer import Trainer
 from petlab.errors import DatasetError
@@ -62,9 +63,8 @@ def fold_loader_factory(cfg: Config, model: torch.nn.Module, train_images: Decod
 
     def loaders(train_idx: np.ndarray, val_idx: np.ndarray) -> dict:
         train, val = datasets(train_idx, val_idx)
-        labels = train.tensors[1] if head_only else train_images.labels[train_idx]
         return {"train": DataLoader(train, batch_size=batch, num_workers=cfg.data.num_workers,
-                                    **train_order(cfg.train.sampler, labels, torch.Generator())),
+                                    **train_order(cfg.train.sampler, dataset_labels(train), torch.Generator())),
                 "val": DataLoader(val, batch_size=eval_batch, num_workers=cfg.data.num_workers)}
 
     return loaders
