@@ -8,9 +8,18 @@ REPO = Path(__file__).resolve().parents[1]
 NEEDS_MORE_THAN_A_PROCESS = {"slow", "browser", "postgres", "distributed"}
 
 
+def pytest_configure(config):
+    """Every child process the session starts goes through tests/runs.py's InProcessOnlyPopen."""
+    import subprocess
+
+    from tests.runs import InProcessOnlyPopen
+
+    subprocess.Popen = InProcessOnlyPopen
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item):
-    """Before the test's fixtures: tests/runs.py refuses to start a process for a test without those marks."""
+    """Before the test's fixtures: InProcessOnlyPopen refuses a Python process to a test without those marks."""
     from tests.runs import IN_PROCESS_ONLY
 
     marked = NEEDS_MORE_THAN_A_PROCESS & {mark.name for mark in item.iter_markers()}
@@ -27,6 +36,33 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def shared() -> Path:
     return shared_data()
+
+
+@pytest.fixture(scope="session")
+def tiny_photos(shared, tmp_path_factory) -> Path:
+    """A small real-photo folder: the first 12 training photos of each class of the shared cats and dogs, and
+    6 val and 4 test photos each from their validation split (a promotion verifies its exports on 11 or
+    more val photos). Read only, like every session fixture."""
+    import shutil
+
+    source, root = shared / "cats_and_dogs_filtered", tmp_path_factory.mktemp("tiny_photos")
+    for cls in ("cats", "dogs"):
+        train, held_out = (sorted((source / split / cls).iterdir())[:n] for split, n in (("train", 12),
+                                                                                       ("validation", 10)))
+        for split, photos in (("train", train), ("val", held_out[:6]), ("test", held_out[6:])):
+            (root / split / cls).mkdir(parents=True)
+            for photo in photos:
+                shutil.copyfile(photo, root / split / cls / photo.name)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny(tiny_photos):
+    """The one tiny recipe (tests/recipe.py) on the small real-photo folder: every test shrinks from it,
+    stating only how its run differs (`tiny.shrink({...})`, `tiny.on(other_folder)`)."""
+    from tests.recipe import TINY, Recipe
+
+    return Recipe(TINY, data=tiny_photos)
 
 
 @pytest.fixture(scope="session")

@@ -9,24 +9,24 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-# A small, fast setting for generated images: resnet18 at 64 px learns red vs blue in an epoch.
-TINY = ["--arch", "resnet18", "--image-size", "64", "--batch-size", "8", "--lr", "0.003",
-        "--optimizer", "adamw", "--threads", "2"]
-
-
 # Set by conftest.py for each test: "1" while a test carries none of the marks that allow processes.
 IN_PROCESS_ONLY = "PETLAB_TEST_IN_PROCESS_ONLY"
 
 
-def refuse_in_process_tier(what: str) -> None:
-    """Keep `make test-fast` in process: a test that starts a process must say so by its marks."""
-    if os.environ.get(IN_PROCESS_ONLY) == "1":
-        raise AssertionError(f"this test starts {what}: mark it slow (or browser, postgres, distributed), "
-                             "so that `make test-fast` stays in process")
+class InProcessOnlyPopen(subprocess.Popen):
+    """subprocess.Popen for the test session (conftest.py installs it): it refuses a Python child process
+    (a script, torchrun, a server) to a test without a mark that allows one, so `make test-fast` stays in
+    process however a test starts its child. Other programs (git, lscpu, mount) are not refused."""
+
+    def __init__(self, args, *rest, **kw):
+        argv = [args] if isinstance(args, str | os.PathLike) else list(args)
+        if os.environ.get(IN_PROCESS_ONLY) == "1" and str(argv[0]) == sys.executable:
+            raise AssertionError(f"this test starts {' '.join(map(str, argv[:3]))}: mark it slow (or browser, "
+                                 "postgres, distributed), so that `make test-fast` stays in process")
+        super().__init__(args, *rest, **kw)
 
 
 def script(name, *args, check=True, **kw):
-    refuse_in_process_tier(f"experiments/{name}")
     proc = subprocess.run([sys.executable, str(REPO / "experiments" / name), *map(str, args)],
                           capture_output=True, text=True, cwd=REPO, **kw)
     if check and proc.returncode != 0:

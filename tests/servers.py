@@ -11,7 +11,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tests.runs import REPO, refuse_in_process_tier
+from tests.runs import REPO
 
 
 @contextlib.contextmanager
@@ -22,7 +22,6 @@ def demo_server(registry: str | os.PathLike | None, log_path: str | os.PathLike,
     yields (base URL, process) once /api/health answers. For tests and benchmarks: a real server,
     started and stopped as a user would. `site`: run it with `python -S` and only that folder on the
     import path besides the app's own (see tests/isolation.py), as on a host that installed its requirements."""
-    refuse_in_process_tier("a demo server")
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]

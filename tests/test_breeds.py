@@ -20,6 +20,7 @@ from petlab.engine.metrics import classification_metrics, most_confused, top_k_a
 from petlab.models import ARCHS, build_model
 from petlab.models.imagenet_head import IMAGENET_CATS, IMAGENET_DOGS, imagenet_categories, match_imagenet
 from petlab.models.zoo import read_state_dict
+from tests.recipe import shipped
 from tests.runs import REPO, read_metrics, script
 
 FEWSHOT = "oxford-pets-37breeds-5shot"
@@ -312,9 +313,9 @@ def test_an_interrupted_cross_validated_run_resumes_without_cross_validating_aga
     from petlab.engine.outcome import EXIT_INTERRUPTED, Interrupted
 
     def config(out: Path):  # the few-shot recipe, shrunk: Lite0, 4 epochs, two candidate learning rates
-        return load_config(REPO / "experiments/configs/breeds_fewshot.yaml", {
-            "model.arch": "efficientnet_lite0", "train.epochs": 4, "train.cv_lrs": [3e-3, 1e-2],
-            "data.data_dir": str(shared / FEWSHOT), "tracking.backend": "none", "output_dir": str(out)})
+        return shipped("breeds_fewshot", {"model.arch": "efficientnet_lite0", "train.epochs": 4,
+                                          "train.cv_lrs": [3e-3, 1e-2], "tracking.backend": "none"}).on(
+            shared / FEWSHOT).config(output_dir=str(out))
 
     outcome = run_experiment(config(tmp_path / "straight"))
     straight, code = outcome.run_dir, outcome.exit_code
@@ -351,10 +352,9 @@ def test_when_no_training_scores_best_the_refit_keeps_the_initial_head(shared, t
     from petlab.models import build_model
     from petlab.models.imagenet_head import match_imagenet
 
-    cfg = load_config(REPO / "experiments/configs/breeds_fewshot.yaml", {
-        "model.arch": "efficientnet_lite0", "train.epochs": 3, "train.cv_lrs": [3e-3, 1e-2], "train.cv_folds": 3,
-        "data.data_dir": str(shared / "stanford-dogs-3breeds"), "tracking.backend": "none",
-        "output_dir": str(tmp_path)})
+    cfg = shipped("breeds_fewshot", {"model.arch": "efficientnet_lite0", "train.epochs": 3,
+                                     "train.cv_lrs": [3e-3, 1e-2], "train.cv_folds": 3, "tracking.backend": "none"}).on(
+        shared / "stanford-dogs-3breeds").config(output_dir=str(tmp_path))
     outcome = run_experiment(cfg)
     assert outcome.status == "completed"
     results = json.loads((outcome.run_dir / "results.json").read_text())

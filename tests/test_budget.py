@@ -7,6 +7,7 @@ import torch
 
 from petlab.config import ConfigError, load_config
 from petlab.engine.budget import Budget, lr_factor, parse_duration
+from tests.recipe import SEED_CNN
 from tests.runs import only_run_dir, read_metrics, script
 
 
@@ -49,10 +50,10 @@ def test_an_epoch_that_ends_just_short_of_the_cut_off_ends_the_schedule_with_its
 
 
 @pytest.mark.slow
-def test_a_60s_budget_on_the_custom_cnn_stops_at_60s_with_the_schedule_at_its_end(shared, tmp_path):
-    script("run.py", "--arch", "custom_cnn", "--batch-size", "8", "--lr", "0.001", "--scheduler", "cosine",
-           "--time-budget", "60s", "--limit-batches", "3", "--threads", "2",
-           "--data-dir", shared / "cats_and_dogs_filtered", "--output-dir", tmp_path, "--tracking", "none")
+def test_a_60s_budget_on_the_custom_cnn_stops_at_60s_with_the_schedule_at_its_end(shared, tiny, tmp_path):
+    seed_cnn = tiny.shrink({**SEED_CNN, "train.lr": 0.001, "train.scheduler": "cosine"})
+    script("run.py", *seed_cnn.on(shared / "cats_and_dogs_filtered").argv(
+        "--time-budget", "60s", "--limit-batches", "3", "--output-dir", tmp_path, "--tracking", "none"))
     run_dir = only_run_dir(tmp_path)
     results = json.loads((run_dir / "results.json").read_text())
     budget = results["time_budget"]

@@ -7,25 +7,22 @@ import sys
 import pytest
 import torch
 
-from tests.runs import REPO, only_run_dir, read_metrics, refuse_in_process_tier, script
-
-# fast_resnet at 64 px learns cats vs dogs from real photos to ~70% in a few epochs of seconds each.
-RECIPE = ["--arch", "fast_resnet", "--image-size", "64", "--epochs", "4", "--batch-size", "32",
-          "--optimizer", "adamw", "--lr", "0.003", "--weight-decay", "0.05", "--scheduler", "onecycle"]
+from tests.recipe import FAST_RESNET
+from tests.runs import REPO, only_run_dir, read_metrics, script
 
 
 def torchrun(*args, processes: int = 2):
-    refuse_in_process_tier("torchrun")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
                str(REPO / "experiments" / "run.py"), *map(str, args)]
     return subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600)
 
 
 @pytest.mark.distributed
-def test_two_processes_match_one_with_the_same_global_batch(shared, tmp_path):
-    data = ["--data-dir", shared / "cats_and_dogs_filtered"]
-    script("run.py", *RECIPE, *data, "--output-dir", tmp_path / "single")
-    proc = torchrun(*RECIPE, *data, "--output-dir", tmp_path / "ddp")
+def test_two_processes_match_one_with_the_same_global_batch(shared, tiny, tmp_path):
+    recipe = tiny.shrink({**FAST_RESNET, "train.epochs": 4, "train.weight_decay": 0.05}).on(
+        shared / "cats_and_dogs_filtered")
+    script("run.py", *recipe.argv("--output-dir", tmp_path / "single"))
+    proc = torchrun(*recipe.argv("--output-dir", tmp_path / "ddp"))
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     single, ddp = only_run_dir(tmp_path / "single"), only_run_dir(tmp_path / "ddp")  # rank 1 made no folder
@@ -57,9 +54,10 @@ def test_two_processes_match_one_with_the_same_global_batch(shared, tmp_path):
 
 
 @pytest.mark.distributed
-def test_a_global_batch_that_does_not_split_is_refused(shared, tmp_path):
-    proc = torchrun("--arch", "fast_resnet", "--batch-size", "33", "--epochs", "1",
-                    "--data-dir", shared / "cats_and_dogs_filtered", "--output-dir", tmp_path)
+def test_a_global_batch_that_does_not_split_is_refused(shared, tiny, tmp_path):
+    recipe = tiny.shrink({**FAST_RESNET, "train.batch_size": 33, "train.epochs": 1}).on(
+        shared / "cats_and_dogs_filtered")
+    proc = torchrun(*recipe.argv("--output-dir", tmp_path))
     assert proc.returncode != 0
     assert "train.batch_size: 33 is the global batch and must divide evenly over 2 processes" in proc.stderr
     assert not any(tmp_path.iterdir())

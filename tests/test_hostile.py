@@ -218,14 +218,14 @@ def resumable_copy(real_run: Path, dest: Path, edit) -> Path:
 
 
 @pytest.mark.slow
-def test_resume_is_refused_when_a_class_folder_was_renamed(tmp_path):
+def test_resume_is_refused_when_a_class_folder_was_renamed(tiny, tmp_path):
     """Breed names are the folders' own (cats vs dogs maps any cat(s)/dog(s) spelling to cat and dog)."""
     from tests.imaging import make_imagefolder
-    from tests.runs import TINY, only_run_dir
+    from tests.runs import only_run_dir
 
     data = make_imagefolder(tmp_path / "data", {"train": 8, "val": 4, "test": 4}, classes=("Beagle", "Toy_Poodle"))
-    script("run.py", *TINY, "--task", "breeds", "--epochs", "1", "--tracking", "none", "--data-dir", data,
-           "--output-dir", tmp_path / "runs")
+    script("run.py", *tiny.on(data).argv("--task", "breeds", "--epochs", "1", "--tracking", "none",
+                                         "--output-dir", tmp_path / "runs"))
     run_dir = only_run_dir(tmp_path / "runs")
     for split in ("train", "val", "test"):  # Beagle -> Whippet: it now sorts after Toy_Poodle, so labels swap
         (data / split / "Beagle").rename(data / split / "Whippet")
@@ -306,12 +306,10 @@ def small_disk(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_full_disk_while_caching_is_one_error_line_and_leaves_nothing(small_disk, shared, tmp_path):
-    from tests.runs import TINY
-
+def test_a_full_disk_while_caching_is_one_error_line_and_leaves_nothing(small_disk, shared, tiny, tmp_path):
     env = {**os.environ, "PETLAB_CACHE_DIR": str(small_disk)}
-    proc = script("run.py", *TINY, "--data-dir", shared / "cats_and_dogs_filtered", "--epochs", "1",
-                  "--limit-batches", "1", "--tracking", "none", "--output-dir", tmp_path / "runs",
+    proc = script("run.py", *tiny.on(shared / "cats_and_dogs_filtered").argv(
+        "--epochs", "1", "--limit-batches", "1", "--tracking", "none", "--output-dir", tmp_path / "runs"),
                   env=env, check=False, timeout=300)
     assert proc.returncode == 2, proc.stderr[-2000:]  # not -7 (SIGBUS) from a write through the memmap
     (error,) = [line for line in proc.stderr.splitlines() if line.startswith("error:")]

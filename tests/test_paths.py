@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from petlab import paths
-from tests.imaging import make_imagefolder
-from tests.runs import REPO, TINY
+from tests.recipe import HEAD_ONLY
+from tests.runs import REPO
 
 
 def test_relative_locations_hang_off_the_project_root_and_absolute_ones_stay(tmp_path, monkeypatch):
@@ -26,10 +26,9 @@ def test_relative_locations_hang_off_the_project_root_and_absolute_ones_stay(tmp
 
 
 @pytest.mark.slow
-def test_a_run_a_sweep_and_a_promotion_started_elsewhere_land_under_the_project_root(tmp_path, shared):
+def test_a_run_a_sweep_and_a_promotion_started_elsewhere_land_under_the_project_root(tmp_path, shared, tiny):
     home, elsewhere = tmp_path / "home", tmp_path / "elsewhere"
     elsewhere.mkdir()
-    data = make_imagefolder(tmp_path / "data", {"train": 12, "val": 4, "test": 2})
     env = {**os.environ, "PETLAB_HOME": str(home), "PETLAB_DATA_DIR": str(shared)}
 
     def script(name, *args):
@@ -38,19 +37,17 @@ def test_a_run_a_sweep_and_a_promotion_started_elsewhere_land_under_the_project_
         assert proc.returncode == 0, proc.stderr[-3000:]
         return proc
 
-    script("run.py", *TINY, "--epochs", "1", "--data-dir", data, "--tracking", "none")
+    script("run.py", *tiny.argv("--epochs", "1", "--tracking", "none"))
     (run_dir,) = (home / "runs").iterdir()
     assert (run_dir / "results.json").is_file()
 
     sweep_dir = tmp_path / "sweep"
     sweep_dir.mkdir()
-    (sweep_dir / "base.yaml").write_text(yaml.safe_dump({
-        "name": "tiny", "model": {"arch": "resnet18", "freeze_backbone": True},
-        "data": {"image_size": 64, "augment": False}, "train": {"epochs": 1, "batch_size": 8, "threads": 1}}))
+    (sweep_dir / "base.yaml").write_text(yaml.safe_dump(tiny.shrink({**HEAD_ONLY, "train.epochs": 1}).yaml()))
     (sweep_dir / "sweep.yaml").write_text(yaml.safe_dump({
         "study": "tiny", "base": "base.yaml", "trials": 1, "seed": 1,
         "space": {"train.lr": {"type": "loguniform", "low": 1e-3, "high": 1e-1}}}))
-    script("sweep.py", "--sweep", sweep_dir / "sweep.yaml", "--data-dir", data, "--tracking", "none")
+    script("sweep.py", "--sweep", sweep_dir / "sweep.yaml", "--data-dir", tiny.data, "--tracking", "none")
     assert (home / "runs" / "optuna.db").is_file()
     assert len(list((home / "runs" / "sweeps" / "tiny").glob("*/results.json"))) == 1
     assert (home / "reports" / "sweeps" / "tiny" / "trials.csv").is_file()

@@ -217,19 +217,17 @@ def test_a_tracer_warning_fails_the_export(tmp_path):
 
 
 
-@pytest.mark.slow
-def test_a_dropout_model_served_from_its_state_dict_alone_answers_a_photo(tmp_path):
+def test_a_dropout_model_served_from_its_state_dict_alone_answers_a_photo(tiny, tmp_path):
     """The fallback when a version's exports are missing or damaged: its state dict, rebuilt with the
     dropout head it was trained with (it used to be rebuilt without, and failed on mismatched keys)."""
+    from petlab.engine.experiment import run_experiment
     from petlab.serving import ServedModels
-    from tests.imaging import make_imagefolder
-    from tests.runs import TINY, only_run_dir
 
-    data = make_imagefolder(tmp_path / "data", {"train": 12, "val": 6, "test": 4})
-    script("run.py", *TINY, "--dropout", "0.2", "--epochs", "1", "--tracking", "none", "--data-dir", data,
-           "--output-dir", tmp_path / "runs")
+    outcome = run_experiment(tiny.shrink({"model.dropout": 0.2, "train.epochs": 1, "tracking.backend": "none"})
+                             .config(output_dir=str(tmp_path / "runs")))
+    assert outcome.status == "completed"
     registry = tmp_path / "registry"
-    script("promote.py", "--registry", registry, "--task", TASK, "--run", only_run_dir(tmp_path / "runs"))
+    promote(TASK, run=outcome.run_dir, registry=Registry(registry))
     folder = registry / TASK / "v1"
     card = json.loads((folder / "card.json").read_text())
     assert card["dropout"] == 0.2 and "dropout=0.2" in card["files"]["state_dict.pt"]
@@ -238,6 +236,7 @@ def test_a_dropout_model_served_from_its_state_dict_alone_answers_a_photo(tmp_pa
     models = ServedModels(Registry(registry))
     model = models.model(TASK)
     assert model.fmt == "eager"
-    answer = models.classify(model, load_rgb(data / "test" / "dogs" / "dogs.0.jpg"), 2)
+    photo = sorted((tiny.data / "test" / "dogs").iterdir())[0]  # a real photo the model never trained on
+    answer = models.classify(model, load_rgb(photo), 2)
     assert sorted(p["label"] for p in answer["predictions"]) == ["cat", "dog"]
     assert abs(sum(p["probability"] for p in answer["predictions"]) - 1) < 1e-3

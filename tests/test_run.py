@@ -14,7 +14,7 @@ from PIL import Image
 
 from petlab.engine.epoch_log import METRIC_COLUMNS
 from tests.imaging import make_imagefolder, write_bad_files
-from tests.runs import REPO, TINY, only_run_dir, read_metrics, script
+from tests.runs import REPO, only_run_dir, read_metrics, script
 
 RUN_FILES = ["config.yaml", "model_summary.txt", "metrics.csv", "checkpoints/best.pt", "checkpoints/last.pt",
              "results.json", "confusion_matrix.png", "learning_curves.png", "top_losses.png", "train.log"]
@@ -65,12 +65,12 @@ def odd_but_valid_images(folder: Path) -> int:
 
 
 @pytest.mark.slow
-def test_bad_files_are_skipped_counted_and_reported(tmp_path):
+def test_bad_files_are_skipped_counted_and_reported(tiny, tmp_path):
     data = make_imagefolder(tmp_path / "data", {"train": 12, "val": 4, "test": 4})
     bad = write_bad_files(data / "train" / "cats")
     write_bad_files(data / "test" / "dogs")
     odd = odd_but_valid_images(data / "train" / "cats")
-    proc = script("run.py", *TINY, "--epochs", "1", "--data-dir", data, "--output-dir", tmp_path / "runs")
+    proc = script("run.py", *tiny.on(data).argv("--epochs", "1", "--output-dir", tmp_path / "runs"))
     results = json.loads((only_run_dir(tmp_path / "runs") / "results.json").read_text())
     assert results["status"] == "completed"
     train = results["skipped_files"]["train"]
@@ -82,9 +82,9 @@ def test_bad_files_are_skipped_counted_and_reported(tmp_path):
 
 
 @pytest.mark.slow
-def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path):
+def test_interrupted_run_resumes_to_the_uninterrupted_result(tiny, tmp_path):
     data = make_imagefolder(tmp_path / "data", {"train": 40, "val": 6, "test": 6})
-    args = [*TINY, "--epochs", "6", "--data-dir", data, "--scheduler", "cosine"]
+    args = tiny.on(data).argv("--epochs", "6", "--scheduler", "cosine")
     script("run.py", *args, "--output-dir", tmp_path / "straight")
     straight = only_run_dir(tmp_path / "straight")
 
@@ -131,10 +131,10 @@ def test_bad_config_value_is_a_clear_error_and_creates_no_run(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def breeds_run(tmp_path_factory):
+def breeds_run(tiny, tmp_path_factory):
     root = tmp_path_factory.mktemp("breeds")
     data = make_imagefolder(root / "data", {"train": 16, "val": 4, "test": 4}, classes=("Beagle", "Toy_Poodle"))
-    script("run.py", *TINY, "--task", "breeds", "--epochs", "3", "--data-dir", data, "--output-dir", root / "runs")
+    script("run.py", *tiny.on(data).argv("--task", "breeds", "--epochs", "3", "--output-dir", root / "runs"))
     run_dir = only_run_dir(root / "runs")
     assert json.loads((run_dir / "results.json").read_text())["test"]["accuracy"] == 1.0
     return run_dir
@@ -160,11 +160,10 @@ def test_evaluate_refuses_unknown_classes_and_lists_them(breeds_run, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_completed_run_without_a_test_split_compares_promotes_and_summarises(tmp_path):
+def test_a_completed_run_without_a_test_split_compares_promotes_and_summarises(tiny, tmp_path):
     """results.json keeps "test": null when the dataset has no test split; every reader copes."""
     data = make_imagefolder(tmp_path / "data", {"train": 20})  # validation is carved from train; no test
-    script("run.py", *TINY, "--epochs", "1", "--data-dir", data, "--output-dir", tmp_path / "runs",
-           "--tracking", "none")
+    script("run.py", *tiny.on(data).argv("--epochs", "1", "--output-dir", tmp_path / "runs", "--tracking", "none"))
     results = json.loads((only_run_dir(tmp_path / "runs") / "results.json").read_text())
     assert results["status"] == "completed" and results["test"] is None and results["val"]["n"] == 8
     script("compare.py", "--runs", tmp_path / "runs", "--out", tmp_path / "reports", "--name", "no-test", "--no-comet")
@@ -178,12 +177,12 @@ def test_a_completed_run_without_a_test_split_compares_promotes_and_summarises(t
 
 
 @pytest.mark.slow
-def test_a_budgeted_run_evaluated_on_a_sample_says_exactly_what_was_done(tmp_path):
+def test_a_budgeted_run_evaluated_on_a_sample_says_exactly_what_was_done(tiny, tmp_path):
     """make run's seed step: --time-budget ends training, --eval-sample evaluates a stated, stratified sample
     of val and test, each accuracy with its 95% interval, and the summary says all of it."""
     data = make_imagefolder(tmp_path / "data", {"train": 12, "val": 8, "test": 10})  # per class, 2 classes
-    script("run.py", *TINY, "--epochs", "200", "--time-budget", "4s", "--eval-sample", "6", "--data-dir", data,
-           "--output-dir", tmp_path / "runs", "--tracking", "none")
+    script("run.py", *tiny.on(data).argv("--epochs", "200", "--time-budget", "4s", "--eval-sample", "6",
+                                         "--output-dir", tmp_path / "runs", "--tracking", "none"))
     run_dir = only_run_dir(tmp_path / "runs")
     results = json.loads((run_dir / "results.json").read_text())
     assert results["eval_sample"] == {"val": {"n": 6, "of": 16}, "test": {"n": 6, "of": 20}}

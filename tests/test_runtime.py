@@ -26,15 +26,16 @@ from petlab.registry import Registry
 from petlab.registry.loaded import load_version
 from petlab.serving import ServedModels
 from tests.imaging import make_imagefolder
-from tests.runs import REPO, TINY, only_run_dir, script
+from tests.recipe import SEED_CNN
+from tests.runs import REPO, only_run_dir, script
 
 
 @pytest.mark.slow
-def test_explicit_bf16_where_it_would_be_emulated_is_refused_before_any_work(tmp_path, monkeypatch):
+def test_explicit_bf16_where_it_would_be_emulated_is_refused_before_any_work(tiny, tmp_path, monkeypatch):
     data = make_imagefolder(tmp_path / "data", {"train": 4})
     env = {**os.environ, BF16_SWITCH: "0"}  # this process's CPU as one without native bf16
-    proc = subprocess.run([sys.executable, str(REPO / "experiments/run.py"), *TINY, "--precision", "bf16",
-                           "--data-dir", str(data), "--output-dir", str(tmp_path / "runs")],
+    proc = subprocess.run([sys.executable, str(REPO / "experiments/run.py"),
+                           *tiny.on(data).argv("--precision", "bf16", "--output-dir", tmp_path / "runs")],
                           capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-2000:]
@@ -115,11 +116,10 @@ def test_the_server_answers_from_model_onnx_and_falls_back_when_it_is_missing_or
 
 
 @pytest.mark.slow
-def test_sigterm_during_the_final_evaluation_ends_the_run_within_seconds_and_resume_finishes_it(tmp_path):
+def test_sigterm_during_the_final_evaluation_ends_the_run_within_seconds_and_resume_finishes_it(tiny, tmp_path):
     # the seed's CNN at 224 px: a few hundred evaluation photos take far longer than the 10 s allowed
     data = make_imagefolder(tmp_path / "data", {"train": 4, "val": 100, "test": 100})
-    args = ["--arch", "custom_cnn", "--epochs", "1", "--batch-size", "4", "--threads", "2", "--data-dir", data,
-            "--tracking", "none"]
+    args = tiny.shrink({**SEED_CNN, "train.batch_size": 4}).on(data).argv("--epochs", "1", "--tracking", "none")
     out = tmp_path / "runs"
     proc = subprocess.Popen([sys.executable, str(REPO / "experiments/run.py"), *map(str, args), "--output-dir",
                              str(out)], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -147,10 +147,9 @@ def test_sigterm_during_the_final_evaluation_ends_the_run_within_seconds_and_res
 
 
 @pytest.mark.slow
-def test_evaluate_predicts_on_onnx_runtime_and_says_so(tmp_path):
+def test_evaluate_predicts_on_onnx_runtime_and_says_so(tiny, tmp_path):
     data = make_imagefolder(tmp_path / "data", {"train": 8, "val": 2, "test": 4})
-    script("run.py", *TINY, "--epochs", "1", "--data-dir", data, "--output-dir", tmp_path / "runs",
-           "--tracking", "none")
+    script("run.py", *tiny.on(data).argv("--epochs", "1", "--output-dir", tmp_path / "runs", "--tracking", "none"))
     run_dir = only_run_dir(tmp_path / "runs")
 
     def evaluate(**env):

@@ -18,12 +18,12 @@ from petlab.search.space import load_sweep
 from petlab.search.storage import open_storage
 from tests.imaging import make_imagefolder
 from tests.postgres import postgres_server
+from tests.recipe import HEAD_ONLY, TINY, Recipe
 from tests.runs import REPO, script
 
-BASE = {"name": "tiny", "task": "cats_vs_dogs",
-        "model": {"arch": "resnet18", "freeze_backbone": True},
-        "data": {"image_size": 64, "augment": False},  # head-only on cached features: trials take seconds
-        "train": {"epochs": 2, "batch_size": 8, "lr": 0.01, "threads": 1}}
+# The tiny recipe as a sweep's base file: head-only on cached features, so trials take seconds.
+BASE = {"name": "tiny", "task": "cats_vs_dogs", **Recipe(TINY).shrink({
+    **HEAD_ONLY, "train.epochs": 2, "train.lr": 0.01, "train.optimizer": "adam", "train.threads": 1}).yaml()}
 
 
 @pytest.fixture(scope="module")

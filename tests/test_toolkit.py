@@ -9,6 +9,7 @@ from petlab.config import ConfigError, load_config
 from petlab.engine.budget import lr_factor
 from petlab.engine.step import build_optimizer, build_scheduler
 from petlab.models import build_model
+from tests.recipe import TINY, Recipe
 from tests.trainers import tiny_trainer
 
 
@@ -48,7 +49,7 @@ def test_4_batches_of_8_accumulated_make_the_same_update_as_1_batch_of_32(tmp_pa
 
 
 def lrs(overrides: dict, steps: int) -> list[float]:
-    cfg = load_config(overrides={"model.arch": "resnet18", "train.lr": 0.1, **overrides})
+    cfg = Recipe(TINY).shrink({"train.lr": 0.1, **overrides}).config()
     model, _ = build_model("resnet18", 2)
     optimizer = build_optimizer(cfg, model)
     scheduler = build_scheduler(cfg, optimizer, steps)
@@ -148,15 +149,15 @@ def test_compile_trains_a_tiny_model_and_reports_compile_time_apart(tmp_path, re
 
 
 @pytest.mark.slow
-def test_lr_find_writes_its_figure_and_a_suggestion_in_the_swept_range_and_a_sweep_centres_on_it(tmp_path,
+def test_lr_find_writes_its_figure_and_a_suggestion_in_the_swept_range_and_a_sweep_centres_on_it(tmp_path, tiny,
                                                                                                 red_vs_blue):
     from PIL import Image
 
     from petlab.search.space import centre_lr, load_sweep
-    from tests.runs import REPO, TINY, only_run_dir, script
+    from tests.runs import REPO, only_run_dir, script
 
-    proc = script("lr_find.py", *TINY, "--data-dir", red_vs_blue, "--steps", "40", "--start", "1e-5", "--end", "10",
-                  "--output-dir", tmp_path / "runs", "--tracking", "none")
+    proc = script("lr_find.py", *tiny.on(red_vs_blue).argv("--steps", "40", "--start", "1e-5", "--end", "10",
+                                                           "--output-dir", tmp_path / "runs", "--tracking", "none"))
     run_dir = only_run_dir(tmp_path / "runs")
     result = json.loads((run_dir / "lr_find.json").read_text())
     assert 3 <= result["steps"] <= 40 and len(result["lrs"]) == len(result["losses"]) == result["steps"]

@@ -11,8 +11,10 @@ import pytest
 import yaml
 
 from petlab.config import config_from_dict
+from petlab.engine.experiment import run_experiment
 from tests.imaging import make_imagefolder
-from tests.runs import REPO, TINY, only_run_dir
+from tests.recipe import TINY, Recipe
+from tests.runs import REPO, only_run_dir
 
 # Runs experiments/run.py under an audit hook that records every DNS lookup and socket connect.
 AUDITED_RUN = """
@@ -35,7 +37,7 @@ def run(tmp_path, *args, env=None, audit=False):
     if not data.exists():
         make_imagefolder(data, {"train": 12, "val": 4, "test": 4})
     out = tmp_path / "runs"
-    argv = [*TINY, "--epochs", "2", "--data-dir", data, "--output-dir", out, *args]
+    argv = Recipe(TINY).on(data).argv("--epochs", "2", "--output-dir", out, *args)
     environ = {k: v for k, v in os.environ.items() if not k.startswith("COMET_")}
     environ.update(env or {})
     if audit:
@@ -46,6 +48,22 @@ def run(tmp_path, *args, env=None, audit=False):
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_dir = only_run_dir(out)
     return run_dir, json.loads((run_dir / "results.json").read_text()), proc.stderr
+
+
+def run_here(tmp_path, monkeypatch, capfd, caplog, env=None, **settings):
+    """The same run in this process, for the tests a child process is not the point of: the user's Comet
+    settings removed, `env` set; returns what it wrote to stderr and logged."""
+    for key in ("COMET_API_KEY", "COMET_PROJECT_NAME", "COMET_WORKSPACE", "COMET_URL_OVERRIDE"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in (env or {}).items():
+        monkeypatch.setenv(key, value)
+    data = tmp_path / "data"
+    make_imagefolder(data, {"train": 12, "val": 4, "test": 4})
+    outcome = run_experiment(Recipe(TINY).on(data).shrink({"train.epochs": 2, **settings}).config(
+        output_dir=str(tmp_path / "runs")))
+    assert outcome.exit_code == 0, capfd.readouterr().err[-3000:]
+    said = capfd.readouterr().err + caplog.text
+    return outcome.run_dir, json.loads((outcome.run_dir / "results.json").read_text()), said
 
 
 def read_archive(path: Path) -> dict:
@@ -65,6 +83,7 @@ def offline_run(tmp_path_factory):
     return run(tmp_path_factory.mktemp("offline"), audit=True)
 
 
+@pytest.mark.slow
 def test_offline_run_writes_an_archive_into_the_run_directory(offline_run):
     run_dir, results, stderr = offline_run
     tracking = results["tracking"]
@@ -75,12 +94,14 @@ def test_offline_run_writes_an_archive_into_the_run_directory(offline_run):
     assert "comet upload" in stderr and str(archive) in (run_dir / "train.log").read_text()
 
 
+@pytest.mark.slow
 def test_offline_run_makes_no_network_attempt(offline_run, tmp_path_factory):
     run_dir, _, _ = offline_run
     attempts = json.loads((run_dir.parents[1] / "network.json").read_text())
     assert attempts == []
 
 
+@pytest.mark.slow
 def test_archive_holds_config_summary_metrics_figures_model_and_tags(offline_run):
     run_dir, results, _ = offline_run
     archive = read_archive(Path(results["tracking"]["archive"]))
@@ -123,15 +144,18 @@ def test_archive_holds_config_summary_metrics_figures_model_and_tags(offline_run
     assert {"task:cats_vs_dogs", "arch:resnet18", "dataset:imagefolder"} <= set(archive["experiment"]["tags"])
 
 
-def test_bad_key_without_network_falls_back_to_offline_and_says_so(tmp_path):
-    _, results, stderr = run(tmp_path, env={"COMET_API_KEY": "not-a-real-key-0123456789"})
+def test_bad_key_without_network_falls_back_to_offline_and_says_so(tmp_path, monkeypatch, capfd, caplog):
+    _, results, stderr = run_here(tmp_path, monkeypatch, capfd, caplog,
+                                  env={"COMET_API_KEY": "not-a-real-key-0123456789"})
     assert results["status"] == "completed"
     assert results["tracking"]["mode"] == "offline" and Path(results["tracking"]["archive"]).is_file()
     assert "falling back to offline mode" in stderr
 
 
-def test_tracking_none_writes_the_local_record_only_and_profile_writes_a_trace(tmp_path):
-    run_dir, results, stderr = run(tmp_path, "--tracking", "none", "--profile")
+def test_tracking_none_writes_the_local_record_only_and_profile_writes_a_trace(tmp_path, monkeypatch, capfd,
+                                                                               caplog):
+    run_dir, results, stderr = run_here(tmp_path, monkeypatch, capfd, caplog,
+                                        **{"tracking.backend": "none", "diagnostics.profile": True})
     assert results["tracking"] == {"backend": "none", "mode": "off", "key": None, "url": None}
     assert not (run_dir / "comet").exists()
     assert (run_dir / "metrics.csv").is_file() and results["test"]["accuracy"] >= 0

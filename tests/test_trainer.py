@@ -4,20 +4,19 @@ import json
 
 import torch
 
-from petlab.config import load_config
 from petlab.engine.batches import seed_everything
 from petlab.engine.experiment import run_experiment
 from petlab.models import build_model, head_parameters
 from tests.imaging import make_imagefolder
+from tests.recipe import TINY, Recipe
 
 
 def train(tmp_path, **overrides):
     data = tmp_path / "data"
     if not data.exists():
         make_imagefolder(data, {"train": 12, "val": 4, "test": 2})
-    cfg = load_config(overrides={"model.arch": "resnet18", "data.image_size": 64, "train.batch_size": 8,
-                                 "train.lr": 0.01, "data.data_dir": str(data), "output_dir": str(tmp_path / "runs"),
-                                 **overrides})
+    cfg = Recipe(TINY).on(data).shrink({"train.lr": 0.01, "train.optimizer": "adam"}).config(
+        output_dir=str(tmp_path / "runs"), **overrides)
     outcome = run_experiment(cfg)
     run_dir, code = outcome.run_dir, outcome.exit_code
     assert code == 0 and outcome.status == "completed"

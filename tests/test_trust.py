@@ -16,19 +16,19 @@ from petlab.registry import Registry
 from petlab.registry.loaded import load_version
 from petlab.registry.promote import promote, rollback
 from petlab.rundir import read_predictions
+from tests.recipe import FAST_RESNET
 from tests.registry import clone_run
 from tests.runs import only_run_dir, script
 
 TASK = "cats_vs_dogs"
-# A weak but honest cats-vs-dogs model in seconds: fast_resnet at 64 px, one epoch, evaluated on every photo.
-WEAK = ["--arch", "fast_resnet", "--image-size", "64", "--epochs", "1", "--batch-size", "32", "--optimizer", "adamw",
-        "--lr", "0.003", "--scheduler", "onecycle"]
 
 
 @pytest.fixture(scope="module")
-def weak_run(shared, tmp_path_factory):
+def weak_run(shared, tiny, tmp_path_factory):
+    """A weak but honest cats-vs-dogs model in seconds: one epoch of fast_resnet, evaluated on every photo."""
     out = tmp_path_factory.mktemp("weak")
-    script("run.py", *WEAK, "--data-dir", shared / "cats_and_dogs_filtered", "--output-dir", out)
+    weak = tiny.shrink({**FAST_RESNET, "train.epochs": 1}).on(shared / "cats_and_dogs_filtered")
+    script("run.py", *weak.argv("--output-dir", out))
     return only_run_dir(out)
 
 

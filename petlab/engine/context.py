@@ -73,6 +73,10 @@ class RunContext:
 def setup_logging(run_dir: Path | None = None) -> logging.Handler | None:
     """Console logging, plus the run's train.log; returns that file's handler so it can be removed."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    # Where the root logger was set up already (a notebook, pytest), basicConfig does nothing and the root's
+    # WARNING level would keep petlab's progress out of train.log: petlab's own loggers say INFO then.
+    if logging.getLogger("petlab").level == logging.NOTSET:
+        logging.getLogger("petlab").setLevel(logging.INFO)
     if run_dir is None:
         return None
     handler = logging.FileHandler(run_dir / "train.log")
