@@ -53,8 +53,8 @@ def find_lr(run: RunContext, start_lr: float = 1e-7, end_lr: float = 10.0, steps
     step.scheduler = torch.optim.lr_scheduler.ExponentialLR(step.optimizer, gamma=(end_lr / start_lr) ** (1 / steps))
     if loaders["train"].generator is not None:
         loaders["train"].generator.manual_seed(cfg.seed)
-    trainer.set_trainable(0)  # as the run's first epoch trains
-    forward = trainer.train_forward()
+    trainer.trainable.set_epoch(0)  # as the run's first epoch trains
+    forward = trainer.trainable.forward()
     lrs, losses, smoothed, average = [], [], [], 0.0
     for i, (images, targets) in enumerate(progress(cycle(loaders["train"]), total=steps, desc="lr range test",
                                                    unit="step")):

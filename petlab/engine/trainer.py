@@ -36,9 +36,9 @@ from petlab.engine.signals import StopFlag
 from petlab.engine.speed import predicting_runtime
 from petlab.engine.step import TrainStep
 from petlab.engine.stopping import StopRules
+from petlab.engine.trainable import Trainable
 from petlab.errors import ConfigError
 from petlab.export.onnx import CheckedOnnx
-from petlab.models import ARCHS, head_parameters
 from petlab.progress import progress
 from petlab.tracking import Tracker
 
@@ -62,17 +62,14 @@ class TrainState:
 
 class Trainer:
     """Trains one model on its loaders: the epoch loop and validation, over small objects that each own one
-    mechanism: the training step (step.py: loss, optimizer, schedule, scaler, clipping, EMA), the checkpoint
-    saver (checkpoint.py), the stop rules (stopping.py: early stopping, the time budget) and the epoch log
-    (epoch_log.py: metrics.csv, the tracker, the log line).
+    mechanism: what trains (trainable.py: the model or its head, freezing, DDP, compile), the training step
+    (step.py: loss, optimizer, schedule, scaler, clipping, EMA), the checkpoint saver (checkpoint.py), the stop
+    rules (stopping.py: early stopping, the time budget) and the epoch log (epoch_log.py: metrics.csv, the
+    tracker, the log line).
 
-    cfg must be resolved (no `auto` precision left; RunContext does it once per run). The modules:
-      model  the whole network; what checkpoints hold and what is evaluated and exported
-      net    what a batch goes through: `model`, or only its head when the loaders yield cached
-             backbone features (features=True, see features.py)
-      ddp    `net` in DistributedDataParallel under torchrun (None in one process); rebuilt when
-             unfreezing changes which parameters train
-    run_dir None writes nothing (a cross-validation fold). Without a "val" loader every epoch counts
+    cfg must be resolved (no `auto` precision left; RunContext does it once per run). `model` is the whole
+    network (trainable.model); with features=True the loaders yield cached backbone features and only its
+    head trains. run_dir None writes nothing (a cross-validation fold). Without a "val" loader every epoch counts
     as the best so far, so best.pt is the last epoch (a refit on all of train).
     on_epoch(row) runs after each epoch is recorded; raising StopRun ends the run on purpose.
     on_validated(epoch, targets, probabilities) runs after each validation pass (cross-validation keeps them).
@@ -91,16 +88,9 @@ class Trainer:
         self.dist = dist or Distributed()
         self.tracker = tracker or Tracker()
         self.on_epoch, self.on_validated = on_epoch, on_validated
-        self.model = model.to(device)
-        if cfg.train.channels_last:
-            self.model.to(memory_format=torch.channels_last)
-        self.features = features
-        self.net = model.get_submodule(ARCHS[cfg.model.arch].head) if features else model
+        self.trainable = Trainable(cfg, model, device, features, self.dist)
+        self.model = self.trainable.model
         self.batch_pre = None if features else pre  # cached features are used as they are
-        self.ddp = None
-        self._ddp_frozen = None  # the frozen/unfrozen state self.ddp was built for
-        self.compiled = None  # --compile: torch.compile(ddp or net), rebuilt when unfreezing
-        self._compiled_frozen = self._fresh_compile = None
         self.steps_per_epoch = batches_per_epoch(loaders["train"], cfg.train.limit_batches)
         self.budget = Budget(parse_duration(cfg.train.time_budget)) if cfg.train.time_budget else None
         self._val_images = batches_per_epoch(loaders["val"], cfg.train.limit_batches) * loaders["val"].batch_size \
@@ -117,60 +107,21 @@ class Trainer:
         self.state = TrainState()
         self.diagnostics = self._diagnostics()
         self.generator = loaders["train"].generator
-        self._head_ids = head_parameters(model, cfg.model.arch)
 
     @property
     def eval_model(self) -> nn.Module:
         """The weights that are evaluated and kept: the EMA's with --ema, else the model's."""
         return self.step.ema.module if self.step.ema is not None else self.model
 
-    def _eval_net(self) -> nn.Module:
-        m = self.eval_model
-        return m.get_submodule(ARCHS[self.cfg.model.arch].head) if self.features else m
-
     def runtime_twin(self, folder: Path) -> CheckedOnnx | None:
         """The evaluated weights' ONNX twin (exported into `folder`, checked on the first batch), where ONNX
         Runtime predicts faster than PyTorch here (engine/speed.py); None for cached features (the head
         alone: nothing to gain), under torchrun or --compile."""
         c = self.cfg
-        if self.features or self.dist.enabled or c.train.compile or \
+        if self.trainable.features or self.dist.enabled or c.train.compile or \
                 predicting_runtime(c.model.arch, c.train.precision, self.device) != "onnxruntime":
             return None
         return CheckedOnnx(self.eval_model, folder / "evaluated.onnx", c.train.threads)
-
-    # ------------------------------------------------------------------ what trains
-    def backbone_frozen(self, epoch: int) -> bool:
-        m = self.cfg.model
-        return m.freeze_backbone and (m.unfreeze_at is None or epoch < m.unfreeze_at)
-
-    def set_trainable(self, epoch: int) -> None:
-        """Which weights train in this epoch (frozen backbone, BatchNorm statistics), and the DDP / compiled
-        wrappers that go with that."""
-        frozen = self.backbone_frozen(epoch)
-        for p in self.model.parameters():
-            p.requires_grad_(id(p) in self._head_ids or not frozen)
-        self.model.train()
-        if frozen or self.cfg.model.freeze_batchnorm:  # a frozen backbone keeps its BatchNorm statistics too
-            for module in self.model.modules():
-                if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                    module.eval()
-        if self.dist.enabled and self._ddp_frozen != frozen:
-            # DDP registers the parameters that require grad when it is built, so unfreezing rebuilds it.
-            from torch.nn.parallel import DistributedDataParallel
-
-            self.ddp = DistributedDataParallel(self.net, device_ids=[self.device] if self.device.type == "cuda"
-                                               else None)
-            self._ddp_frozen = frozen
-            self.compiled = None
-        if self.cfg.train.compile and (self.compiled is None or self._compiled_frozen != frozen):
-            # a new set of trainable weights compiles again; its first step is timed as compile time
-            self.compiled = torch.compile(self.ddp if self.ddp is not None else self.net)
-            self._compiled_frozen, self._fresh_compile = frozen, True
-
-    def train_forward(self) -> nn.Module:
-        """What a training batch goes through: compiled, or in DDP, or the plain net (model or head)."""
-        # `is not None`, not `or`: a compiled module answers bool() with len(), which most models lack
-        return next(m for m in (self.compiled, self.ddp, self.net) if m is not None)
 
     def _of_epochs(self) -> str:
         if self.budget is None:
@@ -199,12 +150,11 @@ class Trainer:
         """One pass over the training loader. On CUDA no step waits for the GPU: the loss and the correct
         count add up on the device and are read, like the gradient norm, only at the log interval (and
         the norm also when diagnostics check it)."""
-        self.set_trainable(epoch)
+        self.trainable.set_epoch(epoch)
         steps, every = self.steps_per_epoch, self.cfg.tracking.log_every_steps
         check_every = self.cfg.diagnostics.check_every_steps if self.cfg.diagnostics.enabled else None
         accumulate = self.cfg.train.accumulate
-        forward = self.train_forward()
-        compiling, self._fresh_compile = bool(self._fresh_compile), False
+        forward, compiling = self.trainable.forward(), self.trainable.compiles_next_step()
         total_loss = torch.zeros((), device=self.device, dtype=torch.float64)
         correct = torch.zeros((), device=self.device, dtype=torch.int64)
         seen = 0
@@ -236,7 +186,7 @@ class Trainer:
                 if step == group_start:
                     self.step.zero_grad()
                 # a group's earlier batches keep their gradients local under DDP; its last averages them
-                no_sync = self.ddp.no_sync if self.ddp is not None and not group_end else None
+                no_sync = self.trainable.no_sync(group_end)
                 logits, loss, y = self.step.forward_backward(forward, images, targets,
                                                              min(accumulate, steps - group_start), no_sync)
                 total_loss += loss.detach() * len(y)
@@ -272,7 +222,7 @@ class Trainer:
     def predict(self, loader, desc: str = "eval", runtime_net=None) -> tuple[np.ndarray, np.ndarray, float]:
         """Targets, class probabilities and mean loss over the whole split (each rank predicts its shard).
         runtime_net: the evaluated weights' CheckedOnnx twin (export/onnx.py), to predict on ONNX Runtime."""
-        net = self._eval_net()
+        net = self.trainable.head_of(self.eval_model)
         self.dist.sync_buffers(net)  # BatchNorm statistics as rank 0 has (and saves) them
         channels_last = self.cfg.train.channels_last and runtime_net is None  # the runtime takes NCHW
         out = predict_loader(runtime_net or net, loader, self.batch_pre, self.device, self.cfg.train.precision,
