@@ -210,6 +210,20 @@ class DataDependent(nn.Module):
         return -y
 
 
+def test_a_signal_during_an_export_stops_the_run_and_is_not_taken_for_a_failed_export(tmp_path):
+    """Ctrl-C or SIGTERM raises Interrupted wherever the run is; inside the exporter's tracing it must not
+    become "ONNX export failed" (and an export again, then PyTorch), or the run goes on evaluating."""
+    from petlab.engine.outcome import Interrupted
+    from petlab.export.onnx import export_onnx
+
+    class SignalledWhileTracing(nn.Module):
+        def forward(self, x):
+            raise Interrupted("SIGTERM")
+
+    with pytest.raises(Interrupted):
+        export_onnx(SignalledWhileTracing(), torch.randn(2, 3, 8, 8), tmp_path / "model.onnx")
+
+
 def test_a_tracer_warning_fails_the_export(tmp_path):
     images = torch.randn(11, 3, 16, 16)
     with pytest.raises(ExportError, match="TracerWarning"):

@@ -16,8 +16,13 @@ from petlab import rundir
 EXIT_INTERRUPTED = 130  # what a shell reports for Ctrl-C
 
 
-class Interrupted(Exception):
-    """Ctrl-C or SIGTERM arrived; last.pt holds the last completed epoch."""
+class Interrupted(BaseException):
+    """Ctrl-C or SIGTERM arrived; last.pt holds the last completed epoch.
+
+    A BaseException, as KeyboardInterrupt is: the `except Exception` fallbacks a run passes through (an ONNX
+    export that falls back to PyTorch, a tracker call that must not stop training) must not swallow it. One
+    did: a SIGTERM during the final evaluation's export became "ONNX export failed; exporting it again", and
+    the run evaluated on for 30 s before it stopped."""
 
 
 class StopRun(Exception):
