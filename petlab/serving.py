@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from petlab.data.images import load_rgb
+from petlab.data.images import BadImageError, load_rgb
 from petlab.models.pet_view import SEPARATE_VIEW, PetView, verdict
 from petlab.paths import relative_to_root
 from petlab.registry.loaded import LoadedModel, load_version
@@ -236,8 +236,6 @@ def decode_photo(source):
 
 def decode_upload(data: bytes, filename: str | None = None):
     """Upload bytes -> RGB image, or a 4xx ServingError that says what is wrong with the file."""
-    from petlab.data.images import BadImageError
-
     try:
         with _decode_slots:
             return decode_photo(data)

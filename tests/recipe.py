@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from petlab.cli import run_flags
-from petlab.config import Config, load_config
+from petlab.config import Config, dotted_to_nested, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -56,10 +56,10 @@ class Recipe:
 
     def argv(self, *more) -> list[str]:
         """experiments/run.py's arguments for this recipe, then `more`."""
-        by_key = {key: (flag, kwargs) for flag, (key, kwargs) in run_flags().items()}
+        flag_of = {key: flag for flag, (key, _) in run_flags().items()}
         argv = ["--config", str(self.base)] if self.base is not None else []
         for key, value in self.overrides().items():
-            flag, kwargs = by_key.get(key, (None, {}))
+            flag = flag_of.get(key)
             if flag is None or value is None or isinstance(value, list | dict):
                 argv += ["--set", f"{key}={json.dumps(value)}"]  # JSON is YAML, which --set reads
             elif isinstance(value, bool):
@@ -71,14 +71,7 @@ class Recipe:
     def yaml(self) -> dict:
         """The settings as a nested experiment YAML (a sweep's base file), without the data folder."""
         assert self.base is None, "a sweep base is the tiny recipe itself"
-        nested: dict = {}
-        for key, value in self.settings.items():
-            *sections, name = key.split(".")
-            node = nested
-            for section in sections:
-                node = node.setdefault(section, {})
-            node[name] = value
-        return nested
+        return dotted_to_nested(self.settings)
 
 
 def shipped(name: str, settings: dict) -> Recipe:

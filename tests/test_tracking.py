@@ -32,18 +32,19 @@ finally:
 """
 
 
-def run(tmp_path, *args, env=None, audit=False):
+def tracked_recipe(tmp_path) -> Recipe:
+    """The tiny recipe for two epochs on generated photos, as every run here trains."""
     data = tmp_path / "data"
-    if not data.exists():
-        make_imagefolder(data, {"train": 12, "val": 4, "test": 4})
+    make_imagefolder(data, {"train": 12, "val": 4, "test": 4})
+    return Recipe(TINY).on(data).shrink({"train.epochs": 2})
+
+
+def audited_run(tmp_path):
+    """experiments/run.py in a child process under the audit hook, without the user's Comet settings."""
     out = tmp_path / "runs"
-    argv = Recipe(TINY).on(data).argv("--epochs", "2", "--output-dir", out, *args)
+    argv = tracked_recipe(tmp_path).argv("--output-dir", out)
     environ = {k: v for k, v in os.environ.items() if not k.startswith("COMET_")}
-    environ.update(env or {})
-    if audit:
-        command = [sys.executable, "-c", AUDITED_RUN.format(out=str(tmp_path / "network.json")), "-", *map(str, argv)]
-    else:
-        command = [sys.executable, "experiments/run.py", *map(str, argv)]
+    command = [sys.executable, "-c", AUDITED_RUN.format(out=str(tmp_path / "network.json")), "-", *argv]
     proc = subprocess.run(command, cwd=REPO, env=environ, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_dir = only_run_dir(out)
@@ -57,10 +58,7 @@ def run_here(tmp_path, monkeypatch, capfd, caplog, env=None, **settings):
         monkeypatch.delenv(key, raising=False)
     for key, value in (env or {}).items():
         monkeypatch.setenv(key, value)
-    data = tmp_path / "data"
-    make_imagefolder(data, {"train": 12, "val": 4, "test": 4})
-    outcome = run_experiment(Recipe(TINY).on(data).shrink({"train.epochs": 2, **settings}).config(
-        output_dir=str(tmp_path / "runs")))
+    outcome = run_experiment(tracked_recipe(tmp_path).shrink(settings).config(output_dir=str(tmp_path / "runs")))
     assert outcome.exit_code == 0, capfd.readouterr().err[-3000:]
     said = capfd.readouterr().err + caplog.text
     return outcome.run_dir, json.loads((outcome.run_dir / "results.json").read_text()), said
@@ -80,7 +78,7 @@ def read_archive(path: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def offline_run(tmp_path_factory):
-    return run(tmp_path_factory.mktemp("offline"), audit=True)
+    return audited_run(tmp_path_factory.mktemp("offline"))
 
 
 @pytest.mark.slow

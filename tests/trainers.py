@@ -19,7 +19,8 @@ def tiny_trainer(run_dir, data, model=None, tracker=None, **overrides) -> Traine
     """The tiny recipe at 32 px, lr 1e-3, 3 epochs, fp32/NCHW (what the diagnostics rules were calibrated on)."""
     cfg = Recipe(TINY).on(data).shrink({"data.image_size": SIZE, "train.lr": 1e-3, "train.epochs": 3,
                                         # The rules were calibrated on fp32/NCHW. Measured: with channels_last
-                                        # this 8-image-batch toy run spikes in epoch 4 and ends at val 0.5.
+                                        # this 8-image-batch toy run spikes in epoch 4 and ends at val 0.5
+                                        # (fp32 or bf16).
                                         "train.precision": "fp32", "train.channels_last": False}).config(**overrides)
     splits, pre = load_run_splits(cfg), run_preprocessing(cfg)
     decoded = decode_splits(splits, pre, cache_root(cfg.data.cache_dir))
