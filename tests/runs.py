@@ -14,16 +14,37 @@ IN_PROCESS_ONLY = "PETLAB_TEST_IN_PROCESS_ONLY"
 
 
 class InProcessOnlyPopen(subprocess.Popen):
-    """subprocess.Popen for the test session (conftest.py installs it): it refuses a Python child process
-    (a script, torchrun, a server) to a test without a mark that allows one, so `make test-fast` stays in
-    process however a test starts its child. Other programs (git, lscpu, mount) are not refused."""
+    """subprocess.Popen for the test session (conftest.py installs it): it refuses petlab's own processes (a
+    script, a server, torchrun) to a test without a mark that allows one, so `make test-fast` stays in process
+    however a test starts its child. What decides is who asks (`started_by_petlab`): a library's internal
+    child, such as inductor's probe of the CPU on a machine's first compile, is not refused, and neither are
+    other programs (git, lscpu, mount)."""
 
     def __init__(self, args, *rest, **kw):
         argv = [args] if isinstance(args, str | os.PathLike) else list(args)
-        if os.environ.get(IN_PROCESS_ONLY) == "1" and str(argv[0]) == sys.executable:
+        if os.environ.get(IN_PROCESS_ONLY) == "1" and starts_python(argv) and started_by_petlab():
             raise AssertionError(f"this test starts {' '.join(map(str, argv[:3]))}: mark it slow (or browser, "
                                  "postgres, distributed), so that `make test-fast` stays in process")
         super().__init__(args, *rest, **kw)
+
+
+def starts_python(argv: list) -> bool:
+    """A Python interpreter, or a console script that runs one (torchrun, uvicorn) from this environment."""
+    program = Path(str(argv[0]))
+    return str(program) == sys.executable or program.name.startswith("python") or (
+        program.parent == Path(sys.executable).parent)
+
+
+def started_by_petlab() -> bool:
+    """True when the code that called subprocess is this repository's (its tests, petlab, its scripts), not a
+    library's: the innermost frame outside the standard library's subprocess module decides."""
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename in (__file__, subprocess.__file__):
+        frame = frame.f_back
+    if frame is None:
+        return False
+    caller = Path(frame.f_code.co_filename).resolve()
+    return caller.is_relative_to(REPO) and not caller.is_relative_to(Path(sys.prefix).resolve())
 
 
 def script(name, *args, check=True, **kw):
