@@ -1,6 +1,7 @@
 """petlab demo: the registry's production models behind a Gradio page and a JSON API, one server.
 
     python demo/app.py [--host 127.0.0.1] [--port 7860] [--registry DIR] [--max-upload-mb 10] [--upload-ttl-s 3600]
+                       [--upload-cache-mb 256] [--upload-cache-files 512]
 
 - /              the Gradio page: upload, paste or drag a photo -> top-5 classes
 - POST /api/predict   multipart: file, optional task and top_k -> JSON predictions; `file` may repeat
@@ -19,7 +20,6 @@ import os
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # read when gradio is imported
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import logging  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -29,8 +29,16 @@ import uvicorn  # noqa: E402
 from fastapi import FastAPI, Request  # noqa: E402
 from fastapi.responses import JSONResponse  # noqa: E402
 from starlette.concurrency import run_in_threadpool  # noqa: E402
-from starlette.formparsers import MultiPartException  # noqa: E402
 
+from petlab.public_server import (  # noqa: E402
+    BodyLimit,
+    BodyTooLarge,
+    PublicRoutes,
+    UploadBudget,
+    UploadedPhoto,
+    log_request,
+    mark_launched,
+)
 from petlab.registry import Registry  # noqa: E402
 from petlab.registry.card import card_markdown  # noqa: E402
 from petlab.serving import (  # noqa: E402
@@ -48,68 +56,7 @@ MULTIPART_OVERHEAD = 64 * 1024  # form fields and boundaries: a body may be this
 # the request as a whole, so 16 photos share --max-upload-mb.
 MAX_FILES_PER_REQUEST = 16
 UPLOAD_TTL_S = 3600  # Gradio's copies of page uploads are deleted once this old (checked every UPLOAD_TTL_S / 6)
-
-
-def log_request(**fields) -> None:
-    """One JSON line per request: what was asked, what answered, how long it took."""
-    log.info(json.dumps(fields, sort_keys=True))
-
-
-class BodyTooLarge(MultiPartException):
-    """Raised into the app from `receive` once a body passes the limit. A MultiPartException, because
-    both multipart parsers (Starlette's and Gradio's) catch that one and delete the files they had
-    begun, so an abandoned upload leaves nothing on disk."""
-
-
-class BodyLimit:
-    """Every request body, on every route (the API, Gradio's /gradio_api/upload and its queue), is
-    counted while it streams: a declared Content-Length over the limit is refused before a byte is
-    read, and a chunked body (no Content-Length) is refused as soon as it passes the limit, with
-    at most the limit plus one network chunk ever read. Checking after `await upload.read()` would
-    first spool the whole body, so one client could fill the disk or the memory."""
-
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        headers = dict(scope.get("headers") or [])
-        declared = headers.get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > self.max_bytes:
-            return await self.refuse(scope, send, int(declared))
-        received, started, refused = 0, False, False
-
-        async def counted_receive():
-            nonlocal received, refused
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    if not (started or refused):
-                        await self.refuse(scope, send, received)
-                    refused = True
-                    raise BodyTooLarge(f"request body over the {self.max_bytes} byte maximum allowed size")
-            return message
-
-        async def guarded_send(message):
-            nonlocal started
-            if refused:
-                return  # we answered 413 already; what the app says after the abort is dropped
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, counted_receive, guarded_send)
-        except Exception:
-            if not refused:
-                raise  # BodyTooLarge, or whatever the app raised while it unwound from it, is answered
-
-    async def refuse(self, scope, send, size: int) -> None:
-        log_request(route=scope.get("path"), status=413, outcome="too_large", body_bytes=size)
-        await JSONResponse({"error": "too_large", "message": f"request body of {size}+ bytes is over the "
-                                                             f"{self.max_bytes} byte limit"},
-                           status_code=413, headers={"Connection": "close"})(scope, None, send)
+UPLOAD_CACHE_MB, UPLOAD_CACHE_FILES = 256, 512  # and the folder holds at most this much (oldest evicted first)
 
 
 def classify(models: ServedModels, data: bytes, filename: str | None, task: str | None, top_k: int) -> dict:
@@ -250,8 +197,9 @@ def build_page(models: ServedModels, upload_ttl_s: int = UPLOAD_TTL_S) -> gr.Blo
                            visible=len(tasks) > 1, interactive=True)
         with gr.Row():
             # filepath + image_mode=None: the untouched upload reaches petlab's own decoding.
-            image = gr.Image(type="filepath", image_mode=None, sources=["upload", "clipboard"], label="Photo",
-                             elem_id="photo")
+            # only a file from Gradio's upload route, unopened: petlab's bounded decoder reads it
+            image = UploadedPhoto(type="filepath", image_mode=None, sources=["upload", "clipboard"], label="Photo",
+                                  elem_id="photo")
             with gr.Column():
                 label = gr.Label(num_top_classes=5, label="Prediction", elem_id="prediction")
                 recognition = gr.Markdown("", elem_id="recognition")
@@ -270,7 +218,8 @@ def build_page(models: ServedModels, upload_ttl_s: int = UPLOAD_TTL_S) -> gr.Blo
 
 
 def create_app(registry_dir: str | os.PathLike | None = None, max_upload_mb: float = 10.0,
-               upload_ttl_s: int = UPLOAD_TTL_S) -> FastAPI:
+               upload_ttl_s: int = UPLOAD_TTL_S, upload_cache_mb: float = UPLOAD_CACHE_MB,
+               upload_cache_files: int = UPLOAD_CACHE_FILES) -> FastAPI:
     return_freed_memory_promptly()
     registry = Registry(registry_dir)
     models = ServedModels(registry)
@@ -280,9 +229,14 @@ def create_app(registry_dir: str | os.PathLike | None = None, max_upload_mb: flo
     # The page may serve the example photos and nothing else of the registry (weights, exports, cards).
     examples = [str((registry.version_dir(task, version) / "examples").resolve())
                 for task, version in models.production().items()]
-    app = gr.mount_gradio_app(app, build_page(models, upload_ttl_s), path="/", allowed_paths=examples,
-                              max_file_size=max_bytes, footer_links=["api"])
-    app.add_middleware(BodyLimit, max_bytes=max_bytes + MULTIPART_OVERHEAD)  # around the API and Gradio alike
+    page = build_page(models, upload_ttl_s)
+    app = gr.mount_gradio_app(app, page, path="/", allowed_paths=examples, max_file_size=max_bytes,
+                              footer_links=["api"])
+    mark_launched(page)  # Gradio checks every file an input names, as after launch() (petlab/public_server.py)
+    # Around the API and Gradio alike, outermost last: no URL proxy, bounded bodies, a bounded upload folder.
+    app.add_middleware(UploadBudget, max_bytes=int(upload_cache_mb * 2**20), max_files=upload_cache_files)
+    app.add_middleware(BodyLimit, max_bytes=max_bytes + MULTIPART_OVERHEAD)
+    app.add_middleware(PublicRoutes)
     return app
 
 
@@ -294,9 +248,14 @@ def main(argv=None) -> None:
     parser.add_argument("--max-upload-mb", type=float, default=10.0)
     parser.add_argument("--upload-ttl-s", type=int, default=UPLOAD_TTL_S,
                         help="delete Gradio's copies of page uploads once this many seconds old")
+    parser.add_argument("--upload-cache-mb", type=float, default=UPLOAD_CACHE_MB,
+                        help="at most this much in Gradio's upload folder (the oldest uploads are evicted)")
+    parser.add_argument("--upload-cache-files", type=int, default=UPLOAD_CACHE_FILES,
+                        help="at most this many files in Gradio's upload folder (likewise)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_app(args.registry, args.max_upload_mb, args.upload_ttl_s)
+    app = create_app(args.registry, args.max_upload_mb, args.upload_ttl_s, args.upload_cache_mb,
+                     args.upload_cache_files)
     log.info("serving on http://%s:%d (registry %s)", args.host, args.port, Registry(args.registry).root)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 

@@ -26,6 +26,7 @@ from tests.servers import demo_process
 
 LIMIT_MB = 1
 LIMIT = LIMIT_MB * 2**20 + 64 * 1024  # demo/app.py's MULTIPART_OVERHEAD on top of the file limit
+CACHE_MB, CACHE_FILES = 2, 12  # the upload folder's budget (the page's example photos come on top)
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,8 @@ def hostile_server(promoted_registry, tmp_path_factory):
     uploads.mkdir()
     env = {**os.environ, "GRADIO_TEMP_DIR": str(uploads)}
     with demo_process(promoted_registry, folder / "demo.log", "--max-upload-mb", str(LIMIT_MB),
-                      "--upload-ttl-s", "2", env=env) as url:
+                      "--upload-ttl-s", "2", "--upload-cache-mb", str(CACHE_MB), "--upload-cache-files",
+                      str(CACHE_FILES), env=env) as url:
         yield url, folder / "demo.log", uploads
 
 
@@ -128,6 +130,112 @@ def test_gradio_keeps_page_uploads_only_as_long_as_told(hostile_server, shared):
     while stored.exists() and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not stored.exists()  # --upload-ttl-s 2: deleted by Gradio's delete_cache
+
+
+def events_taking_files(url: str) -> list[tuple[int, str | None, int]]:
+    """(fn_index, api_name, number of inputs) of every event of the page with an image or file input,
+    named or not, from the page's own config."""
+    config = httpx.get(f"{url}/config", timeout=30).json()
+    kinds = {c["id"]: c["type"] for c in config["components"]}
+    found = []
+    for index, dep in enumerate(config["dependencies"]):
+        inputs = [kinds.get(i) for i in dep["inputs"]]
+        if {"image", "file", "uploadbutton"} & set(inputs):
+            found.append((index, dep.get("api_name") or None, inputs))
+    return found
+
+
+def queue_call(url: str, fn_index: int, data: list) -> str:
+    """Call an event the way the page does (queue/join by fn_index, then its event stream); the stream's text."""
+    session = f"hostile{fn_index}"
+    joined = httpx.post(f"{url}/gradio_api/queue/join", json={"data": data, "fn_index": fn_index,
+                                                               "session_hash": session, "event_data": None},
+                        timeout=30)
+    assert joined.status_code == 200, joined.text
+    with httpx.stream("GET", f"{url}/gradio_api/queue/data", params={"session_hash": session}, timeout=60) as sse:
+        text = ""
+        for line in sse.iter_lines():
+            text += line + "\n"
+            if "process_completed" in line:
+                break
+    return text
+
+
+@pytest.mark.slow
+def test_no_event_copies_a_file_of_the_server_into_the_upload_folder(hostile_server, shared, tmp_path):
+    """The reported request (POST /gradio_api/call/classify naming /etc/hostname) once copied the file into the
+    upload cache and named the copy; and every other event with a file input, named or not, called as the page
+    calls it. A secret, a photo elsewhere on the disk, and /proc/self/environ all stay where they are."""
+    url, _, uploads = hostile_server
+    secret = tmp_path / "secret.jpg"
+    secret.write_text("TOPSECRET-petlab")
+    photo = shared / "cats_and_dogs_filtered/validation/cats/cat.2001.jpg"
+    before = files_in(uploads)
+    reported = httpx.post(f"{url}/gradio_api/call/classify", json={"data": [
+        {"path": "/etc/hostname", "meta": {"_type": "gradio.FileData"}}, "cats_vs_dogs"]}, timeout=30)
+    assert reported.status_code == 200, reported.text
+    outcome = httpx.get(f"{url}/gradio_api/call/classify/{reported.json()['event_id']}", timeout=60).text
+    assert "event: error" in outcome and "not uploaded by a user" in outcome, outcome
+    events = events_taking_files(url)
+    assert len(events) >= 2, events  # classify, and the task change's .then(on_image)
+    for fn_index, _, inputs in events:
+        for target in (secret, photo, Path("/proc/self/environ")):
+            data = [{"path": str(target), "meta": {"_type": "gradio.FileData"}} if kind == "image"
+                    else "cats_vs_dogs" for kind in inputs]
+            text = queue_call(url, fn_index, data)
+            assert '"success":false' in text, text
+            assert "TOPSECRET" not in text and "confidences" not in text, text
+    assert not {p for p in files_in(uploads) - before if p.name in ("hostname", "secret.jpg", "environ",
+                                                                   photo.name)}
+    for path in ("/etc/hostname", str(secret)):  # and the file route serves none of them
+        assert httpx.get(f"{url}/gradio_api/file={path}", timeout=30).status_code == 403
+
+
+@pytest.mark.slow
+def test_a_data_url_is_not_decoded_into_the_upload_folder(hostile_server):
+    url, _, uploads = hostile_server
+    before = files_in(uploads)
+    data_url = "data:image/png;base64," + __import__("base64").b64encode(rgba_png(64)).decode()
+    text = queue_call(url, events_taking_files(url)[0][0], [{"url": data_url, "path": "x.png",
+                                                              "meta": {"_type": "gradio.FileData"}}, "cats_vs_dogs"])
+    assert '"success":false' in text and "confidences" not in text, text
+    assert files_in(uploads) == before
+
+
+@pytest.mark.slow
+def test_gradios_url_proxy_is_refused(hostile_server):
+    url, _, _ = hostile_server
+    for route in ("/gradio_api/file=https://example.com/cat.png", "/gradio_api/proxy=https://example.com/x"):
+        response = httpx.get(f"{url}{route}", timeout=30)
+        assert response.status_code == 403 and response.json()["error"] == "not_allowed", response.text
+
+
+@pytest.mark.slow
+def test_an_upload_request_with_many_files_is_refused_and_leaves_nothing(hostile_server):
+    """Gradio's upload route takes up to 1,000 files a request; one 102 KB request once wrote 1,000 files."""
+    url, _, uploads = hostile_server
+    before = files_in(uploads)
+    files = [("files", (f"x{i}.jpg", b"\xff" * 100)) for i in range(1000)]
+    response = httpx.post(f"{url}/gradio_api/upload", files=files, timeout=60)
+    assert response.status_code == 413 and response.json()["error"] == "too_many_files", response.text
+    assert files_in(uploads) - before == set()
+
+
+@pytest.mark.slow
+def test_the_upload_folder_stays_within_its_budget_and_keeps_the_newest(hostile_server):
+    """600 MB in 4.9 s once stayed for an hour: now the oldest uploads go first, past the folder's budget."""
+    url, _, uploads = hostile_server
+    examples = {p for p in files_in(uploads) if p.name.startswith(("cat-", "dog-"))}
+    last = None
+    for i in range(40):  # 40 x 300 KB: 12 MB, six times the budget
+        response = httpx.post(f"{url}/gradio_api/upload", files={"files": (f"fill{i}.jpg", os.urandom(300_000))},
+                              timeout=30)
+        assert response.status_code == 200, response.text
+        (last,) = map(Path, response.json())
+        uploaded = files_in(uploads) - examples
+        assert len(uploaded) <= CACHE_FILES and sum(p.stat().st_size for p in uploaded) <= CACHE_MB * 2**20
+    assert last.is_file()  # the newest upload survives the eviction it caused
+    assert examples <= files_in(uploads)  # the page's example photos are never evicted
 
 
 @pytest.mark.slow
