@@ -8,6 +8,7 @@ are the last resort, so a server runs whatever the registry holds.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -25,15 +26,47 @@ MAX_TOP_K = 100
 
 # What one upload may cost to decode (a 265 KB PNG can be 8000 x 8000 RGBA, 256 MB decoded, and
 # Pillow's generic path made 1.5 GB of it). The models see at most ~300 px, so a photo is decoded at
-# reduced size (JPEG) or shrunk right after decoding to 1024-2047 px on its long side, and images over
-# 40 MP as stored (after JPEG's reduced decode) are refused from their header. At most DECODES
-# uploads decode at once (each up to 160 MB); the others wait their turn, so RSS stays bounded
-# however many requests arrive: benchmarks/hostile_load.py measures it.
+# reduced size (JPEG) or shrunk right after decoding to 1024-2047 px on its long side, converting a strip
+# at a time where a mode cannot be shrunk as it is (palette, 16-bit), and images over 40 MP or 160 MB
+# decoded (pixels times what Pillow stores each in) are refused from their header. Decodes share a memory
+# budget (DecodeBudget): one heavy decode at a time, and ordinary photos pass a waiting heavy one, so
+# RSS stays bounded and ordinary requests keep their pace however many hostile ones arrive:
+# benchmarks/hostile_load.py measures both.
 UPLOAD_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")  # JPEG's plugin also opens phones' MPO files
 SERVING_MAX_SIDE = 1024
 SERVING_MAX_PIXELS = 40_000_000
-DECODES = 2
-_decode_slots = threading.BoundedSemaphore(DECODES)
+SERVING_MAX_DECODED_BYTES = 160 * 2**20  # 40 MP of RGB(A); 16-bit grayscale takes 2 bytes a pixel, palette 1
+HEAVY_DECODE_BYTES = 32 * 2**20  # an ordinary photo's decode is under this (a 12 MP JPEG's reduced decode: 3 MB)
+
+
+class DecodeBudget:
+    """The memory decodes may hold at once, shared by every request. A decode reserves what its image costs
+    decoded (known from the header) and waits while that is not free. At most one heavy decode (over
+    `heavy_bytes`) runs at a time, so the others, ordinary photos, always find room and a core: hostile
+    uploads queue behind each other, not in front of everyone else."""
+
+    def __init__(self, total_bytes: int, heavy_bytes: int):
+        self.total_bytes, self.heavy_bytes = total_bytes, heavy_bytes
+        self.free, self.heavy_running = total_bytes, False
+        self._changed = threading.Condition()
+
+    @contextlib.contextmanager
+    def reserve(self, nbytes: int):
+        heavy = nbytes > self.heavy_bytes
+        with self._changed:
+            self._changed.wait_for(lambda: self.free >= nbytes and not (heavy and self.heavy_running))
+            self.free -= nbytes
+            self.heavy_running = self.heavy_running or heavy
+        try:
+            yield
+        finally:
+            with self._changed:
+                self.free += nbytes
+                self.heavy_running = self.heavy_running and not heavy
+                self._changed.notify_all()
+
+
+DECODE_BUDGET = DecodeBudget(2 * SERVING_MAX_DECODED_BYTES, HEAVY_DECODE_BYTES)
 
 
 def return_freed_memory_promptly() -> bool:
@@ -41,7 +74,7 @@ def return_freed_memory_promptly() -> bool:
 
     By default glibc raises its mmap threshold after the first large free, so later decodes are
     served from per-thread heaps that keep their pages: measured on 10 concurrent 36 MP PNGs, peak
-    RSS grew 2.4 GB with DECODES=2, against 0.56 GB once blocks over 1 MB are always mapped and
+    RSS grew 2.4 GB with two decodes at a time, against 0.56 GB once blocks over 1 MB are always mapped and
     unmapped. Process-wide, so the server calls it once at start. False where libc is not glibc."""
     import ctypes
     import ctypes.util
@@ -231,14 +264,14 @@ def parse_top_k(value) -> int:
 def decode_photo(source):
     """Bytes or a file -> RGB image within the serving bounds above (formats, reduced size, pixels), or
     BadImageError. The server's uploads and predict.py's files are decoded by this one call."""
-    return load_rgb(source, max_side=SERVING_MAX_SIDE, max_pixels=SERVING_MAX_PIXELS, formats=UPLOAD_FORMATS)
+    return load_rgb(source, max_side=SERVING_MAX_SIDE, max_pixels=SERVING_MAX_PIXELS,
+                    max_decoded_bytes=SERVING_MAX_DECODED_BYTES, formats=UPLOAD_FORMATS, admit=DECODE_BUDGET.reserve)
 
 
 def decode_upload(data: bytes, filename: str | None = None):
     """Upload bytes -> RGB image, or a 4xx ServingError that says what is wrong with the file."""
     try:
-        with _decode_slots:
-            return decode_photo(data)
+        return decode_photo(data)
     except BadImageError as exc:
         what = {"empty": "the file is empty (zero bytes)",
                 "not_an_image": f"the file is not an image in an accepted format ({', '.join(UPLOAD_FORMATS)})",

@@ -112,3 +112,64 @@ def test_the_recorded_interpolation_is_the_one_used_to_resize():
         .square(photo).equal(squares["nearest"])
     with pytest.raises(ValueError):
         Preprocessing(64, 73, (0.5,) * 3, (0.5,) * 3, "sinc")
+
+
+def odd_mode_image(mode: str, size=(301, 203)) -> Image.Image:
+    rng = np.random.default_rng(0)
+    if mode == "I;16":
+        return Image.fromarray(rng.integers(0, 65535, size[::-1], dtype=np.uint16))
+    if mode == "P":
+        img = Image.fromarray(rng.integers(0, 4, size[::-1], dtype=np.uint8), "L").convert("P")
+        img.putpalette([255, 0, 0, 0, 255, 0, 0, 0, 255, 9, 9, 9] * 64)
+        img.info["transparency"] = 0
+        return img
+    return Image.fromarray(rng.integers(0, 255, (*size[::-1], len(mode)), dtype=np.uint8), mode)
+
+
+@pytest.mark.parametrize("mode", ["I;16", "P", "RGBA", "LA", "RGB"])
+def test_shrinking_a_strip_at_a_time_gives_what_converting_the_whole_would(mode, monkeypatch):
+    """The server converts and shrinks large photos a strip at a time, so no full-size copy exists (16-bit and
+    palette photos once went through a full-size float64 or RGBA copy): the pixels are the same."""
+    from petlab.data import images
+
+    monkeypatch.setattr(images, "STRIP_PIXELS", 301 * 9)  # several strips, the last one partial
+    img = odd_mode_image(mode)
+    whole = images._to_rgb(img).reduce(3)
+    strips = images.reduced_rgb(img, 3)
+    assert strips.size == whole.size == (101, 68)
+    assert np.abs(np.asarray(strips, np.int16) - np.asarray(whole, np.int16)).max() <= 1
+
+
+def test_the_decoded_size_is_bounded_in_bytes_from_the_header():
+    big = encode(Image.new("RGBA", (3000, 2000)), "PNG")  # 6 MP, 24 MB decoded
+    with pytest.raises(BadImageError) as info:
+        load_rgb(big, max_decoded_bytes=16 * 2**20)
+    assert info.value.reason == "too_large" and "23 MB decoded, over 16 MB" in str(info.value)
+    assert load_rgb(encode(Image.new("L", (3000, 2000)), "PNG"), max_decoded_bytes=16 * 2**20).size == (3000, 2000)
+
+
+def test_ordinary_photos_pass_a_heavy_decode_and_heavy_ones_wait_their_turn():
+    """The server's decode budget: one heavy decode at a time; an ordinary photo never waits behind it."""
+    import threading
+
+    from petlab.serving import DecodeBudget
+
+    budget, events = DecodeBudget(total_bytes=100, heavy_bytes=10), []
+    first_heavy_in, release = threading.Event(), threading.Event()
+
+    def heavy(name):
+        with budget.reserve(40):
+            events.append(f"{name} in")
+            first_heavy_in.set()
+            release.wait(5)
+
+    first = threading.Thread(target=heavy, args=("heavy 1",))
+    first.start()
+    assert first_heavy_in.wait(5)
+    second = threading.Thread(target=heavy, args=("heavy 2",))
+    second.start()
+    with budget.reserve(5):  # while heavy 1 runs and heavy 2 waits
+        events.append("light in")
+    release.set()
+    first.join(5), second.join(5)
+    assert events == ["heavy 1 in", "light in", "heavy 2 in"]
