@@ -7,8 +7,15 @@ sends, one case at a time:
 - a chunked 200 MB body (no Content-Length) to /api/predict, and one to Gradio's /gradio_api/upload;
 - ten concurrent 8000 x 8000 RGBA PNGs (265 KB each; 256 MB each once decoded);
 - ten concurrent 6000 x 6000 RGBA PNGs (36 MP: under the serving pixel limit, so they are decoded);
+- ten concurrent 6300 x 6300 16-bit grayscale PNGs, palette PNGs with transparency, and GIFs (tens
+  of KB each; once converted at full size, through float64 for the 16-bit ones);
 - an EPS file (Pillow would hand it to Ghostscript);
-- 64 concurrent ordinary photos.
+- 64 concurrent ordinary photos;
+- four hostile clients sending 16-bit PNGs back to back beside one ordinary client, whose latency
+  (p50, p90) is the figure: a hostile flood must not starve ordinary requests;
+- the file-read attempt: POST /gradio_api/call/classify naming /etc/hostname (once copied into the
+  upload cache and served back); and Gradio's URL proxy;
+- the upload-cache fill: 300 uploads of 2 MB (600 MB) to /gradio_api/upload, and the folder's size after.
 For each it prints the status codes, the wall time, and the server's peak RSS over its RSS just
 before the case (the kernel's high-water mark, reset per case through /proc/PID/clear_refs). Then
 it checks that the server is still up and answers an ordinary photo. The upload folder Gradio uses
@@ -19,8 +26,10 @@ from __future__ import annotations
 
 import argparse
 import io
+import itertools
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -29,6 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import numpy as np
 import torch
 from common import demo_server, shared_data  # benchmarks/common.py (this script's folder)
 from PIL import Image
@@ -37,6 +47,7 @@ from petlab.engine.speed import machine
 from petlab.registry import Registry
 
 CHUNK = 64 * 1024
+FILL = "the upload-cache fill: 300 uploads of 2 MB to /gradio_api/upload"
 
 
 def rss_kb(pid: int, field: str) -> int:
@@ -50,6 +61,76 @@ def png(side: int) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGBA", (side, side), (40, 160, 90, 128)).save(buffer, "PNG")
     return buffer.getvalue()
+
+
+def encoded(img: Image.Image, fmt: str, **kw) -> bytes:
+    buffer = io.BytesIO()
+    img.save(buffer, fmt, **kw)
+    return buffer.getvalue()
+
+
+def odd_mode_bombs(side: int = 6300) -> dict[str, bytes]:
+    """Small files that decode to large images in the modes the generic path once converted at full size."""
+    palette = Image.new("P", (side, side), 1)
+    palette.putpalette([255, 0, 0, 0, 255, 0] * 128)
+    sixteen = np.zeros((side, side), np.uint16)
+    sixteen[::7] = 60000
+    return {"16-bit grayscale PNGs": encoded(Image.fromarray(sixteen), "PNG"),
+            "palette PNGs with transparency": encoded(palette, "PNG", transparency=0),
+            "GIFs": encoded(palette, "GIF")}
+
+
+def hostile_beside_ordinary(url: str, task: str, hostile: bytes, ordinary: list, seconds: float = 20.0) -> dict:
+    """Four clients send `hostile` back to back while one ordinary client sends its photos one at a time."""
+    stop = time.monotonic() + seconds
+    hostile_codes: list = []
+
+    def flood():
+        with httpx.Client(timeout=300) as client:
+            while time.monotonic() < stop:
+                try:
+                    hostile_codes.append(client.post(f"{url}/api/predict", files={"file": ("h.png", hostile)},
+                                                     data={"task": task}).status_code)
+                except httpx.HTTPError as exc:
+                    hostile_codes.append(type(exc).__name__)
+
+    latencies, codes = [], []
+    with ThreadPoolExecutor(4) as pool:
+        floods = [pool.submit(flood) for _ in range(4)]
+        time.sleep(1.0)  # the flood is under way
+        with httpx.Client(timeout=300) as client:
+            for name, data in itertools.cycle(ordinary):
+                if time.monotonic() >= stop:
+                    break
+                start = time.perf_counter()
+                codes.append(client.post(f"{url}/api/predict", files={"file": (name, data)},
+                                         data={"task": task}).status_code)
+                latencies.append(time.perf_counter() - start)
+        for f in floods:
+            f.result()
+    return {"ordinary": dict(Counter(codes)), "hostile": dict(Counter(map(str, hostile_codes))),
+            "ordinary_p50_s": round(statistics.median(latencies), 3),
+            "ordinary_p90_s": round(statistics.quantiles(latencies, n=10)[-1], 3) if len(latencies) > 1 else None}
+
+
+def file_read_attempt(url: str, uploads: Path) -> dict:
+    """The reported request, and a GET through Gradio's URL proxy; whether a copy reached the upload folder."""
+    event = httpx.post(f"{url}/gradio_api/call/classify", timeout=30, json={"data": [
+        {"path": "/etc/hostname", "meta": {"_type": "gradio.FileData"}}, "cats_vs_dogs"]})
+    outcome = httpx.get(f"{url}/gradio_api/call/classify/{event.json()['event_id']}", timeout=60).text
+    proxy = httpx.get(f"{url}/gradio_api/file=https://example.com/cat.png", timeout=30).status_code
+    copied = [p.name for p in uploads.rglob("hostname")]
+    return {"status": "refused" if "event: error" in outcome else "ANSWERED", "copies": copied,
+            "url_proxy": proxy}
+
+
+def fill_upload_cache(url: str, uploads: Path, count: int = 300, size: int = 2 * 2**20) -> dict:
+    with httpx.Client(timeout=60) as client:
+        codes = [client.post(f"{url}/gradio_api/upload", files={"files": (f"fill{i}.jpg", os.urandom(size))}
+                             ).status_code for i in range(count)]
+    held = [p for p in uploads.rglob("*") if p.is_file()]
+    return {"uploads": dict(Counter(codes)), "sent_mb": count * size // 2**20,
+            "folder_mb": round(sum(p.stat().st_size for p in held) / 2**20, 1), "folder_files": len(held)}
 
 
 def eps() -> bytes:
@@ -108,6 +189,15 @@ def measure(pid: int, upload_dir: Path, send) -> dict:
 
 
 def summary(outcome) -> str:
+    if isinstance(outcome, dict) and "ordinary_p50_s" in outcome:
+        return (f"ordinary {outcome['ordinary']}, p50 {outcome['ordinary_p50_s']} s, p90 {outcome['ordinary_p90_s']}"
+                f" s; hostile {outcome['hostile']}")
+    if isinstance(outcome, dict) and "copies" in outcome:
+        return (f"{outcome['status']}, {len(outcome['copies'])} copies in the upload folder; URL proxy "
+                f"{outcome['url_proxy']}")
+    if isinstance(outcome, dict) and "folder_mb" in outcome:
+        return (f"{outcome['uploads']} for {outcome['sent_mb']} MB; the folder holds {outcome['folder_mb']} MB in "
+                f"{outcome['folder_files']} files")
     if isinstance(outcome, list):
         return ", ".join(f"{n}x {code}" for code, n in sorted(Counter(map(str, outcome)).items()))
     return f"{outcome['status']} after the client sent {outcome['client_sent_mb']} MB"
@@ -131,7 +221,7 @@ def main(argv=None) -> int:
         print(f"error: 64 ordinary photos expected under {validation}; set PETLAB_DATA_DIR", file=sys.stderr)
         return 2
     ordinary = [(p.name, p.read_bytes()) for p in photos]
-    huge_png, big_png, eps_file = png(8000), png(6000), eps()
+    huge_png, big_png, eps_file, bombs = png(8000), png(6000), eps(), odd_mode_bombs()
     total = args.chunked_mb * 2**20
     cases = {
         f"chunked {args.chunked_mb} MB body to /api/predict":
@@ -142,8 +232,16 @@ def main(argv=None) -> int:
             lambda: post_photos(url, args.task, [("huge.png", huge_png)] * 10, 10),
         f"10 concurrent 6000x6000 RGBA PNGs ({len(big_png) // 1024} KB each)":
             lambda: post_photos(url, args.task, [("big.png", big_png)] * 10, 10),
+        **{f"10 concurrent 6300x6300 {name} ({len(data) // 1024} KB each)":
+           (lambda data=data: post_photos(url, args.task, [("odd.png", data)] * 10, 10))
+           for name, data in bombs.items()},
         "an EPS file": lambda: post_photos(url, args.task, [("photo.eps", eps_file)], 1),
         "64 concurrent ordinary photos": lambda: post_photos(url, args.task, ordinary, 64),
+        "4 hostile clients (16-bit PNGs) beside 1 ordinary client, 20 s":
+            lambda: hostile_beside_ordinary(url, args.task, bombs["16-bit grayscale PNGs"], ordinary),
+        "the file-read attempt (/gradio_api/call/classify naming /etc/hostname)":
+            lambda: file_read_attempt(url, uploads),
+        FILL: lambda: fill_upload_cache(url, uploads),  # last: the files it leaves are the cache's, bounded
     }
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -157,8 +255,9 @@ def main(argv=None) -> int:
                 results[name] = measure(proc.pid, uploads, send)
                 if not args.json:
                     r = results[name]
+                    left = r["files_left"] if name != FILL else []
                     print(f"{name}: {summary(r['outcome'])}; {r['wall_s']} s; peak RSS +{r['peak_rss_growth_mb']} MB"
-                          + (f"; LEFT ON DISK: {r['files_left']}" if r["files_left"] else ""), flush=True)
+                          + (f"; LEFT ON DISK: {left}" if left else ""), flush=True)
             after = httpx.post(f"{url}/api/predict", files={"file": ordinary[0]}, data={"task": args.task}, timeout=60)
             alive = {"status": after.status_code, "top": after.json()["predictions"][0]["label"]
                      if after.status_code == 200 else after.text[:200], "server_running": proc.poll() is None}
@@ -170,7 +269,12 @@ def main(argv=None) -> int:
         print(f"afterwards: an ordinary photo -> {alive['status']} ({alive['top']}); server running: "
               f"{alive['server_running']}; server RSS after warm-up {baseline_mb} MB; CPU {report['machine']['cpu']}")
     worst = max(r["peak_rss_growth_mb"] for r in results.values())
-    ok = alive["status"] == 200 and worst < 1024 and not any(r["files_left"] for r in results.values())
+    flood = next(r["outcome"] for r in results.values() if isinstance(r["outcome"], dict)
+                 and "ordinary_p50_s" in r["outcome"])
+    read = next(r["outcome"] for r in results.values() if isinstance(r["outcome"], dict) and "copies" in r["outcome"])
+    ok = (alive["status"] == 200 and worst < 1024 and flood["ordinary_p50_s"] < 2.0 and read["status"] == "refused"
+          and not read["copies"] and results[FILL]["outcome"]["folder_mb"] <= 256
+          and not any(r["files_left"] for name, r in results.items() if name != FILL))
     return 0 if ok else 1
 
 
