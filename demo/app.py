@@ -35,9 +35,9 @@ from petlab.public_server import (  # noqa: E402
     BodyTooLarge,
     PublicRoutes,
     UploadBudget,
-    UploadedPhoto,
     log_request,
     mark_launched,
+    uploaded_photo,
 )
 from petlab.registry import Registry  # noqa: E402
 from petlab.registry.card import card_markdown  # noqa: E402
@@ -198,8 +198,7 @@ def build_page(models: ServedModels, upload_ttl_s: int = UPLOAD_TTL_S) -> gr.Blo
         with gr.Row():
             # filepath + image_mode=None: the untouched upload reaches petlab's own decoding.
             # only a file from Gradio's upload route, unopened: petlab's bounded decoder reads it
-            image = UploadedPhoto(type="filepath", image_mode=None, sources=["upload", "clipboard"], label="Photo",
-                                  elem_id="photo")
+            image = uploaded_photo(sources=["upload", "clipboard"], label="Photo", elem_id="photo")
             with gr.Column():
                 label = gr.Label(num_top_classes=5, label="Prediction", elem_id="prediction")
                 recognition = gr.Markdown("", elem_id="recognition")

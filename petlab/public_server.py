@@ -4,7 +4,7 @@ demo/app.py mounts Gradio on a FastAPI app (`gr.mount_gradio_app`), and a mounte
 `launch()` makes: Gradio 6 checks the paths an event's input names only once `blocks.has_launched` is set,
 which only `launch()` does. Without it, POST /gradio_api/call/classify with `{"path": "/etc/passwd"}` copied
 that file into the upload cache and served it back. So, whatever Gradio does:
-- `UploadedPhoto` (the page's photo input) takes a file only from Gradio's upload folder, never a data: URL,
+- `uploaded_photo` (the page's photo input) takes a file only from Gradio's upload folder, never a data: URL,
   and never opens it (petlab's bounded decoder does);
 - `mark_launched` sets what `launch()` would, so every other input of every event is checked by Gradio too;
 - `PublicRoutes` refuses Gradio's URL proxy (/gradio_api/file=https://..., /gradio_api/proxy=): the demo
@@ -41,20 +41,22 @@ async def answer(scope, send, status: int, code: str, message: str) -> None:
                        headers={"Connection": "close"})(scope, None, send)
 
 
-class UploadedPhoto(gr.Image):
+def uploaded_photo(**image_kwargs) -> gr.Image:
     """The page's photo input: gr.Image in the browser, but its value reaches the handler only as the path of
-    a file Gradio's upload route wrote (in its upload folder), and Gradio never opens it (gr.Image's own
-    preprocess hands every upload to PIL.Image.open, and decodes data: URLs into the cache)."""
+    a file Gradio's upload route wrote (in its upload folder), and Gradio never opens it: gr.Image's own
+    preprocess hands every upload to PIL.Image.open and decodes data: URLs into the cache. (Set on the
+    instance: a subclass of a Gradio component makes Gradio write a .pyi file beside its source.)"""
+    image = gr.Image(type="filepath", image_mode=None, **image_kwargs)
 
-    def get_block_name(self) -> str:
-        return "image"  # the browser's component
-
-    def preprocess(self, payload) -> str | None:
+    def preprocess(payload) -> str | None:
         if payload is None:
             return None
         if payload.url and payload.url.startswith("data:"):
             raise gr.Error("send the photo as an upload (POST /gradio_api/upload), not as a data: URL")
         return str(uploaded_file(payload.path))
+
+    image.preprocess = preprocess
+    return image
 
 
 def uploaded_file(path: str | os.PathLike | None) -> Path:
@@ -170,9 +172,9 @@ class UploadBudget:
     """Gradio's upload route keeps every file (for --upload-ttl-s), up to 1,000 in one request. Here one
     request may carry at most `max_files_per_request` files (counted while the body streams), and the upload
     folder holds at most `max_bytes` and `max_files`: after each upload the oldest files are evicted until it
-    fits (the files there when the server started, the page's example photos, are kept and not counted). Evicting rather than
-    refusing means a flood cannot shut the page for the others; a fresh upload is the newest file, so it
-    survives until its prediction unless a flood writes the whole budget in between."""
+    fits (the files there when the server started, the page's example photos, are kept and not counted).
+    Evicting rather than refusing means a flood cannot shut the page for the others; a fresh upload is the
+    newest file, so it survives until its prediction unless a flood writes the whole budget in between."""
 
     def __init__(self, app, max_bytes: int, max_files: int, max_files_per_request: int = 4):
         self.app, self.max_bytes, self.max_files = app, max_bytes, max_files

@@ -205,7 +205,9 @@ class ServedModels:
             shown = served_model(loaded)["format"] if loaded else "not loaded yet"
             models[task] = {"name": card["name"], "version": version, "arch": card["arch"],
                             "classes": len(card["classes"]), "format": shown,
-                            "not_a_pet": not_a_pet_check(card, loaded)}
+                            "not_a_pet": not_a_pet_check(card, loaded),
+                            # files of the version that were not loaded, and why (damaged, or would run code)
+                            "refused": dict(loaded.refused) if loaded else {}}
         return {"status": "ok" if served else "no_production_model", "registry": shown_path(self.registry.root),
                 "models": models}
 

@@ -317,6 +317,47 @@ def test_a_crafted_checkpoint_is_refused_and_its_code_never_runs(real_runs, shar
     assert not marker.exists()
 
 
+def crafted_export(real_pt2: Path, dest: Path, marker: Path) -> None:
+    """A real model.pt2 whose sample inputs are a pickle that runs code: torch.export.load tries the
+    weights-only unpickler on them, then falls back to the full one."""
+    import zipfile
+
+    payload = io.BytesIO()
+    torch.save(({"x": RunsCode(marker)}, {}), payload)
+    with zipfile.ZipFile(real_pt2) as source, zipfile.ZipFile(dest, "w") as out:
+        for info in source.infolist():
+            crafted = info.filename.endswith("sample_inputs/model.pt")
+            out.writestr(info, payload.getvalue() if crafted else source.read(info.filename))
+
+
+@pytest.mark.slow
+def test_a_crafted_export_in_the_registry_never_runs_and_health_says_what_serves(promoted_registry, tmp_path):
+    """Once, with model.onnx damaged, the server loaded model.pt2 and its payload ran at start (and under
+    predict.py --registry), while /api/health said "onnx"."""
+    from petlab.registry import Registry
+    from petlab.serving import ServedModels
+
+    registry_dir = tmp_path / "registry"
+    shutil.copytree(promoted_registry, registry_dir)
+    version = registry_dir / "cats_vs_dogs" / "v1"
+    marker = tmp_path / "the-payload-ran"
+    (version / "model.onnx").write_bytes(b"damaged")
+    (version / "pet_view.onnx").unlink(missing_ok=True)
+    for name in ("model.pt2", "pet_view.pt2"):
+        if (version / name).exists():
+            crafted_export(promoted_registry / "cats_vs_dogs" / "v1" / name, version / name, marker)
+    models = ServedModels(Registry(registry_dir))
+    models.warm_up()
+    model = models.model("cats_vs_dogs")
+    assert not marker.exists()
+    assert model.fmt == "torchscript" and model.pet_module is None
+    health = models.health()["models"]["cats_vs_dogs"]
+    assert health["format"] == "torchscript", health
+    assert "would run code" in health["refused"]["model.pt2"] or "could run code" in health["refused"]["model.pt2"]
+    assert "posix.system" in health["refused"]["model.pt2"], health["refused"]
+    assert "model.onnx" in health["refused"], health["refused"]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("command", [
     ["sweep.py", "--sweep", REPO / "experiments/configs/sweeps/lite0_cats_vs_dogs.yaml", "--trials", "1"],

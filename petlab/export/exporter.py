@@ -15,7 +15,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import pickle
+import threading
 import warnings
+import zipfile
 from pathlib import Path
 
 import torch
@@ -69,22 +73,63 @@ def preference(device: str = "cpu") -> tuple[str, ...]:
 
 
 def load_exported(path: str | Path):
-    """A saved export as a callable module: tensor [N, 3, H, W] -> logits."""
+    """A saved export as a callable module: tensor [N, 3, H, W] -> logits. Nothing in the file runs code:
+    ONNX Runtime and TorchScript read graphs, and a .pt2 is read by `load_torch_export`."""
     path = Path(path)
     if path.suffix == ".onnx":
         return OnnxModel(path)
     with _deprecation_notice_silenced():
         if path.suffix == ".pt2":
-            return torch.export.load(path).module()
+            return load_torch_export(path).module()
         return torch.jit.load(path, map_location="cpu").eval()
 
 
-def preferred_export(folder: Path) -> tuple[str, object]:
+_weights_only_lock = threading.Lock()
+
+
+def load_torch_export(path: Path) -> torch.export.ExportedProgram:
+    """torch.export.load, refusing whatever would run code. torch.export.load unpickles with
+    `weights_only=False` where a file says a weight or constant is pickled, falls back to it where its
+    sample inputs fail the weights-only unpickler, and `pickle.loads` any opaque object: a crafted model.pt2
+    once ran its payload when the server started. Here a file naming Python objects is refused unread, and
+    every torch.load inside is forced weights-only (TORCH_FORCE_WEIGHTS_ONLY_LOAD, which torch.load reads
+    on each call), so a pickle that names anything but tensors fails to load instead of running."""
+    from torch.export.pt2_archive.constants import CUSTOM_OBJ_FILENAME_PREFIX, OPAQUE_OBJ_FILENAME_PREFIX
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise ExportError(f"{path.name} is not a torch.export archive: {exc}") from None
+    objects = [n for n in names if Path(n).name.startswith((CUSTOM_OBJ_FILENAME_PREFIX, OPAQUE_OBJ_FILENAME_PREFIX))]
+    if objects:
+        raise ExportError(f"{path.name} holds pickled Python objects ({objects[0]}), which would run code when "
+                          "loaded; refused")
+    with _weights_only_lock:
+        before = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+        os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+        try:
+            return torch.export.load(path)
+        except pickle.UnpicklingError as exc:
+            reason = next((line for line in str(exc).splitlines() if "GLOBAL" in line or "global" in line),
+                          type(exc).__name__)
+            raise ExportError(f"{path.name} holds a pickle that is not plain tensors, which could run code "
+                              f"when loaded; refused ({reason.strip()[:200]})") from None
+        finally:
+            if before is None:
+                os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD", None)
+            else:
+                os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = before
+
+
+def preferred_export(folder: Path, refused: dict[str, str] | None = None) -> tuple[str, object]:
     """(format, module) for the first format in preference() that loads from `folder`."""
-    return first_loadable(folder, EXPORT_FILES)
+    return first_loadable(folder, EXPORT_FILES, refused)
 
 
-def first_loadable(folder: Path, files: dict[str, str]) -> tuple[str, object]:
+def first_loadable(folder: Path, files: dict[str, str], refused: dict[str, str] | None = None) -> tuple[str, object]:
+    """(format, module) of the first of `files` (format -> file name) that loads, in preference() order;
+    each one tried before it that failed is added to `refused` (file name -> why)."""
     errors = []
     for fmt in (f for f in preference() if f in files):
         path = Path(folder) / files[fmt]
@@ -94,9 +139,11 @@ def first_loadable(folder: Path, files: dict[str, str]) -> tuple[str, object]:
         try:
             return fmt, load_exported(path)
         except Exception as exc:  # noqa: BLE001 - fall back to the next format
-            log.warning("could not load %s (%s: %s); trying the next format", path, type(exc).__name__, exc)
+            log.warning("could not load %s (%s: %s); trying the next format", path.name, type(exc).__name__, exc)
             errors.append(f"{path.name}: {type(exc).__name__}: {exc}")
-    raise ExportError(f"no exported model loads from {folder}: {'; '.join(errors)}")
+            if refused is not None:
+                refused[path.name] = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+    raise ExportError(f"no exported model loads from {Path(folder).name}: {'; '.join(errors)}")
 
 
 @torch.no_grad()

@@ -5,7 +5,7 @@ at all?" from the same forward pass. The server and the promotion gate predict t
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -29,6 +29,7 @@ class LoadedModel:
     pre: Preprocessing
     pet_module: object | None = None  # x -> (logits, ImageNet pet probability), when the card has a pet view
     pet_fmt: str | None = None
+    refused: dict[str, str] = field(default_factory=dict)  # file -> why it was not loaded (damaged, unsafe)
 
     @property
     def classes(self) -> list[str]:
@@ -94,8 +95,9 @@ def load_eager(registry: Registry, task: str, version: int) -> torch.nn.Module:
 
 def load_version(registry: Registry, task: str, version: int) -> LoadedModel:
     card = registry.card(task, version)
+    refused: dict[str, str] = {}
     try:
-        fmt, module = preferred_export(registry.version_dir(task, version))
+        fmt, module = preferred_export(registry.version_dir(task, version), refused)
     except Exception as exc:  # noqa: BLE001 - an old or damaged export: serve the eager weights
         log.warning("serving %s v%d from its state dict: %s", task, version, exc)
         fmt, module = "eager", load_eager(registry, task, version)
@@ -104,9 +106,9 @@ def load_version(registry: Registry, task: str, version: int) -> LoadedModel:
     if entry.get("file") == PET_VIEW_FILE:
         files = {fmt: name for fmt, name in PET_VIEW_FILES.items() if fmt == "torch_export" or entry.get(fmt)}
         try:
-            pet_fmt, pet_module = first_loadable(registry.version_dir(task, version), files)
+            pet_fmt, pet_module = first_loadable(registry.version_dir(task, version), files, refused)
         except Exception as exc:  # noqa: BLE001 - the separate view answers instead, one forward pass dearer
             log.warning("%s v%d: could not load its pet view (%s); using the separate ImageNet view", task, version,
                         exc)
     return LoadedModel(task, card["name"], version, card, fmt, module, Preprocessing.from_dict(card["preprocessing"]),
-                       pet_module, pet_fmt)
+                       pet_module, pet_fmt, refused)
