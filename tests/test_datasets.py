@@ -286,3 +286,29 @@ def test_a_kaggle_layout_and_a_labels_csv_train_and_evaluate(shared, tmp_path):
     evaluated = json.loads(script("evaluate.py", only_run_dir(tmp_path / "csv-runs"), "--labels-csv",
                                   photos / "labels.csv").stdout)
     assert evaluated["dataset"] == "labels_csv" and evaluated["n"] == 60
+
+
+@pytest.mark.parametrize("label, error", [
+    ("../../LABELPWN", "holds a path separator"),
+    ("a\\b", "holds a path separator"),
+    ("..", "is . or .."),
+    ("bad\x1bname", "holds a control character"),
+])
+def test_a_class_name_that_could_leave_a_folder_is_refused(tmp_path, label, error):
+    """A --labels-csv label once became a class name, and promotion copied example photos under it: a label
+    of ../../x wrote LABELPWN-1.jpg two folders above the registry. Folders and list files go the same way."""
+    for i in range(6):
+        save_photo(tmp_path / f"a{i}.jpg", i % 2, seed=i)
+    rows = [f"a{i}.jpg,{'Beagle' if i % 2 else label}" for i in range(6)]
+    (tmp_path / "labels.csv").write_text("file,label\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    with pytest.raises(DatasetError, match=error):
+        load_splits(None, "breeds", labels_csv=str(tmp_path / "labels.csv"))
+
+
+def test_a_csv_file_that_links_outside_its_folder_is_refused(tmp_path):
+    """The path check once read the text only, so passwd.jpg -> /etc/passwd became a training file."""
+    save_photo(tmp_path / "a.jpg", 0, seed=0)
+    (tmp_path / "passwd.jpg").symlink_to("/etc/passwd")
+    (tmp_path / "labels.csv").write_text("file,label\na.jpg,cat\npasswd.jpg,dog\n")
+    with pytest.raises(DatasetError, match="links outside"):
+        load_splits(None, "cats_vs_dogs", labels_csv=str(tmp_path / "labels.csv"))

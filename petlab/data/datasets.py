@@ -56,6 +56,19 @@ def pretty_class_name(folder: str) -> str:
     return " ".join(w[:1].upper() + w[1:] for w in name.split())
 
 
+def check_class_names(classes: list[str], where: str) -> None:
+    """Class names become file names (a promotion's example photos, reports): refuse any that could leave
+    a folder or hide in a listing, whatever layout they came from (folders, a CSV's labels, a list file)."""
+    for name in classes:
+        bad = ("is empty" if not name.strip() else
+               "is . or .." if name.strip() in (".", "..") else
+               "holds a path separator" if "/" in name or "\\" in name else
+               "holds a control character" if any(ord(c) < 32 or ord(c) == 127 for c in name) else
+               "is over 200 characters" if len(name) > 200 else None)
+        if bad:
+            raise DatasetError(f"{where}: class name {name[:80]!r} {bad}; rename it (class names become file names)")
+
+
 def normalise_class_name(name: str) -> str:
     """The key class names are matched by: case- and separator-insensitive."""
     return re.sub(r"[\s_\-.]+", "", pretty_class_name(name)).lower()
@@ -284,6 +297,8 @@ def read_labels_csv(path: Path, image_dir: Path, task: str) -> dict[str, dict[st
             continue
         if len(candidates) > 1:
             raise DatasetError(f"{path}:{line}: {name!r} matches {len(candidates)} files in {image_dir}")
+        if not candidates[0].resolve().is_relative_to(image_dir.resolve()):  # a symbolic link out of the folder
+            raise DatasetError(f"{path}:{line}: {name!r} links outside {image_dir} (to {candidates[0].resolve()})")
         file = str(candidates[0])
         if file in seen:
             if seen[file] != label:
@@ -452,6 +467,7 @@ def load_splits(dataset: str | None, task: str, data_dir: str | None = None, spe
         dataset_dir(dataset, data_dir, download)
     found = reader(root, task, species=species, seed=seed, val_fraction=val_fraction, labels_csv=labels_csv)
     classes = found["classes"]
+    check_class_names(classes, labels_csv or str(root))
     notes = dict(found.get("notes", {}))
     train, val = found["train"], found.get("val") or []
     if not val and carve:
