@@ -9,8 +9,10 @@ card's temperature and "not a pet" check; --registry-version picks another versi
 Each row: input (the PATH it was found under), file (relative to it), label and probability, top_k (JSON),
 recognised, pet_probability, error (why an unreadable file has no prediction) and model.
 
---out is rewritten atomically after every batch: interrupted, it holds the rows done so far, and the same
-command again predicts only the rest. Without --out the rows go to standard output as CSV.
+--out is written once, at the end; each batch's rows go to a journal beside it (.NAME.partial.jsonl) as they
+are done, so after an interruption the same command predicts only the rest (rows of the same model file and
+--top-k are kept). A file predict.py did not write is not overwritten without --force. Without --out the rows
+go to standard output as CSV.
 """
 
 import argparse
@@ -38,6 +40,7 @@ def main(argv=None) -> int:
     source.add_argument("--registry-version", type=int, metavar="N", help="label with this registered version")
     parser.add_argument("--registry", help="registry folder (default $PETLAB_REGISTRY_DIR or models/registry)")
     parser.add_argument("--out", type=Path, help="FILE.csv or FILE.json (default: CSV on standard output)")
+    parser.add_argument("--force", action="store_true", help="overwrite --out even if predict.py did not write it")
     parser.add_argument("--top-k", type=int, default=5, help=f"classes per row, 1 to {MAX_TOP_K} (default 5)")
     parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
     parser.add_argument("--threads", type=int, help="ONNX Runtime threads for a --run model (default: all cores)")
@@ -50,12 +53,12 @@ def main(argv=None) -> int:
     try:
         photos = find_photos(args.paths)
         with open_model(args.task, args.run, args.registry_version, Registry(args.registry), args.threads) as model:
-            rows = predict_photos(model, photos, args.out, args.top_k, args.batch_size)
+            rows = predict_photos(model, photos, args.out, args.top_k, args.batch_size, args.force)
     except PetlabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        where = f"{args.out} holds the rows done so far; run the same command to finish" if args.out else \
+        where = f"the rows done so far are kept beside {args.out}; run the same command to finish" if args.out else \
             "nothing was written (pass --out to keep partial results)"
         print(f"interrupted: {where}", file=sys.stderr)
         return 130

@@ -6,13 +6,17 @@ test-time augmentation and temperature, and its "is this a pet at all?" check. O
 best.pt, exported to ONNX and checked against eager on the first batch (export/onnx.py: CheckedOnnx),
 calibrated by the temperature fitted on the run's own validation predictions, as promotion would.
 
-The output (CSV or JSON) is rewritten atomically after every batch, so an interrupted run leaves a whole
-file of the rows done so far; run the same command again and those files are not predicted again (rows
-a different model wrote are).
+Each batch's rows are appended to a journal beside the output (`.NAME.partial.jsonl`, hidden), and the
+output (CSV or JSON) is written once, atomically, at the end: the work grows with the output, not with its
+square. Run an interrupted command again and the files in the journal, or in an earlier output, are not
+predicted again, as long as they came from the same model file (its content fingerprint, in the `model`
+column) with the same --top-k. An output predict.py did not write is never overwritten without --force.
+CSV cells that a spreadsheet would run as a formula (=, +, -, @) are written with a leading quote.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -36,9 +40,9 @@ from petlab.export.onnx import CheckedOnnx
 from petlab.fileio import atomic_write
 from petlab.models.pet_view import PetView
 from petlab.progress import progress
-from petlab.registry.loaded import LoadedModel, load_version
+from petlab.registry.loaded import LoadedModel, files_fingerprint, load_version
 from petlab.registry.store import Registry
-from petlab.serving import classify_readable, decode_photo
+from petlab.serving import classify_readable, decode_photo, served_model
 
 log = logging.getLogger(__name__)
 # ONNX Runtime's throughput on these CPUs levels off by batch 64 (benchmarks/inference_throughput.py)
@@ -62,6 +66,12 @@ class Photo:
         return self.input, self.file
 
 
+def shown(name: str) -> str:
+    """A file name as text any output can hold: bytes that are not UTF-8 (kept by Python as surrogates) are
+    written as \\xNN escapes, so the row exists, reads back, and still tells the files apart."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def find_photos(inputs: list[str]) -> list[Photo]:
     """Every visible file under each input (files as given, folders recursively, hidden entries skipped:
     data/files.py), in a stable order. A missing input is an error before any work starts."""
@@ -69,9 +79,9 @@ def find_photos(inputs: list[str]) -> list[Photo]:
     for given in inputs:
         path = Path(given).expanduser()
         if path.is_file():
-            photos.append(Photo(path, given, path.name))
+            photos.append(Photo(path, shown(given), shown(path.name)))
         elif path.is_dir():
-            photos += [Photo(f, given, f.relative_to(path).as_posix()) for f in visible_files(path)]
+            photos += [Photo(f, shown(given), shown(f.relative_to(path).as_posix())) for f in visible_files(path)]
         else:
             raise PredictError(f"no such file or folder: {given}")
     if not photos:
@@ -123,40 +133,88 @@ def run_model(run_dir: Path, tmp: Path, threads: int | None) -> LoadedModel:
     card = {"classes": trained.classes, "tta": results.get("tta", "none"),
             "calibration": {"temperature": temperature}}
     return LoadedModel(cfg.task, f"run {run_dir.resolve().name}", 0, card, "onnx" if fast else "eager", module,
-                       trained.preprocessing)
+                       trained.preprocessing,
+                       fingerprint=files_fingerprint([run_dir / "checkpoints" / "best.pt"], f"T={temperature!r}"))
 
 
 def model_identity(model: LoadedModel) -> str:
-    return model.name if model.version == 0 else f"{model.name} v{model.version}"
+    """What the `model` column says: the version, the runtime that served it, and its files' fingerprint."""
+    name = model.name if model.version == 0 else f"{model.name} v{model.version}"
+    return f"{name} ({served_model(model)['format']}, sha256:{model.fingerprint})"
 
 
-def read_rows(path: Path) -> list[dict]:
-    """The rows of an earlier (possibly interrupted) output, to continue it."""
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what a spreadsheet reads as the start of a formula
+
+
+def read_rows(path: Path, force: bool = False) -> list[dict]:
+    """The rows of an earlier output of predict.py, to continue it. Any other file is refused (or, with
+    `force`, ignored: it will be overwritten)."""
+    if path.is_dir():
+        raise PredictError(f"--out {path}: is a folder; name a .csv or .json file")
     if not path.is_file():
         return []
     try:
         if path.suffix == ".json":
-            rows = json.loads(path.read_text())
-            if not isinstance(rows, list):
-                raise ValueError("expected a list of rows")
-            return rows
-        with path.open(newline="") as fh:
-            return [{**row, "top_k": json.loads(row["top_k"]) if row.get("top_k") else []}
-                    for row in csv.DictReader(fh)]
-    except (OSError, ValueError, KeyError) as exc:
-        raise PredictError(f"{path} exists but is not an output of predict.py ({exc}); move it away or pass "
-                           "another --out") from None
+            rows = json.loads(path.read_text(encoding="utf-8"))
+            ours = isinstance(rows, list) and all(isinstance(r, dict) and set(r) == set(COLUMNS) for r in rows)
+        else:
+            with path.open(newline="", encoding="utf-8") as fh:
+                reader = csv.DictReader(fh)
+                ours = tuple(reader.fieldnames or ()) == COLUMNS
+                rows = [{k: unquoted(v) for k, v in row.items()} for row in reader] if ours else []
+            rows = [{**row, "top_k": json.loads(row["top_k"]) if row.get("top_k") else []} for row in rows]
+    except (OSError, ValueError) as exc:
+        ours, reason = False, f" ({type(exc).__name__}: {str(exc)[:100]})"
+    else:
+        reason = ""
+    if ours:
+        return rows
+    if force:
+        return []
+    raise PredictError(f"{path} exists and is not an output of predict.py{reason}; pass --force to overwrite "
+                       "it, or choose another --out")
+
+
+def unquoted(cell: str | None) -> str | None:
+    """A CSV cell as predict.py meant it: the quote put before a formula-like value is taken off again."""
+    return cell[1:] if cell and cell[0] == "'" and cell[1:2] in FORMULA_STARTS and len(cell) > 1 else cell
 
 
 def format_rows(rows: list[dict], suffix: str) -> str:
     if suffix == ".json":
-        return json.dumps(rows, indent=1)
+        return json.dumps(rows, indent=1, ensure_ascii=False)
     out = io.StringIO()
     writer = csv.DictWriter(out, COLUMNS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for row in rows:  # top_k as JSON in its cell: [{"label": ..., "probability": ...}, ...]
-        writer.writerow({**row, "top_k": json.dumps(row["top_k"]) if row.get("top_k") else ""})
+        cells = {**row, "top_k": json.dumps(row["top_k"]) if row.get("top_k") else ""}
+        writer.writerow({k: f"'{v}" if isinstance(v, str) and v.startswith(FORMULA_STARTS) else v
+                         for k, v in cells.items()})
     return out.getvalue()
+
+
+def journal_path(out: Path) -> Path:
+    return out.with_name(f".{out.name}.partial.jsonl")
+
+
+def read_journal(out: Path, header: dict) -> list[dict]:
+    """The rows an interrupted run appended, when it labelled with the same model and options; a last line
+    cut short by the interruption is dropped."""
+    path = journal_path(out)
+    if not path.is_file():
+        return []
+    rows = []
+    with path.open(encoding="utf-8") as fh:
+        for n, line in enumerate(fh):
+            try:
+                record = json.loads(line)
+            except ValueError:
+                break
+            if n == 0 and record != header:
+                return []
+            if n > 0:
+                rows.append(record)
+    return rows
 
 
 def decode(photo: Photo):
@@ -186,16 +244,25 @@ def rows_for(model: LoadedModel, batch: list[Photo], decoded: list, top_k: int, 
 
 
 def predict_photos(model: LoadedModel, photos: list[Photo], out: Path | None = None, top_k: int = 5,
-                   batch_size: int = BATCH_SIZE) -> list[dict]:
-    """Rows for every photo, in the photos' order. With `out`, rows it already holds from this model are
-    kept, and the file is rewritten atomically after each batch."""
+                   batch_size: int = BATCH_SIZE, force: bool = False) -> list[dict]:
+    """Rows for every photo, in the photos' order. With `out`, rows an earlier run of the same model and
+    options left (in `out` or in its journal) are kept; each batch is appended to the journal, and `out` is
+    written once at the end."""
     if out is not None and out.suffix not in OUTPUT_FORMATS:
         raise PredictError(f"--out {out}: write .csv or .json")
     if out is not None and (is_hidden(out.name) or not out.parent.is_dir()):
         raise PredictError(f"--out {out}: its folder does not exist, or the name is hidden")
     identity = model_identity(model)
-    earlier = {(r["input"], r["file"]): r for r in (read_rows(out) if out else []) if r.get("model") == identity}
-    done = {p.key: earlier[p.key] for p in photos if p.key in earlier}
+    per_row = min(top_k, len(model.classes))
+    header = {"predict.py": 1, "model": identity, "top_k": per_row}
+
+    def same_run(row: dict) -> bool:  # the same model file and options; an unreadable file's row has no top-k
+        return row.get("model") == identity and (row.get("error") or len(row.get("top_k") or []) == per_row)
+
+    journalled = read_journal(out, header) if out else []
+    earlier = (read_rows(out, force) + journalled) if out else []
+    earlier_by_key = {(r["input"], r["file"]): r for r in earlier if same_run(r)}
+    done = {p.key: earlier_by_key[p.key] for p in photos if p.key in earlier_by_key}
     todo = [p for p in photos if p.key not in done]
     if done:
         log.info("%s: %d of %d files already done by %s; predicting the other %d", out, len(done), len(photos),
@@ -207,25 +274,31 @@ def predict_photos(model: LoadedModel, photos: list[Photo], out: Path | None = N
             pet_view.append(PetView())
         return pet_view[0]
 
-    def ordered() -> list[dict]:
-        return [done[p.key] for p in photos if p.key in done]
-
     batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
     bar = progress(total=len(todo), desc=f"labelling with {identity}", unit="photo")
-    # Decoding the next batch (Pillow releases the GIL) overlaps the model's pass over this one.
-    with ThreadPoolExecutor(max_workers=2) as pool:
+    with contextlib.ExitStack() as stack:
+        journal = None
+        if out is not None and batches:
+            journal = stack.enter_context(journal_path(out).open("a" if journalled else "w", encoding="utf-8"))
+            if not journalled:  # a fresh journal, or one another model or --top-k wrote
+                journal.write(json.dumps(header) + "\n")
+        # Decoding the next batch (Pillow releases the GIL) overlaps the model's pass over this one.
+        pool = stack.enter_context(ThreadPoolExecutor(max_workers=2))
         pending = pool.submit(lambda b: list(pool.map(decode, b)), batches[0]) if batches else None
         for n, batch in enumerate(batches):
             decoded = pending.result()
             if n + 1 < len(batches):
                 pending = pool.submit(lambda b: list(pool.map(decode, b)), batches[n + 1])
-            for photo, row in zip(batch, rows_for(model, batch, decoded, top_k, separate_view)):
+            rows = rows_for(model, batch, decoded, top_k, separate_view)
+            for photo, row in zip(batch, rows):
                 done[photo.key] = row
-            if out is not None:
-                atomic_write(out, format_rows(ordered(), out.suffix))
+            if journal is not None:
+                journal.write("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+                journal.flush()
             bar.update(len(batch))
     bar.close()
-    rows = ordered()
-    if out is not None and not batches:
+    rows = [done[p.key] for p in photos]
+    if out is not None:
         atomic_write(out, format_rows(rows, out.suffix))
+        journal_path(out).unlink(missing_ok=True)
     return rows

@@ -58,7 +58,7 @@ def test_a_nested_folder_gets_a_row_per_photo_and_a_reason_per_unreadable_file(p
         assert float(row["probability"]) == top[0]["probability"] and 0.5 < float(row["probability"]) <= 1
         assert sum(p["probability"] for p in top) == pytest.approx(1, abs=1e-4)
         assert row["recognised"] in ("True", "False") and 0 <= float(row["pet_probability"]) <= 1
-        assert row["model"] == "petlab-cats-vs-dogs v1"
+        assert row["model"].startswith("petlab-cats-vs-dogs v1 (onnx, sha256:")  # runtime and file fingerprint
     # cat.2001 is the cat in a cardboard box that ImageNet's view does not see as a pet (test_demo.py)
     assert by_file["2024/summer/cat.2001.jpg"]["recognised"] == "False"
     assert by_file["2025/dog.2010.jpg"]["recognised"] == "True"
@@ -102,7 +102,7 @@ def test_a_run_directory_labels_as_its_promoted_version_does(promoted_registry, 
     assert [r["label"] for r in a] == [r["label"] for r in b] == ["dog"] * 3
     # the same weights, the same temperature fitted on the same validation predictions
     assert [r["probability"] for r in a] == pytest.approx([r["probability"] for r in b], abs=1e-4)
-    assert b[0]["model"] == f"run {real_runs['lite0'].name}"
+    assert b[0]["model"].startswith(f"run {real_runs['lite0'].name} (onnx, sha256:")
 
 
 def test_bad_requests_fail_with_one_line(promoted_registry, tmp_path):
@@ -137,3 +137,92 @@ def test_the_labelling_benchmark_runs_on_the_production_model(promoted_registry,
     assert figures["photos"] == 24 and set(figures["by_batch_size"]) == {"1", "8"}
     assert all(f["photos_per_s"] > 0 for f in figures["by_batch_size"].values())
     assert "photos/s" in proc.stdout and "petlab-cats-vs-dogs v1" in proc.stdout
+
+
+def test_an_output_predict_did_not_write_is_left_alone_unless_forced(promoted_registry, album, tmp_path):
+    """--out once overwrote a dataset's own labels.csv without a word, and a JSON list of strings crashed."""
+    labels = tmp_path / "labels.csv"
+    labels.write_text("file,label\na.jpg,cat\n")
+    strings = tmp_path / "names.json"
+    strings.write_text('["a", "b"]')
+    for out in (labels, strings):
+        before = out.read_bytes()
+        proc = script("predict.py", album / "2025", "--registry", promoted_registry, "--out", out, check=False)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        (error,) = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+        assert "is not an output of predict.py; pass --force" in error
+        assert out.read_bytes() == before
+    script("predict.py", album / "2025", "--registry", promoted_registry, "--out", labels, "--force")
+    assert [r["file"] for r in read_csv(labels)] == DOGS
+    (tmp_path / "dir.csv").mkdir()
+    folder = script("predict.py", album / "2025", "--registry", promoted_registry, "--out", f"{tmp_path}/dir.csv/",
+                    check=False)
+    assert folder.returncode == 2 and "is a folder" in folder.stderr and "Traceback" not in folder.stderr
+
+
+def test_formula_like_and_non_utf8_file_names_are_written_safely_and_read_back(promoted_registry, shared, tmp_path):
+    """Names beginning = + - @ were written as spreadsheet formulas; a non-UTF-8 name crashed the CSV."""
+    import os
+
+    photo = shared / "cats_and_dogs_filtered/validation/dogs/dog.2001.jpg"
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    names = ["=HYPERLINK(1).jpg", "+1.jpg", "-2.jpg", "@sum.jpg"]
+    for name in names:
+        shutil.copy(photo, folder / name)
+    shutil.copy(photo, os.path.join(os.fsencode(folder), b"caf\xe9.jpg"))
+    out = tmp_path / "odd.csv"
+    script("predict.py", folder, "--registry", promoted_registry, "--out", out)
+    raw = out.read_text(encoding="utf-8")
+    for name in names:
+        assert f"\n{folder},'{name}," in raw  # the cell starts with a quote, so no spreadsheet runs it
+    assert "caf\\xe9.jpg" in raw
+    again = script("predict.py", folder, "--registry", promoted_registry, "--out", out)
+    assert "5 of 5 files already done" in again.stderr  # the quoted and escaped names read back as the same files
+
+
+def test_a_rerun_redoes_rows_of_another_model_file_or_other_options(promoted_registry, album, tmp_path):
+    """Rows were kept by model name and version alone: another registry's v1 reused them, and a --top-k 1 rerun
+    kept top-2 rows."""
+    out = tmp_path / "labels.json"
+    script("predict.py", album / "2025", "--registry", promoted_registry, "--out", out, "--top-k", "2")
+    narrower = script("predict.py", album / "2025", "--registry", promoted_registry, "--out", out, "--top-k", "1")
+    assert "already done" not in narrower.stderr
+    assert all(len(r["top_k"]) == 1 for r in json.loads(out.read_text()))
+    other = tmp_path / "other-registry"
+    shutil.copytree(promoted_registry, other)
+    card = other / "cats_vs_dogs" / "v1" / "card.json"
+    edited = json.loads(card.read_text())
+    edited["calibration"] = {**(edited.get("calibration") or {}), "temperature": 3.0}
+    card.write_text(json.dumps(edited))
+    first = json.loads(out.read_text())
+    proc = script("predict.py", album / "2025", "--registry", other, "--out", out, "--top-k", "1")
+    assert "already done" not in proc.stderr
+    second = json.loads(out.read_text())
+    assert {r["model"] for r in second}.isdisjoint({r["model"] for r in first})
+    assert [r["probability"] for r in second] != [r["probability"] for r in first]
+
+
+def test_the_output_is_written_once_and_each_batch_only_appends(promoted_registry, album, tmp_path, monkeypatch):
+    """predict.py rewrote the whole output after every batch: 1.52 GB written for a 4.8 MB output on 40,000
+    files. Now a batch appends its rows to the journal, and the output is written once."""
+    from petlab import batch_predict
+    from petlab.registry import Registry
+
+    writes, journal_sizes = [], []
+    real_write = batch_predict.atomic_write
+
+    def counted(path, text):
+        writes.append(path)
+        journal_sizes.append(batch_predict.journal_path(path).stat().st_size)
+        return real_write(path, text)
+
+    monkeypatch.setattr(batch_predict, "atomic_write", counted)
+    out = tmp_path / "labels.csv"
+    photos = batch_predict.find_photos([str(album)])
+    with batch_predict.open_model("cats_vs_dogs", registry=Registry(promoted_registry)) as model:
+        rows = batch_predict.predict_photos(model, photos, out, top_k=2, batch_size=1)
+    assert writes == [out] and len(rows) == len(photos) == 10
+    journal_lines = journal_sizes[0]  # bytes: a header and one line per photo, each written once
+    assert journal_lines < 2 * len(out.read_bytes()), (journal_lines, len(out.read_bytes()))
+    assert not batch_predict.journal_path(out).exists()  # the finished output replaces its journal

@@ -4,6 +4,7 @@ at all?" from the same forward pass. The server and the promotion gate predict t
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass, field
 
@@ -12,7 +13,7 @@ import torch
 from petlab.calibration import apply_temperature
 from petlab.data.images import load_rgb
 from petlab.data.transforms import Preprocessing
-from petlab.export import PET_VIEW_FILE, PET_VIEW_FILES, first_loadable, preferred_export
+from petlab.export import EXPORT_FILES, PET_VIEW_FILE, PET_VIEW_FILES, first_loadable, preferred_export
 from petlab.registry.store import Registry
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,7 @@ class LoadedModel:
     pet_module: object | None = None  # x -> (logits, ImageNet pet probability), when the card has a pet view
     pet_fmt: str | None = None
     refused: dict[str, str] = field(default_factory=dict)  # file -> why it was not loaded (damaged, unsafe)
+    fingerprint: str = ""  # files_fingerprint of what answers: the files that loaded, and the card
 
     @property
     def classes(self) -> list[str]:
@@ -84,6 +86,19 @@ class LoadedModel:
                 for row, (vs, ids) in enumerate(zip(values.tolist(), indices.tolist()))]
 
 
+def files_fingerprint(paths: list, *extra: str) -> str:
+    """The first 12 hex digits of a SHA-256 over the files' contents (and `extra` strings): which model
+    answered, whatever its name and version say."""
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    for text in extra:
+        digest.update(text.encode())
+    return digest.hexdigest()[:12]
+
+
 def load_eager(registry: Registry, task: str, version: int) -> torch.nn.Module:
     """A registered version's eager model, from its state dict, in eval mode."""
     from petlab.models import rebuild_trained
@@ -110,5 +125,7 @@ def load_version(registry: Registry, task: str, version: int) -> LoadedModel:
         except Exception as exc:  # noqa: BLE001 - the separate view answers instead, one forward pass dearer
             log.warning("%s v%d: could not load its pet view (%s); using the separate ImageNet view", task, version,
                         exc)
+    folder = registry.version_dir(task, version)
+    answering = [EXPORT_FILES.get(fmt, "state_dict.pt"), *([PET_VIEW_FILES[pet_fmt]] if pet_fmt else []), "card.json"]
     return LoadedModel(task, card["name"], version, card, fmt, module, Preprocessing.from_dict(card["preprocessing"]),
-                       pet_module, pet_fmt, refused)
+                       pet_module, pet_fmt, refused, files_fingerprint([folder / name for name in answering]))
