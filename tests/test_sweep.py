@@ -285,3 +285,20 @@ def test_a_bad_grid_is_a_clear_error(items, message):
         parse_grid(items)
     assert parse_grid(["seed=0,1", "train.lr=1e-3,3e-3"]) == {
         "seed": {"type": "grid", "values": [0, 1]}, "train.lr": {"type": "grid", "values": [1e-3, 3e-3]}}
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("postgresql://u@h/db?password=s3cret", "postgresql://u@h/db?password=***"),
+    ("postgresql://u:p@s3cret@h/db", "postgresql://u:***@h/db"),
+    ("postgresql:/u:s3cret@h/db", "postgresql:/u:***@h/db"),
+    ("postgresql://u:s3cret@h:abc/db", "postgresql://u:***@h:abc/db"),
+    ("mysql://u@h/db?sslmode=require&PassWord=s3cret", "mysql://u@h/db?sslmode=require&PassWord=***"),
+])
+def test_a_password_is_hidden_in_every_form_a_url_carries_it(url, shown):
+    """Each of these once printed its password, and the non-numeric port raised ValueError."""
+    from petlab.search.storage import redacted
+
+    assert redacted(url) == shown and "s3cret" not in redacted(url)
+    with pytest.raises(ConfigError) as error:
+        open_storage(url)
+    assert "s3cret" not in str(error.value) and str(error.value).startswith("--storage ")

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import socket
 import threading
 from contextlib import contextmanager
@@ -40,15 +41,35 @@ def storage_file(url: str) -> Path | None:
     return None
 
 
-def redacted(url: str | None) -> str:
-    """A storage URL fit for a message or a log: a database URL's password becomes ***."""
+SECRET_PARAMS = re.compile(r"([?&][^=&]*(?:pass|pwd|secret|token)[^=&]*=)([^&#]*)", re.IGNORECASE)
+
+
+def secrets_in(url: str) -> list[str]:
+    """The passwords a URL carries: in `user:password@` (everything up to the last @, so a password holding @
+    or / counts whole, whatever the number of slashes after the scheme) and in query parameters such as
+    `?password=`. Read as text, not parsed: a URL a parser refuses (a port that is not a number) counts too."""
+    if storage_file(url) is not None:
+        return []
+    scheme = re.match(r"[A-Za-z][\w+.-]*:/*", url)
+    rest = url[scheme.end():] if scheme else url
+    found = [m.group(2) for m in SECRET_PARAMS.finditer(rest) if m.group(2)]
+    if scheme and "@" in rest:
+        userinfo = rest.rsplit("@", 1)[0]
+        if ":" in userinfo:
+            found.append(userinfo.split(":", 1)[1])
+    # and the pieces a driver may show on their own ("p@ss@host" reads as password "p", host "ss@host")
+    found += [piece for f in found for piece in re.split(r"[@:/]", f) if len(piece) >= 3]
+    return sorted({f for f in found if f}, key=len, reverse=True)
+
+
+def redacted(url: str | None, text: str | None = None) -> str:
+    """A storage URL fit for a message or a log, its passwords ***; or, with `text` (a driver's error about
+    that URL), the text with them hidden."""
     url = url or default_study_storage()
-    if storage_file(url) is not None or "://" not in url:
-        return url
-    try:
-        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
-    except sqlalchemy.exc.ArgumentError:
-        return url.split("://", 1)[0] + "://***"  # unparseable: show the scheme alone
+    shown = url if text is None else text
+    for secret in secrets_in(url):
+        shown = shown.replace(secret, "***")
+    return shown
 
 
 def open_storage(url: str | None, heartbeat_s: int = 5, grace_s: int = 20) -> optuna.storages.BaseStorage:
@@ -62,14 +83,15 @@ def open_storage(url: str | None, heartbeat_s: int = 5, grace_s: int = 20) -> op
     if path is not None:
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}  # several workers write one file
     elif "://" not in url:
-        raise ConfigError(f"--storage {url!r}: expected sqlite:///FILE, journal:FILE or a database URL "
+        raise ConfigError(f"--storage {redacted(url)!r}: expected sqlite:///FILE, journal:FILE or a database URL "
                           "such as postgresql://user:password@host/db")
     try:
         return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat_s, grace_period=grace_s,
                                           heartbeat_stale_trial_callback=RetryStale(max_retry=MAX_RETRY), **kwargs)
-    except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.ArgumentError, ImportError) as exc:
+    except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.ArgumentError, ImportError, ValueError) as exc:
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        raise ConfigError(f"--storage {redacted(url)}: cannot open the study storage ({reason})") from None
+        raise ConfigError(f"--storage {redacted(url)}: cannot open the study storage ({redacted(url, reason)})") \
+            from None
 
 
 @contextmanager
