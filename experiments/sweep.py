@@ -109,7 +109,7 @@ def run_workers(args, argv, sweep, name, n_trials) -> None:
     procs = [subprocess.Popen([sys.executable, __file__, *argv, "--worker-index", str(i),
                                *([] if "train.threads" in overrides_from(args) else ["--threads", str(threads)])])
              for i in range(args.workers)]
-    study = open_study(sweep, args.storage, name)
+    study = open_study(sweep, args.storage, name, overrides=overrides_from(args))
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     with tqdm(total=n_trials, desc=f"study {name}", unit="trial") as bar:
         while any(p.poll() is None for p in procs):

@@ -354,13 +354,21 @@ def _update(section: Any, updates: dict[str, Any], prefix: str = "") -> None:
             setattr(section, key, _coerce(full, value, hints[key]))
 
 
+MAX_VALUE_CHARS = 1000
+
+
 def parse_value(text: str) -> Any:
     """A value typed on the command line, read as YAML, except that 1e-3 is a number (YAML 1.1 wants 1.0e-3);
-    the field's own type is checked later (_coerce)."""
+    the field's own type is checked later (_coerce). Over MAX_VALUE_CHARS characters is refused unread: a
+    5,000-digit number once raised ValueError (Python's int digit limit), 5,000 [ a RecursionError."""
+    if len(text) > MAX_VALUE_CHARS:
+        raise ConfigError(f"a value of {len(text)} characters is over the {MAX_VALUE_CHARS} allowed")
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{text!r} is not valid YAML ({str(exc).splitlines()[0]})") from None
+    except (ValueError, RecursionError) as exc:
+        raise ConfigError(f"{text[:40]!r}...: not a value ({type(exc).__name__})") from None
     if isinstance(value, str):
         try:
             return float(value) if value.strip().lower() not in ("nan", "inf", "-inf", "infinity") else value

@@ -302,3 +302,44 @@ def test_a_password_is_hidden_in_every_form_a_url_carries_it(url, shown):
     with pytest.raises(ConfigError) as error:
         open_storage(url)
     assert "s3cret" not in str(error.value) and str(error.value).startswith("--storage ")
+
+
+def test_a_study_resumed_with_another_command_line_or_base_file_is_refused(tmp_path):
+    """A resumed study once mixed trials of --epochs 1 and 3, and of label smoothing 0.1 and 0.5 (an edited base
+    file): both are part of its identity now. Where a worker keeps things (--output-dir, --threads) is not."""
+    from petlab.search.runner import open_study
+    from petlab.search.space import grid_sweep, parse_grid
+
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump(BASE))
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    sweep = grid_sweep(base, parse_grid(["seed=0,1"]))
+    open_study(sweep, storage, "s", overrides={"train.epochs": 1, "output_dir": "a"})
+    open_study(sweep, storage, "s", overrides={"train.epochs": 1, "output_dir": "b", "train.threads": 1})
+    with pytest.raises(ConfigError, match="command_line: stored"):
+        open_study(sweep, storage, "s", overrides={"train.epochs": 3})
+    base.write_text(yaml.safe_dump({**BASE, "train": {**BASE["train"], "label_smoothing": 0.5}}))
+    with pytest.raises(ConfigError, match="base_sha256: stored"):
+        open_study(sweep, storage, "s", overrides={"train.epochs": 1})
+
+
+@pytest.mark.parametrize("items, message", [
+    (["model.dropout=0.1,2.0"], r"--grid model.dropout=2.0: "),  # once: 0.1 ran twice, 2.0 failed, exit 0
+    (["seed=1,1.0"], "distinct"),
+    (["seed=0,1", "seed=2,3"], "given twice"),
+])
+def test_every_grid_value_is_checked_and_unique(tmp_path, items, message):
+    from petlab.search.space import grid_sweep, parse_grid
+
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump(BASE))
+    with pytest.raises(ConfigError, match=message):
+        grid_sweep(base, parse_grid(items))
+
+
+@pytest.mark.parametrize("value", ["1" * 5000, "[" * 5000])
+def test_a_huge_set_value_is_a_config_error(value):
+    from petlab.cli import parse_set
+
+    with pytest.raises(ConfigError, match="over the 1000 allowed"):
+        parse_set([f"train.lr={value}"])

@@ -6,6 +6,7 @@ study and trial number); the trial stores its run directory and the run its tria
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -57,7 +58,8 @@ class AskTellGridSampler(optuna.samplers.GridSampler):
 
 
 def open_study(sweep: SweepConfig, storage_url: str | None, study_name: str | None, seed_offset: int = 0,
-               create: bool = True) -> optuna.Study:
+               create: bool = True, overrides: dict | None = None) -> optuna.Study:
+    """The sweep's study, created or resumed; `overrides` (the command line's) are part of its identity."""
     storage = open_storage(storage_url, sweep.heartbeat_s, sweep.grace_s)
     name = study_name or sweep.study
     if not create:
@@ -66,7 +68,7 @@ def open_study(sweep: SweepConfig, storage_url: str | None, study_name: str | No
     # would draw identical startup trials.
     study = optuna.create_study(study_name=name, storage=storage, direction=sweep.direction, load_if_exists=True,
                                 pruner=make_pruner(sweep.pruner))
-    check_same_sweep(study, sweep, storage_url)
+    check_same_sweep(study, sweep, storage_url, overrides or {})
     seed = sweep.seed + 1000 * seed_offset + len(study.trials)
     if is_grid(sweep.space):  # each combination once, across workers and resumptions (the storage knows which ran)
         study.sampler = AskTellGridSampler({k: s["values"] for k, s in sweep.space.items()}, seed=seed)
@@ -75,19 +77,28 @@ def open_study(sweep: SweepConfig, storage_url: str | None, study_name: str | No
     return study
 
 
-def sweep_definition(sweep: SweepConfig) -> dict:
+# Command-line overrides that say where a worker keeps things, not what its trials compute.
+LOCAL_KEYS = ("output_dir", "tracking.", "train.threads", "train.device", "data.cache_dir", "data.data_dir",
+              "data.num_workers")
+
+
+def sweep_definition(sweep: SweepConfig, overrides: dict | None = None) -> dict:
     """What makes a study's trials comparable: reusing its name with any of this changed mixes two searches.
-    (The trial count, seeds and timings may change; the base recipe is named, not pathed, so workers on
-    other machines agree.)"""
-    return json.loads(json.dumps({"base": sweep.base.name, "space": sweep.space, "overrides": sweep.overrides,
+    The base recipe counts by its content (SHA-256), not its path, so workers on other machines agree, and
+    so do the command line's overrides (--epochs, --set ...), less those that only say where a worker keeps
+    things. (The trial count, seeds and timings may change.)"""
+    base = hashlib.sha256(Path(sweep.base).read_bytes()).hexdigest()[:16] if Path(sweep.base).is_file() else None
+    command_line = {k: v for k, v in (overrides or {}).items() if not k.startswith(LOCAL_KEYS)}
+    return json.loads(json.dumps({"base": sweep.base.name, "base_sha256": base, "space": sweep.space,
+                                  "overrides": sweep.overrides, "command_line": command_line,
                                   "metric": sweep.metric, "direction": sweep.direction}, sort_keys=True, default=str))
 
 
-def check_same_sweep(study: optuna.Study, sweep: SweepConfig, storage_url: str | None) -> None:
+def check_same_sweep(study: optuna.Study, sweep: SweepConfig, storage_url: str | None, overrides: dict) -> None:
     """Store the sweep's definition in a new study; refuse to reuse the study from another definition.
     Without this, optuna keeps the stored direction (asked to minimise, it maximised) and a parameter
     whose kind changed raises inside suggest(), mid-trial."""
-    definition = sweep_definition(sweep)
+    definition = sweep_definition(sweep, overrides)
     stored = study.user_attrs.get("sweep_definition")
     if stored is None:
         stored = {"direction": study.direction.name.lower()}  # a study from before definitions were stored
@@ -154,7 +165,7 @@ def work(sweep: SweepConfig, storage_url: str | None, study_name: str | None, n_
     A worker with nothing left to start stays while other trials still run, so that a trial
     whose worker dies is reaped and retried by someone (the heartbeat grace period later).
     """
-    study = open_study(sweep, storage_url, study_name, worker_index)
+    study = open_study(sweep, storage_url, study_name, worker_index, overrides=overrides)
     deadline = time.monotonic() + timeout if timeout else None
     ran = 0
     while deadline is None or time.monotonic() < deadline:

@@ -59,6 +59,11 @@ def load_sweep(path: str | Path) -> SweepConfig:
     return sweep
 
 
+def grid_key(value) -> str:
+    """Equal grid values compare equal (1 and 1.0 are one value), however they were written."""
+    return repr(float(value)) if isinstance(value, int | float) and not isinstance(value, bool) else repr(value)
+
+
 def check_dimension(key: str, spec: dict) -> None:
     kind = spec.get("type")
     if kind not in KINDS:
@@ -68,7 +73,7 @@ def check_dimension(key: str, spec: dict) -> None:
             raise ConfigError(f"space.{key}: categorical needs a non-empty 'choices' list")
     elif kind == "grid":
         values = spec.get("values")
-        if not isinstance(values, list) or not values or len(set(map(repr, values))) != len(values):
+        if not isinstance(values, list) or not values or len(set(map(grid_key, values))) != len(values):
             raise ConfigError(f"space.{key}: grid needs a non-empty list of distinct 'values', got {values!r}")
     else:
         if "low" not in spec or "high" not in spec or not spec["low"] < spec["high"]:
@@ -98,6 +103,8 @@ def parse_grid(items: list[str]) -> dict[str, dict]:
         if not sep or not key.strip() or not text.strip():
             raise ConfigError(f"--grid {item!r}: expected KEY=V1,V2,..., such as seed=0,1,2,3")
         values = [parse_value(v) for v in text.split(",")]
+        if key.strip() in space:
+            raise ConfigError(f"--grid {key.strip()}: given twice; list every value in one --grid")
         space[key.strip()] = {"type": "grid", "values": values}
     for key, spec in space.items():
         check_dimension(key, spec)
@@ -110,7 +117,13 @@ def grid_sweep(base: Path, grid: dict[str, dict], overrides: dict | None = None,
     name = study or f"{Path(base).stem}-grid-{'-'.join(k.rsplit('.', 1)[-1] for k in grid)}"
     sweep = SweepConfig(study=name, base=Path(base).resolve(), space=grid, overrides=dict(overrides or {}),
                         trials=grid_size(grid), metric=metric, pruner="none")
-    load_config(sweep.base, {**sweep.overrides, **sample_midpoint(grid)})  # every key must exist
+    first = sample_midpoint(grid)
+    for key, spec in grid.items():  # every value of every key must make a valid recipe, not just the first
+        for value in spec["values"]:
+            try:
+                load_config(sweep.base, {**sweep.overrides, **first, key: value})
+            except ConfigError as exc:
+                raise ConfigError(f"--grid {key}={value!r}: {exc}") from None
     return sweep
 
 
