@@ -125,10 +125,13 @@ def file_read_attempt(url: str, uploads: Path) -> dict:
 
 
 def fill_upload_cache(url: str, uploads: Path, count: int = 300, size: int = 2 * 2**20) -> dict:
+    """Uploads past the folder's budget; what the folder holds after, less what was there before (the page's
+    example photos, kept and not counted)."""
+    before = {p for p in uploads.rglob("*") if p.is_file()}
     with httpx.Client(timeout=60) as client:
         codes = [client.post(f"{url}/gradio_api/upload", files={"files": (f"fill{i}.jpg", os.urandom(size))}
                              ).status_code for i in range(count)]
-    held = [p for p in uploads.rglob("*") if p.is_file()]
+    held = [p for p in uploads.rglob("*") if p.is_file() and p not in before]
     return {"uploads": dict(Counter(codes)), "sent_mb": count * size // 2**20,
             "folder_mb": round(sum(p.stat().st_size for p in held) / 2**20, 1), "folder_files": len(held)}
 
