@@ -147,7 +147,7 @@ class ServedModels:
             task = next(iter(served), None)
             if task is None:
                 raise ServingError(503, "no_production_model",
-                                   f"no production model in {self.registry.root}: train a run, then "
+                                   f"no production model in {shown_path(self.registry.root)}: train a run, then "
                                    "`python experiments/promote.py --task cats_vs_dogs`")
         if task not in served:
             known = set(self.registry.tasks())

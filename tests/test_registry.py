@@ -254,3 +254,26 @@ def test_a_dropout_model_served_from_its_state_dict_alone_answers_a_photo(tiny, 
     answer = models.classify(model, load_rgb(photo), 2)
     assert sorted(p["label"] for p in answer["predictions"]) == ["cat", "dog"]
     assert abs(sum(p["probability"] for p in answer["predictions"]) - 1) < 1e-3
+
+
+def test_an_unreadable_run_is_skipped_with_its_reason_and_the_others_still_compete(tmp_path, caplog):
+    """One run folder whose files could not be read once stopped `promote.py --task` for every other run."""
+    import logging
+
+    from petlab.registry.promote import candidate_runs
+
+    def run(name, results, config="task: cats_vs_dogs\n"):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "results.json").write_text(results)
+        (folder / "config.yaml").write_text(config)
+
+    run("good", '{"status": "completed", "val": {"accuracy": 0.9}}')
+    run("a-list", "[1, 2]")
+    run("bad-date", '{"status": "completed", "started_at": "yesterday", "val": {"accuracy": 0.95}}')
+    run("bad-config", '{"status": "completed"}', config="[unclosed")
+    with caplog.at_level(logging.WARNING):
+        records = candidate_runs("cats_vs_dogs", tmp_path)
+    assert [r.run for r in records] == ["good"]
+    for name in ("a-list", "bad-date", "bad-config"):
+        assert any(name in r.getMessage() and "cannot be read" in r.getMessage() for r in caplog.records), name

@@ -47,21 +47,25 @@ class RunRecord:
 
 
 def read_local_run(run_dir: Path) -> RunRecord | None:
-    """A completed run directory as a record; None (with a reason in the log) otherwise."""
+    """A completed run directory as a record; None (with a reason in the log) otherwise. A run whose files
+    cannot be read (damaged, unreadable, not what petlab writes) is skipped with a warning that says why, so
+    one bad folder never stops a comparison or a promotion over the others."""
     try:
         results = json.loads((run_dir / rundir.RESULTS).read_text())
         config = yaml.safe_load((run_dir / rundir.CONFIG).read_text())
-    except (OSError, ValueError, yaml.YAMLError) as exc:
-        log.info("skipping %s: %s", run_dir, exc)
+        if not isinstance(results, dict) or not isinstance(config, dict):
+            raise ValueError(f"{rundir.RESULTS} and {rundir.CONFIG} must each hold a mapping")
+        if results.get("status") != "completed":
+            log.info("skipping %s: status %s", run_dir, results.get("status"))
+            return None
+        metrics = run_dir / rundir.METRICS
+        history = pd.read_csv(metrics).to_dict("records") if metrics.is_file() else []
+        started = results.get("started_at")
+        started = datetime.fromisoformat(started) if started else datetime.fromtimestamp(
+            (run_dir / rundir.CONFIG).stat().st_mtime)
+    except (OSError, ValueError, TypeError, yaml.YAMLError, pd.errors.ParserError) as exc:
+        log.warning("skipping %s: it cannot be read (%s: %s)", run_dir, type(exc).__name__, str(exc)[:200])
         return None
-    if results.get("status") != "completed":
-        log.info("skipping %s: status %s", run_dir, results.get("status"))
-        return None
-    metrics = run_dir / rundir.METRICS
-    history = pd.read_csv(metrics).to_dict("records") if metrics.is_file() else []
-    started = results.get("started_at")
-    started = datetime.fromisoformat(started) if started else datetime.fromtimestamp(
-        (run_dir / rundir.CONFIG).stat().st_mtime)
     return RunRecord(run_dir.name, config, results, history, started, path=run_dir)
 
 
