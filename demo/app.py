@@ -27,7 +27,7 @@ from pathlib import Path  # noqa: E402
 import gradio as gr  # noqa: E402
 import uvicorn  # noqa: E402
 from fastapi import FastAPI, Request  # noqa: E402
-from fastapi.responses import JSONResponse  # noqa: E402
+from fastapi.responses import FileResponse, JSONResponse  # noqa: E402
 from starlette.concurrency import run_in_threadpool  # noqa: E402
 
 from petlab.public_server import (  # noqa: E402
@@ -93,6 +93,16 @@ def create_api(models: ServedModels, max_upload_bytes: int) -> FastAPI:
     @app.get("/api/health")
     def health():
         return models.health()
+
+    @app.get("/api/figures/{task}/{name}")
+    def figure(task: str, name: str):
+        """The figures the production version's card shows (its reliability diagram), and nothing else."""
+        served = models.production()
+        card = models.registry.card(task, served[task]) if task in served else {}
+        if name != (card.get("calibration") or {}).get("figure"):
+            return JSONResponse({"error": "not_found", "message": f"no figure {name!r} for {task!r}"},
+                                status_code=404)
+        return FileResponse(models.registry.version_dir(task, served[task]) / name, media_type="image/png")
 
     @app.post("/api/predict")
     async def predict(request: Request):
@@ -167,7 +177,7 @@ def build_page(models: ServedModels, upload_ttl_s: int = UPLOAD_TTL_S) -> gr.Blo
         summary = (f"Serving **{card['name']} v{card['version']}** ({card['arch']}, "
                    f"validation {100 * metrics['val']['accuracy']:.2f}%"
                    + (f", test {100 * metrics['test']['accuracy']:.2f}%" if "test" in metrics else "") + ")")
-        return summary, card_markdown(card)
+        return summary, card_markdown(card, figures=f"/api/figures/{task}/")
 
     def on_load():
         served_now = sorted(models.production())

@@ -22,7 +22,8 @@ from petlab.registry import Registry
 DEMO = Path(__file__).resolve().parent
 REPO = DEMO.parent
 MARKER = ".petlab-space"
-SPACE_FILES = ("model.onnx", "model.pt2", "model.ts", "pet_view.onnx", "pet_view.pt2", "card.json", "card.md")
+SPACE_FILES = ("model.onnx", "model.pt2", "model.ts", "pet_view.onnx", "pet_view.pt2", "card.json", "card.md",
+               "reliability.png")  # the card's figure: the page serves it from /api/figures/
 # (the state dict stays home: the exports suffice; a version without a pet view has no pet_view.* to copy)
 
 FRONT_MATTER = """---

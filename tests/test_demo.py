@@ -70,6 +70,24 @@ def test_health_and_the_served_card_hold_no_absolute_path(server, promoted_regis
 
 
 @pytest.mark.slow
+def test_the_cards_figure_is_served_where_the_card_is_shown(server, promoted_registry, tmp_path):
+    """The card linked reliability.png, which neither the page nor the Space could serve: a broken image."""
+    url, _ = server
+    config = httpx.get(f"{url}/config", timeout=30).json()
+    (card,) = [c["props"]["value"] for c in config["components"] if c["props"].get("elem_id") == "card"]
+    link = card.split("![reliability diagram](", 1)[1].split(")", 1)[0]
+    assert link == "/api/figures/cats_vs_dogs/reliability.png"
+    figure = httpx.get(f"{url}{link}", timeout=30)
+    assert figure.status_code == 200 and figure.headers["content-type"] == "image/png"
+    assert figure.content == (promoted_registry / "cats_vs_dogs" / "v1" / "reliability.png").read_bytes()
+    for other in ("card.json", "state_dict.pt", "..%2Fv1%2Fcard.json"):
+        assert httpx.get(f"{url}/api/figures/cats_vs_dogs/{other}", timeout=30).status_code == 404
+    subprocess.run([sys.executable, str(REPO / "demo/build_space.py"), "--out", str(tmp_path / "space"),
+                    "--registry", str(promoted_registry)], check=True, capture_output=True)
+    assert (tmp_path / "space" / "models/registry/cats_vs_dogs/v1/reliability.png").is_file()
+
+
+@pytest.mark.slow
 def test_the_page_serves_example_photos_but_no_registry_file(server, promoted_registry):
     url, _ = server
     version = promoted_registry.resolve() / "cats_vs_dogs" / "v1"

@@ -38,7 +38,7 @@ def comparison_lines(c: dict | None) -> list[str]:
             + (" **Not significantly better: promoted with `--force`.**" if c.get("forced") else ""), ""]
 
 
-def calibration_lines(c: dict | None) -> list[str]:
+def calibration_lines(c: dict | None, figures: str = "") -> list[str]:
     if not c:
         return ["Not calibrated (no validation predictions): the server gives the raw probabilities.", ""]
     rows = [f"| {split} | {c[split]['ece_before']:.4f} | {c[split]['ece_after']:.4f} | "
@@ -47,7 +47,7 @@ def calibration_lines(c: dict | None) -> list[str]:
             f"Temperature **T = {c['temperature']:.3f}** ({c['method']}); the exports output raw logits and the "
             "server divides them by T, so its probabilities are the calibrated ones.", "",
             "| split | ECE before | ECE after | NLL before | NLL after |", "|---|---|---|---|---|", *rows, "",
-            f"![reliability diagram]({c['figure']})", ""]
+            f"![reliability diagram]({figures}{c['figure']})", ""]
 
 
 def not_a_pet_lines(check: dict | None) -> list[str]:
@@ -77,7 +77,9 @@ def serving_lines(card: dict) -> list[str]:
     return lines
 
 
-def card_markdown(card: dict) -> str:
+def card_markdown(card: dict, figures: str = "") -> str:
+    """The card as Markdown; its figures are linked as `figures` + file name (beside card.md by default; the
+    demo passes the route that serves them)."""
     metrics = card.get("metrics", {})
     val, test = metrics.get("val", {}), metrics.get("test", {})
     comet = card.get("comet") or {}
@@ -102,7 +104,7 @@ def card_markdown(card: dict) -> str:
         "the test split was never used to choose.",
         "",
         *comparison_lines(card.get("compared_with")),
-        *calibration_lines(card.get("calibration")),
+        *calibration_lines(card.get("calibration"), figures),
         *not_a_pet_lines(card.get("not_a_pet")),
         "## Input",
         preprocessing_steps(card["preprocessing"]),
