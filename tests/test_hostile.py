@@ -400,6 +400,29 @@ def test_resume_is_refused_when_a_class_folder_was_renamed(tiny, tmp_path):
 
 
 @pytest.mark.slow
+def test_resume_is_refused_when_two_class_folders_were_renamed_into_each_other(tiny, tmp_path):
+    """Beagle and Toy_Poodle swapped names: the class list is the same, the labels would be permuted. Once
+    accepted, and the completed run's results.json was overwritten."""
+    from tests.imaging import make_imagefolder
+    from tests.runs import only_run_dir
+
+    data = make_imagefolder(tmp_path / "data", {"train": 8, "val": 4, "test": 4}, classes=("Beagle", "Toy_Poodle"))
+    script("run.py", *tiny.on(data).argv("--task", "breeds", "--epochs", "1", "--tracking", "none",
+                                         "--output-dir", tmp_path / "runs"))
+    run_dir = only_run_dir(tmp_path / "runs")
+    results = (run_dir / "results.json").read_bytes()
+    for split in ("train", "val", "test"):
+        (data / split / "Beagle").rename(data / split / "swap")
+        (data / split / "Toy_Poodle").rename(data / split / "Beagle")
+        (data / split / "swap").rename(data / split / "Toy_Poodle")
+    proc = script("run.py", "--resume", run_dir, check=False, timeout=600)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    (error,) = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert "cannot resume" in error and "photos of 2 class(es) changed" in error and "'Beagle'" in error
+    assert (run_dir / "results.json").read_bytes() == results
+
+
+@pytest.mark.slow
 def test_resume_is_refused_when_the_recipe_was_edited(real_runs, tmp_path):
     run_dir = resumable_copy(real_runs["custom_cnn"], tmp_path / "run", lambda config: config["train"].update(lr=0.5))
     proc = script("run.py", "--resume", run_dir, check=False, timeout=600)

@@ -8,8 +8,10 @@ because test must never take part in model selection.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
+import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -45,6 +47,20 @@ class Splits:
 
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
+
+    def class_photos(self) -> dict[str, str]:
+        """class -> a fingerprint of its photos (each one's name, size and first 4 KB): what a resumed run
+        checks, since class folders renamed into each other keep the same class names."""
+        digests = {name: hashlib.sha256() for name in self.classes}
+        for path, label in sorted(self.train + self.val + self.test):
+            try:
+                with open(path, "rb") as fh:
+                    head = fh.read(4096)
+                size = os.path.getsize(path)
+            except OSError:
+                head, size = b"", -1
+            digests[self.classes[label]].update(f"{Path(path).name}\0{size}\0".encode() + head)
+        return {name: d.hexdigest()[:16] for name, d in digests.items()}
 
 
 def pretty_class_name(folder: str) -> str:

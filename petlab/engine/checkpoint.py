@@ -53,14 +53,22 @@ def recipe_differences(saved: dict, current: dict, prefix: str = "") -> list[str
     return differences
 
 
-def check_resumable(ckpt: dict, path: Path, classes: list[str], config: dict) -> None:
-    """Refuse to continue from a checkpoint whose classes or recipe are not this run's: a renamed class
-    folder would silently permute the labels, an edited config.yaml would train another recipe."""
+def check_resumable(ckpt: dict, path: Path, classes: list[str], config: dict,
+                    class_photos: dict[str, str] | None = None) -> None:
+    """Refuse to continue from a checkpoint whose classes, photos or recipe are not this run's: a renamed
+    class folder would silently permute the labels (and two folders renamed into each other keep every
+    name), an edited config.yaml would train another recipe."""
     if list(ckpt.get("classes") or []) != list(classes):
         saved, now = list(ckpt.get("classes") or []), list(classes)
         changed = sorted(set(saved) ^ set(now)) or "the same names in another order"
         raise DatasetError(f"cannot resume from {path}: it was trained on {len(saved)} classes, the dataset now has "
                            f"{len(now)} (differing: {changed}); renamed, added or removed class folders would "
+                           "permute the labels. Restore the folders, or start a new run")
+    saved_photos = ckpt.get("class_photos") or {}
+    moved = sorted(c for c in saved_photos if class_photos and class_photos.get(c) != saved_photos[c])
+    if moved:
+        raise DatasetError(f"cannot resume from {path}: the photos of {len(moved)} class(es) changed since it was "
+                           f"saved ({', '.join(map(repr, moved[:5]))}); class folders renamed into each other would "
                            "permute the labels. Restore the folders, or start a new run")
     differences = recipe_differences(ckpt.get("config") or {}, config)
     if differences:
@@ -77,6 +85,7 @@ class CheckpointSaver:
                  pre: Preprocessing):
         self.run_dir, self.writes_files = run_dir, writes_files and run_dir is not None
         self.cfg, self.classes, self.pre = cfg, classes, pre
+        self.class_photos: dict[str, str] | None = None  # Splits.class_photos(), set by the run: kept and checked
         if self.run_dir is not None:
             checkpoint_path(self.run_dir).parent.mkdir(parents=True, exist_ok=True)
 
@@ -85,7 +94,8 @@ class CheckpointSaver:
         if not self.writes_files:
             return
         ckpt = {"model": model.state_dict(), "state": state, "config": self.cfg.to_dict(),
-                "classes": self.classes, "preprocessing": self.pre.to_dict(), "arch": self.cfg.model.arch}
+                "classes": self.classes, "preprocessing": self.pre.to_dict(), "arch": self.cfg.model.arch,
+                **({"class_photos": self.class_photos} if self.class_photos else {})}
         if step is not None:
             ckpt.update(rng=rng_state(), **step.state_dict())
         atomic_save(ckpt, checkpoint_path(self.run_dir, name))
@@ -94,7 +104,7 @@ class CheckpointSaver:
         """Loads last.pt into the model and the step and the RNGs, once check_resumable agrees; returns the
         saved TrainState's fields."""
         ckpt = load_checkpoint(path)
-        check_resumable(ckpt, path, self.classes, self.cfg.to_dict())
+        check_resumable(ckpt, path, self.classes, self.cfg.to_dict(), self.class_photos)
         model.load_state_dict(ckpt["model"])
         step.load_state_dict(ckpt)
         set_rng_state(ckpt["rng"])

@@ -88,6 +88,7 @@ def _train_run(run: RunContext, stop: StopFlag, so_far: dict, on_epoch) -> RunOu
     trainer = Trainer(crossval.refit_config(cfg, cv) if cv else cfg, model, run.pre, loaders, run.run_dir,
                       run.splits.classes, device=run.device, tracker=run.tracker, features=run.features,
                       dist=run.dist, on_epoch=on_epoch)
+    trainer.saver.class_photos = run.splits.class_photos()  # kept in each checkpoint, checked on resume
     record = run_record(run, facts, cv)
     so_far.update(trainer=trainer, record=record)
     last = rundir.checkpoint_path(run.run_dir, "last.pt")
