@@ -53,3 +53,8 @@ class PromotionRefused(PromotionError):
 
 class ExportError(PetlabError, RuntimeError):
     """An exported model does not reproduce the eager model's outputs."""
+
+
+class DiskFullError(PetlabError, OSError):
+    """A write found no room (the disk or the user's quota is full); the message names the file, the room
+    left and where else to write. Raised by petlab.fileio's writers, which leave nothing half-written."""

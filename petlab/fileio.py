@@ -10,9 +10,11 @@ across processes on one host.
 
 from __future__ import annotations
 
+import errno
 import glob
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -21,6 +23,8 @@ from typing import IO
 
 from filelock import FileLock
 
+from petlab.errors import DiskFullError
+
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -28,14 +32,36 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     block ends without error and deleted otherwise (for writers that need a path, such as a memmap)."""
     path = Path(path)
     remove_orphaned_temporaries(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
+    except OSError as exc:
+        if exc.errno in DISK_FULL:
+            raise disk_full(exc, path) from None
+        raise
     os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide outputs from other users (a demo service)
     os.close(fd)
     try:
         yield Path(tmp)
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.errno in DISK_FULL:
+            raise disk_full(exc, path) from None
+        raise
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full(exc: OSError, path: Path) -> DiskFullError:
+    """The one-line error for a write that found no room (nothing of it is left behind)."""
+    try:
+        free = f"{shutil.disk_usage(path.parent).free / 2**20:.1f} MB free"
+    except OSError:
+        free = "free space unknown"
+    return DiskFullError(f"no room to write {path} ({exc.strerror}; {free} there): free some space, or write "
+                         "elsewhere (--output-dir, PETLAB_CACHE_DIR, --registry)")
 
 
 def remove_orphaned_temporaries(path: Path) -> list[Path]:

@@ -504,6 +504,44 @@ def test_a_full_disk_while_caching_is_one_error_line_and_leaves_nothing(small_di
     assert not [p for p in small_disk.rglob("*") if p.is_file()]  # the claimed space is given back
 
 
+def fill(disk: Path, leave: int = 0) -> None:
+    """Fill a small disk so that only `leave` bytes (whole pages) stay free."""
+    free = shutil.disk_usage(disk).free - leave
+    subprocess.run(["fallocate", "-l", str(free), str(disk / "filler")], check=True)
+
+
+@pytest.mark.slow
+def test_a_full_disk_where_a_run_writes_is_one_error_line(small_disk, shared, tiny, tmp_path):
+    """Outside the decode cache a full disk once gave a traceback (exit 1), and a logging error per line."""
+    fill(small_disk)
+    proc = script("run.py", *tiny.on(shared / "cats_and_dogs_filtered").argv(
+        "--epochs", "1", "--limit-batches", "1", "--tracking", "none", "--output-dir", small_disk / "runs"),
+                  check=False, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    (error,) = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert "no room to write" in error and "config.yaml" in error and "MB free there" in error
+    assert "Traceback" not in proc.stderr and "Logging error" not in proc.stderr
+    assert not list(small_disk.rglob("*.tmp"))
+
+
+@pytest.mark.slow
+def test_a_decode_cache_whose_metadata_finds_no_room_leaves_no_orphan(small_disk, tmp_path):
+    """The data file was renamed into place, then its metadata write failed: a 5.85 MB .u8 nobody reads."""
+    from petlab.data.cache import decode_split
+    from petlab.data.transforms import Preprocessing
+    from petlab.errors import DiskFullError
+    from tests.imaging import make_imagefolder
+
+    folder = make_imagefolder(tmp_path / "photos", {"train": 4})
+    samples = [(str(p), int(p.parent.name == "dogs")) for p in sorted((folder / "train").rglob("*.jpg"))]
+    pre = Preprocessing(image_size=64, resize_size=72, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    data_bytes = len(samples) * 72 * 72 * 3
+    fill(small_disk, leave=-(-data_bytes // 4096) * 4096)  # room for the data, none for its metadata
+    with pytest.raises(DiskFullError, match="no room to write"):
+        decode_split(samples, pre, small_disk / "cache", "train", threads=1)
+    assert [p.name for p in small_disk.rglob("*") if p.is_file()] == ["filler"]
+
+
 @pytest.mark.slow
 def test_a_killed_writers_temporary_file_is_removed_by_the_next_write(tmp_path):
     from petlab.fileio import atomic_write

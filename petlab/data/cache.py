@@ -111,8 +111,13 @@ def decode_split(samples: list[tuple[str, int]], pre: Preprocessing, cache_dir: 
         if not labels:
             raise DatasetError(f"{split}: none of its {len(samples)} files is a usable image")
         os.truncate(staging, len(labels) * size * size * 3)  # shrink to the good images
-    # Data before metadata: metadata present means the data file is complete.
-    atomic_write(meta_file, json.dumps({"labels": labels, "skipped": skipped, "size": size}))
+    # Data before metadata: metadata present means the data file is complete; without its metadata the data
+    # file is an orphan nobody will read, so it goes too.
+    try:
+        atomic_write(meta_file, json.dumps({"labels": labels, "skipped": skipped, "size": size}))
+    except BaseException:
+        data_file.unlink(missing_ok=True)
+        raise
     if skipped:
         log.warning("%s: skipped %d of %d files (%s)", split, len(skipped), len(samples),
                     dict(Counter(s["reason"] for s in skipped)))

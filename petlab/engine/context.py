@@ -14,6 +14,7 @@ It closes the tracker, the log file and the process group when the block ends, h
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,6 +35,7 @@ from petlab.engine import distributed
 from petlab.engine.batches import resolve_device
 from petlab.engine.features import uses_feature_cache
 from petlab.engine.speed import check_precision, speed_settings
+from petlab.fileio import DISK_FULL
 from petlab.models import ARCHS
 from petlab.paths import cache_root, runs_root
 from petlab.tracking import Tracker, create_tracker
@@ -70,6 +72,23 @@ class RunContext:
         return self.dist.is_main
 
 
+class RunLogHandler(logging.FileHandler):
+    """train.log. On a full disk the console still says everything and the run ends with one `error:` line
+    (fileio.DiskFullError) instead of a logging traceback for every line that could not be written."""
+
+    def handleError(self, record) -> None:  # noqa: N802 - logging's name
+        exc = sys.exc_info()[1]
+        if not (isinstance(exc, OSError) and exc.errno in DISK_FULL):
+            super().handleError(record)
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except OSError as exc:  # the last lines could not be flushed
+            if exc.errno not in DISK_FULL:
+                raise
+
+
 def setup_logging(run_dir: Path | None = None) -> logging.Handler | None:
     """Console logging, plus the run's train.log; returns that file's handler so it can be removed."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
@@ -79,7 +98,7 @@ def setup_logging(run_dir: Path | None = None) -> logging.Handler | None:
         logging.getLogger("petlab").setLevel(logging.INFO)
     if run_dir is None:
         return None
-    handler = logging.FileHandler(run_dir / "train.log")
+    handler = RunLogHandler(run_dir / "train.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(handler)
     return handler
