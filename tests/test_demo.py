@@ -70,6 +70,26 @@ def test_health_and_the_served_card_hold_no_absolute_path(server, promoted_regis
 
 
 @pytest.mark.slow
+def test_no_export_holds_a_path_of_the_machine_that_built_it(promoted_registry):
+    """model.pt2 once held 479 absolute paths (torch's stack traces), model.ts its debug tables: all public."""
+    import sys as _sys
+    import zipfile
+
+    version = promoted_registry / "cats_vs_dogs" / "v1"
+    machine_paths = {str(REPO), str(Path(_sys.prefix)), str(Path(_sys.base_prefix))}
+    for name in ("model.pt2", "model.ts", "pet_view.pt2", "model.onnx", "pet_view.onnx"):
+        file = version / name
+        if not file.exists():
+            continue
+        blobs = [file.read_bytes()]
+        if zipfile.is_zipfile(file):
+            with zipfile.ZipFile(file) as archive:
+                blobs += [archive.read(n) for n in archive.namelist()]
+        for path in machine_paths:
+            assert not any(path.encode() in blob for blob in blobs), (name, path)
+
+
+@pytest.mark.slow
 def test_the_cards_figure_is_served_where_the_card_is_shown(server, promoted_registry, tmp_path):
     """The card linked reliability.png, which neither the page nor the Space could serve: a broken image."""
     url, _ = server

@@ -14,6 +14,7 @@ model on real images at batch sizes 1 and 8 that differ from the tracing batch.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import pickle
@@ -64,6 +65,29 @@ def _export(model: torch.nn.Module, example: torch.Tensor) -> torch.export.Expor
         return torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
     except Exception as exc:  # torch.export's errors are long; the first lines say what broke
         raise ExportError(f"torch.export failed: {str(exc).strip().splitlines()[0]}") from exc
+
+
+# Saving without this machine's paths: an export goes public (the Space), and torch records where each
+# operation's Python source lives (model.pt2 held 479 absolute paths, model.ts its debug tables). Neither is
+# needed to run the graph; both are stripped, and the round trip below checks the files still compute.
+def save_torch_export(program: torch.export.ExportedProgram, path: Path) -> None:
+    for module in program.graph_module.modules():
+        if isinstance(module, torch.fx.GraphModule):
+            for node in module.graph.nodes:
+                node.meta.pop("stack_trace", None)
+    torch.export.save(program, path)
+
+
+def save_torchscript(traced: torch.jit.ScriptModule, path: Path) -> None:
+    """torch.jit.save, less the *.debug_pkl tables (source ranges, with file paths) that loading never needs."""
+    buffer = io.BytesIO()
+    with _deprecation_notice_silenced():
+        torch.jit.save(traced, buffer)
+    buffer.seek(0)
+    with zipfile.ZipFile(buffer) as source, zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as out:
+        for info in source.infolist():
+            if not info.filename.endswith(".debug_pkl"):
+                out.writestr(info, source.read(info.filename))
 
 
 def preference(device: str = "cpu") -> tuple[str, ...]:
@@ -160,9 +184,8 @@ def export_and_verify(model: torch.nn.Module, trace_batch: torch.Tensor, check_b
     if trace_batch.shape[0] < 2:  # a batch of 1 would let torch.export specialise the batch size
         raise ExportError("the tracing batch needs at least 2 images")
     traced = _trace(model, trace_batch)
-    with _deprecation_notice_silenced():
-        torch.jit.save(traced, out_dir / EXPORT_FILES["torchscript"])
-    torch.export.save(_export(model, trace_batch), out_dir / EXPORT_FILES["torch_export"])
+    save_torchscript(traced, out_dir / EXPORT_FILES["torchscript"])
+    save_torch_export(_export(model, trace_batch), out_dir / EXPORT_FILES["torch_export"])
     report = {"onnx": export_and_check(model, trace_batch, check_batches, out_dir / ONNX_FILE)}
     for fmt in ("torch_export", "torchscript"):
         name = EXPORT_FILES[fmt]
@@ -188,7 +211,7 @@ def export_pet_view(view: torch.nn.Module, model: torch.nn.Module, trace_batch: 
     the files cannot drift apart) and their pet probability the eager view's. Returns the files and the
     largest differences; raises ExportError otherwise."""
     view, model = view.float().eval(), model.float().eval()
-    torch.export.save(_export(view, trace_batch.float().contiguous()), out_dir / PET_VIEW_FILE)
+    save_torch_export(_export(view, trace_batch.float().contiguous()), out_dir / PET_VIEW_FILE)
     loaded = load_exported(out_dir / PET_VIEW_FILE)
     diffs = {}
     for batch in check_batches:
