@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from petlab.engine.evaluate import evaluate_run
-from petlab.errors import PetlabError
+from petlab.errors import PetlabError, report_error
 
 
 def main(argv=None) -> int:
@@ -31,9 +31,8 @@ def main(argv=None) -> int:
     try:
         result = evaluate_run(args.run_dir, args.data_dir, args.dataset, args.split, args.batch_size, args.tta,
                               args.labels_csv)
-    except PetlabError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except (PetlabError, OSError) as exc:
+        return report_error(exc)
     print(json.dumps(result, indent=2))
     return 0
 

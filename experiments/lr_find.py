@@ -14,7 +14,7 @@ from petlab.cli import add_run_flags, overrides_from
 from petlab.config import load_config
 from petlab.engine.context import open_run
 from petlab.engine.lr_finder import find_lr
-from petlab.errors import PetlabError
+from petlab.errors import PetlabError, report_error
 
 
 def main(argv=None) -> int:
@@ -29,9 +29,8 @@ def main(argv=None) -> int:
             raise PetlabError("--start must be positive and below --end, and --steps at least 3")
         with open_run(load_config(args.config, overrides_from(args))) as run:
             result = find_lr(run, args.start, args.end, args.steps)
-    except PetlabError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except (PetlabError, OSError) as exc:
+        return report_error(exc)
     print(f"suggested lr: {result['suggestion']:.3g} (loss minimum at {result['min_loss_lr']:.3g}; the config's "
           f"lr {result['configured_lr']:.3g})\nfigure: {run.run_dir / 'lr_find.png'}")
     return 0

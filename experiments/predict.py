@@ -23,7 +23,7 @@ from pathlib import Path
 from petlab.batch_predict import BATCH_SIZE, find_photos, format_rows, open_model, predict_photos
 from petlab.config import TASKS
 from petlab.engine.context import setup_logging
-from petlab.errors import PetlabError
+from petlab.errors import PetlabError, report_error
 from petlab.registry import Registry
 from petlab.serving import MAX_TOP_K
 
@@ -54,9 +54,8 @@ def main(argv=None) -> int:
         photos = find_photos(args.paths)
         with open_model(args.task, args.run, args.registry_version, Registry(args.registry), args.threads) as model:
             rows = predict_photos(model, photos, args.out, args.top_k, args.batch_size, args.force)
-    except PetlabError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except (PetlabError, OSError) as exc:
+        return report_error(exc)
     except KeyboardInterrupt:
         where = f"the rows done so far are kept beside {args.out}; run the same command to finish" if args.out else \
             "nothing was written (pass --out to keep partial results)"

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from petlab.config import TASKS
 from petlab.engine.context import setup_logging
-from petlab.errors import PetlabError, PromotionRefused
+from petlab.errors import PetlabError, PromotionRefused, report_error
 from petlab.paths import runs_root
 from petlab.registry import Registry
 from petlab.registry.promote import VALIDATION_METRICS, promote, rollback
@@ -81,9 +81,8 @@ def main(argv=None) -> int:
     except PromotionRefused as exc:  # an answer, not a broken input: exit 3
         print(f"error: {exc}", file=sys.stderr)
         return 3
-    except PetlabError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except (PetlabError, OSError) as exc:
+        return report_error(exc)
     print(f"{card['name']} v{card['version']} is now {card['status']} "
           f"({card['arch']}, {card['selected_by']['metric']} = {card['selected_by']['value']:.4f}); "
           f"card: {registry.version_dir(args.task, card['version']) / 'card.md'}")

@@ -7,7 +7,7 @@ from pathlib import Path
 from petlab.cli import add_run_flags, overrides_from
 from petlab.config import load_config
 from petlab.engine.experiment import run_experiment
-from petlab.errors import ConfigError, PetlabError
+from petlab.errors import ConfigError, PetlabError, report_error
 
 
 def main(argv=None) -> int:
@@ -23,9 +23,8 @@ def main(argv=None) -> int:
             outcome = run_experiment(resume=args.resume)
         else:
             outcome = run_experiment(load_config(args.config, overrides_from(args)))
-    except PetlabError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except (PetlabError, OSError) as exc:
+        return report_error(exc)
     return outcome.exit_code
 
 

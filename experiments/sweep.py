@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from petlab.cli import add_run_flags, overrides_from
 from petlab.engine.context import setup_logging
-from petlab.errors import ConfigError, PetlabError
+from petlab.errors import ConfigError, PetlabError, report_error
 from petlab.paths import reports_root
 from petlab.search.report import write_study_report
 from petlab.search.runner import open_study, retrain_best, work
@@ -85,9 +85,8 @@ def main(argv=None) -> int:
             run_workers(args, argv if argv is not None else sys.argv[1:], sweep, name, n_trials)
         study = open_study(sweep, args.storage, name, create=False)
         files = write_study_report(study, sweep, args.report_dir / name)
-    except PetlabError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except (PetlabError, OSError) as exc:
+        return report_error(exc)
     states = {s.name.lower(): len(study.get_trials(deepcopy=False, states=(s,))) for s in optuna.trial.TrialState}
     print(f"study {name}: " + ", ".join(f"{n} {s}" for s, n in states.items() if n))
     if "best" in files:

@@ -1,4 +1,4 @@
-"""Every error petlab expects a user to meet, at the bottom of the package (it imports nothing).
+"""Every error petlab expects a user to meet, at the bottom of the package (it imports nothing of petlab).
 
 The scripts in experiments/ catch `PetlabError` alone and print its message as one `error:` line
 (exit code 2): the message names the file, key or URL and what to do. Anything else is a bug and
@@ -57,4 +57,20 @@ class ExportError(PetlabError, RuntimeError):
 
 class DiskFullError(PetlabError, OSError):
     """A write found no room (the disk or the user's quota is full); the message names the file, the room
-    left and where else to write. Raised by petlab.fileio's writers, which leave nothing half-written."""
+    left and where else to write (report_error makes one of any OSError with ENOSPC or EDQUOT)."""
+
+
+def report_error(exc: BaseException) -> int:
+    """What a script does with an error a user may meet: one `error:` line on standard error, exit code 2.
+    A full disk is one of those wherever the write happened (an OSError with ENOSPC or EDQUOT); any other
+    OSError is re-raised with its traceback."""
+    import errno
+    import sys
+
+    if isinstance(exc, OSError) and not isinstance(exc, PetlabError):
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise exc
+        exc = DiskFullError(f"no room to write {exc.filename or 'a file'} ({exc.strerror}): free some space, or "
+                            "write elsewhere (--output-dir, PETLAB_CACHE_DIR, --registry)")
+    print(f"error: {exc}", file=sys.stderr)
+    return 2

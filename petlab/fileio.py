@@ -23,8 +23,6 @@ from typing import IO
 
 from filelock import FileLock
 
-from petlab.errors import DiskFullError
-
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -54,14 +52,14 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
-def disk_full(exc: OSError, path: Path) -> DiskFullError:
-    """The one-line error for a write that found no room (nothing of it is left behind)."""
+def disk_full(exc: OSError, path: Path) -> OSError:
+    """The error for a write that found no room (nothing of it is left behind): the same errno, naming the
+    file and the room left, which the scripts print as one `error:` line (petlab.errors.report_error)."""
     try:
-        free = f"{shutil.disk_usage(path.parent).free / 2**20:.1f} MB free"
+        free = f"{shutil.disk_usage(path.parent).free / 2**20:.1f} MB free there"
     except OSError:
         free = "free space unknown"
-    return DiskFullError(f"no room to write {path} ({exc.strerror}; {free} there): free some space, or write "
-                         "elsewhere (--output-dir, PETLAB_CACHE_DIR, --registry)")
+    return OSError(exc.errno, f"{exc.strerror}; {free}", str(path))
 
 
 def remove_orphaned_temporaries(path: Path) -> list[Path]:

@@ -74,7 +74,7 @@ class RunContext:
 
 class RunLogHandler(logging.FileHandler):
     """train.log. On a full disk the console still says everything and the run ends with one `error:` line
-    (fileio.DiskFullError) instead of a logging traceback for every line that could not be written."""
+    (errors.report_error) instead of a logging traceback for every line that could not be written."""
 
     def handleError(self, record) -> None:  # noqa: N802 - logging's name
         exc = sys.exc_info()[1]
