@@ -210,6 +210,7 @@ def test_reusing_a_study_name_after_editing_the_sweep_is_refused(tmp_path):
     sweep = load_sweep(REPO / "experiments/configs/sweeps/lite0_cats_vs_dogs.yaml")
     study = open_study(sweep, storage, "edited")
     assert study.user_attrs["sweep_definition"]["direction"] == "maximize"
+    assert study.metric_names == ["val_accuracy"]  # Optuna's dashboard said "Objective 0"
     assert open_study(sweep, storage, "edited").study_name == "edited"  # the same sweep reopens it
     minimise = dataclasses.replace(sweep, direction="minimize", metric="val_loss")
     with pytest.raises(ConfigError, match=r"created from another sweep definition \(direction: stored 'maximize', "
@@ -343,3 +344,12 @@ def test_a_huge_set_value_is_a_config_error(value):
 
     with pytest.raises(ConfigError, match="over the 1000 allowed"):
         parse_set([f"train.lr={value}"])
+
+
+def test_a_study_keeps_run_directories_relative_to_the_project_root(tmp_path):
+    """Trials stored absolute paths of the machine that ran them; the dashboard and other workers read these."""
+    from petlab.paths import project_root
+    from petlab.search.runner import stored_path
+
+    assert stored_path(project_root() / "runs" / "study" / "run-1") == "runs/study/run-1"
+    assert stored_path(tmp_path / "run-2") == str(tmp_path.resolve() / "run-2")  # outside the root: as it is

@@ -21,6 +21,7 @@ from petlab.config import Config, load_config
 from petlab.engine.experiment import run_experiment
 from petlab.engine.outcome import StopRun
 from petlab.errors import ConfigError
+from petlab.paths import relative_to_root, under_root
 from petlab.search.space import SweepConfig, is_grid, make_pruner, suggest
 from petlab.search.storage import (
     admission_lock,
@@ -45,7 +46,13 @@ def study_run_dirs(study_name: str, storage_url: str | None) -> list[Path]:
     """The run directories of a study's trials, plus its --retrain-best run."""
     study = load_study(study_name, open_storage(storage_url), storage_url)
     dirs = [t.user_attrs.get("run_dir") for t in study.trials] + [study.user_attrs.get("final_run")]
-    return [Path(d) for d in dirs if d and Path(d).is_dir()]
+    return [under_root(d) for d in dirs if d and under_root(d).is_dir()]
+
+
+def stored_path(path: Path) -> str:
+    """A run directory as a study keeps it: relative to the project root when under it, so workers on other
+    machines, the dashboard and the report read the same path (absolute only for runs outside the root)."""
+    return str(relative_to_root(Path(path).resolve()) or Path(path).resolve())
 
 
 class AskTellGridSampler(optuna.samplers.GridSampler):
@@ -69,6 +76,8 @@ def open_study(sweep: SweepConfig, storage_url: str | None, study_name: str | No
     study = optuna.create_study(study_name=name, storage=storage, direction=sweep.direction, load_if_exists=True,
                                 pruner=make_pruner(sweep.pruner))
     check_same_sweep(study, sweep, storage_url, overrides or {})
+    if study.metric_names != [sweep.metric]:  # Optuna's dashboard names the objective by it ("Objective 0" else)
+        study.set_metric_names([sweep.metric])
     seed = sweep.seed + 1000 * seed_offset + len(study.trials)
     if is_grid(sweep.space):  # each combination once, across workers and resumptions (the storage knows which ran)
         study.sampler = AskTellGridSampler({k: s["values"] for k, s in sweep.space.items()}, seed=seed)
@@ -145,7 +154,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, sweep: SweepConfig, over
 
     with heartbeat(study, trial):
         outcome = run_experiment(cfg, on_epoch=report)
-    trial.set_user_attr("run_dir", str(outcome.run_dir))
+    trial.set_user_attr("run_dir", stored_path(outcome.run_dir))
     if outcome.status == "interrupted":
         study.tell(trial, state=TrialState.FAIL)
         raise KeyboardInterrupt
@@ -194,5 +203,5 @@ def retrain_best(sweep: SweepConfig, storage_url: str | None, study_name: str | 
     log.info("retraining trial %d's settings %s for %d epochs", best.number, best.params, cfg.train.epochs)
     outcome = run_experiment(cfg)
     if outcome.status == "completed":
-        study.set_user_attr("final_run", str(outcome.run_dir))
+        study.set_user_attr("final_run", stored_path(outcome.run_dir))
     return outcome.run_dir
