@@ -211,7 +211,7 @@ def build_page(models: ServedModels, upload_ttl_s: int = UPLOAD_TTL_S) -> gr.Blo
             image = uploaded_photo(sources=["upload", "clipboard"], label="Photo", elem_id="photo")
             with gr.Column():
                 label = gr.Label(num_top_classes=5, label="Prediction", elem_id="prediction")
-                recognition = gr.Markdown("", elem_id="recognition")
+                recognition = gr.Markdown("", label="verdict", elem_id="recognition")  # named in view_api()
                 summary_text, card_text = current_card(tasks[0] if tasks else None)
                 summary = gr.Markdown(summary_text, elem_id="served")
         if examples:

@@ -277,3 +277,24 @@ def test_an_unreadable_run_is_skipped_with_its_reason_and_the_others_still_compe
     assert [r.run for r in records] == ["good"]
     for name in ("a-list", "bad-date", "bad-config"):
         assert any(name in r.getMessage() and "cannot be read" in r.getMessage() for r in caplog.records), name
+
+
+@pytest.mark.slow
+def test_the_onnx_exports_describe_themselves(promoted_registry):
+    """model.onnx carried no class names, preprocessing or temperature: a program without petlab could not
+    name its outputs or calibrate them. Read as a stranger reads it, through onnxruntime alone."""
+    import json
+
+    import onnxruntime
+
+    version = promoted_registry / "cats_vs_dogs" / "v1"
+    card = json.loads((version / "card.json").read_text())
+    for name in ("model.onnx", "pet_view.onnx"):
+        if not (version / name).exists():
+            continue
+        meta = onnxruntime.InferenceSession(str(version / name)).get_modelmeta().custom_metadata_map
+        assert json.loads(meta["petlab.classes"]) == card["classes"] and meta["petlab.task"] == "cats_vs_dogs"
+        assert float(meta["petlab.temperature"]) == pytest.approx(card["calibration"]["temperature"])
+        pre = json.loads(meta["petlab.preprocessing"])
+        assert pre["image_size"] == card["preprocessing"]["image_size"] and pre["mean"] == card["preprocessing"]["mean"]
+        assert "softmax(logits / temperature)" in meta["petlab.outputs"]

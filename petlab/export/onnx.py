@@ -184,3 +184,18 @@ def _ort_version() -> str:
     import onnxruntime
 
     return onnxruntime.__version__
+
+
+def annotate(path: Path, metadata: dict[str, str]) -> None:
+    """Write `metadata` into the file's metadata_props, replacing earlier entries of the same keys: what a
+    program without petlab reads through onnxruntime (`session.get_modelmeta().custom_metadata_map`) or
+    `onnx.load(path).metadata_props`. The graph is untouched."""
+    import onnx
+
+    model = onnx.load(str(path))
+    kept = [(p.key, p.value) for p in model.metadata_props if p.key not in metadata]
+    del model.metadata_props[:]
+    for key, value in [*kept, *metadata.items()]:
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(model, str(path))

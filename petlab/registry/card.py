@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import PurePath
 
 
@@ -13,6 +14,20 @@ def preprocessing_steps(pre: dict) -> str:
             f"{pre['image_size']}x{pre['image_size']}; scale to [0, 1]; normalise with mean {pre['mean']} and "
             f"std {pre['std']}. Input: float32 NCHW [N, 3, {pre['image_size']}, {pre['image_size']}]; "
             f"output: logits [N, num_classes] (softmax for probabilities). Preprocessing is outside the graph.")
+
+
+def onnx_metadata(card: dict, task: str) -> dict[str, str]:
+    """What model.onnx (and pet_view.onnx) carry about themselves, for programs without petlab: the class
+    names in output order, the task, the preprocessing (as numbers and in words), and the temperature the
+    server divides the logits by before the softmax."""
+    pre = card["preprocessing"]
+    return {"petlab.task": task, "petlab.arch": card["arch"],
+            "petlab.classes": json.dumps(card["classes"]),
+            "petlab.preprocessing": json.dumps({k: pre[k] for k in ("image_size", "resize_size", "mean", "std",
+                                                                     "interpolation")}),
+            "petlab.preprocessing_steps": preprocessing_steps(pre),
+            "petlab.temperature": repr(float((card.get("calibration") or {}).get("temperature", 1.0))),
+            "petlab.outputs": "logits [N, num_classes]; probabilities = softmax(logits / temperature)"}
 
 
 def _name(path: str | None) -> str | None:

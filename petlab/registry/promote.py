@@ -29,10 +29,11 @@ from petlab.export import (
     export_pet_view,
     preference,
 )
+from petlab.export.onnx import ONNX_FILE, annotate
 from petlab.models.pet_view import OWN_BACKBONE_THRESHOLDS, SEPARATE_VIEW, OwnBackboneView, own_backbone_head
 from petlab.names import model_name
 from petlab.paths import runs_root as default_runs_root
-from petlab.registry.card import preprocessing_steps
+from petlab.registry.card import onnx_metadata, preprocessing_steps
 from petlab.registry.gate import compare_with_production, explain
 from petlab.registry.loaded import LoadedModel
 from petlab.registry.store import Registry, RegistryError, now_iso
@@ -236,6 +237,9 @@ def promote(task: str, metric: str = "val_accuracy", runs_root: Path | None = No
         if not_a_pet.get("file"):
             card["files"][PET_VIEW_FILE] = "torch.export program: (logits, ImageNet pet probability) in one pass"
             card["files"][PET_VIEW_FILES["onnx"]] = "the same as ONNX (outputs logits, pet_probability)"
+        for onnx_file in (ONNX_FILE, PET_VIEW_FILES["onnx"]):  # each ONNX file describes itself
+            if (staged / onnx_file).is_file():
+                annotate(staged / onnx_file, onnx_metadata(card, task))
         version = registry.add_version(task, staged, card, status, forced=force,
                                        gated_against=comparison["production_version"] if comparison else None)
     except BaseException:
