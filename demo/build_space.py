@@ -23,7 +23,7 @@ DEMO = Path(__file__).resolve().parent
 REPO = DEMO.parent
 MARKER = ".petlab-space"
 SPACE_FILES = ("model.onnx", "model.pt2", "model.ts", "pet_view.onnx", "pet_view.pt2", "card.json", "card.md",
-               "reliability.png")  # the card's figure: the page serves it from /api/figures/
+               "README.md", "reliability.png")  # the HF-format card; the figure (/api/figures/)
 # (the state dict stays home: the exports suffice; a version without a pet view has no pet_view.* to copy)
 
 FRONT_MATTER = """---

@@ -105,6 +105,7 @@ def test_the_cards_figure_is_served_where_the_card_is_shown(server, promoted_reg
     subprocess.run([sys.executable, str(REPO / "demo/build_space.py"), "--out", str(tmp_path / "space"),
                     "--registry", str(promoted_registry)], check=True, capture_output=True)
     assert (tmp_path / "space" / "models/registry/cats_vs_dogs/v1/reliability.png").is_file()
+    assert (tmp_path / "space" / "models/registry/cats_vs_dogs/v1/README.md").is_file()  # the HF-format card
 
 
 @pytest.mark.slow

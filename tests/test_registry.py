@@ -298,3 +298,20 @@ def test_the_onnx_exports_describe_themselves(promoted_registry):
         pre = json.loads(meta["petlab.preprocessing"])
         assert pre["image_size"] == card["preprocessing"]["image_size"] and pre["mean"] == card["preprocessing"]["mean"]
         assert "softmax(logits / temperature)" in meta["petlab.outputs"]
+
+
+@pytest.mark.slow
+def test_the_hugging_face_card_parses_with_huggingface_hub_and_holds_the_test_accuracy(promoted_registry):
+    import json
+
+    from huggingface_hub import ModelCard
+
+    version = promoted_registry / "cats_vs_dogs" / "v1"
+    card = json.loads((version / "card.json").read_text())
+    hf = ModelCard.load(version / "README.md")
+    (index,) = hf.data.to_dict()["model-index"]
+    test = next(r for r in index["results"] if r["dataset"]["split"] == "test")
+    accuracy = next(m for m in test["metrics"] if m["type"] == "accuracy")
+    assert accuracy["value"] == pytest.approx(card["metrics"]["test"]["accuracy"])
+    assert hf.data.license == "other" and "image-classification" in hf.data.tags
+    assert "![reliability diagram](reliability.png)" in hf.text  # a file beside it, in the registry and the Space

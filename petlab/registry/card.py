@@ -137,3 +137,30 @@ def card_markdown(card: dict, figures: str = "") -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+HF_CARD = "README.md"  # the model card in Hugging Face's format, beside card.md
+
+
+def hugging_face_card(card: dict) -> str:
+    """card.md with Hugging Face's YAML front matter (built by huggingface_hub's own ModelCardData): license,
+    tags, dataset, and a model-index with the validation and test metrics, so the Hub (and
+    `huggingface_hub.ModelCard.load`) reads what the version scored. Its figure links are relative: the
+    files sit beside it, in the registry and in the Space."""
+    from huggingface_hub import EvalResult, ModelCardData
+
+    metrics = card.get("metrics", {})
+    results = [EvalResult(task_type="image-classification", task_name="Image Classification",
+                          dataset_type=card.get("dataset", "unknown"), dataset_name=card.get("dataset", "unknown"),
+                          dataset_split=split, metric_type=key, metric_value=float(value),
+                          metric_name=f"{label} {key.replace('_', ' ')}")
+               for split, label in (("test", "Test"), ("val", "Validation"))
+               for key, value in (metrics.get(split) or {}).items() if key in ("accuracy", "balanced_accuracy")]
+    data = ModelCardData(
+        model_name=f"{card['name']} v{card['version']}", license="other", library_name="onnx",
+        pipeline_tag="image-classification", datasets=[card["dataset"]] if card.get("dataset") else None,
+        tags=["image-classification", "pets", "onnx", "petlab", card["arch"].replace("_", "-"), card["task"]],
+        eval_results=results or None)
+    licence = ("License: other. The weights start from ImageNet-pretrained backbones and were trained on "
+               "public pet photos; check their terms before reuse.")
+    return f"---\n{data.to_yaml()}\n---\n\n{card_markdown(card)}\n{licence}\n"

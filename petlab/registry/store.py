@@ -174,7 +174,8 @@ def _check_status(status: str) -> None:
 
 
 def _write_card(folder: Path, card: dict) -> None:
-    from petlab.registry.card import card_markdown
+    from petlab.registry.card import HF_CARD, card_markdown, hugging_face_card
 
     atomic_write(folder / "card.json", json.dumps(card, indent=2) + "\n")
     atomic_write(folder / "card.md", card_markdown(card))
+    atomic_write(folder / HF_CARD, hugging_face_card(card))
