@@ -307,7 +307,8 @@ def test_the_hugging_face_space_bundle_runs_on_its_own(promoted_registry, valida
     pins = {line for line in (space / "requirements.txt").read_text().splitlines() if "==" in line}
     assert pins <= set((REPO / "requirements.txt").read_text().splitlines())  # the same versions as the repo
     assert {p.name for p in (space / "models/registry/cats_vs_dogs/v1").iterdir()} == {
-        "model.onnx", "model.pt2", "model.ts", "pet_view.onnx", "pet_view.pt2", "card.json", "card.md", "examples"}
+        "model.onnx", "model.pt2", "model.ts", "pet_view.onnx", "pet_view.pt2", "card.json", "card.md", "examples",
+        "README.md", "reliability.png"}  # the card in Hugging Face's format, and the figure the page serves
     # run from inside the bundle, as the Space does, with nothing importable but the bundle (its own petlab
     # copy and models/registry) and the distributions its requirements.txt installs
     site = isolated_site(space / "requirements.txt", tmp_path / "site")
