@@ -22,7 +22,7 @@ from tqdm import tqdm
 from petlab.cli import add_run_flags, overrides_from
 from petlab.engine.context import setup_logging
 from petlab.errors import ConfigError, PetlabError, report_error
-from petlab.paths import reports_root
+from petlab.paths import runs_root
 from petlab.search.report import write_study_report
 from petlab.search.runner import open_study, retrain_best, work
 from petlab.search.space import centre_lr, grid_sweep, load_sweep, parse_grid
@@ -48,7 +48,10 @@ def parse(argv):
     parser.add_argument("--timeout", type=float, help="stop starting trials after S seconds")
     parser.add_argument("--retrain-best", action="store_true", help="retrain the best trial's settings (--epochs E)")
     parser.add_argument("--report-only", action="store_true", help="only write the study report")
-    parser.add_argument("--report-dir", type=Path, default=reports_root() / "sweeps", help="reports go to DIR/<study>")
+    # A user's report goes with the user's runs; reports/sweeps/ holds the committed evidence, which only its
+    # own regeneration command (reports/README.md, with --report-dir reports/sweeps) rewrites.
+    parser.add_argument("--report-dir", type=Path, default=runs_root() / "reports" / "sweeps",
+                        help="reports go to DIR/<study> (default runs/reports/sweeps)")
     parser.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
     return parser, parser.parse_args(argv)
 

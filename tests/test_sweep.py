@@ -353,3 +353,28 @@ def test_a_study_keeps_run_directories_relative_to_the_project_root(tmp_path):
 
     assert stored_path(project_root() / "runs" / "study" / "run-1") == "runs/study/run-1"
     assert stored_path(tmp_path / "run-2") == str(tmp_path.resolve() / "run-2")  # outside the root: as it is
+
+
+@pytest.mark.slow
+def test_the_readmes_sweep_command_leaves_the_committed_reports_alone(tiny_photos, tmp_path):
+    """`sweep.py --sweep .../lite0_cats_vs_dogs.yaml --trials 4`, as the README has it, rewrote 10 committed files
+    of reports/sweeps/lite0_cats_vs_dogs_lr_bs/: a user's report now goes under runs/."""
+    import shutil
+
+    def status() -> str:
+        return subprocess.run(["git", "status", "--porcelain", "--untracked-files=all", "--", "reports"],
+                              cwd=REPO, capture_output=True, text=True, check=True).stdout
+
+    before = status()
+    sweep = load_sweep(REPO / "experiments/configs/sweeps/lite0_cats_vs_dogs.yaml")
+    report = REPO / "runs" / "reports" / "sweeps" / sweep.study
+    existed = report.exists()
+    try:
+        script("sweep.py", "--sweep", REPO / "experiments/configs/sweeps/lite0_cats_vs_dogs.yaml", "--trials", "1",
+               "--data-dir", tiny_photos, "--epochs", "1", "--tracking", "none", "--output-dir", tmp_path / "runs",
+               "--storage", f"sqlite:///{tmp_path / 'optuna.db'}", timeout=900)
+        assert status() == before  # nothing under reports/ changed or appeared
+        assert (report / "trials.csv").is_file()
+    finally:
+        if not existed:
+            shutil.rmtree(report, ignore_errors=True)
