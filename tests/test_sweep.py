@@ -368,13 +368,14 @@ def test_the_readmes_sweep_command_leaves_the_committed_reports_alone(tiny_photo
     before = status()
     sweep = load_sweep(REPO / "experiments/configs/sweeps/lite0_cats_vs_dogs.yaml")
     report = REPO / "runs" / "reports" / "sweeps" / sweep.study
-    existed = report.exists()
+    trials = REPO / sweep.output_dir / sweep.study  # the sweep file's own output folder, as for a user
+    new = [folder for folder in (report, trials) if not folder.exists()]
     try:
         script("sweep.py", "--sweep", REPO / "experiments/configs/sweeps/lite0_cats_vs_dogs.yaml", "--trials", "1",
-               "--data-dir", tiny_photos, "--epochs", "1", "--tracking", "none", "--output-dir", tmp_path / "runs",
+               "--data-dir", tiny_photos, "--epochs", "1", "--tracking", "none",
                "--storage", f"sqlite:///{tmp_path / 'optuna.db'}", timeout=900)
         assert status() == before  # nothing under reports/ changed or appeared
         assert (report / "trials.csv").is_file()
     finally:
-        if not existed:
-            shutil.rmtree(report, ignore_errors=True)
+        for folder in new:  # what this test wrote into the checkout's (git-ignored) runs/
+            shutil.rmtree(folder, ignore_errors=True)
