@@ -144,7 +144,9 @@ def test_two_workers_share_one_study_without_losing_or_duplicating_trials(tmp_pa
 @pytest.mark.slow
 def test_a_killed_worker_s_trial_is_detected_and_retried(tmp_path, data):
     storage = f"sqlite:///{tmp_path / 'study.db'}"
-    slow = {**BASE, "data": {"image_size": 64, "augment": True}, "train": {**BASE["train"], "epochs": 200}}
+    # slow enough to be killed mid-trial (augmented: no feature cache), quick enough to finish on resume: the
+    # resume runs the same command (a study refuses another command line, --epochs included)
+    slow = {**BASE, "data": {"image_size": 64, "augment": True}, "train": {**BASE["train"], "epochs": 20}}
     sweep_files(tmp_path, trials=3, base=slow)
     worker = subprocess.Popen([sys.executable, str(REPO / "experiments/sweep.py"),
                                *map(str, sweep_args(tmp_path, data, storage))], cwd=REPO,
@@ -163,7 +165,7 @@ def test_a_killed_worker_s_trial_is_detected_and_retried(tmp_path, data):
     worker.wait()
     assert trials(storage)[victim.number].state == TrialState.RUNNING  # left behind by the dead worker
 
-    script("sweep.py", *sweep_args(tmp_path, data, storage, "--epochs", "1"))
+    script("sweep.py", *sweep_args(tmp_path, data, storage))
     final = trials(storage)
     assert final[victim.number].state == TrialState.FAIL
     retries = [t for t in final if t.system_attrs.get("failed_trial") == victim.number]

@@ -5,6 +5,7 @@ at all?" from the same forward pass. The server and the promotion gate predict t
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from dataclasses import dataclass, field
 
@@ -31,7 +32,7 @@ class LoadedModel:
     pet_module: object | None = None  # x -> (logits, ImageNet pet probability), when the card has a pet view
     pet_fmt: str | None = None
     refused: dict[str, str] = field(default_factory=dict)  # file -> why it was not loaded (damaged, unsafe)
-    fingerprint: str = ""  # files_fingerprint of what answers: the files that loaded, and the card
+    fingerprint: str = ""  # files_fingerprint of what answers: the files that loaded, and the card as read
 
     @property
     def classes(self) -> list[str]:
@@ -126,6 +127,7 @@ def load_version(registry: Registry, task: str, version: int) -> LoadedModel:
             log.warning("%s v%d: could not load its pet view (%s); using the separate ImageNet view", task, version,
                         exc)
     folder = registry.version_dir(task, version)
-    answering = [EXPORT_FILES.get(fmt, "state_dict.pt"), *([PET_VIEW_FILES[pet_fmt]] if pet_fmt else []), "card.json"]
+    answering = [EXPORT_FILES.get(fmt, "state_dict.pt"), *([PET_VIEW_FILES[pet_fmt]] if pet_fmt else [])]
+    fingerprint = files_fingerprint([folder / name for name in answering], json.dumps(card, sort_keys=True))
     return LoadedModel(task, card["name"], version, card, fmt, module, Preprocessing.from_dict(card["preprocessing"]),
-                       pet_module, pet_fmt, refused, files_fingerprint([folder / name for name in answering]))
+                       pet_module, pet_fmt, refused, fingerprint)
