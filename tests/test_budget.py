@@ -64,9 +64,11 @@ def test_a_60s_budget_on_the_custom_cnn_stops_at_60s_with_the_schedule_at_its_en
     rows = read_metrics(run_dir)
     assert len(rows) == budget["epochs_completed"] == results["epochs_completed"] >= 2
     assert sum(float(r["epoch_seconds"]) for r in rows) == pytest.approx(budget["used_s"], abs=3)
-    # cosine anneals to 0 at the deadline, not at train.epochs (20 here, far beyond 60 s)
+    # cosine anneals to 0 at the deadline, not at train.epochs (20 here, far beyond 60 s, where the third epoch's
+    # lr would still be 94% of the first's). The last epoch ends where the budget cut it, a few seconds short of
+    # the deadline at most, so its lr is near 0 rather than 0: 2.4e-5 in one CI run, which 1e-5 called a failure.
     lrs = [float(r["lr"]) for r in rows]
-    assert lrs[0] > 0.5e-3 and lrs[-1] < 1e-5 and lrs == sorted(lrs, reverse=True)
+    assert lrs[0] > 0.5e-3 and lrs[-1] < 0.05 * lrs[0] and lrs == sorted(lrs, reverse=True), lrs
     # the budget used is in the checkpoint, so a resume spends only what is left
     state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)["state"]
     assert state["budget_used_s"] == pytest.approx(budget["used_s"])

@@ -50,7 +50,7 @@ def test_a_run_a_sweep_and_a_promotion_started_elsewhere_land_under_the_project_
     script("sweep.py", "--sweep", sweep_dir / "sweep.yaml", "--data-dir", tiny.data, "--tracking", "none")
     assert (home / "runs" / "optuna.db").is_file()
     assert len(list((home / "runs" / "sweeps" / "tiny").glob("*/results.json"))) == 1
-    assert (home / "reports" / "sweeps" / "tiny" / "trials.csv").is_file()
+    assert (home / "runs" / "reports" / "sweeps" / "tiny" / "trials.csv").is_file()  # a user's report: with the runs
 
     script("promote.py", "--task", "cats_vs_dogs", "--run", run_dir,
            "--images", shared / "cats_and_dogs_filtered" / "validation")
