@@ -92,9 +92,9 @@ def promoted_registry(real_runs, tmp_path_factory) -> Path:
     from tests.registry import clone_run
     from tests.runs import script
 
-    runs = tmp_path_factory.mktemp("promoted_runs")
+    promoted = tmp_path_factory.mktemp("promoted")  # runs/ beside registry/: tests find the Comet archives
+    runs, registry = promoted / "runs", promoted / "registry"
     clone_run(real_runs["lite0"], runs / real_runs["lite0"].name)
-    registry = tmp_path_factory.mktemp("registry")
     script("promote.py", "--registry", registry, "--task", "cats_vs_dogs", "--runs-root", runs)
     return registry
 

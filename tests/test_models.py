@@ -92,6 +92,30 @@ def test_torchinfo_summary_for_a_backbone_runs():
     assert torchinfo.summary(model, input_size=(1, 3, 224, 224), verbose=0).total_params > 1e6
 
 
+@pytest.mark.parametrize("arch", ["efficientnet_lite0", "resnet18", "custom_cnn"])
+def test_the_summary_counts_every_mult_add_that_flop_counter_counts(arch):
+    """torchinfo left out EfficientNet-Lite's Conv2dStaticSamePadding (a conv with a child): Lite0 read
+    0.04 M mult-adds, about 0.4 G really. The summary's totals against torch.utils.flop_counter's."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model, _ = build_model(arch, 2, pretrained=False)
+    summary = model_summary(model, 224)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model.eval()(torch.zeros(1, 3, 224, 224))
+    assert summary.total_mult_adds == pytest.approx(counter.get_total_flops() / 2, rel=0.05)  # a MAC is 2 FLOPs
+    params_mb = sum(p.numel() * p.element_size() for p in model.parameters()) / 1e6
+    assert float(str(summary).split("Params size (MB): ")[1].split()[0]) == pytest.approx(params_mb, rel=0.01)
+
+
+def test_the_summary_counts_a_frozen_backbone_as_not_trainable():
+    model, _ = build_model("efficientnet_lite0", 2, pretrained=False)
+    head = head_parameters(model, "efficientnet_lite0")
+    frozen = frozenset(id(p) for p in model.parameters() if id(p) not in head)
+    summary = model_summary(model, 224, frozen)
+    assert summary.trainable_params == 1280 * 2 + 2  # the linear head's weight and bias
+    assert all(p.requires_grad for p in model.parameters())  # the model itself is left as it was
+
+
 def test_fast_resnet_is_the_small_cpu_net_it_claims_to_be():
     model, _ = build_model("fast_resnet", 2)
     summary = model_summary(model, 128)

@@ -315,3 +315,19 @@ def test_the_hugging_face_card_parses_with_huggingface_hub_and_holds_the_test_ac
     assert accuracy["value"] == pytest.approx(card["metrics"]["test"]["accuracy"])
     assert hf.data.license == "other" and "image-classification" in hf.data.tags
     assert "![reliability diagram](reliability.png)" in hf.text  # a file beside it, in the registry and the Space
+
+
+@pytest.mark.slow
+def test_every_comet_archive_of_a_promoted_run_passes_comet_mls_own_checks(real_runs, promoted_registry, tmp_path):
+    """The promotion's archive failed comet_ml's offline schema (register_model: `public` None, `workspace`
+    None), so `comet upload` would flag the experiment with an error. Both archives of the promoted run (its
+    training and its promotion), message by message, through the validators comet_ml's OfflineSender applies."""
+    from tests.comet_archives import validate_archive
+
+    (training,) = (real_runs["lite0"] / "comet").glob("*.zip")
+    (promotion,) = (promoted_registry.parent / "runs").glob("*/comet/*.zip")  # queued in the promoted clone
+    assert promotion.name.startswith(training.stem)  # the same experiment, continued
+    archives = [training, promotion]
+    counts = [validate_archive(archive, tmp_path) for archive in archives]
+    assert counts[0]["parameter_msg"] > 50 and counts[0]["metric_msg"] > 0 and counts[0]["file_upload"] > 0
+    assert counts[1]["register_model"] == 1 and counts[1]["file_upload"] >= 3  # model.pt2, card.json, card.md

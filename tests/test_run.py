@@ -54,6 +54,18 @@ def test_transfer_learning_on_real_photos_learns_in_a_few_batches(real_runs):
         assert results["diagnostics"] == [], recipe  # a healthy run fires no rule
 
 
+@pytest.mark.slow  # real_runs
+def test_a_frozen_backbone_runs_summary_agrees_with_its_results(real_runs):
+    """model_summary.txt said "Trainable params: 3,373,570" for the frozen-backbone Lite0 recipe, where
+    results.json said 2,562, and "Total mult-adds: 0.04 M" for a 0.4 G network."""
+    results = json.loads((real_runs["lite0"] / "results.json").read_text())
+    text = (real_runs["lite0"] / "model_summary.txt").read_text()
+    assert results["params_trainable"] == 2562
+    assert f"Trainable params: {results['params_trainable']:,}" in text
+    assert 0.35 <= float(text.split("Total mult-adds (Units.MEGABYTES): ")[1].split()[0]) / 1000 <= 0.42
+    assert results["mult_adds"] == pytest.approx(0.384e9, rel=0.05)
+
+
 def odd_but_valid_images(folder: Path) -> int:
     folder.mkdir(parents=True, exist_ok=True)
     Image.new("L", (70, 60), 90).save(folder / "grey.png")

@@ -134,11 +134,31 @@ def _interrupted(run: RunContext, stop: StopFlag, so_far: dict) -> RunOutcome:
         return write_results(run, trainer, "interrupted", extra=so_far["record"])
 
 
-def model_summary(model, image_size: int):
-    """torchinfo's ModelStatistics (str() is the table)."""
-    # eval mode: a train-mode forward would move BatchNorm statistics before training starts
-    return torchinfo.summary(model, input_size=(1, 3, image_size, image_size), verbose=0, mode="eval",
-                             col_names=("output_size", "num_params", "mult_adds"), device="cpu")
+def model_summary(model, image_size: int, frozen: frozenset[int] = frozenset()):
+    """torchinfo's ModelStatistics (str() is the table) of the model as it starts training: the parameters in
+    `frozen` (ids) are counted as non-trainable, as training leaves them.
+
+    torchinfo sums mult-adds and parameter bytes over leaf layers only, so a layer with weights of its own and
+    a child (EfficientNet-Lite's Conv2dStaticSamePadding: a Conv2d holding its padding layer) is left out:
+    Lite0 read 0.04 M mult-adds against torch.utils.flop_counter's 384 M. Such layers are added back here;
+    tests/test_models.py checks the totals against flop_counter."""
+    saved = {p: p.requires_grad for p in model.parameters()}
+    for p in model.parameters():
+        p.requires_grad_(saved[p] and id(p) not in frozen)
+    try:  # eval mode: a train-mode forward would move BatchNorm statistics before training starts
+        stats = torchinfo.summary(model, input_size=(1, 3, image_size, image_size), verbose=0, mode="eval",
+                                  col_names=("output_size", "num_params", "mult_adds"), device="cpu")
+    finally:
+        for p, flag in saved.items():
+            p.requires_grad_(flag)
+    for layer in stats.summary_list:
+        module = layer.module
+        own = next(module.parameters(recurse=False), None) is not None
+        if (not layer.is_leaf_layer and not layer.is_recursive and own
+                and all(next(child.parameters(), None) is None for child in module.children())):
+            stats.total_mult_adds += layer.macs
+            stats.total_param_bytes += layer.param_bytes
+    return stats
 
 
 def run_tags(cfg: Config) -> list[str]:
@@ -160,10 +180,11 @@ def build_run_model(run: RunContext) -> tuple[torch.nn.Module, dict]:
     seed_everything(cfg.seed)
     model, weights_report = build_model(cfg.model.arch, len(classes), cfg.model.pretrained, cfg.model.weights,
                                         cfg.model.dropout, imagenet_rows)
-    summary = model_summary(model, run.pre.image_size)
-    seed_everything(cfg.seed)  # the summary's forward pass must not shift what training draws
     head_ids = head_parameters(model, cfg.model.arch)
-    trainable = sum(p.numel() for p in model.parameters() if id(p) in head_ids or not cfg.model.freeze_backbone)
+    frozen = frozenset(id(p) for p in model.parameters() if cfg.model.freeze_backbone and id(p) not in head_ids)
+    summary = model_summary(model, run.pre.image_size, frozen)
+    seed_everything(cfg.seed)  # the summary's forward pass must not shift what training draws
+    trainable = sum(p.numel() for p in model.parameters() if id(p) not in frozen)
     git = git_state()
     if run.is_main:
         summary_path = run.run_dir / "model_summary.txt"

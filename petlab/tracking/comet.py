@@ -164,8 +164,20 @@ class CometTracker(Tracker):
 
     @guarded
     def register_model(self, name, version, status, description, tags):
-        """Register a model logged in this experiment (offline: queued in the archive until upload)."""
-        self.experiment.register_model(name, version=version, status=status, description=description, tags=tags)
+        """Register a model logged in this experiment (offline: queued in the archive until upload).
+
+        Offline, comet_ml writes the experiment's workspace into the queued message, None when none was named,
+        and its own upload schema wants a string there (and a boolean `public`): `comet upload` flagged the
+        experiment with an error. The message's workspace is not used on upload (the experiment's own is), so
+        an unnamed one is written as "" for this message only."""
+        workspace = self.experiment.workspace
+        if workspace is None:
+            self.experiment.workspace = ""
+        try:
+            self.experiment.register_model(name, version=version, status=status, description=description, tags=tags,
+                                           public=False)
+        finally:
+            self.experiment.workspace = workspace
         return True
 
     @guarded
