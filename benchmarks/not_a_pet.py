@@ -30,9 +30,10 @@ from sklearn.metrics import roc_auc_score
 from petlab.data.datasets import load_splits
 from petlab.data.images import load_rgb
 from petlab.data.non_pets import non_pet_images, split_tune_heldout
+from petlab.inference.model import load_version
 from petlab.models.pet_view import OWN_BACKBONE_THRESHOLDS, PET_THRESHOLD, VIEW_SIZE, PetView
 from petlab.registry import Registry
-from petlab.registry.loaded import load_version
+from petlab.registry.torch_fallback import load_torch_formats
 from petlab.reports.figures import pyplot
 
 DEFAULT_DATA = {"cats_vs_dogs": "cats_and_dogs_filtered", "breeds": "oxford-pets-37breeds-5shot"}
@@ -65,19 +66,19 @@ def main(argv=None) -> int:
     if production is None:
         print(f"error: no production {args.task} model in {registry.root}; promote one first", file=sys.stderr)
         return 2
-    served = load_version(registry, args.task, production["version"])
+    served = load_version(registry, args.task, production["version"], fallback=load_torch_formats)
     data_dir = args.data_dir or shared_data() / DEFAULT_DATA[args.task]
     splits = load_splits(None, args.task, str(data_dir), None, 0.2, 42, download=False)
     pets = {"tune": [p for p, _ in (splits.val or splits.train)], "held-out": [p for p, _ in splits.test]}
     non_pets = dict(zip(("tune", "held-out"), split_tune_heldout(non_pet_images())))
-    scorers = {"served_confidence": lambda imgs: served.probabilities(imgs).max(1).values.numpy(),
+    scorers = {"served_confidence": lambda imgs: served.probabilities(imgs).max(1),
                **{f"imagenet_pet_probability@{size}": PetView(image_size=size).pet_probability
                   for size in args.view_size}}
     served_thresholds = {f"imagenet_pet_probability@{VIEW_SIZE}": PET_THRESHOLD}  # what the server ships
     if served.pet_module is not None:
         arch, size = served.card["arch"], served.pre.image_size
         own = f"own_backbone:{arch}@{size}"
-        scorers[own] = lambda imgs: served.probabilities_and_pet(imgs)[1].numpy()
+        scorers[own] = lambda imgs: served.probabilities_and_pet(imgs)[1]
         served_thresholds[own] = OWN_BACKBONE_THRESHOLDS[(arch, size)]
 
     scores: dict[str, dict[str, dict[str, np.ndarray]]] = {name: {} for name in scorers}

@@ -32,7 +32,7 @@ from petlab.engine.speed import machine
 from petlab.export import EXPORT_FILES, load_exported
 from petlab.export.onnx import RUNTIME_SWITCH
 from petlab.registry import Registry
-from petlab.registry.loaded import load_eager
+from petlab.registry.torch_fallback import load_eager
 
 
 def percentile(values, q) -> float:

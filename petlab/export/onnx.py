@@ -20,7 +20,6 @@ import os
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from petlab.errors import ExportError
@@ -63,28 +62,20 @@ def export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, outpu
 
 class OnnxModel:
     """An ONNX file on ONNX Runtime, called like the eager module: a float32 [N, 3, H, W] tensor in, a tensor
-    (or a tuple of them, one per output) out. Intra-op threads follow torch's (a run's --threads)."""
+    (or a tuple of them, one per output) out. Intra-op threads follow torch's (a run's --threads). The
+    torch-free session underneath is what the server uses (petlab/inference/runtime.py)."""
 
     runtime = "onnxruntime"
 
     def __init__(self, path: str | Path, threads: int | None = None):
-        import onnxruntime as ort
+        from petlab.inference.runtime import OnnxSession
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3  # errors only
-        try:
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # noqa: BLE001 - a damaged file: say which, in one line
-            raise ExportError(f"{Path(path).name} does not load in ONNX Runtime: {str(exc).strip()[:300]}") from exc
-        self.input = self.session.get_inputs()[0].name
-        self.path = Path(path)
+        self.onnx = OnnxSession(path, threads or torch.get_num_threads())
+        self.session, self.input, self.path = self.onnx.session, self.onnx.input, self.onnx.path
 
     def __call__(self, x: torch.Tensor):
-        outputs = self.session.run(None, {self.input: np.ascontiguousarray(x.detach().float().cpu().numpy())})
-        tensors = tuple(torch.from_numpy(o) for o in outputs)
-        return tensors[0] if len(tensors) == 1 else tensors
+        out = self.onnx(x.detach().float().cpu().numpy())
+        return tuple(torch.from_numpy(o) for o in out) if isinstance(out, tuple) else torch.from_numpy(out)
 
     def eval(self) -> OnnxModel:  # what callers of an eager module do, harmlessly
         return self

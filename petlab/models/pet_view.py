@@ -5,7 +5,8 @@ softmax of a closed-set classifier says which known class a photo is closest to,
 one. An ImageNet classifier has seen 1000 kinds of things, among them 118 dog breeds, 5 domestic
 cats and their wild relatives; the probability it puts on those classes is a direct answer to
 "is this a pet at all?", independent of the model being served. benchmarks/not_a_pet.py measures
-it against the served model's own (calibrated) confidence and chooses the threshold below.
+it against the served model's own (calibrated) confidence and chooses the thresholds in
+petlab/inference/pet.py, where the server reads them without importing torch.
 """
 
 from __future__ import annotations
@@ -17,28 +18,17 @@ import torch
 from torch import nn
 
 from petlab.data.transforms import Preprocessing
+from petlab.inference.pet import (  # noqa: F401 - the constants live where the server can read them without torch
+    OWN_BACKBONE_THRESHOLDS,
+    PET_CLASSES,
+    PET_THRESHOLD,
+    SEPARATE_VIEW,
+    SEPARATE_VIEW_FILE,
+    VIEW_ARCH,
+    VIEW_SIZE,
+    verdict,
+)
 from petlab.models.zoo import ARCHS, build_imagenet_classifier, set_submodule
-
-VIEW_ARCH = "efficientnet_lite0"
-# 128 px, not Lite0's native 224: the view only has to tell animals from everything else, and at
-# 128 px it costs about a sixth of the native forward pass (benchmarks/not_a_pet.py: held-out AUROC
-# 0.993 at 128 px vs 0.999 at 224 px, the same share of non-pets caught).
-VIEW_SIZE = 128
-# ImageNet-1k indices 151-268: dogs; 269-280: wolves, foxes and wild dogs; 281-285: domestic cats;
-# 286-293: wild cats. Neighbours count: an unusual pet photo is often read as its wild relative.
-PET_CLASSES = slice(151, 294)
-# Chosen by benchmarks/not_a_pet.py (README, "Not a pet"): the pet probability below which a photo
-# is answered as not recognised -- the highest that wrongly rejects at most 2% of the tuning pets
-# (the 400 cats-vs-dogs validation photos), with half of the offline non-pet photos beside them.
-PET_THRESHOLD = 0.12
-# What a card records (and /api/health reports) for a model served beside the separate view.
-SEPARATE_VIEW = {"view": "separate", "arch": VIEW_ARCH, "image_size": VIEW_SIZE, "threshold": PET_THRESHOLD}
-# A served model whose backbone is ImageNet's own, untouched by training (a frozen backbone with its
-# BatchNorm statistics kept: the feature-cache recipes), computes ImageNet's features anyway: ImageNet's
-# head on those features answers the same question at the cost of one matrix product (OwnBackboneView),
-# at the model's own input size. Thresholds per (architecture, input size), chosen by the same rule with
-# `benchmarks/not_a_pet.py` (README, "Not a pet"); a combination not measured here gets the separate view.
-OWN_BACKBONE_THRESHOLDS = {("efficientnet_lite0", 224): 0.379, ("efficientnet_lite2", 260): 0.265}
 
 
 class PetView:
@@ -54,18 +44,27 @@ class PetView:
         return pet_probability(self.model(batch)).numpy()
 
 
+def export_separate_view(photos: list, path) -> dict:
+    """Write the separate view (PetView's ImageNet classifier) as ONNX at `path`, checked against the eager
+    model on `photos` (RGB PIL images, at least 3), with its preprocessing in its metadata: what the server
+    runs, torch-free, for a version with no view of its own. Returns the check's report."""
+    import json
+
+    from petlab.export.onnx import annotate, export_and_check
+
+    view = PetView()
+    batch = view.pre.normalize(torch.stack([view.pre.eval_tensor(img) for img in photos]))
+    report = export_and_check(view.model, batch[:2], [batch[2:3], batch], path)
+    annotate(path, {"petlab.preprocessing": json.dumps(view.pre.to_dict()), "petlab.arch": VIEW_ARCH,
+                    "petlab.outputs": f"ImageNet-1k logits [N, 1000]; pet probability = the softmax summed over "
+                                      f"classes {PET_CLASSES.start}-{PET_CLASSES.stop - 1} (dogs, wolves and foxes, "
+                                      f"cats), recognised at {PET_THRESHOLD} or more"})
+    return report
+
+
 def pet_probability(imagenet_logits: torch.Tensor) -> torch.Tensor:
     """[N, 1000] ImageNet logits -> [N] probability of a dog or cat class (wild relatives included)."""
     return torch.softmax(imagenet_logits.float(), dim=1)[:, PET_CLASSES].sum(1)
-
-
-def verdict(score: float, threshold: float) -> dict:
-    """The server's answer for one photo: recognised or not, why, and the score behind it."""
-    recognised = score >= threshold
-    reason = None if recognised else (
-        f"this does not look like a cat or a dog: an ImageNet classifier gives it {score:.1%} probability of "
-        f"showing one (below {threshold:.0%}); the model's best guesses are still given")
-    return {"recognised": recognised, "reason": reason, "pet_probability": round(score, 4)}
 
 
 class _BothHeads(nn.Module):

@@ -8,12 +8,16 @@ from pathlib import PurePath
 
 def preprocessing_steps(pre: dict) -> str:
     """The eval preprocessing in words; the demo and the exported graph's callers must do exactly this."""
-    return (f"decode to RGB (EXIF rotation applied, first frame of an animation, transparency on white); "
-            f"resize the short side to {pre['resize_size']} px ({pre['interpolation']}, antialiased); "
+    return (f"decode to RGB (EXIF rotation applied, first frame of an animation, transparency on white; "
+            f"the server first decodes a JPEG with Pillow's Image.draft(None, (1024, 1024)) and shrinks an image "
+            f"whose long side is still 2048 px or more by the integer factor long // 1024); resize with Pillow's "
+            f"Image.resize ({pre['interpolation']}) so the short side is {pre['resize_size']} px and the long "
+            f"side int({pre['resize_size']} * long / short); "
             f"centre-crop {pre['resize_size']}x{pre['resize_size']}, then centre-crop "
-            f"{pre['image_size']}x{pre['image_size']}; scale to [0, 1]; normalise with mean {pre['mean']} and "
-            f"std {pre['std']}. Input: float32 NCHW [N, 3, {pre['image_size']}, {pre['image_size']}]; "
-            f"output: logits [N, num_classes] (softmax for probabilities). Preprocessing is outside the graph.")
+            f"{pre['image_size']}x{pre['image_size']}, each offset round((side - size) / 2) with Python's round; "
+            f"float32 x / 255; normalise with mean {pre['mean']} and std {pre['std']}. Input: float32 NCHW "
+            f"[N, 3, {pre['image_size']}, {pre['image_size']}]; output: logits [N, num_classes] (softmax for "
+            f"probabilities). Preprocessing is outside the graph; models/README.md has it as code.")
 
 
 def onnx_metadata(card: dict, task: str) -> dict[str, str]:
@@ -27,7 +31,9 @@ def onnx_metadata(card: dict, task: str) -> dict[str, str]:
                                                                      "interpolation")}),
             "petlab.preprocessing_steps": preprocessing_steps(pre),
             "petlab.temperature": repr(float((card.get("calibration") or {}).get("temperature", 1.0))),
-            "petlab.outputs": "logits [N, num_classes]; probabilities = softmax(logits / temperature)"}
+            "petlab.tta": card.get("tta") or "none",  # "flip": average each photo's softmax with its mirror's
+            "petlab.outputs": "logits [N, num_classes]; probabilities = softmax(log(p) / temperature) with p the "
+                              "softmax of the logits (averaged with the mirror image's when petlab.tta is flip)"}
 
 
 def _name(path: str | None) -> str | None:

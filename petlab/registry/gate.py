@@ -17,8 +17,10 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import binomtest
 
-from petlab.registry.loaded import load_version
+from petlab.data.images import load_rgb
+from petlab.inference.model import load_version
 from petlab.registry.store import Registry
+from petlab.registry.torch_fallback import load_torch_formats
 
 ALPHA = 0.05
 TEST = "exact McNemar test, one-sided (candidate better)"
@@ -41,14 +43,14 @@ def compare_with_production(registry: Registry, task: str, production: dict, cla
     """Run the production version on the candidate's validation photos and test the difference.
     validation: {"files", "targets", "probs"} of the candidate; source: which photos those are."""
     version = production["version"]
-    served = load_version(registry, task, version)
+    served = load_version(registry, task, version, fallback=load_torch_formats)
     base = {"production_version": version, "production_run": production.get("source_run"), "photos_from": source}
     if served.classes != list(classes):
         return {**base, "comparable": False, "significantly_better": False,
                 "reason": f"production v{version} predicts other classes ({len(served.classes)}: "
                           f"{served.classes[:5]}...) than the candidate ({len(classes)})"}
     targets = np.asarray(validation["targets"])
-    production_probs = served.predict_files(validation["files"], calibrated=False).numpy()
+    production_probs = served.predict_images(load_rgb, validation["files"], calibrated=False)
     result = mcnemar(np.asarray(validation["probs"]).argmax(1) == targets, production_probs.argmax(1) == targets)
     return {**base, "comparable": True, **result}
 

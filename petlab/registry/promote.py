@@ -30,13 +30,21 @@ from petlab.export import (
     preference,
 )
 from petlab.export.onnx import ONNX_FILE, annotate
-from petlab.models.pet_view import OWN_BACKBONE_THRESHOLDS, SEPARATE_VIEW, OwnBackboneView, own_backbone_head
+from petlab.inference.model import LoadedModel
+from petlab.models.pet_view import (
+    OWN_BACKBONE_THRESHOLDS,
+    SEPARATE_VIEW,
+    SEPARATE_VIEW_FILE,
+    OwnBackboneView,
+    export_separate_view,
+    own_backbone_head,
+)
 from petlab.names import model_name
 from petlab.paths import runs_root as default_runs_root
 from petlab.registry.card import onnx_metadata, preprocessing_steps
 from petlab.registry.gate import compare_with_production, explain
-from petlab.registry.loaded import LoadedModel
 from petlab.registry.store import Registry, RegistryError, now_iso
+from petlab.registry.torch_fallback import TorchAsNumpy
 from petlab.reports.figures import plot_reliability
 from petlab.reports.runs import RunRecord, find_local_runs, read_local_run
 from petlab.tracking.comet import create_tracker, set_model_statuses
@@ -143,14 +151,14 @@ def candidate_predictions(record: RunRecord, model, cfg, classes: list[str], pre
     log.info("%s has no predictions.npz (an older run): predicting its validation and test photos now", record.path)
     splits = run_splits(cfg, "calibration and the comparison with production")
     as_served = LoadedModel(cfg.task, "candidate", 0, {"classes": list(classes), "tta": record.results.get("tta")},
-                            "eager", model, pre)
+                            "eager", TorchAsNumpy(model.eval()), pre)
     found = {"classes": list(classes)}
     for split in ("val", "test"):
         samples = getattr(splits, split)
         if samples:
             files = [str(path) for path, _ in samples]
             try:
-                probs = as_served.predict_files(files).numpy().astype(np.float64)
+                probs = as_served.predict_images(load_rgb, files).astype(np.float64)
             except BadImageError as exc:
                 raise PromotionError(f"a {split} photo is unreadable: {exc}") from exc
             found[split] = {"files": files, "targets": np.array([label for _, label in samples]), "probs": probs}
@@ -220,7 +228,7 @@ def promote(task: str, metric: str = "val_accuracy", runs_root: Path | None = No
     try:
         verification = export_and_verify(model, trace, [one, eight], staged)
         not_a_pet = export_not_a_pet_view(model, cfg.model.arch, len(classes), pre.image_size, trace, [one, eight],
-                                          staged)
+                                          staged, [p for p, _ in images[:11]])
         torch.save(model.state_dict(), staged / "state_dict.pt")
         (staged / "examples").mkdir()
         per_class_seen: dict[str, int] = {}
@@ -237,6 +245,9 @@ def promote(task: str, metric: str = "val_accuracy", runs_root: Path | None = No
         if not_a_pet.get("file"):
             card["files"][PET_VIEW_FILE] = "torch.export program: (logits, ImageNet pet probability) in one pass"
             card["files"][PET_VIEW_FILES["onnx"]] = "the same as ONNX (outputs logits, pet_probability)"
+        if (staged / SEPARATE_VIEW_FILE).is_file():
+            card["files"][SEPARATE_VIEW_FILE] = ("ONNX: ImageNet's separate view, its logits -> \"is this a pet?\" "
+                                                 "(its preprocessing in its metadata)")
         for onnx_file in (ONNX_FILE, PET_VIEW_FILES["onnx"]):  # each ONNX file describes itself
             if (staged / onnx_file).is_file():
                 annotate(staged / onnx_file, onnx_metadata(card, task))
@@ -255,20 +266,20 @@ def promote(task: str, metric: str = "val_accuracy", runs_root: Path | None = No
 
 
 def export_not_a_pet_view(model, arch: str, num_classes: int, image_size: int, trace: torch.Tensor,
-                          checks: list[torch.Tensor], staged: Path) -> dict:
+                          checks: list[torch.Tensor], staged: Path, photos: list[Path]) -> dict:
     """How the server will tell a pet from anything else, for the card. A model whose backbone is ImageNet's
-    own gets pet_view.pt2, which answers from the same forward pass; any other model is served beside the
-    separate ImageNet view (models/pet_view.py), one more forward pass per photo."""
+    own gets pet_view.pt2 (and .onnx), which answers from the same forward pass; any other model is served
+    beside the separate ImageNet view, one more forward pass per photo, written beside it as
+    imagenet_view.onnx so the server needs no torch for it (`photos` check that export)."""
     head = own_backbone_head(model, arch, image_size)
-    if head is None:
-        return dict(SEPARATE_VIEW)
-    try:
-        exported = export_pet_view(OwnBackboneView(model, arch, head, num_classes), model, trace, checks, staged)
-    except ExportError as exc:  # the separate view still works; say why the cheap one is missing
-        log.warning("%s; the server will use the separate ImageNet view", exc)
-        return dict(SEPARATE_VIEW)
-    return {"view": "own_backbone", "arch": arch, "image_size": image_size,
-            "threshold": OWN_BACKBONE_THRESHOLDS[(arch, image_size)], **exported}
+    if head is not None:
+        try:
+            exported = export_pet_view(OwnBackboneView(model, arch, head, num_classes), model, trace, checks, staged)
+            return {"view": "own_backbone", "arch": arch, "image_size": image_size,
+                    "threshold": OWN_BACKBONE_THRESHOLDS[(arch, image_size)], **exported}
+        except ExportError as exc:  # the separate view still works; say why the cheap one is missing
+            log.warning("%s; the server will use the separate ImageNet view", exc)
+    return {**SEPARATE_VIEW, "onnx": export_separate_view([load_rgb(p) for p in photos], staged / SEPARATE_VIEW_FILE)}
 
 
 def gate(registry: Registry, task: str, best: RunRecord, classes: list[str], predictions: dict,

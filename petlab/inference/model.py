@@ -1,0 +1,171 @@
+"""A registered version, loaded to predict: its ONNX export on ONNX Runtime (or, failing that, a PyTorch
+export) with its own card's preprocessing, test-time augmentation and temperature, and, when the card has
+one, the export that also answers "is this a pet at all?" from the same forward pass. The server, the
+Space, predict.py and the promotion gate all predict through it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from petlab.calibration import apply_temperature
+from petlab.errors import ExportError
+from petlab.inference.preprocessing import Preprocessing
+
+log = logging.getLogger(__name__)
+
+MODEL_ONNX, PET_VIEW_ONNX = "model.onnx", "pet_view.onnx"
+TORCH_RUNTIME = "PETLAB_RUNTIME"  # "torch": the PyTorch exports first (for comparisons)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = np.asarray(logits, dtype=np.float32)
+    exp = np.exp(z - z.max(axis=1, keepdims=True))
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+@dataclass
+class LoadedModel:
+    task: str
+    name: str
+    version: int
+    card: dict
+    fmt: str  # which file serves: "onnx" (on ONNX Runtime), "torch_export", "torchscript", or "eager"
+    module: Callable  # float32 NCHW numpy -> logits numpy
+    pre: Preprocessing
+    pet_module: Callable | None = None  # x -> (logits, ImageNet pet probability), when the card has a pet view
+    pet_fmt: str | None = None
+    refused: dict[str, str] = field(default_factory=dict)  # file -> why it was not loaded (damaged, unsafe)
+    fingerprint: str = ""  # files_fingerprint of what answers: the files that loaded, and the card as read
+    folder: Path | None = None  # the registry's version folder (None: a run's model, not registered)
+
+    @property
+    def classes(self) -> list[str]:
+        return self.card["classes"]
+
+    def probabilities(self, images: list, calibrated: bool = True) -> np.ndarray:
+        """RGB PIL images -> [N, classes] probabilities, preprocessed exactly as the card says and, when
+        the card holds a temperature, calibrated (the export itself stays raw logits)."""
+        return self.probabilities_and_pet(images, calibrated)[0]
+
+    def probabilities_and_pet(self, images: list, calibrated: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+        """probabilities(), and each photo's ImageNet pet probability when this version computes it in the
+        same pass (pet_view.*), else None."""
+        batch = self.pre.batch_array(images)
+        logits, pet = self.pet_module(batch) if self.pet_module is not None else (self.module(batch), None)
+        probs = softmax(logits)
+        if self.card.get("tta") == "flip":  # the card's metrics averaged each photo with its mirror image
+            probs = (probs + softmax(self.module(np.ascontiguousarray(batch[..., ::-1])))) / 2
+        if calibrated and self.temperature != 1.0:
+            probs = apply_temperature(probs, self.temperature).astype(np.float32)
+        return probs, (None if pet is None else np.asarray(pet, dtype=np.float32))
+
+    @property
+    def pet_threshold(self) -> float | None:
+        """The threshold measured for this version's own pet probability (None: it has none)."""
+        return (self.card.get("not_a_pet") or {}).get("threshold") if self.pet_module is not None else None
+
+    @property
+    def temperature(self) -> float:
+        return float((self.card.get("calibration") or {}).get("temperature", 1.0))
+
+    def predict_images(self, load, paths: list, batch_size: int = 32, calibrated: bool = True) -> np.ndarray:
+        """Probabilities for image files, in batches; `load(path)` decodes one to RGB (petlab.data.images)."""
+        parts = [self.probabilities([load(p) for p in paths[i:i + batch_size]], calibrated)
+                 for i in range(0, len(paths), batch_size)]
+        return np.concatenate(parts) if parts else np.empty((0, len(self.classes)), dtype=np.float32)
+
+    def predict(self, image, top_k: int = 5) -> list[dict]:
+        return self.predict_with_pet(image, top_k)[0]
+
+    def predict_with_pet(self, image, top_k: int = 5) -> tuple[list[dict], float | None]:
+        """The top-k for one photo, and its ImageNet pet probability when this version computes it."""
+        return self.predict_many_with_pet([image], top_k)[0]
+
+    def predict_many_with_pet(self, images: list, top_k: int = 5) -> list[tuple[list[dict], float | None]]:
+        """predict_with_pet for several photos in one forward pass."""
+        probs, pet = self.probabilities_and_pet(images)
+        k = min(top_k, len(self.classes))
+        order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+        return [([{"label": self.classes[i], "probability": round(float(probs[row, i]), 6)} for i in ids],
+                 float(pet[row]) if pet is not None else None)
+                for row, ids in enumerate(order)]
+
+
+def files_fingerprint(paths: list, *extra: str) -> str:
+    """The first 12 hex digits of a SHA-256 over the files' contents (and `extra` strings): which model
+    answered, whatever its name and version say."""
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    for text in extra:
+        digest.update(text.encode())
+    return digest.hexdigest()[:12]
+
+
+def torch_first() -> bool:
+    return os.environ.get(TORCH_RUNTIME, "").strip().lower() == "torch"
+
+
+def load_onnx(path: Path, refused: dict[str, str]):
+    """The ONNX file on ONNX Runtime, or None (missing, or refused with the reason added to `refused`)."""
+    from petlab.inference.runtime import OnnxSession
+
+    if not path.is_file():
+        return None
+    try:
+        return OnnxSession(path)
+    except ExportError as exc:
+        log.warning("could not load %s (%s); trying the next format", path.name, exc)
+        refused[path.name] = str(exc).splitlines()[0][:300]
+        return None
+
+
+def load_version(registry, task: str, version: int, fallback: Callable | None = None) -> LoadedModel:
+    """A registered version as it serves: model.onnx (and pet_view.onnx) on ONNX Runtime; where one is
+    missing or does not load (or PETLAB_RUNTIME=torch), `fallback` loads the PyTorch exports
+    (petlab/registry/torch_fallback.py: load_torch_formats; the caller passes it, so this package never
+    imports torch). Without one, a version that ONNX Runtime cannot serve raises ExportError."""
+    card = registry.card(task, version)
+    folder = Path(registry.version_dir(task, version))
+    refused: dict[str, str] = {}
+    own_view = (card.get("not_a_pet") or {}).get("file") is not None
+    fmt = pet_fmt = module = pet_module = None
+    if not torch_first():
+        module = load_onnx(folder / MODEL_ONNX, refused)
+        fmt = "onnx" if module is not None else None
+        if own_view and card["not_a_pet"].get("onnx"):
+            pet_module = load_onnx(folder / PET_VIEW_ONNX, refused)
+            pet_fmt = "onnx" if pet_module is not None else None
+    if module is None and fallback is None:
+        raise ExportError(f"{task} v{version}: {MODEL_ONNX} does not load "
+                          f"({refused.get(MODEL_ONNX, 'missing')}) and no PyTorch fallback is installed")
+    if fallback is not None and (module is None or (own_view and pet_module is None)):
+        found = fallback(registry, task, version, card, refused, need_model=module is None,
+                         need_pet_view=own_view and pet_module is None)
+        if module is None:
+            fmt, module = found["model"]
+        if own_view and pet_module is None and found.get("pet_view"):
+            pet_fmt, pet_module = found["pet_view"]
+    answering = [folder / (MODEL_ONNX if fmt == "onnx" else fallback_file(fmt)),
+                 *([folder / (PET_VIEW_ONNX if pet_fmt == "onnx" else fallback_file(pet_fmt, pet=True))]
+                   if pet_fmt else [])]
+    fingerprint = files_fingerprint(answering, json.dumps(card, sort_keys=True))
+    return LoadedModel(task, card["name"], version, card, fmt, module, Preprocessing.from_dict(card["preprocessing"]),
+                       pet_module, pet_fmt, refused, fingerprint, folder)
+
+
+def fallback_file(fmt: str, pet: bool = False) -> str:
+    """The file a PyTorch format is read from (eager: the state dict)."""
+    if pet:
+        return "pet_view.pt2"
+    return {"torch_export": "model.pt2", "torchscript": "model.ts"}.get(fmt, "state_dict.pt")

@@ -1,0 +1,72 @@
+"""Is this a cat or a dog at all? ImageNet's view of a photo, as numbers and as the server's verdict.
+
+A cats-vs-dogs model has only two answers, so a car gets one of them, often confidently. An ImageNet
+classifier has seen 1000 kinds of things, among them 118 dog breeds, 5 domestic cats and their wild
+relatives; the probability it puts on those classes answers "is this a pet at all?". The PyTorch side
+(the views themselves, and their exports) is petlab/models/pet_view.py; benchmarks/not_a_pet.py measures
+the thresholds below.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from petlab.inference.preprocessing import Preprocessing
+
+VIEW_ARCH = "efficientnet_lite0"
+# 128 px, not Lite0's native 224: the view only has to tell animals from everything else, and at
+# 128 px it costs about a sixth of the native forward pass (benchmarks/not_a_pet.py: held-out AUROC
+# 0.993 at 128 px vs 0.999 at 224 px, the same share of non-pets caught).
+VIEW_SIZE = 128
+# ImageNet-1k indices 151-268: dogs; 269-280: wolves, foxes and wild dogs; 281-285: domestic cats;
+# 286-293: wild cats. Neighbours count: an unusual pet photo is often read as its wild relative.
+PET_CLASSES = slice(151, 294)
+# Chosen by benchmarks/not_a_pet.py (README, "Not a pet"): the pet probability below which a photo
+# is answered as not recognised -- the highest that wrongly rejects at most 2% of the tuning pets
+# (the 400 cats-vs-dogs validation photos), with half of the offline non-pet photos beside them.
+PET_THRESHOLD = 0.12
+# What a card records (and /api/health reports) for a model served beside the separate view.
+SEPARATE_VIEW = {"view": "separate", "arch": VIEW_ARCH, "image_size": VIEW_SIZE, "threshold": PET_THRESHOLD}
+# The separate view as a file in a version's folder (written at promotion for a version that has no view of its
+# own): EfficientNet-Lite0 at VIEW_SIZE, ImageNet's logits in, this file's preprocessing in its metadata.
+SEPARATE_VIEW_FILE = "imagenet_view.onnx"
+# A served model whose backbone is ImageNet's own, untouched by training (a frozen backbone with its
+# BatchNorm statistics kept: the feature-cache recipes), computes ImageNet's features anyway: ImageNet's
+# head on those features answers the same question at the cost of one matrix product (OwnBackboneView),
+# at the model's own input size. Thresholds per (architecture, input size), chosen by the same rule with
+# `benchmarks/not_a_pet.py` (README, "Not a pet"); a combination not measured here gets the separate view.
+OWN_BACKBONE_THRESHOLDS = {("efficientnet_lite0", 224): 0.379, ("efficientnet_lite2", 260): 0.265}
+
+
+def pet_probability(imagenet_logits: np.ndarray) -> np.ndarray:
+    """[N, 1000] ImageNet logits -> [N] probability of a dog or cat class (wild relatives included)."""
+    logits = np.asarray(imagenet_logits, dtype=np.float64)
+    exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return (exp[:, PET_CLASSES].sum(1) / exp.sum(1)).astype(np.float32)
+
+
+def verdict(score: float, threshold: float) -> dict:
+    """The server's answer for one photo: recognised or not, why, and the score behind it."""
+    recognised = score >= threshold
+    reason = None if recognised else (
+        f"this does not look like a cat or a dog: an ImageNet classifier gives it {score:.1%} probability of "
+        f"showing one (below {threshold:.0%}); the model's best guesses are still given")
+    return {"recognised": recognised, "reason": reason, "pet_probability": round(score, 4)}
+
+
+class SeparateView:
+    """The separate view from its ONNX file (SEPARATE_VIEW_FILE), on ONNX Runtime, with the preprocessing
+    its metadata states."""
+
+    def __init__(self, path: Path):
+        import json
+
+        from petlab.inference.runtime import OnnxSession
+
+        self.session = OnnxSession(path)
+        self.pre = Preprocessing.from_dict(json.loads(self.session.metadata()["petlab.preprocessing"]))
+
+    def pet_probability(self, images: list) -> np.ndarray:
+        return pet_probability(self.session(self.pre.batch_array(images)))
