@@ -1,9 +1,10 @@
-"""Assemble a Hugging Face Space: the demo, the petlab package and the production models.
+"""Assemble a Hugging Face Space: the demo, the petlab package and the production models' ONNX exports.
 
     python demo/build_space.py [--out build/space] [--registry DIR]
 
-The folder it writes is a complete Space (sdk: gradio, app_file: app.py). Push it with git:
-    cd build/space && git init && git lfs track "*.onnx" "*.pt2" "*.ts" && git add . && git commit -m "petlab demo"
+The folder it writes is a complete Space (sdk: gradio, app_file: app.py, python_version pinned) that installs
+no torch: it serves model.onnx on ONNX Runtime (petlab/inference). Push it with git:
+    cd build/space && git init && git lfs track "*.onnx" && git add . && git commit -m "petlab demo"
     git push --force https://huggingface.co/spaces/<user>/<space> HEAD:main
 On the Space, GRADIO_SERVER_NAME=0.0.0.0 makes app.py listen publicly; locally it stays on 127.0.0.1.
 """
@@ -16,15 +17,20 @@ import shutil
 import sys
 from pathlib import Path
 
+from petlab.data.images import load_rgb
 from petlab.fileio import atomic_write
+from petlab.inference.pet import SEPARATE_VIEW_FILE
 from petlab.registry import Registry
+from petlab.registry.store import write_card
 
 DEMO = Path(__file__).resolve().parent
 REPO = DEMO.parent
 MARKER = ".petlab-space"
-SPACE_FILES = ("model.onnx", "model.pt2", "model.ts", "pet_view.onnx", "pet_view.pt2", "card.json", "card.md",
-               "README.md", "reliability.png")  # the HF-format card; the figure (/api/figures/)
-# (the state dict stays home: the exports suffice; a version without a pet view has no pet_view.* to copy)
+# What the Space serves from, on ONNX Runtime, and the figure its card shows (/api/figures/). The card itself
+# (card.json, card.md, README.md) is written again, listing only these files. The PyTorch exports and the
+# state dict stay home: without torch they could not load.
+SPACE_FILES = ("model.onnx", "pet_view.onnx", SEPARATE_VIEW_FILE, "reliability.png")
+PYTHON_VERSION = "3.11"  # what petlab needs (datetime.UTC) and the Space's requirements were tested with
 
 FRONT_MATTER = """---
 title: petlab pet classifier
@@ -33,6 +39,7 @@ colorFrom: indigo
 colorTo: yellow
 sdk: gradio
 sdk_version: {gradio}
+python_version: "{python}"
 app_file: app.py
 pinned: false
 ---
@@ -73,14 +80,26 @@ def build_space(out: Path, registry: Registry) -> list[str]:
                 shutil.copy(source / name, target / name)
         if (source / "examples").is_dir():
             shutil.copytree(source / "examples", target / "examples")
+        card = registry.card(task, version)
+        if not (target / "model.onnx").is_file():
+            raise SystemExit(f"error: {task} v{version} has no model.onnx, which the Space serves from; promote "
+                             "it again with this petlab")
+        own_view = (card.get("not_a_pet") or {}).get("view") == "own_backbone" and (target / "pet_view.onnx").is_file()
+        if not own_view and not (target / SEPARATE_VIEW_FILE).is_file():  # promoted before that file was written
+            from petlab.models.pet_view import export_separate_view
+
+            export_separate_view([load_rgb(p) for p in sorted((target / "examples").iterdir())[:8]],
+                                 target / SEPARATE_VIEW_FILE)
+        shipped = {p.name for p in target.iterdir()} | {"examples/"}
+        card = {**card, "files": {name: what for name, what in card.get("files", {}).items() if name in shipped}}
+        write_card(target, card)
         index = {**registry.index(task), "versions": [entry]}  # only what the Space serves
         atomic_write(target.parent / "index.json", json.dumps(index, indent=2) + "\n")
-        card = registry.card(task, version)
         lines.append(f"- `{task}`: {card['name']} v{version} ({card['arch']}, validation "
                      f"{100 * card['metrics']['val']['accuracy']:.2f}%)")
     gradio = next(line.split("==")[1] for line in (DEMO / "requirements.txt").read_text().splitlines()
                   if line.startswith("gradio=="))
-    (out / "README.md").write_text(FRONT_MATTER.format(gradio=gradio, models="\n".join(lines)))
+    (out / "README.md").write_text(FRONT_MATTER.format(gradio=gradio, python=PYTHON_VERSION, models="\n".join(lines)))
     return sorted(served)
 
 

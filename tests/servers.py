@@ -17,18 +17,16 @@ from tests.runs import REPO
 @contextlib.contextmanager
 def demo_server(registry: str | os.PathLike | None, log_path: str | os.PathLike, *args: str,
                  app: str | os.PathLike | None = None, cwd: str | os.PathLike | None = None, timeout: float = 180.0,
-                 env: dict | None = None, site: str | os.PathLike | None = None):
+                 env: dict | None = None, python: str | os.PathLike | None = None):
     """Run the demo (demo/app.py, or another copy of it) in a child process on a free local port;
     yields (base URL, process) once /api/health answers. For tests and benchmarks: a real server,
-    started and stopped as a user would. `site`: run it with `python -S` and only that folder on the
-    import path besides the app's own (see tests/isolation.py), as on a host that installed its requirements."""
+    started and stopped as a user would. `python`: the interpreter (default this one), such as
+    a fresh venv's."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     app = app or REPO / "demo" / "app.py"
-    if site is not None:
-        env = {**(env or os.environ), "PYTHONPATH": str(site)}
-    command = [sys.executable, *(["-S"] if site is not None else []), str(app), "--port", str(port),
+    command = [str(python or sys.executable), str(app), "--port", str(port),
                *(["--registry", str(registry)] if registry else []), *args]
     with open(log_path, "w") as log_file:
         proc = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, cwd=cwd, env=env)

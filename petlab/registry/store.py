@@ -2,7 +2,7 @@
 
 Layout (root: $PETLAB_REGISTRY_DIR or models/registry):
     <task>/index.json      the versions and their statuses: the single source of truth
-    <task>/v<N>/           model.pt2, model.ts, state_dict.pt, card.json, card.md, examples/
+    <task>/v<N>/           model.onnx, model.pt2, model.ts, state_dict.pt, card.json, ... (models/README.md)
     .lock                  held (flock) by every writer, so concurrent promotions serialise
 
 Crash safety: a new version is written in full to a `.staging-*` folder first and renamed into
@@ -112,7 +112,7 @@ class Registry:
             taken += [int(p.name[1:]) for p in (self.root / task).glob("v*") if p.name[1:].isdigit()]
             version = max(taken, default=0) + 1
             card = {**card, "name": index["name"], "task": task, "version": version, "status": "none"}
-            _write_card(staged, card)
+            write_card(staged, card)
             os.replace(staged, self.version_dir(task, version))
             index["versions"].append({"version": version, "status": "none", "created_at": card["created_at"],
                                       "arch": card["arch"], "source_run": card["source_run"],
@@ -151,14 +151,14 @@ class Registry:
         for entry in changed:  # cards mirror the index (rewritten after it, so a crash leaves the truth)
             folder = self.version_dir(task, entry["version"])
             card = json.loads((folder / "card.json").read_text())
-            _write_card(folder, {**card, "status": entry["status"]})
+            write_card(folder, {**card, "status": entry["status"]})
 
     def annotate(self, task: str, version: int, **fields) -> None:
         """Add fields to a version's card (e.g. its Comet registration, known only after it is added)."""
         with self._locked():
             folder = self.version_dir(task, version)
             card = json.loads((folder / "card.json").read_text())
-            _write_card(folder, {**card, **fields, "status": self.entry(task, version)["status"]})
+            write_card(folder, {**card, **fields, "status": self.entry(task, version)["status"]})
 
     def _commit(self, task: str, index: dict) -> None:
         (self.root / task).mkdir(parents=True, exist_ok=True)
@@ -173,7 +173,8 @@ def _check_status(status: str) -> None:
         raise RegistryError(f"unknown status {status!r}; one of {STATUSES}")
 
 
-def _write_card(folder: Path, card: dict) -> None:
+def write_card(folder: Path, card: dict) -> None:
+    """card.json, and the same as card.md and as Hugging Face's README.md."""
     from petlab.registry.card import HF_CARD, card_markdown, hugging_face_card
 
     atomic_write(folder / "card.json", json.dumps(card, indent=2) + "\n")
