@@ -240,6 +240,8 @@ def test_gradio_client_predicts(server, validation):
     assert result["label"] == "dog"
     assert {c["label"] for c in result["confidences"]} == {"cat", "dog"}
     assert verdict.startswith("**Recognised as a pet**")
+    endpoint = client.view_api(return_format="dict", print_info=False)["named_endpoints"]["/classify"]
+    assert [r["label"] for r in endpoint["returns"]] == ["Prediction", "verdict"]  # no unnamed "value_7"
 
 
 @pytest.mark.slow

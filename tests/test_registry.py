@@ -100,7 +100,7 @@ def test_a_promoted_version_is_complete_verified_and_queued_in_comet(promoted_re
     # offline, the Comet registration is queued in a new archive of the run's own experiment
     archive = Path(card["comet"]["archive"])  # relative to the runs folder the promotion read
     assert not archive.is_absolute() and archive.parts[0] == source.name
-    archive = next(promoted_registry.parent.glob("promoted_runs*")) / archive  # conftest's promoted_registry
+    archive = promoted_registry.parent / "runs" / archive  # conftest's promoted_registry
     assert archive.is_file() and not archive.is_relative_to(source)
     with zipfile.ZipFile(archive) as zf:
         messages = [json.loads(line) for line in zf.read("messages.json").decode().splitlines()]
@@ -324,9 +324,10 @@ def test_every_comet_archive_of_a_promoted_run_passes_comet_mls_own_checks(real_
     training and its promotion), message by message, through the validators comet_ml's OfflineSender applies."""
     from tests.comet_archives import validate_archive
 
-    (training,) = (real_runs["lite0"] / "comet").glob("*.zip")
+    key = json.loads((real_runs["lite0"] / "results.json").read_text())["tracking"]["key"]
+    training = real_runs["lite0"] / "comet" / f"{key}.zip"  # (other tests promote this run too: more archives)
     (promotion,) = (promoted_registry.parent / "runs").glob("*/comet/*.zip")  # queued in the promoted clone
-    assert promotion.name.startswith(training.stem)  # the same experiment, continued
+    assert promotion.name.startswith(key)  # the same experiment, continued
     archives = [training, promotion]
     counts = [validate_archive(archive, tmp_path) for archive in archives]
     assert counts[0]["parameter_msg"] > 50 and counts[0]["metric_msg"] > 0 and counts[0]["file_upload"] > 0

@@ -127,7 +127,8 @@ def test_a_promoted_version_is_calibrated_and_served_calibrated(promoted_registr
     raw = served.probabilities(photos, calibrated=False)
     logits = torch.from_numpy(served.module(served.pre.batch_array(photos)))
     torch.testing.assert_close(torch.from_numpy(raw), torch.softmax(logits, 1))
-    torch.testing.assert_close(served.probabilities(photos), apply_temperature(raw, cal["temperature"]))
+    calibrated = apply_temperature(raw, cal["temperature"])  # float64 from calibration; the server's float32
+    torch.testing.assert_close(torch.from_numpy(served.probabilities(photos)), torch.from_numpy(calibrated).float())
     assert "## Calibration" in (promoted_registry / TASK / "v1" / "card.md").read_text()
 
 
