@@ -87,3 +87,25 @@ def test_shared_helpers_have_one_home():
             assert "fcntl" not in text and "mkstemp" not in text and ".tmp" not in text, where
         if path.name != "paths.py":
             assert "parents[" not in text, where
+
+
+def test_the_serving_path_imports_no_torch():
+    """The Space installs no torch: nothing under petlab/inference imports it or petlab's training side, even
+    lazily, and the server's modules import it only inside the fallbacks for what ONNX Runtime cannot serve."""
+    for path in (PETLAB / "inference").rglob("*.py"):
+        for name in imports(path):
+            assert name.split(".")[0] not in ("torch", "torchvision"), f"{path.name} imports {name}"
+            assert package_of(name) not in ("petlab.engine", "petlab.models", "petlab.export", "petlab.registry",
+                                            "petlab.data"), f"{path.name} imports {name}"
+
+
+@pytest.mark.slow  # a fresh Python: this one has torch loaded already
+def test_importing_the_server_loads_no_torch():
+    import subprocess
+    import sys
+
+    loaded = subprocess.run([sys.executable, "-c", "import sys, petlab.serving, petlab.public_server, "
+                             "petlab.registry.card; print(sorted(m for m in sys.modules if m.split('.')[0] in "
+                             "('torch', 'torchvision', 'comet_ml', 'optuna')))"], cwd=REPO, capture_output=True,
+                            text=True, check=True)
+    assert loaded.stdout.strip() == "[]"
