@@ -146,7 +146,10 @@ def test_bad_config_value_is_a_clear_error_and_creates_no_run(tmp_path):
 def breeds_run(tiny, tmp_path_factory):
     root = tmp_path_factory.mktemp("breeds")
     data = make_imagefolder(root / "data", {"train": 16, "val": 4, "test": 4}, classes=("Beagle", "Toy_Poodle"))
-    script("run.py", *tiny.on(data).argv("--task", "breeds", "--epochs", "3", "--output-dir", root / "runs"))
+    # lr 1e-3, not the tiny recipe's 3e-3: from random weights, 3e-3 ended at chance on 2 of 9 seeds with
+    # torch's resize and 5 of 9 with Pillow's (its BatchNorm statistics run off); 1e-3 learned on all 5 tried
+    recipe = tiny.shrink({"train.lr": 1e-3}).on(data)
+    script("run.py", *recipe.argv("--task", "breeds", "--epochs", "3", "--output-dir", root / "runs"))
     run_dir = only_run_dir(root / "runs")
     assert json.loads((run_dir / "results.json").read_text())["test"]["accuracy"] == 1.0
     return run_dir
