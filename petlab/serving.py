@@ -119,11 +119,11 @@ class ServedModels:
         """ImageNet's separate view of whether a photo shows a pet at all, for the versions that cannot answer
         from their own backbone: the version's imagenet_view.onnx, or (a version promoted before that file
         existed) the PyTorch view, shared by every task; loaded the first time one needs it."""
-        path = self.registry.version_dir(model.task, model.version) / SEPARATE_VIEW_FILE
+        path = model.folder / SEPARATE_VIEW_FILE
         key = str(path) if path.is_file() else "torch"
         with self._pet_view_lock:
             if key not in self._pet_views:
-                self._pet_views[key] = separate_view(path.parent)
+                self._pet_views[key] = separate_view(model.folder)
             return self._pet_views[key]
 
     def classify(self, model: LoadedModel, image, top_k: int) -> dict:

@@ -27,12 +27,11 @@ import torch
 
 from petlab.errors import ExportError
 from petlab.export.onnx import ONNX_FILE, PET_VIEW_ONNX, OnnxModel, export_and_check, runtime
+from petlab.inference.model import EXPORT_FILES, PET_VIEW_FILES
 
 log = logging.getLogger(__name__)
 
-EXPORT_FILES = {"onnx": ONNX_FILE, "torch_export": "model.pt2", "torchscript": "model.ts"}
-PET_VIEW_FILE = "pet_view.pt2"  # (logits, pet probability) in one pass, for a model with ImageNet's own backbone
-PET_VIEW_FILES = {"onnx": PET_VIEW_ONNX, "torch_export": PET_VIEW_FILE}
+PET_VIEW_FILE = PET_VIEW_FILES["torch_export"]  # (logits, pet probability) in one pass: an ImageNet backbone
 MAX_BATCH = 1024
 
 

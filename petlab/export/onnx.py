@@ -16,7 +16,6 @@ and the same top-1 class.
 from __future__ import annotations
 
 import logging
-import os
 import warnings
 from pathlib import Path
 
@@ -24,22 +23,26 @@ import torch
 
 from petlab.errors import ExportError
 
+# petlab/inference/model.py names a version's files and the runtime switch; the names stay importable here
+from petlab.inference.model import MODEL_ONNX as ONNX_FILE
+from petlab.inference.model import PET_VIEW_ONNX, RUNTIME_SWITCH, torch_first
+
+__all__ = ["ONNX_FILE", "PET_VIEW_ONNX", "RUNTIME_SWITCH", "CheckedOnnx", "OnnxModel", "annotate", "check_close",
+           "export_and_check", "export_onnx", "runtime"]
+
 log = logging.getLogger(__name__)
 
-ONNX_FILE = "model.onnx"
-PET_VIEW_ONNX = "pet_view.onnx"
 OPSET = 17
 # float32 kernels differ in summation order, not in what they compute: measured differences are ~1e-6
 ONNX_TOLERANCE = {"rtol": 1e-4, "atol": 1e-4}
 CHECK_ROWS = 8  # CheckedOnnx compares this many photos of the first batch with the eager module
-RUNTIME_SWITCH = "PETLAB_RUNTIME"  # "torch": predict with PyTorch everywhere (for comparisons)
 
 
 def runtime(device: torch.device | str = "cpu", precision: str = "fp32", onnx_over_bf16: bool = True) -> str:
     """Where a model that only predicts runs: "onnxruntime" on a CPU, except where it would replace a native
     bf16 that measured faster for the architecture (onnx_over_bf16 False: ResNets and the custom CNN, whose
     plain convolutions oneDNN runs fast in bf16); "torch" on CUDA, or when PETLAB_RUNTIME=torch says so."""
-    if os.environ.get(RUNTIME_SWITCH, "").strip().lower() == "torch" or torch.device(device).type != "cpu":
+    if torch_first() or torch.device(device).type != "cpu":
         return "torch"
     return "torch" if precision == "bf16" and not onnx_over_bf16 else "onnxruntime"
 

@@ -18,11 +18,17 @@ import numpy as np
 from petlab.calibration import apply_temperature
 from petlab.errors import ExportError
 from petlab.inference.preprocessing import Preprocessing
+from petlab.inference.runtime import OnnxSession
 
 log = logging.getLogger(__name__)
 
-MODEL_ONNX, PET_VIEW_ONNX = "model.onnx", "pet_view.onnx"
-TORCH_RUNTIME = "PETLAB_RUNTIME"  # "torch": the PyTorch exports first (for comparisons)
+# A version's files, by format: the one place their names are written (petlab/export uses these too)
+EXPORT_FILES = {"onnx": "model.onnx", "torch_export": "model.pt2", "torchscript": "model.ts"}
+# (logits, pet probability) in one pass, for a model with ImageNet's own backbone
+PET_VIEW_FILES = {"onnx": "pet_view.onnx", "torch_export": "pet_view.pt2"}
+STATE_DICT = "state_dict.pt"  # what "eager" loads
+MODEL_ONNX, PET_VIEW_ONNX = EXPORT_FILES["onnx"], PET_VIEW_FILES["onnx"]
+RUNTIME_SWITCH = "PETLAB_RUNTIME"  # "torch": predict with PyTorch everywhere (for comparisons)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -113,13 +119,11 @@ def files_fingerprint(paths: list, *extra: str) -> str:
 
 
 def torch_first() -> bool:
-    return os.environ.get(TORCH_RUNTIME, "").strip().lower() == "torch"
+    return os.environ.get(RUNTIME_SWITCH, "").strip().lower() == "torch"
 
 
 def load_onnx(path: Path, refused: dict[str, str]):
     """The ONNX file on ONNX Runtime, or None (missing, or refused with the reason added to `refused`)."""
-    from petlab.inference.runtime import OnnxSession
-
     if not path.is_file():
         return None
     try:
@@ -150,22 +154,14 @@ def load_version(registry, task: str, version: int, fallback: Callable | None = 
         raise ExportError(f"{task} v{version}: {MODEL_ONNX} does not load "
                           f"({refused.get(MODEL_ONNX, 'missing')}) and no PyTorch fallback is installed")
     if fallback is not None and (module is None or (own_view and pet_module is None)):
-        found = fallback(registry, task, version, card, refused, need_model=module is None,
+        found = fallback(registry, task, version, refused, need_model=module is None,
                          need_pet_view=own_view and pet_module is None)
         if module is None:
             fmt, module = found["model"]
         if own_view and pet_module is None and found.get("pet_view"):
             pet_fmt, pet_module = found["pet_view"]
-    answering = [folder / (MODEL_ONNX if fmt == "onnx" else fallback_file(fmt)),
-                 *([folder / (PET_VIEW_ONNX if pet_fmt == "onnx" else fallback_file(pet_fmt, pet=True))]
-                   if pet_fmt else [])]
+    answering = [folder / EXPORT_FILES.get(fmt, STATE_DICT), *([folder / PET_VIEW_FILES[pet_fmt]] if pet_fmt else [])]
     fingerprint = files_fingerprint(answering, json.dumps(card, sort_keys=True))
     return LoadedModel(task, card["name"], version, card, fmt, module, Preprocessing.from_dict(card["preprocessing"]),
                        pet_module, pet_fmt, refused, fingerprint, folder)
 
-
-def fallback_file(fmt: str, pet: bool = False) -> str:
-    """The file a PyTorch format is read from (eager: the state dict)."""
-    if pet:
-        return "pet_view.pt2"
-    return {"torch_export": "model.pt2", "torchscript": "model.ts"}.get(fmt, "state_dict.pt")

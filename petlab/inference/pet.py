@@ -9,11 +9,13 @@ the thresholds below.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 
 from petlab.inference.preprocessing import Preprocessing
+from petlab.inference.runtime import OnnxSession
 
 VIEW_ARCH = "efficientnet_lite0"
 # 128 px, not Lite0's native 224: the view only has to tell animals from everything else, and at
@@ -61,10 +63,6 @@ class SeparateView:
     its metadata states."""
 
     def __init__(self, path: Path):
-        import json
-
-        from petlab.inference.runtime import OnnxSession
-
         self.session = OnnxSession(path)
         self.pre = Preprocessing.from_dict(json.loads(self.session.metadata()["petlab.preprocessing"]))
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -11,13 +10,11 @@ from petlab.errors import ExportError
 
 
 class OnnxSession:
-    runtime = "onnxruntime"
-
     def __init__(self, path: str | Path, threads: int | None = None):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or min(os.cpu_count() or 1, 8)
+        options.intra_op_num_threads = threads or 0  # 0: ONNX Runtime's own choice, one per physical core
         options.inter_op_num_threads = 1
         options.log_severity_level = 3  # errors only
         try:

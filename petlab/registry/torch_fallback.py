@@ -1,6 +1,7 @@
 """The PyTorch side of serving: a version's torch exports (or its eager weights) where its ONNX files are
-missing or refused, or where PETLAB_RUNTIME=torch asks for them. Imported only then
-(petlab/inference/model.py), so serving from ONNX never imports torch."""
+missing or refused, or where PETLAB_RUNTIME=torch asks for them. petlab/inference/model.py's load_version
+takes `load_torch_formats` as its fallback from the caller; the server imports this module only when
+ONNX Runtime cannot serve (serving.torch_formats_if_installed), so serving from ONNX never imports torch."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ def load_eager(registry, task: str, version: int) -> torch.nn.Module:
     return rebuild_trained(card["arch"], len(card["classes"]), state, card.get("dropout"))
 
 
-def load_torch_formats(registry, task: str, version: int, card: dict, refused: dict[str, str], need_model: bool,
+def load_torch_formats(registry, task: str, version: int, refused: dict[str, str], need_model: bool,
                        need_pet_view: bool) -> dict:
     """{"model": (format, callable)} when need_model (a torch export, else the eager weights) and
     {"pet_view": (format, callable) or None} when need_pet_view; each file that failed is added to `refused`."""
