@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from petlab.errors import ConfigError
-from petlab.names import SPECIES
+from petlab.names import AUDIT_KINDS, SPECIES
 
 TASKS = ("cats_vs_dogs", "breeds")
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -124,6 +124,11 @@ class DataConfig(_Section):
     num_workers: int = setting(0, check=NON_NEGATIVE, flag=True,
                                help="loader processes (images are decoded once into a cache, so rarely worth it)")
     cache_dir: str | None = setting(None, help="default: $PETLAB_CACHE_DIR or data/cache (paths.py)")
+    exclude: str | None = setting(None, flag=True, help="an audit's findings.csv (experiments/audit.py): train, "
+                                                        "validate and test without the photos it lists")
+    exclude_kinds: list[str] = setting(
+        factory=list, flag=True, check=(lambda v: v in AUDIT_KINDS, f"must be one of {', '.join(AUDIT_KINDS)}"),
+        help="only these kinds of findings (default: all), e.g. --exclude-kinds label_error leak")
 
 
 @dataclass

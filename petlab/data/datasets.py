@@ -44,6 +44,7 @@ class Splits:
     notes: dict[str, str] = field(default_factory=dict)  # where each split came from
     classes_without_val: list[str] = field(default_factory=list)  # too few photos to give validation any
     sampled_from: dict[str, int] = field(default_factory=dict)  # split -> its size before --eval-sample
+    excluded: list[dict] = field(default_factory=list)  # {split, file, kind}: left out by data.exclude (an audit)
 
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}

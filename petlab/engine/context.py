@@ -30,11 +30,13 @@ from petlab import rundir
 from petlab.config import Config
 from petlab.data.cache import DecodedImages, decode_split
 from petlab.data.datasets import Splits, load_splits
+from petlab.data.exclude import excluded_files
 from petlab.data.transforms import Preprocessing
 from petlab.engine import distributed
 from petlab.engine.batches import resolve_device
 from petlab.engine.features import uses_feature_cache
 from petlab.engine.speed import check_precision, speed_settings
+from petlab.errors import DatasetError
 from petlab.fileio import DISK_FULL
 from petlab.models import ARCHS
 from petlab.paths import cache_root, runs_root
@@ -120,6 +122,8 @@ def load_run_splits(cfg: Config) -> Splits:
     folds = cfg.train.cv_folds
     splits = load_splits(cfg.data.dataset, cfg.task, cfg.data.data_dir, cfg.data.species,
                          cfg.data.val_fraction, cfg.seed, carve=folds is None, labels_csv=cfg.data.labels_csv)
+    if cfg.data.exclude:
+        exclude_audited(splits, cfg.data.exclude, cfg.data.exclude_kinds)
     if folds is not None:
         joined = " (shipped val/ joined train)" if splits.val else ""
         splits.train, splits.val = sorted(splits.train + splits.val), []
@@ -133,6 +137,22 @@ def load_run_splits(cfg: Config) -> Splits:
             splits.notes[split] = (f"{splits.notes.get(split, split)}; a stratified sample of {n} of its "
                                    f"{len(whole)} photos (--eval-sample, seed {cfg.seed})")
     return splits
+
+
+def exclude_audited(splits: Splits, findings: str, kinds: list[str]) -> None:
+    """Drop the photos an audit's findings.csv lists (of the given kinds) from every split; splits.excluded records
+    each one (split, file, kind), and the notes say how many left each split."""
+    listed = excluded_files(findings, kinds or None)
+    for split in ("train", "val", "test"):
+        kept = [(p, y) for p, y in getattr(splits, split) if str(Path(p).resolve()) not in listed]
+        dropped = [p for p, _ in getattr(splits, split) if str(Path(p).resolve()) in listed]
+        splits.excluded += [{"split": split, "file": p, "kind": listed[str(Path(p).resolve())]} for p in dropped]
+        if dropped:
+            setattr(splits, split, kept)
+            splits.notes[split] = (f"{splits.notes.get(split, split)}; {len(dropped)} photos excluded by {findings}"
+                                   f" ({', '.join(kinds) if kinds else 'every kind'})")
+    if not splits.train:
+        raise DatasetError(f"data.exclude: {findings} lists every training photo; nothing is left to train on")
 
 
 def stratified_sample(samples: list, n: int, seed: int) -> list:

@@ -270,6 +270,8 @@ def run_record(run: RunContext, facts: dict, cv: dict | None) -> dict:
               "eval_sample": {split: {"n": len(getattr(splits, split)), "of": whole}
                               for split, whole in splits.sampled_from.items()} or None,
               "classes_without_val": splits.classes_without_val,
+              "excluded": {"findings": cfg.data.exclude, "kinds": cfg.data.exclude_kinds or "all",
+                           "count": len(splits.excluded), "files": splits.excluded} if cfg.data.exclude else None,
               "skipped_files": {name: d.skipped_summary() for name, d in run.decoded.items()},
               "feature_cache": run.features, **facts, "tags": run_tags(cfg), "started_at": run.started_at,
               "world_size": run.dist.world_size, "machine": machine(run.device)}

@@ -1,0 +1,29 @@
+"""An audit's findings as training input: which photos a run leaves out (data.exclude, data.exclude_kinds)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from petlab.errors import ConfigError
+from petlab.names import AUDIT_KINDS as KINDS
+
+
+def read_findings_csv(path: str | Path, kinds: list[str] | None = None) -> list[dict]:
+    """The rows of an audit's findings.csv, only the given kinds when named (an unknown kind is refused)."""
+    unknown = sorted(set(kinds or ()) - set(KINDS))
+    if unknown:
+        raise ConfigError(f"data.exclude_kinds: unknown kinds {unknown}; choose from {list(KINDS)}")
+    try:
+        with open(path, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+    except OSError as exc:
+        raise ConfigError(f"data.exclude: cannot read the audit's findings {path}: {exc.strerror}") from None
+    if rows and not {"kind", "file"} <= set(rows[0]):
+        raise ConfigError(f"data.exclude: {path} is not an audit's findings.csv (it needs kind and file columns)")
+    return [r for r in rows if not kinds or r["kind"] in kinds]
+
+
+def excluded_files(path: str | Path, kinds: list[str] | None) -> dict[str, str]:
+    """{resolved file: kind} of the findings to leave out."""
+    return {str(Path(r["file"]).resolve()): r["kind"] for r in read_findings_csv(path, kinds)}
