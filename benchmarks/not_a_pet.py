@@ -1,6 +1,8 @@
 """Choosing how the server says "this is not a cat or a dog", by measurement.
 
     python benchmarks/not_a_pet.py [--task cats_vs_dogs] [--registry DIR] [--data-dir DIR] [--max-rejected 0.02]
+    python benchmarks/not_a_pet.py --all-shared   # every photo of every shared set, per view: how petlab's
+                                                  # thresholds (petlab/inference/pet.py) were chosen
 
 The scores compete, each computed for real pet photos and for offline non-pet photos
 (petlab/data/non_pets.py: scikit-image's and matplotlib's sample photos, synthetic drawings):
@@ -59,7 +61,11 @@ def main(argv=None) -> int:
     parser.add_argument("--view-size", type=int, nargs="+", default=[VIEW_SIZE],
                         help="image sizes at which to measure the ImageNet view (smaller is cheaper)")
     parser.add_argument("--out", type=Path, default=REPO / "reports" / "not_a_pet")
+    parser.add_argument("--all-shared", action="store_true",
+                        help="score every shared photo set with each ImageNet view (no production model needed)")
     args = parser.parse_args(argv)
+    if args.all_shared:
+        return all_shared(args.out)
 
     registry = Registry(args.registry)
     production = registry.production(args.task)
@@ -132,6 +138,43 @@ def main(argv=None) -> int:
                   f"{served_at['held_out_pets_wrongly_rejected']:.1%}, non-pets caught "
                   f"{served_at['held_out_non_pets_caught']:.1%}")
     print(f"wrote {args.out / (args.task + '.json')} and .png")
+    return 0
+
+
+SHARED_SETS = {"cats_and_dogs_filtered": "*/*/*.jpg", "oxford-iiit-pet-3breeds": "images/*.jpg",
+               "stanford-dogs-3breeds": "*/*/*.jpg", "oxford-pets-37breeds-5shot": "*/*/*.jpg"}
+VIEWS = [("efficientnet_lite0", 224), ("efficientnet_lite0", 128), ("efficientnet_lite2", 260)]
+CANDIDATES = (0.379, 0.265, 0.2, 0.12, 0.1, 0.05, 0.03, 0.02, 0.01)
+
+
+def all_shared(out: Path) -> int:
+    """For each view, every shared set's share of pets rejected and the non-pets caught at each candidate
+    threshold, and the highest candidate that keeps every set at 1% or less. Writes all_shared.json."""
+    data, report = shared_data(), {}
+    non_pets = non_pet_images()
+    for arch, size in VIEWS:
+        view, key = PetView(arch, size), f"{arch}@{size}"
+        scores = {name: dict(zip([str(p.relative_to(data / name)) for p in files],
+                                 batched(view.pet_probability, [load_rgb(p) for p in files]).tolist()))
+                  for name, files in ((n, sorted((data / n).glob(g))) for n, g in SHARED_SETS.items())}
+        other = batched(view.pet_probability, [img for _, img, _ in non_pets])
+        table = {t: {"pets_rejected": {n: float(np.mean(np.array(list(v.values())) < t)) for n, v in scores.items()},
+                     "non_pets_caught": float(np.mean(other < t))} for t in CANDIDATES}
+        fit = [t for t in CANDIDATES if max(table[t]["pets_rejected"].values()) <= 0.01]
+        lowest = sorted((s, f"{n}/{f}") for n, v in scores.items() for f, s in v.items())[:10]
+        report[key] = {"table": table, "highest_threshold_at_most_1pc_everywhere": fit[0] if fit else None,
+                       "lowest_pets": lowest, "non_pets_missed_at_that": [
+                           (n, float(s)) for (n, _, _), s in zip(non_pets, other) if fit and s >= fit[0]]}
+        print(f"\n{key}: {len(non_pets)} non-pets; highest threshold with at most 1% of every set rejected: "
+              f"{report[key]['highest_threshold_at_most_1pc_everywhere']}")
+        print("| threshold | " + " | ".join(SHARED_SETS) + " | non-pets caught |")
+        print("|---" * (len(SHARED_SETS) + 2) + "|")
+        for t, row in table.items():
+            print(f"| {t} | " + " | ".join(f"{row['pets_rejected'][n]:.2%}" for n in SHARED_SETS)
+                  + f" | {row['non_pets_caught']:.1%} |")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "all_shared.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out / 'all_shared.json'}")
     return 0
 
 

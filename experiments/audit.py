@@ -3,7 +3,8 @@
     python experiments/audit.py --data-dir DIR [--task T] [--labels-csv F] [--name NAME]
 
 Writes reports/audit/<name>/: index.html (thumbnails; open it), findings.csv (kind, split, file, label,
-suggested_label, score, partner_file) and summary.json, and logs the summary to Comet. Train without what it
+suggested_label, score, partner_file), label_ranking.csv (every photo by how likely its label is wrong,
+flagged or not: review it top down) and summary.json, and logs the summary to Comet. Train without what it
 found: `python experiments/run.py ... --exclude reports/audit/<name>/findings.csv --exclude-kinds label_error`.
 How each finding is decided: petlab/audit.py; the thresholds' measurements: README, "Know your data".
 """

@@ -1,9 +1,10 @@
 """Photos that are not pets, available offline: what "not a pet" is tuned and measured on.
 
-scikit-image and matplotlib ship sample photos inside their wheels (an astronaut, a rocket, coffee,
-coins, motorcycles, the Moon, text, textures, ...; scikit-image's cat `chelsea` is left out), and
-drawings are synthesised (shapes and strokes on plain backgrounds), the kind of upload a demo gets
-from a curious stranger. Each item is (name, RGB PIL image, source).
+scikit-image, matplotlib and scikit-learn ship sample photos inside their wheels (an astronaut, a rocket,
+coffee, coins, motorcycles, the Moon, text, textures, a Chinese temple, a flower, ...; scikit-image's cat
+`chelsea` is left out), and drawings and text cards are synthesised (shapes and strokes on plain
+backgrounds; lines of words, as the "camera shy" and "Adopted" placeholders found in real pet datasets),
+the kind of upload a demo gets from a curious stranger. Each item is (name, RGB PIL image, source).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from petlab.data.images import load_rgb
 
@@ -20,11 +21,13 @@ SUFFIXES = {".png", ".jpg", ".jpeg"}
 
 
 def sample_photo_files() -> list[Path]:
-    """The sample photos bundled with scikit-image and matplotlib (no download)."""
+    """The sample photos bundled with scikit-image, matplotlib and scikit-learn (no download)."""
     import matplotlib
     import skimage
+    import sklearn
 
-    folders = [Path(skimage.__file__).parent / "data", Path(matplotlib.get_data_path()) / "sample_data"]
+    folders = [Path(skimage.__file__).parent / "data", Path(matplotlib.get_data_path()) / "sample_data",
+               Path(sklearn.__file__).parent / "datasets" / "images"]
     return sorted((p for folder in folders for p in folder.glob("*") if p.suffix.lower() in SUFFIXES
                    and p.stem not in PETS_AMONG_SAMPLES), key=lambda p: p.name)
 
@@ -52,15 +55,34 @@ def drawing(seed: int, size: int = 320) -> Image.Image:
     return img
 
 
-def non_pet_images(drawings: int = 24) -> list[tuple[str, Image.Image, str]]:
+WORDS = ("adopted", "camera shy", "no photo available", "sorry", "this pet has found a home", "image coming soon",
+         "petfinder", "photo not found", "404", "placeholder")
+
+
+def text_card(seed: int, size: int = 320) -> Image.Image:
+    """A synthetic text image: a few lines of words, dark on light or light on dark, at a few sizes."""
+    rng = np.random.default_rng(1000 + seed)
+    dark = seed % 2 == 0
+    img = Image.new("RGB", (size, size), (250, 250, 245) if dark else (30, 40, 60))
+    draw = ImageDraw.Draw(img)
+    for line in range(int(rng.integers(1, 5))):
+        font = ImageFont.load_default(size=int(rng.integers(18, 44)))
+        y = 30 + line * size // 5 + int(rng.integers(0, 20))
+        draw.text((int(rng.integers(5, 60)), y), WORDS[int(rng.integers(0, len(WORDS)))],
+                  fill=(20, 20, 20) if dark else (240, 240, 240), font=font)
+    return img
+
+
+def non_pet_images(drawings: int = 24, texts: int = 8) -> list[tuple[str, Image.Image, str]]:
     photos = [(p.stem, load_rgb(p), "photo") for p in sample_photo_files()]
-    return photos + [(f"drawing-{i}", drawing(i), "drawing") for i in range(drawings)]
+    return (photos + [(f"drawing-{i}", drawing(i), "drawing") for i in range(drawings)]
+            + [(f"text-{i}", text_card(i), "text") for i in range(texts)])
 
 
 def split_tune_heldout(items: list) -> tuple[list, list]:
-    """Alternate items (in name order, photos and drawings apart) into a tuning half and a held-out half."""
+    """Alternate items (in name order, photos, drawings and text apart) into a tuning half and a held-out half."""
     tune, held = [], []
-    for source in ("photo", "drawing"):
+    for source in ("photo", "drawing", "text"):
         group = [item for item in items if item[2] == source]
         tune += group[0::2]
         held += group[1::2]
