@@ -32,24 +32,18 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from skimage.feature import match_template
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 
 from petlab.data.datasets import Splits
+from petlab.data.near_copies import NEAR_COPY, near_copy_pairs
+from petlab.engine.leaks import AUDIT_ARCH, AUDIT_SIZE, SPLIT_ORDER
 from petlab.inference.pet import OWN_BACKBONE_THRESHOLDS, pet_probability
+from petlab.models.zoo import ARCHS
 from petlab.names import AUDIT_KINDS as KINDS
 from petlab.progress import progress
 
 log = logging.getLogger(__name__)
-AUDIT_ARCH, AUDIT_SIZE = "efficientnet_lite0", 224
-# Near-copies: candidates by feature cosine, confirmed by pixels (pixel_match). Measured on cats_and_dogs_filtered
-# with 20 injected copies (JPEG q60, 80% size, a 10% crop, 5 mirrored): their cosine to the original was 0.78 to
-# 0.95, their pixel match 0.95 to 1.0; the 60 closest distinct pairs by cosine matched 0.78 at most (README,
-# "Know your data"; benchmarks/audit.py).
-CANDIDATE_COSINE = 0.72
-CANDIDATES = 3  # nearest photos checked per photo
-NEAR_COPY = 0.9
 TINY_SIDE = 64  # a photo whose short side is below this carries too little detail for a 224 px model
 EXTREME_ASPECT = 3.0  # long side over short side
 GRAY_SPREAD = 3  # at most this mean |R-G| + |G-B| (levels): a grayscale photo stored as RGB
@@ -59,7 +53,6 @@ FOLDS = 5
 # 80% of the flips at C=1, 90% at 0.1 and 96% at 0.01 (chosen there; benchmarks/audit.py measures it again on
 # its own flips, and on the 37-breed set, which played no part in the choice).
 LABEL_C = 0.01
-SPLIT_ORDER = ("train", "val", "test")
 
 
 @dataclass
@@ -80,66 +73,6 @@ class Photos:
     splits: list[str]
     labels: np.ndarray
     squares: list  # uint8 HWC arrays (rows of the decode caches' memory maps)
-
-
-def gray_thumbnail(square: np.ndarray, side: int) -> np.ndarray:
-    return np.asarray(Image.fromarray(np.asarray(square)).convert("L").resize((side, side), Image.BILINEAR),
-                      np.float32)
-
-
-FRAME = 32  # px: the grayscale thumbnail whose middle 75% is the template
-SCALES = (28, 32, 36, 40)  # thumbnail sides searched: 0.875x to 1.25x the template's frame
-
-
-def thumbnails(square: np.ndarray) -> dict:
-    """What pixel_match compares, computed once per photo: its centre template and its scaled views."""
-    mirror = np.ascontiguousarray(np.asarray(square)[:, ::-1])
-    border = FRAME // 8
-    return {"template": gray_thumbnail(square, FRAME)[border:FRAME - border, border:FRAME - border],
-            "views": [gray_thumbnail(view, side) for view in (square, mirror) for side in SCALES]}
-
-
-def pixel_match(a: dict, b: dict) -> float:
-    """How well one photo's centre (the middle 75% of a 32 px grayscale thumbnail) is found in the other,
-    mirrored or not, at 0.875x to 1.25x: the best normalised cross-correlation (skimage's match_template),
-    both ways (a and b from thumbnails()). A re-encoded, resized, cropped or mirrored copy scores about 0.95
-    or more; two photos of one cat in one pose, 0.8 or less."""
-    best = -1.0
-    for x, y in ((a, b), (b, a)):
-        for view in y["views"]:
-            best = max(best, float(match_template(view, x["template"]).max()))
-            if best >= NEAR_COPY:  # found: the other views cannot change the verdict
-                return best
-    return best
-
-
-def candidate_pairs(unit: np.ndarray, min_cosine: float = CANDIDATE_COSINE, per_photo: int = CANDIDATES,
-                    block: int = 512) -> list[tuple[int, int]]:
-    """Pairs (i < j) worth a pixel check: each photo's `per_photo` nearest by feature cosine, when at least
-    `min_cosine` (computed in blocks of rows, so memory stays small)."""
-    n, pairs = len(unit), set()
-    for start in range(0, n, block):
-        cosine = unit[start:start + block] @ unit.T
-        for r in range(len(cosine)):
-            cosine[r, start + r] = -1.0  # not itself
-        nearest = np.argsort(-cosine, axis=1)[:, :per_photo]
-        for r, row in enumerate(nearest):
-            pairs.update((min(start + r, int(j)), max(start + r, int(j))) for j in row if cosine[r, j] >= min_cosine)
-    return sorted(pairs)
-
-
-def near_copy_pairs(features: np.ndarray, squares: list) -> list[tuple[int, int, float]]:
-    """Every near-copy pair (i, j, pixel match): candidates by feature cosine, confirmed by pixels."""
-    unit = features / np.linalg.norm(features, axis=1, keepdims=True).clip(1e-12)
-    found, thumbs = [], {}
-    for i, j in progress(candidate_pairs(unit), desc="near-copy check", unit="pair", leave=False):
-        for k in (i, j):
-            if k not in thumbs:
-                thumbs[k] = thumbnails(squares[k])
-        score = pixel_match(thumbs[i], thumbs[j])
-        if score >= NEAR_COPY:
-            found.append((i, j, score))
-    return found
 
 
 def copy_findings(photos: Photos, classes: list[str], pairs: list[tuple[int, int, float]]) -> list[Finding]:
@@ -355,29 +288,15 @@ def run_audit(data_dir: str | None, task: str, out_dir: Path, dataset: str | Non
 
     import torch
 
-    from petlab.config import load_config
-    from petlab.data.cache import decode_split
     from petlab.data.datasets import load_splits
-    from petlab.data.transforms import Preprocessing
-    from petlab.engine.features import backbone_features
-    from petlab.engine.speed import speed_settings
-    from petlab.models.zoo import ARCHS, build_imagenet_classifier
+    from petlab.engine.leaks import audit_config, audit_features
     from petlab.paths import cache_root
     from petlab.tracking.comet import create_tracker
 
     splits = load_splits(dataset, task, data_dir, None, 0.2, seed, download=False, carve=False,
                          labels_csv=labels_csv)
-    device = torch.device("cpu")
-    cfg = load_config(None, {"task": task, "seed": seed, "model.arch": AUDIT_ARCH, "model.pretrained": True,
-                             "model.freeze_backbone": True, "data.augment": False, "tracking.backend": tracking})
-    cfg = cfg.updated(speed_settings(cfg, device))
-    pre = Preprocessing.for_model(ARCHS[AUDIT_ARCH], AUDIT_SIZE, cfg.data.resize_ratio)
-    cache = cache_root(cache_dir)
-    decoded = {split: decode_split(getattr(splits, split), pre, cache, split)
-               for split in SPLIT_ORDER if getattr(splits, split)}
-    model = build_imagenet_classifier(AUDIT_ARCH)
-    features = np.concatenate([backbone_features(cfg, model, images, pre, split, cache, device)[:, 0]
-                               for split, images in decoded.items()])
+    cfg = audit_config(task, seed, tracking)
+    decoded, features, model = audit_features(splits, cache_root(cache_dir), cfg)
     with torch.inference_mode():
         logits = model.get_submodule(ARCHS[AUDIT_ARCH].head)(torch.from_numpy(features)).numpy()
     photos, skipped = collect_photos(splits, decoded)

@@ -124,6 +124,8 @@ class DataConfig(_Section):
     num_workers: int = setting(0, check=NON_NEGATIVE, flag=True,
                                help="loader processes (images are decoded once into a cache, so rarely worth it)")
     cache_dir: str | None = setting(None, help="default: $PETLAB_CACHE_DIR or data/cache (paths.py)")
+    leak_check: bool = setting(True, flag=True, help="count the test photos with a near-copy in train (results.json, "
+                                                       "the card); --no-leak-check skips its Lite0 pass")
     exclude: str | None = setting(None, flag=True, help="an audit's findings.csv (experiments/audit.py): train, "
                                                         "validate and test without the photos it lists")
     exclude_kinds: list[str] = setting(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import random
 import shutil
 from pathlib import Path
 
@@ -26,6 +27,10 @@ def photo_folder(shared: Path, root: Path, per_class: dict[str, int]) -> Path:
             for photo in sorted((source[split] / cls).iterdir())[:n]:
                 shutil.copyfile(photo, root / split / cls / photo.name)
     return root
+
+
+def card_text(registry: Path) -> str:
+    return (registry / "cats_vs_dogs" / "v1" / "card.md").read_text()
 
 
 def findings(out: Path) -> list[dict]:
@@ -100,3 +105,30 @@ def test_one_photo_per_class_does_not_crash_the_k_fold_step(shared, tmp_path):
     info = run_audit(str(root), "breeds", tmp_path / "report", tracking="none")
     assert info["summary"]["findings"]["label_error"] == 0
     assert info["summary"]["classes"]["train"]["imbalance"] == 1.0
+
+
+@pytest.mark.slow
+def test_a_run_and_its_card_report_a_test_photo_copied_from_train(tiny, tmp_path):
+    """A tiny run on real photos where one test photo is a near-copy of a train photo: results.json counts it,
+    promotion warns, and the card says so."""
+    import json
+
+    from petlab.engine.experiment import run_experiment
+    from petlab.registry import Registry
+    from petlab.registry.promote import promote
+    from tests.dirty_data import near_copy
+
+    data = tmp_path / "photos"
+    shutil.copytree(tiny.data, data)
+    source = sorted((data / "train" / "dogs").iterdir())[0]
+    near_copy(source, data / "test" / "dogs" / "copy_of_a_train_dog.jpg", mirror=True, rng=random.Random(0))
+    outcome = run_experiment(tiny.on(data).shrink({"train.epochs": 1, "tracking.backend": "none",
+                                                   "data.leak_check": True}).config(output_dir=str(tmp_path / "runs")))
+    found = outcome.results["test_near_copies_in_train"]
+    assert found["count"] == 1 and found["pairs"][0]["train"] == str(source)
+    assert found["pairs"][0]["test"].endswith("copy_of_a_train_dog.jpg")
+    registry = tmp_path / "registry"
+    promote("cats_vs_dogs", run=outcome.run_dir, registry=Registry(registry), force=True)
+    card = json.loads((registry / "cats_vs_dogs" / "v1" / "card.json").read_text())
+    assert card["test_near_copies_in_train"] == 1
+    assert "Warning: 1 test photos have a near-copy in train" in card_text(registry)

@@ -42,6 +42,7 @@ from petlab.engine import crossval, distributed
 from petlab.engine.batches import seed_everything
 from petlab.engine.context import RunContext, open_run
 from petlab.engine.features import feature_loaders
+from petlab.engine.leaks import test_copies_in_train
 from petlab.engine.metrics import HEADLINE, classification_metrics, mean_nll, nll
 from petlab.engine.outcome import Interrupted, RunOutcome, StopRun, write_results
 from petlab.engine.signals import StopFlag
@@ -275,11 +276,24 @@ def run_record(run: RunContext, facts: dict, cv: dict | None) -> dict:
               "skipped_files": {name: d.skipped_summary() for name, d in run.decoded.items()},
               "feature_cache": run.features, **facts, "tags": run_tags(cfg), "started_at": run.started_at,
               "world_size": run.dist.world_size, "machine": machine(run.device)}
+    record["test_near_copies_in_train"] = near_copies_record(run)
     if cv:
         record["cross_validation"] = {k: v for k, v in cv.items() if k != "oof"}
         # epoch 0 won: best.pt is the model as initialised, and the refit trained nothing
         record["cross_validation"]["kept_initial_model"] = cv["chosen"]["epochs"] == 0
     return record
+
+
+def near_copies_record(run: RunContext) -> dict | None:
+    """How many test photos have a near-copy in train (None when data.leak_check is off); logged when not zero."""
+    if not run.cfg.data.leak_check or not run.is_main:
+        return None
+    found = test_copies_in_train(run.splits, run.cache_dir, run.cfg.task)
+    if found["count"]:
+        log.warning("%d test photos have a near-copy in train: the test accuracy counts them (results.json "
+                    "test_near_copies_in_train; experiments/audit.py lists them, --exclude leaves them out)",
+                    found["count"])
+    return found
 
 
 def initial_metrics(trainer: Trainer, loaders: dict, classes: list[str]) -> dict:

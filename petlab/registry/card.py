@@ -98,6 +98,19 @@ def serving_lines(card: dict) -> list[str]:
     return lines
 
 
+def leak_lines(count) -> list[str]:
+    """What the card says about test photos with a near-copy in train (None: not checked; "absent": a card from
+    before the check)."""
+    if count == "absent":
+        return []
+    if count is None:
+        return ["Test photos with a near-copy in train: **not checked** (the run had `data.leak_check` off).", ""]
+    if count == 0:
+        return ["Test photos with a near-copy in train: **0** (petlab/data/near_copies.py).", ""]
+    return [f"**Warning: {count} test photos have a near-copy in train**, so the test accuracy counts photos the "
+            "model has seen; `experiments/audit.py` lists them and `--exclude` trains without them.", ""]
+
+
 def card_markdown(card: dict, figures: str = "") -> str:
     """The card as Markdown; its figures are linked as `figures` + file name (beside card.md by default; the
     demo passes the route that serves them)."""
@@ -119,6 +132,7 @@ def card_markdown(card: dict, figures: str = "") -> str:
           for name, m in (("validation", val), ("test", test))),
         "",
         *([f"Validation: {val['source']}.", ""] if val.get("source") else []),
+        *leak_lines(card.get("test_near_copies_in_train", "absent")),
         *(["Predictions average the photo and its mirror image (test-time augmentation), as in evaluation.", ""]
           if card.get("tta") == "flip" else []),
         f"Selected by **{sel['metric']} = {sel['value']:.4f}** among {sel['candidates']} candidate run(s); "
