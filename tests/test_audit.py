@@ -116,6 +116,7 @@ def test_a_run_and_its_card_report_a_test_photo_copied_from_train(tiny, tmp_path
     from petlab.engine.experiment import run_experiment
     from petlab.registry import Registry
     from petlab.registry.promote import promote
+    from petlab.reports.runs import leaderboard, read_local_run
     from tests.dirty_data import near_copy
 
     data = tmp_path / "photos"
@@ -127,6 +128,8 @@ def test_a_run_and_its_card_report_a_test_photo_copied_from_train(tiny, tmp_path
     found = outcome.results["test_near_copies_in_train"]
     assert found["count"] == 1 and found["pairs"][0]["train"] == str(source)
     assert found["pairs"][0]["test"].endswith("copy_of_a_train_dog.jpg")
+    board = leaderboard([read_local_run(outcome.run_dir)])
+    assert board.loc[0, "test_copies_in_train"] == 1  # the comparison report's column
     registry = tmp_path / "registry"
     promote("cats_vs_dogs", run=outcome.run_dir, registry=Registry(registry), force=True)
     card = json.loads((registry / "cats_vs_dogs" / "v1" / "card.json").read_text())

@@ -123,6 +123,8 @@ def _markdown(board: pd.DataFrame) -> str:
         shown[column] = shown[column].map(lambda v: "" if pd.isna(v) else f"{v:.2%}")
     shown["wall_time_s"] = shown["wall_time_s"].map(lambda v: "" if pd.isna(v) else f"{v:.0f}")
     shown["params"] = shown["params"].map(lambda v: "" if pd.isna(v) else f"{int(v):,}")
+    shown["test_copies_in_train"] = shown["test_copies_in_train"].map(
+        lambda v: "not checked" if pd.isna(v) else f"**{int(v)}**" if v else "0")
     header = "| " + " | ".join(shown.columns) + " |"
     rule = "|" + "|".join("---" for _ in shown.columns) + "|"
     rows = ["| " + " | ".join(str(v) for v in row) + " |" for row in shown.itertuples(index=False)]

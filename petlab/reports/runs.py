@@ -140,11 +140,14 @@ def leaderboard(records: list[RunRecord]) -> pd.DataFrame:
             "test_accuracy": r.metrics("test").get("accuracy"),
             "test_top5_accuracy": r.metrics("test").get("top5_accuracy"),
             "test_balanced_accuracy": r.metrics("test").get("balanced_accuracy"),
+            # a test accuracy inflated by photos the model trained on is never silent (None: not checked)
+            "test_copies_in_train": (r.results.get("test_near_copies_in_train") or {}).get("count"),
             "tags": ", ".join(r.tags),
             "source": r.source,
         })
     columns = ["run", "task", "arch", "pretrained", "params", "epochs", "wall_time_s", "best_val_accuracy",
-               "test_accuracy", "test_top5_accuracy", "test_balanced_accuracy", "tags", "source"]
+               "test_accuracy", "test_top5_accuracy", "test_balanced_accuracy", "test_copies_in_train", "tags",
+               "source"]
     table = pd.DataFrame(rows, columns=columns)
     return table.sort_values(["best_val_accuracy", "wall_time_s"], ascending=[False, True], kind="stable",
                              ignore_index=True)
