@@ -250,7 +250,7 @@ def write_html(found: list[Finding], photos: Photos, facts: dict, info: dict, pa
             partner = thumbnail(square(f.partner_file)) if f.partner_file in where else ""
             parts.append(f'<div class="f">{thumbnail(square(f.file))}{partner}<p>{e(f.split)}: '
                          f"{e(Path(f.file).name)}<br>label {e(f.label)}"
-                         + (f" &rarr; {e(f.suggested_label)}" if f.suggested_label else "")
+                         + (f" &rarr; {e(f.suggested_label)}" if f.suggested_label not in ("", f.label) else "")
                          + f"<br>score {f.score}" + (f"<br>{e(Path(f.partner_file).name)}" if f.partner_file else "")
                          + "</p></div>")
         if len(rows) > per_kind:
