@@ -37,7 +37,7 @@ from sklearn.model_selection import StratifiedKFold
 
 from petlab.data.datasets import Splits
 from petlab.data.near_copies import NEAR_COPY, near_copy_pairs
-from petlab.engine.leaks import AUDIT_ARCH, AUDIT_SIZE, SPLIT_ORDER
+from petlab.engine.leaks import AUDIT_ARCH, AUDIT_SIZE, SPLIT_ORDER, readable_files
 from petlab.inference.pet import OWN_BACKBONE_THRESHOLDS, pet_probability
 from petlab.models.zoo import ARCHS
 from petlab.names import AUDIT_KINDS as KINDS
@@ -145,9 +145,9 @@ def file_findings(path: str, split: str, label: str, square: np.ndarray | None) 
     if max(width, height) / max(min(width, height), 1) > EXTREME_ASPECT:
         found.append(Finding("extreme_aspect", split, path, label,
                              score=round(max(width, height) / max(min(width, height), 1), 2)))
-    if mode in ("L", "LA", "1", "I", "I;16", "F") or (square is not None and colour_spread(square) <= GRAY_SPREAD):
-        found.append(Finding("grayscale", split, path, label,
-                             score=0.0 if square is None else round(colour_spread(square), 2)))
+    spread = 0.0 if square is None else colour_spread(square)
+    if mode in ("L", "LA", "1", "I", "I;16", "F") or (square is not None and spread <= GRAY_SPREAD):
+        found.append(Finding("grayscale", split, path, label, score=round(spread, 2)))
     return found
 
 
@@ -171,11 +171,12 @@ def class_counts(splits: Splits) -> dict:
 
 def audit_findings(photos: Photos, classes: list[str], features: np.ndarray, imagenet_logits: np.ndarray,
                    skipped: list[dict], seed: int = 0) -> tuple[list[Finding], dict]:
-    """Every finding, and the facts behind the ranked lists (margins, pet probabilities)."""
+    """Every finding, and the facts behind them: every scored photo's label ranking, the pet probabilities."""
     found = copy_findings(photos, classes, near_copy_pairs(features, photos.squares))
     probs, scored = out_of_fold_probabilities(features, photos.labels, len(classes), seed)
     flagged, suggested, margin = label_error_ranking(probs, photos.labels, scored)
-    for i in np.argsort(-margin):
+    order = [int(i) for i in np.argsort(-margin) if scored[i]]  # likeliest label error first
+    for i in order:
         if flagged[i]:
             found.append(Finding("label_error", photos.splits[i], photos.files[i], classes[photos.labels[i]],
                                  classes[suggested[i]], round(float(margin[i]), 4)))
@@ -190,19 +191,18 @@ def audit_findings(photos: Photos, classes: list[str], features: np.ndarray, ima
                              partner_file=f"{s['reason']}: {s['detail']}"[:200]))
     for i, (path, split) in enumerate(zip(photos.files, photos.splits)):
         found += file_findings(path, split, classes[photos.labels[i]], photos.squares[i])
-    order = [int(i) for i in np.argsort(-margin) if scored[i]]
     ranking = [{"rank": r + 1, "split": photos.splits[i], "file": photos.files[i], "label": classes[photos.labels[i]],
                 "suggested_label": classes[suggested[i]], "margin": round(float(margin[i]), 4),
                 "flagged": bool(flagged[i])} for r, i in enumerate(order)]
-    facts = {"ranking": ranking, "margin": margin, "suggested": suggested, "flagged": flagged, "pet_probability": pet,
-             "pet_threshold": threshold}
+    facts = {"ranking": ranking, "pet_probability": pet, "pet_threshold": threshold}
     return found, facts
 
 
 def summary(found: list[Finding], photos: Photos, splits: Splits, facts: dict) -> dict:
     by_kind = Counter(f.kind for f in found)
+    split_of = dict(zip(photos.files, photos.splits))
     test_leaks = {f.file for f in found if f.kind in ("leak", "conflict") and f.split == "test"
-                  and photos.splits[photos.files.index(f.partner_file)] == "train"} if found else set()
+                  and split_of.get(f.partner_file) == "train"}
     return {"photos": len(photos.files) + by_kind.get("unreadable", 0),
             "findings": {kind: by_kind.get(kind, 0) for kind in KINDS},
             "test_photos_with_a_near_copy_in_train": len(test_leaks),
@@ -210,13 +210,12 @@ def summary(found: list[Finding], photos: Photos, splits: Splits, facts: dict) -
             "pet_threshold": facts["pet_threshold"], "classes": class_counts(splits)}
 
 
-def write_findings_csv(found: list[Finding], path: Path) -> None:
-    write_rows([asdict(f) for f in found], path, list(Finding.__dataclass_fields__))
+RANKING_FIELDS = ["rank", "split", "file", "label", "suggested_label", "margin", "flagged"]
 
 
-def write_rows(rows: list[dict], path: Path, fields: list[str] | None = None) -> None:
+def write_rows(rows: list[dict], path: Path, fields: list[str]) -> None:
     with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=fields or list(rows[0]) if (fields or rows) else ["file"])
+        writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
 
@@ -230,7 +229,7 @@ def thumbnail(square: np.ndarray | None, size: int = 112) -> str:
     return f'<img src="data:image/jpeg;base64,{base64.b64encode(buffer.getvalue()).decode()}">'
 
 
-def write_html(found: list[Finding], photos: Photos, facts: dict, info: dict, path: Path,
+def write_html(found: list[Finding], photos: Photos, info: dict, path: Path,
                per_kind: int = 60) -> None:
     """One page: the summary, class counts, then each kind's findings (at most per_kind, in rank order) with
     thumbnails of the photo and its partner."""
@@ -266,18 +265,16 @@ def write_html(found: list[Finding], photos: Photos, facts: dict, info: dict, pa
 
 
 def collect_photos(splits: Splits, decoded: dict) -> tuple[Photos, list[dict]]:
-    """The readable photos of every split in one order, and the unreadable ones (with their split and label)."""
-    files, names, labels, squares, skipped = [], [], [], [], []
+    """The readable photos of every split in one order (audit_features' rows), and the unreadable ones (with
+    their split and label)."""
+    readable = readable_files(splits, decoded)
+    skipped = []
     for split, images in decoded.items():
-        bad = {s["path"] for s in images.skipped}
-        skipped += [{**s, "split": split, "label": splits.classes[y]}
-                    for s in images.skipped for p, y in getattr(splits, split) if p == s["path"]]
-        good = [p for p, _ in getattr(splits, split) if p not in bad]
-        files += good
-        names += [split] * len(good)
-        labels += images.labels.tolist()
-        squares += list(images.array)
-    return Photos(files, names, np.asarray(labels, np.int64), squares), skipped
+        label_of = dict(getattr(splits, split))
+        skipped += [{**s, "split": split, "label": splits.classes[label_of[s["path"]]]} for s in images.skipped]
+    labels = np.concatenate([images.labels for images in decoded.values()])
+    squares = [square for images in decoded.values() for square in images.array]
+    return Photos([f for _, f in readable], [s for s, _ in readable], labels, squares), skipped
 
 
 def run_audit(data_dir: str | None, task: str, out_dir: Path, dataset: str | None = None,
@@ -304,9 +301,9 @@ def run_audit(data_dir: str | None, task: str, out_dir: Path, dataset: str | Non
     info = {"name": out_dir.name, "root": splits.root, "dataset": splits.dataset, "task": task,
             "summary": summary(found, photos, splits, facts)}
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_findings_csv(found, out_dir / "findings.csv")
-    write_rows(facts["ranking"], out_dir / "label_ranking.csv")
-    write_html(found, photos, facts, info, out_dir / "index.html")
+    write_rows([asdict(f) for f in found], out_dir / "findings.csv", list(Finding.__dataclass_fields__))
+    write_rows(facts["ranking"], out_dir / "label_ranking.csv", RANKING_FIELDS)
+    write_html(found, photos, info, out_dir / "index.html")
     (out_dir / "summary.json").write_text(json.dumps(info, indent=2) + "\n")
     tracker = create_tracker(cfg, out_dir)
     tracker.add_tags(["audit", task])

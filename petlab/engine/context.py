@@ -144,9 +144,14 @@ def exclude_audited(splits: Splits, findings: str, kinds: list[str]) -> None:
     each one (split, file, kind), and the notes say how many left each split."""
     listed = excluded_files(findings, kinds or None)
     for split in ("train", "val", "test"):
-        kept = [(p, y) for p, y in getattr(splits, split) if str(Path(p).resolve()) not in listed]
-        dropped = [p for p, _ in getattr(splits, split) if str(Path(p).resolve()) in listed]
-        splits.excluded += [{"split": split, "file": p, "kind": listed[str(Path(p).resolve())]} for p in dropped]
+        kept, dropped = [], []
+        for path, label in getattr(splits, split):
+            kind = listed.get(str(Path(path).resolve()))
+            if kind is None:
+                kept.append((path, label))
+            else:
+                dropped.append(path)
+                splits.excluded.append({"split": split, "file": path, "kind": kind})
         if dropped:
             setattr(splits, split, kept)
             splits.notes[split] = (f"{splits.notes.get(split, split)}; {len(dropped)} photos excluded by {findings}"

@@ -182,7 +182,7 @@ def _build_card(record: RunRecord, cfg, classes, pre, metric, value, n_candidate
         "selected_by": {"metric": metric, "value": value, "candidates": n_candidates},
         "tta": results.get("tta", "none"),  # the server predicts as the metrics were measured
         "dataset": results.get("dataset"),
-        "test_near_copies_in_train": (results.get("test_near_copies_in_train") or {}).get("count"),
+        "test_near_copies_in_train": record.test_copies_in_train,
         # Cards are shown to strangers (the demo, a Space): folder names, never this machine's absolute paths.
         "dataset_root": Path(results["dataset_root"]).name if results.get("dataset_root") else None,
         "source_run": record.path.resolve().name,
@@ -241,7 +241,7 @@ def promote(task: str, metric: str = "val_accuracy", runs_root: Path | None = No
             plot_calibration(predictions, calibration, staged / RELIABILITY_FIGURE,
                              f"{cfg.model.arch} on {cfg.data.dataset}")
             calibration["figure"] = RELIABILITY_FIGURE
-        leaked = (best.results.get("test_near_copies_in_train") or {}).get("count")
+        leaked = best.test_copies_in_train
         if leaked:
             log.warning("%s: %d test photos have a near-copy in train, so its test accuracy counts photos it has seen "
                         "(the card says so; experiments/audit.py lists them)", best.path.name, leaked)

@@ -45,6 +45,11 @@ class RunRecord:
     def tags(self) -> list[str]:
         return list(self.results.get("tags") or [])
 
+    @property
+    def test_copies_in_train(self) -> int | None:
+        """Test photos with a near-copy in train (data.leak_check); None when the run did not check."""
+        return (self.results.get("test_near_copies_in_train") or {}).get("count")
+
 
 def read_local_run(run_dir: Path) -> RunRecord | None:
     """A completed run directory as a record; None (with a reason in the log) otherwise. A run whose files
@@ -141,7 +146,7 @@ def leaderboard(records: list[RunRecord]) -> pd.DataFrame:
             "test_top5_accuracy": r.metrics("test").get("top5_accuracy"),
             "test_balanced_accuracy": r.metrics("test").get("balanced_accuracy"),
             # a test accuracy inflated by photos the model trained on is never silent (None: not checked)
-            "test_copies_in_train": (r.results.get("test_near_copies_in_train") or {}).get("count"),
+            "test_copies_in_train": r.test_copies_in_train,
             "tags": ", ".join(r.tags),
             "source": r.source,
         })
