@@ -6,7 +6,9 @@
 - /              the Gradio page: upload, paste or drag a photo -> top-5 classes
 - POST /api/predict   multipart: file, optional task and top_k -> JSON predictions; `file` may repeat
                       (up to MAX_FILES_PER_REQUEST photos, the whole body within --max-upload-mb) -> one
-                      result per file, in order, under "results"
+                      result per file, in order, under "results"; explain=true adds each photo's "heatmap"
+                      (where the model looked, for explain_class or its top-1: a grid over the photo's own
+                      frame and a PNG overlay)
 - GET  /api/health    status and the versions served
 - the Gradio client API (api_name "/classify")
 It listens on 127.0.0.1 unless told otherwise (no share link, ever), needs no network, and only
@@ -45,6 +47,7 @@ from petlab.serving import (  # noqa: E402
     ServedModels,
     ServingError,
     decode_upload,
+    parse_explain,
     parse_top_k,
     return_freed_memory_promptly,
     served_model,
@@ -59,16 +62,20 @@ UPLOAD_TTL_S = 3600  # Gradio's copies of page uploads are deleted once this old
 UPLOAD_CACHE_MB, UPLOAD_CACHE_FILES = 256, 512  # and the folder holds at most this much (oldest evicted first)
 
 
-def classify(models: ServedModels, data: bytes, filename: str | None, task: str | None, top_k: int) -> dict:
+def classify(models: ServedModels, data: bytes, filename: str | None, task: str | None, top_k: int,
+             explain=None, explain_class=None) -> dict:
     """The one prediction path the API and the page share (runs in a worker thread)."""
     model = models.model(task)  # an unknown task or no production model is the answer before decoding
-    return models.classify(model, decode_upload(data, filename), top_k)
+    explain, explain_class = parse_explain(model, explain, explain_class)
+    return models.classify(model, decode_upload(data, filename), top_k, explain, explain_class)
 
 
-def classify_files(models: ServedModels, files: list[tuple[bytes, str | None]], task: str | None, top_k: int) -> dict:
+def classify_files(models: ServedModels, files: list[tuple[bytes, str | None]], task: str | None, top_k: int,
+                   explain=None, explain_class=None) -> dict:
     """Several uploads in one request: each decoded on its own (an unreadable one gets its error in its place),
     the readable ones predicted in one forward pass. Results keep the order of the files."""
     model = models.model(task)
+    explain, explain_class = parse_explain(model, explain, explain_class)
     decoded: list = []
     for data, filename in files:
         try:
@@ -76,7 +83,8 @@ def classify_files(models: ServedModels, files: list[tuple[bytes, str | None]], 
         except ServingError as err:
             decoded.append(err)
     results = []
-    for (_, filename), d, answer in zip(files, decoded, models.classify_readable(model, decoded, top_k)):
+    for (_, filename), d, answer in zip(files, decoded, models.classify_readable(model, decoded, top_k, explain,
+                                                                                       explain_class)):
         if answer is None:
             results.append({"file": filename, "error": d.code, "message": d.message})
         else:
@@ -126,17 +134,18 @@ def create_api(models: ServedModels, max_upload_bytes: int) -> FastAPI:
             task = form.get("task") or None
             record["task"] = task
             top_k = parse_top_k(form.get("top_k"))
+            explain = (form.get("explain"), form.get("explain_class"))
             files = [(await upload.read(), upload.filename) for upload in uploads]
             if any(len(data) > max_upload_bytes for data, _ in files):
                 raise too_large(max(len(data) for data, _ in files))
             if len(files) > 1:
-                result = await run_in_threadpool(classify_files, models, files, task, top_k)
+                result = await run_in_threadpool(classify_files, models, files, task, top_k, *explain)
                 result["latency_ms"] = round(1000 * (time.perf_counter() - start), 2)
                 log_request(route="/api/predict", task=result["task"], version=result["model"]["version"],
                             status=200, outcome="ok", files=len(files), latency_ms=result["latency_ms"],
                             unreadable=sum(1 for r in result["results"] if "error" in r))
                 return result
-            result = await run_in_threadpool(classify, models, *files[0], task, top_k)
+            result = await run_in_threadpool(classify, models, *files[0], task, top_k, *explain)
         except ServingError as err:
             log_request(**record, status=err.status, outcome=err.code,
                         latency_ms=round(1000 * (time.perf_counter() - start), 2))
@@ -200,6 +209,20 @@ def build_page(models: ServedModels, upload_ttl_s: int = UPLOAD_TTL_S) -> gr.Blo
                    if result["recognised"] else f"**Not recognised:** {result['reason']}.")
         return {p["label"]: p["probability"] for p in result["predictions"]}, verdict
 
+    def on_heatmap(path: str | None, task: str | None, show: bool):
+        """Where the model looked, beside the prediction: its own request, so the label never waits for it."""
+        if path is None or not show:
+            return gr.Image(value=None, visible=bool(show))
+        try:
+            model = models.model(task or None)
+            parse_explain(model, True, None)
+            image = decode_upload(Path(path).read_bytes(), Path(path).name)
+            heat = model.predict_many_with_pet([image], 1, explain=True)[0][2]
+        except ServingError as err:
+            log_request(route="page/heatmap", task=task, status=err.status, outcome=err.code)
+            return gr.Image(value=None, visible=True, label=f"No heatmap: {err.message}")
+        return gr.Image(value=heat.overlay(image), visible=True, label=f"Where the model looked for {heat.label!r}")
+
     # delete_cache: Gradio keeps a copy of every page upload; without it /gradio_api/upload fills the disk.
     with gr.Blocks(title="petlab demo", delete_cache=(max(1, upload_ttl_s // 6), upload_ttl_s)) as page:
         gr.Markdown("# petlab\nUpload, paste or drag a pet photo: the production model names the class.")
@@ -214,14 +237,22 @@ def build_page(models: ServedModels, upload_ttl_s: int = UPLOAD_TTL_S) -> gr.Blo
                 recognition = gr.Markdown("", label="verdict", elem_id="recognition")  # named in view_api()
                 summary_text, card_text = current_card(tasks[0] if tasks else None)
                 summary = gr.Markdown(summary_text, elem_id="served")
+            with gr.Column():
+                show = gr.Checkbox(value=True, label="Show where the model looked (class-activation map)",
+                                   elem_id="explain")
+                heatmap = gr.Image(type="pil", label="Where the model looked", interactive=False, elem_id="heatmap",
+                                   format="png")
         if examples:
             gr.Examples(examples=examples, inputs=[image, task] if len(tasks) > 1 else [image],
                         label="Examples (validation photos)", cache_examples=False)
         with gr.Accordion("Model card", open=False):
             card = gr.Markdown(card_text, elem_id="card")
-        image.change(on_image, [image, task], [label, recognition], api_name="classify")
+        image.change(on_image, [image, task], [label, recognition], api_name="classify").then(
+            on_heatmap, [image, task, show], heatmap, api_name=False)
         task.change(current_card, task, [summary, card], api_name=False).then(
-            on_image, [image, task], [label, recognition], api_name=False)
+            on_image, [image, task], [label, recognition], api_name=False).then(
+            on_heatmap, [image, task, show], heatmap, api_name=False)
+        show.change(on_heatmap, [image, task, show], heatmap, api_name=False)
         page.load(on_load, None, [task, summary, card], api_name=False)
     return page
 

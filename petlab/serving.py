@@ -126,13 +126,16 @@ class ServedModels:
                 self._pet_views[key] = separate_view(model.folder)
             return self._pet_views[key]
 
-    def classify(self, model: LoadedModel, image, top_k: int) -> dict:
-        """The served answer for one decoded photo: the model's top-k, and whether it looks like a pet at all
-        (from the model's own forward pass when its backbone is ImageNet's, else from the separate view)."""
-        return classify_many(model, [image], top_k, lambda: self.pet_view(model))[0]
+    def classify(self, model: LoadedModel, image, top_k: int, explain: bool = False,
+                 explain_class: str | None = None) -> dict:
+        """The served answer for one decoded photo: the model's top-k, whether it looks like a pet at all (from
+        the model's own forward pass when its backbone is ImageNet's, else from the separate view), and with
+        `explain` where the model looked."""
+        return classify_many(model, [image], top_k, lambda: self.pet_view(model), explain, explain_class)[0]
 
-    def classify_readable(self, model: LoadedModel, decoded: list, top_k: int) -> list:
-        return classify_readable(model, decoded, top_k, lambda: self.pet_view(model))
+    def classify_readable(self, model: LoadedModel, decoded: list, top_k: int, explain: bool = False,
+                          explain_class: str | None = None) -> list:
+        return classify_readable(model, decoded, top_k, lambda: self.pet_view(model), explain, explain_class)
 
     def production(self) -> dict[str, int]:
         """task -> production version, for every task that has one."""
@@ -180,7 +183,8 @@ class ServedModels:
                 raise ServingError(503, "model_unavailable", unavailable(key, failed[1]))
             start = time.perf_counter()
             try:
-                model = load_version(self.registry, *key, fallback=torch_formats_if_installed)
+                model = load_version(self.registry, *key, fallback=torch_formats_if_installed,
+                                     explain_fallback=torch_explain_if_installed)
             except Exception as exc:  # noqa: BLE001 - said to the client as a 503; the trace goes to the log
                 log.exception("could not load %s v%d", *key)
                 self._failed[key] = (time.monotonic(), f"{type(exc).__name__}: {exc}".splitlines()[0][:300])
@@ -239,24 +243,62 @@ def torch_formats_if_installed(*args, **kwargs) -> dict:
     return load_torch_formats(*args, **kwargs)
 
 
-def classify_many(model: LoadedModel, images: list, top_k: int, pet_view: Callable) -> list[dict]:
+def torch_explain_if_installed(registry, task: str, version: int):
+    """The eager explainer of a version without a usable explain.onnx, where torch is installed; else None."""
+    try:
+        from petlab.registry.torch_fallback import load_eager_explain
+    except ModuleNotFoundError:
+        return None
+    return load_eager_explain(registry, task, version)
+
+
+def parse_explain(model: LoadedModel, explain, explain_class) -> tuple[bool, str | None]:
+    """(explain, the class to explain or None for each photo's top-1) from a request's fields, or a 4xx."""
+    flag = str(explain or "").strip().lower()
+    if flag not in ("", "true", "false", "1", "0", "yes", "no"):
+        raise ServingError(422, "bad_explain", f"explain must be true or false, got {explain!r}")
+    wanted = flag in ("true", "1", "yes")
+    label = str(explain_class).strip() if explain_class else None
+    if label is not None:
+        if not wanted:
+            raise ServingError(422, "bad_explain", "explain_class is only read with explain=true")
+        try:
+            model.class_index(label)
+        except ValueError as exc:
+            raise ServingError(422, "unknown_class", str(exc)) from None
+    if wanted and model.explainer() is None:
+        raise ServingError(501, "explain_unavailable",
+                           f"{model.name} v{model.version} ({model.card['arch']}) has no class-activation map here: "
+                           "its head is not linear on its feature map, or it was promoted before explain.onnx and "
+                           "PyTorch is not installed")
+    return wanted, label
+
+
+def classify_many(model: LoadedModel, images: list, top_k: int, pet_view: Callable, explain: bool = False,
+                  explain_class: str | None = None) -> list[dict]:
     """ServedModels.classify for several decoded photos, in one forward pass of the model (and, for a version
-    without its own pet view, one of `pet_view()`, called only then)."""
-    answers = model.predict_many_with_pet(images, top_k)
-    if any(pet is None for _, pet in answers):
+    without its own pet view, one of `pet_view()`, called only then). With `explain`, each answer carries the
+    heatmap of `explain_class` (default: its top-1) from the same pass (inference/heatmap.py)."""
+    answers = model.predict_many_with_pet(images, top_k, explain, explain_class)
+    if any(answer[1] is None for answer in answers):
         separate = pet_view().pet_probability(images)
         judged = [verdict(float(p), SEPARATE_VIEW["threshold"]) for p in separate]
     else:
-        judged = [verdict(pet, model.pet_threshold) for _, pet in answers]
-    return [{"task": model.task, "model": served_model(model), **j, "predictions": top}
-            for (top, _), j in zip(answers, judged)]
+        judged = [verdict(answer[1], model.pet_threshold) for answer in answers]
+    results = [{"task": model.task, "model": served_model(model), **j, "predictions": answer[0]}
+               for answer, j in zip(answers, judged)]
+    if explain:
+        for result, answer, image in zip(results, answers, images):
+            result["heatmap"] = answer[2].to_json(image)
+    return results
 
 
-def classify_readable(model: LoadedModel, decoded: list, top_k: int, pet_view: Callable) -> list:
+def classify_readable(model: LoadedModel, decoded: list, top_k: int, pet_view: Callable, explain: bool = False,
+                      explain_class: str | None = None) -> list:
     """classify_many over a batch where an exception stands in the place of each photo that could not be
     decoded: the readable ones in one pass, the answers back in the batch's order, None for the others."""
     readable = [d for d in decoded if not isinstance(d, Exception)]
-    answers = iter(classify_many(model, readable, top_k, pet_view) if readable else [])
+    answers = iter(classify_many(model, readable, top_k, pet_view, explain, explain_class) if readable else [])
     return [None if isinstance(d, Exception) else next(answers) for d in decoded]
 
 

@@ -226,3 +226,4 @@ def export_pet_view(view: torch.nn.Module, model: torch.nn.Module, trace_batch: 
     onnx = export_and_check(view, trace_batch, check_batches, out_dir / PET_VIEW_ONNX, ("logits", "pet_probability"),
                             expected=lambda batch: (model(batch), view(batch)[1]))
     return {"file": PET_VIEW_FILE, "max_abs_diff": diffs, "onnx": onnx}
+

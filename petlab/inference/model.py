@@ -9,6 +9,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ import numpy as np
 
 from petlab.calibration import apply_temperature
 from petlab.errors import ExportError
+from petlab.inference.heatmap import PhotoHeatmap
 from petlab.inference.preprocessing import Preprocessing
 from petlab.inference.runtime import OnnxSession
 
@@ -27,6 +29,9 @@ EXPORT_FILES = {"onnx": "model.onnx", "torch_export": "model.pt2", "torchscript"
 # (logits, pet probability) in one pass, for a model with ImageNet's own backbone
 PET_VIEW_FILES = {"onnx": "pet_view.onnx", "torch_export": "pet_view.pt2"}
 STATE_DICT = "state_dict.pt"  # what "eager" loads
+# The served outputs (model.onnx's, or pet_view.onnx's) and the class-activation maps [N, classes, h, w] last:
+# what explain=true runs (petlab/models/cam.py)
+EXPLAIN_ONNX = "explain.onnx"
 MODEL_ONNX, PET_VIEW_ONNX = EXPORT_FILES["onnx"], PET_VIEW_FILES["onnx"]
 RUNTIME_SWITCH = "PETLAB_RUNTIME"  # "torch": predict with PyTorch everywhere (for comparisons)
 
@@ -51,6 +56,10 @@ class LoadedModel:
     refused: dict[str, str] = field(default_factory=dict)  # file -> why it was not loaded (damaged, unsafe)
     fingerprint: str = ""  # files_fingerprint of what answers: the files that loaded, and the card as read
     folder: Path | None = None  # the registry's version folder (None: a run's model, not registered)
+    # () -> (format, callable x -> (*outputs, maps)) or None: loaded the first time a photo is explained
+    explain_loader: Callable | None = None
+    _explainer: tuple | None = field(default=None, repr=False)
+    _explain_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def classes(self) -> list[str]:
@@ -61,17 +70,39 @@ class LoadedModel:
         the card holds a temperature, calibrated (the export itself stays raw logits)."""
         return self.probabilities_and_pet(images, calibrated)[0]
 
-    def probabilities_and_pet(self, images: list, calibrated: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    def explainer(self) -> tuple[str, Callable] | None:
+        """(format, x -> (*served outputs, class maps)) for this version, or None where it has none."""
+        with self._explain_lock:
+            if self._explainer is None:
+                found = self.explain_loader() if self.explain_loader is not None else None
+                self._explainer = (found,)
+            return self._explainer[0]
+
+    def probabilities_and_pet(self, images: list, calibrated: bool = True, explain: bool = False) \
+            -> tuple[np.ndarray, np.ndarray | None]:
         """probabilities(), and each photo's ImageNet pet probability when this version computes it in the
-        same pass (pet_view.*), else None."""
+        same pass (pet_view.*), else None. With `explain`, a third item: the class-activation maps of the same
+        pass [N, classes, h, w] (ExportError where the version has no explainer)."""
         batch = self.pre.batch_array(images)
-        logits, pet = self.pet_module(batch) if self.pet_module is not None else (self.module(batch), None)
+        maps = None
+        if explain:
+            found = self.explainer()
+            if found is None:
+                raise ExportError(f"{self.name} v{self.version} has no class-activation export ({EXPLAIN_ONNX}) "
+                                  f"and no PyTorch to compute one")
+            *outputs, maps = found[1](batch)
+            logits, pet = outputs[0], (outputs[1] if len(outputs) > 1 else None)
+            if pet is None and self.pet_module is not None:  # the explainer wraps model.onnx, not the pet view
+                pet = self.pet_module(batch)[1]
+        else:
+            logits, pet = self.pet_module(batch) if self.pet_module is not None else (self.module(batch), None)
         probs = softmax(logits)
         if self.card.get("tta") == "flip":  # the card's metrics averaged each photo with its mirror image
             probs = (probs + softmax(self.module(np.ascontiguousarray(batch[..., ::-1])))) / 2
         if calibrated and self.temperature != 1.0:
             probs = apply_temperature(probs, self.temperature).astype(np.float32)
-        return probs, (None if pet is None else np.asarray(pet, dtype=np.float32))
+        pet = None if pet is None else np.asarray(pet, dtype=np.float32)
+        return (probs, pet, np.asarray(maps, dtype=np.float32)) if explain else (probs, pet)
 
     @property
     def pet_threshold(self) -> float | None:
@@ -95,14 +126,29 @@ class LoadedModel:
         """The top-k for one photo, and its ImageNet pet probability when this version computes it."""
         return self.predict_many_with_pet([image], top_k)[0]
 
-    def predict_many_with_pet(self, images: list, top_k: int = 5) -> list[tuple[list[dict], float | None]]:
-        """predict_with_pet for several photos in one forward pass."""
-        probs, pet = self.probabilities_and_pet(images)
+    def predict_many_with_pet(self, images: list, top_k: int = 5, explain: bool = False,
+                              explain_class: str | None = None) -> list[tuple]:
+        """predict_with_pet for several photos in one forward pass; with `explain`, each answer has a third item:
+        the PhotoHeatmap of `explain_class` (default: the photo's top-1), from the same pass."""
+        probs, pet, *maps = self.probabilities_and_pet(images, explain=explain)
         k = min(top_k, len(self.classes))
         order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-        return [([{"label": self.classes[i], "probability": round(float(probs[row, i]), 6)} for i in ids],
-                 float(pet[row]) if pet is not None else None)
-                for row, ids in enumerate(order)]
+        answers = [([{"label": self.classes[i], "probability": round(float(probs[row, i]), 6)} for i in ids],
+                    float(pet[row]) if pet is not None else None)
+                   for row, ids in enumerate(order)]
+        if not explain:
+            return answers
+        targets = [self.class_index(explain_class) if explain_class else int(ids[0]) for ids in order]
+        return [(*answer, PhotoHeatmap.from_cam(self.classes[t], maps[0][row, t], images[row], self.pre))
+                for row, (answer, t) in enumerate(zip(answers, targets))]
+
+    def class_index(self, label: str) -> int:
+        """The index of a class by its name; ValueError naming the classes otherwise."""
+        try:
+            return self.classes.index(label)
+        except ValueError:
+            shown = ", ".join(self.classes[:10]) + (", ..." if len(self.classes) > 10 else "")
+            raise ValueError(f"unknown class {label!r}; this model's classes are {shown}") from None
 
 
 def files_fingerprint(paths: list, *extra: str) -> str:
@@ -134,11 +180,14 @@ def load_onnx(path: Path, refused: dict[str, str]):
         return None
 
 
-def load_version(registry, task: str, version: int, fallback: Callable | None = None) -> LoadedModel:
+def load_version(registry, task: str, version: int, fallback: Callable | None = None,
+                 explain_fallback: Callable | None = None) -> LoadedModel:
     """A registered version as it serves: model.onnx (and pet_view.onnx) on ONNX Runtime; where one is
     missing or does not load (or PETLAB_RUNTIME=torch), `fallback` loads the PyTorch exports
     (petlab/registry/torch_fallback.py: load_torch_formats; the caller passes it, so this package never
-    imports torch). Without one, a version that ONNX Runtime cannot serve raises ExportError."""
+    imports torch). Without one, a version that ONNX Runtime cannot serve raises ExportError. Its explainer
+    (class-activation maps) is loaded on first use: explain.onnx, else `explain_fallback(registry, task,
+    version)` (the eager model in PyTorch), else none."""
     card = registry.card(task, version)
     folder = Path(registry.version_dir(task, version))
     refused: dict[str, str] = {}
@@ -162,6 +211,13 @@ def load_version(registry, task: str, version: int, fallback: Callable | None = 
             pet_fmt, pet_module = found["pet_view"]
     answering = [folder / EXPORT_FILES.get(fmt, STATE_DICT), *([folder / PET_VIEW_FILES[pet_fmt]] if pet_fmt else [])]
     fingerprint = files_fingerprint(answering, json.dumps(card, sort_keys=True))
+
+    def explain_loader():
+        session = None if torch_first() else load_onnx(folder / EXPLAIN_ONNX, refused)
+        if session is not None:
+            return "onnx", session
+        return explain_fallback(registry, task, version) if explain_fallback is not None else None
+
     return LoadedModel(task, card["name"], version, card, fmt, module, Preprocessing.from_dict(card["preprocessing"]),
-                       pet_module, pet_fmt, refused, fingerprint, folder)
+                       pet_module, pet_fmt, refused, fingerprint, folder, explain_loader)
 

@@ -45,6 +45,11 @@ class ArchSpec:
     # faster than PyTorch's bf16 + channels_last there (benchmarks/inference_throughput.py), else PyTorch.
     # Without native bf16, ONNX Runtime always (export/onnx.py).
     onnx_over_bf16: bool = False
+    # Where the last feature map is (models/cam.py): the input of this layer (its pooling or flattening), or
+    # its output when cam_layer_input is False; exact_cam: the head is linear on that map (else Grad-CAM)
+    cam_layer: str = "avgpool"
+    cam_layer_input: bool = True
+    exact_cam: bool = True
 
     def check_image_size(self, size: int | None) -> None:
         if size is None:
@@ -88,17 +93,24 @@ ARCHS: dict[str, ArchSpec] = {
     spec.name: spec
     for spec in [
         ArchSpec("custom_cnn", lambda: CustomCNN(1000), "head.1", min_size=MIN_SIZE, max_size=MAX_SIZE,
-                 torchvision=False),
+                 torchvision=False, cam_layer="head"),
         # Designed for training from scratch on a CPU (fast_resnet.py): 128 px by default.
-        ArchSpec("fast_resnet", lambda: FastResNet(1000), "fc", image_size=128, min_size=32, torchvision=False),
+        ArchSpec("fast_resnet", lambda: FastResNet(1000), "fc", image_size=128, min_size=32, torchvision=False,
+                 cam_layer="pool"),
         *(ArchSpec(n, _torchvision(n), "fc") for n in ("resnet18", "resnet34", "resnet50")),
-        *(ArchSpec(n, _torchvision(n), "classifier.1") for n in ("mobilenet_v2", "efficientnet_b0")),
-        *(ArchSpec(n, _torchvision(n), "classifier.3") for n in ("mobilenet_v3_small", "mobilenet_v3_large")),
-        ArchSpec("convnext_tiny", _torchvision("convnext_tiny"), "classifier.2"),
+        # MobileNetV2 pools with a function call: its map is the output of `features`
+        ArchSpec("mobilenet_v2", _torchvision("mobilenet_v2"), "classifier.1", cam_layer="features",
+                 cam_layer_input=False),
+        ArchSpec("efficientnet_b0", _torchvision("efficientnet_b0"), "classifier.1"),
+        # a hidden layer (MobileNetV3) or a LayerNorm (ConvNeXt) between the pooled map and the logits: Grad-CAM
+        *(ArchSpec(n, _torchvision(n), "classifier.3", exact_cam=False)
+          for n in ("mobilenet_v3_small", "mobilenet_v3_large")),
+        ArchSpec("convnext_tiny", _torchvision("convnext_tiny"), "classifier.2", exact_cam=False),
         # TF EfficientNet-Lite was trained on inputs scaled to [-1, 1]; keep that here.
         # Native sizes as trained: Lite0 224, Lite1 240, Lite2 260 px.
         *(ArchSpec(f"efficientnet_lite{n}", _lite(n), "_fc", image_size=size, mean=(0.5, 0.5, 0.5),
-                   std=(0.5, 0.5, 0.5), bundled_weights=_lite_weights_file(n), torchvision=False, onnx_over_bf16=True)
+                   std=(0.5, 0.5, 0.5), bundled_weights=_lite_weights_file(n), torchvision=False, onnx_over_bf16=True,
+                   cam_layer="_avg_pooling")
           for n, size in ((0, 224), (1, 240), (2, 260))),
     ]
 }

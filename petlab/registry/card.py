@@ -20,11 +20,14 @@ def preprocessing_steps(pre: dict) -> str:
             f"probabilities). Preprocessing is outside the graph; models/README.md has it as code.")
 
 
-def onnx_metadata(card: dict, task: str) -> dict[str, str]:
-    """What model.onnx (and pet_view.onnx) carry about themselves, for programs without petlab: the class
-    names in output order, the task, the preprocessing (as numbers and in words), and the temperature the
+def onnx_metadata(card: dict, task: str, file: str = "model.onnx") -> dict[str, str]:
+    """What model.onnx (and pet_view.onnx, explain.onnx) carry about themselves, for programs without petlab: the
+    class names in output order, the task, the preprocessing (as numbers and in words), and the temperature the
     server divides the logits by before the softmax."""
     pre = card["preprocessing"]
+    explained = card.get("explain") or {}
+    maps = (f"; outputs {', '.join(explained.get('outputs', []))}: class_maps [N, num_classes, h, w] is "
+            f"{explained.get('class_maps', '')}; upsample it onto the eval crop" if file == "explain.onnx" else "")
     return {"petlab.task": task, "petlab.arch": card["arch"],
             "petlab.classes": json.dumps(card["classes"]),
             "petlab.preprocessing": json.dumps({k: pre[k] for k in ("image_size", "resize_size", "mean", "std",
@@ -33,7 +36,7 @@ def onnx_metadata(card: dict, task: str) -> dict[str, str]:
             "petlab.temperature": repr(float((card.get("calibration") or {}).get("temperature", 1.0))),
             "petlab.tta": card.get("tta") or "none",  # "flip": average each photo's softmax with its mirror's
             "petlab.outputs": "logits [N, num_classes]; probabilities = softmax(log(p) / temperature) with p the "
-                              "softmax of the logits (averaged with the mirror image's when petlab.tta is flip)"}
+                              "softmax of the logits (averaged with the mirror image's when petlab.tta is flip)" + maps}
 
 
 def _name(path: str | None) -> str | None:

@@ -30,7 +30,8 @@ from petlab.export import (
     preference,
 )
 from petlab.export.onnx import ONNX_FILE, annotate
-from petlab.inference.model import LoadedModel
+from petlab.inference.model import EXPLAIN_ONNX, LoadedModel
+from petlab.models.cam import export_class_maps
 from petlab.models.pet_view import (
     OWN_BACKBONE_THRESHOLDS,
     SEPARATE_VIEW,
@@ -228,8 +229,9 @@ def promote(task: str, metric: str = "val_accuracy", runs_root: Path | None = No
     staged = registry.staging_dir(task)
     try:
         verification = export_and_verify(model, trace, [one, eight], staged)
-        not_a_pet = export_not_a_pet_view(model, cfg.model.arch, len(classes), pre.image_size, trace, [one, eight],
-                                          staged, [p for p, _ in images[:11]])
+        not_a_pet, view = export_not_a_pet_view(model, cfg.model.arch, len(classes), pre.image_size, trace,
+                                                [one, eight], staged, [p for p, _ in images[:11]])
+        explained = export_class_maps(model, cfg.model.arch, view, trace, [one, eight], staged)
         torch.save(model.state_dict(), staged / "state_dict.pt")
         (staged / "examples").mkdir()
         per_class_seen: dict[str, int] = {}
@@ -250,12 +252,16 @@ def promote(task: str, metric: str = "val_accuracy", runs_root: Path | None = No
         if not_a_pet.get("file"):
             card["files"][PET_VIEW_FILE] = "torch.export program: (logits, ImageNet pet probability) in one pass"
             card["files"][PET_VIEW_FILES["onnx"]] = "the same as ONNX (outputs logits, pet_probability)"
+        if explained:
+            card["explain"] = explained
+            card["files"][EXPLAIN_ONNX] = (f"ONNX: outputs {', '.join(explained['outputs'])}: the served outputs "
+                                           "and the class-activation maps, one pass (what explain=true runs)")
         if (staged / SEPARATE_VIEW_FILE).is_file():
             card["files"][SEPARATE_VIEW_FILE] = ("ONNX: ImageNet's separate view, its logits -> \"is this a pet?\" "
                                                  "(its preprocessing in its metadata)")
-        for onnx_file in (ONNX_FILE, PET_VIEW_FILES["onnx"]):  # each ONNX file describes itself
+        for onnx_file in (ONNX_FILE, PET_VIEW_FILES["onnx"], EXPLAIN_ONNX):  # each ONNX file describes itself
             if (staged / onnx_file).is_file():
-                annotate(staged / onnx_file, onnx_metadata(card, task))
+                annotate(staged / onnx_file, onnx_metadata(card, task, onnx_file))
         version = registry.add_version(task, staged, card, status, forced=force,
                                        gated_against=comparison["production_version"] if comparison else None)
     except BaseException:
@@ -271,20 +277,23 @@ def promote(task: str, metric: str = "val_accuracy", runs_root: Path | None = No
 
 
 def export_not_a_pet_view(model, arch: str, num_classes: int, image_size: int, trace: torch.Tensor,
-                          checks: list[torch.Tensor], staged: Path, photos: list[Path]) -> dict:
-    """How the server will tell a pet from anything else, for the card. A model whose backbone is ImageNet's
-    own gets pet_view.pt2 (and .onnx), which answers from the same forward pass; any other model is served
-    beside the separate ImageNet view, one more forward pass per photo, written beside it as
-    imagenet_view.onnx so the server needs no torch for it (`photos` check that export)."""
+                          checks: list[torch.Tensor], staged: Path, photos: list[Path]) -> tuple[dict, object]:
+    """How the server will tell a pet from anything else, for the card, and the view module when it is the
+    model's own (else None). A model whose backbone is ImageNet's own gets pet_view.pt2 (and .onnx), which
+    answers from the same forward pass; any other model is served beside the separate ImageNet view, one more
+    forward pass per photo, written beside it as imagenet_view.onnx so the server needs no torch for it
+    (`photos` check that export)."""
     head = own_backbone_head(model, arch, image_size)
     if head is not None:
         try:
-            exported = export_pet_view(OwnBackboneView(model, arch, head, num_classes), model, trace, checks, staged)
+            view = OwnBackboneView(model, arch, head, num_classes)
+            exported = export_pet_view(view, model, trace, checks, staged)
             return {"view": "own_backbone", "arch": arch, "image_size": image_size,
-                    "threshold": OWN_BACKBONE_THRESHOLDS[(arch, image_size)], **exported}
+                    "threshold": OWN_BACKBONE_THRESHOLDS[(arch, image_size)], **exported}, view
         except ExportError as exc:  # the separate view still works; say why the cheap one is missing
             log.warning("%s; the server will use the separate ImageNet view", exc)
-    return {**SEPARATE_VIEW, "onnx": export_separate_view([load_rgb(p) for p in photos], staged / SEPARATE_VIEW_FILE)}
+    separate = export_separate_view([load_rgb(p) for p in photos], staged / SEPARATE_VIEW_FILE)
+    return {**SEPARATE_VIEW, "onnx": separate}, None
 
 
 def gate(registry: Registry, task: str, best: RunRecord, classes: list[str], predictions: dict,

@@ -62,3 +62,17 @@ def load_torch_formats(registry, task: str, version: int, refused: dict[str, str
                         exc)
             found["pet_view"] = None
     return found
+
+
+def load_eager_explain(registry, task: str, version: int) -> tuple[str, TorchAsNumpy] | None:
+    """("eager", x -> (logits, class maps)) from the version's state dict, for a version with no usable
+    explain.onnx (promoted before it existed, or PETLAB_RUNTIME=torch); None where the architecture has no
+    exact map (models/cam.py)."""
+    from petlab.models import ARCHS
+    from petlab.models.cam import ClassMaps
+
+    arch = registry.card(task, version)["arch"]
+    if not ARCHS[arch].exact_cam:
+        return None
+    model = load_eager(registry, task, version)
+    return "eager", TorchAsNumpy(ClassMaps(model, model, arch))
