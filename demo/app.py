@@ -51,6 +51,7 @@ from petlab.serving import (  # noqa: E402
     parse_top_k,
     return_freed_memory_promptly,
     served_model,
+    with_heatmap_json,
 )
 
 log = logging.getLogger("petlab.demo")
@@ -67,7 +68,8 @@ def classify(models: ServedModels, data: bytes, filename: str | None, task: str 
     """The one prediction path the API and the page share (runs in a worker thread)."""
     model = models.model(task)  # an unknown task or no production model is the answer before decoding
     explain, explain_class = parse_explain(model, explain, explain_class)
-    return models.classify(model, decode_upload(data, filename), top_k, explain, explain_class)
+    image = decode_upload(data, filename)
+    return with_heatmap_json(models.classify(model, image, top_k, explain, explain_class), image)
 
 
 def classify_files(models: ServedModels, files: list[tuple[bytes, str | None]], task: str | None, top_k: int,
@@ -88,6 +90,7 @@ def classify_files(models: ServedModels, files: list[tuple[bytes, str | None]], 
         if answer is None:
             results.append({"file": filename, "error": d.code, "message": d.message})
         else:
+            answer = with_heatmap_json(answer, d)
             results.append({"file": filename, **{k: v for k, v in answer.items() if k not in ("task", "model")}})
     return {"task": model.task, "model": served_model(model), "results": results}
 

@@ -26,10 +26,10 @@ from petlab.registry.store import write_card
 DEMO = Path(__file__).resolve().parent
 REPO = DEMO.parent
 MARKER = ".petlab-space"
-# What the Space serves from, on ONNX Runtime, and the figure its card shows (/api/figures/). The card itself
-# (card.json, card.md, README.md) is written again, listing only these files. The PyTorch exports and the
-# state dict stay home: without torch they could not load.
-SPACE_FILES = ("model.onnx", "pet_view.onnx", SEPARATE_VIEW_FILE, "reliability.png")
+# What the Space serves from, on ONNX Runtime (explain.onnx: the heatmaps), and the figure its card shows
+# (/api/figures/). The card itself (card.json, card.md, README.md) is written again, listing only these files.
+# The PyTorch exports and the state dict stay home: without torch they could not load.
+SPACE_FILES = ("model.onnx", "pet_view.onnx", "explain.onnx", SEPARATE_VIEW_FILE, "reliability.png")
 PYTHON_VERSION = "3.11"  # what petlab needs (datetime.UTC) and the Space's requirements were tested with
 
 FRONT_MATTER = """---

@@ -1,7 +1,7 @@
 """Label photos with a trained model: one row per file, top-1 and top-k, and whether it looks like a pet at all.
 
 python experiments/predict.py PATH... [--task T | --run RUN_DIR | --registry-version N] [--out FILE.csv|.json]
-                              [--top-k K]
+                              [--top-k K] [--explain DIR]
 
 PATHs are files or folders (recursively; hidden entries such as .DS_Store are skipped). The model is the
 task's production version by default (the registry's only task needs no --task), on its fast runtime with its
@@ -12,7 +12,8 @@ recognised, pet_probability, error (why an unreadable file has no prediction) an
 --out is written once, at the end; each batch's rows go to a journal beside it (.NAME.partial.jsonl) as they
 are done, so after an interruption the same command predicts only the rest (rows of the same model file and
 --top-k are kept). A file predict.py did not write is not overwritten without --force. Without --out the rows
-go to standard output as CSV.
+go to standard output as CSV. --explain DIR writes each photo's overlay of where the model looked (the map of its
+top-1 class, petlab/models/cam.py) as DIR/<file>.png.
 """
 
 import argparse
@@ -42,6 +43,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, help="FILE.csv or FILE.json (default: CSV on standard output)")
     parser.add_argument("--force", action="store_true", help="overwrite --out even if predict.py did not write it")
     parser.add_argument("--top-k", type=int, default=5, help=f"classes per row, 1 to {MAX_TOP_K} (default 5)")
+    parser.add_argument("--explain", type=Path, metavar="DIR", help="write an overlay of where the model looked per "
+                                                                   "photo, as DIR/<file>.png")
     parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
     parser.add_argument("--threads", type=int, help="ONNX Runtime threads for a --run model (default: all cores)")
     args = parser.parse_args(argv)
@@ -53,7 +56,7 @@ def main(argv=None) -> int:
     try:
         photos = find_photos(args.paths)
         with open_model(args.task, args.run, args.registry_version, Registry(args.registry), args.threads) as model:
-            rows = predict_photos(model, photos, args.out, args.top_k, args.batch_size, args.force)
+            rows = predict_photos(model, photos, args.out, args.top_k, args.batch_size, args.force, args.explain)
     except (PetlabError, OSError) as exc:
         return report_error(exc)
     except KeyboardInterrupt:

@@ -37,11 +37,13 @@ from petlab.data.images import BadImageError
 from petlab.engine.speed import predicting_runtime
 from petlab.errors import PetlabError
 from petlab.export.onnx import CheckedOnnx
-from petlab.fileio import atomic_write
+from petlab.fileio import atomic_path, atomic_write
 from petlab.inference.model import LoadedModel, files_fingerprint, load_version
+from petlab.models import ARCHS
+from petlab.models.cam import ClassMaps
 from petlab.progress import progress
 from petlab.registry.store import Registry
-from petlab.registry.torch_fallback import TorchAsNumpy, load_torch_formats
+from petlab.registry.torch_fallback import TorchAsNumpy, load_eager_explain, load_torch_formats
 from petlab.serving import classify_readable, decode_photo, separate_view, served_model
 
 log = logging.getLogger(__name__)
@@ -116,7 +118,7 @@ def open_model(task: str | None = None, run: Path | None = None, version: int | 
         registry.card(task, version)
     except Exception as exc:  # noqa: BLE001 - an unknown task or version: one line that says which
         raise PredictError(f"{task} v{version} is not in the registry at {registry.root} ({exc})") from None
-    yield load_version(registry, task, version, fallback=load_torch_formats)
+    yield load_version(registry, task, version, fallback=load_torch_formats, explain_fallback=load_eager_explain)
 
 
 def run_model(run_dir: Path, tmp: Path, threads: int | None) -> LoadedModel:
@@ -132,10 +134,17 @@ def run_model(run_dir: Path, tmp: Path, threads: int | None) -> LoadedModel:
     module = CheckedOnnx(trained.model, tmp / "model.onnx", threads) if fast else trained.model
     card = {"classes": trained.classes, "tta": results.get("tta", "none"),
             "calibration": {"temperature": temperature}}
+
+    def explain_loader():  # eager: the maps of a run's model are asked for rarely enough
+        if not ARCHS[cfg.model.arch].exact_cam:
+            return None
+        return "eager", TorchAsNumpy(ClassMaps(trained.model, trained.model, cfg.model.arch))
+
     return LoadedModel(cfg.task, f"run {run_dir.resolve().name}", 0, card, "onnx" if fast else "eager",
                        TorchAsNumpy(module),
                        trained.preprocessing,
-                       fingerprint=files_fingerprint([run_dir / "checkpoints" / "best.pt"], f"T={temperature!r}"))
+                       fingerprint=files_fingerprint([run_dir / "checkpoints" / "best.pt"], f"T={temperature!r}"),
+                       explain_loader=explain_loader)
 
 
 def model_identity(model: LoadedModel) -> str:
@@ -228,11 +237,17 @@ def decode(photo: Photo):
         return BadImageError("corrupt", f"{type(exc).__name__}: {exc}")
 
 
-def rows_for(model: LoadedModel, batch: list[Photo], decoded: list, top_k: int, pet_view) -> list[dict]:
-    """One row per photo of a batch: the readable ones predicted in one pass, the others with their reason."""
+def rows_for(model: LoadedModel, batch: list[Photo], decoded: list, top_k: int, pet_view,
+             explain_dir: Path | None = None) -> list[dict]:
+    """One row per photo of a batch: the readable ones predicted in one pass, the others with their reason.
+    With `explain_dir`, each readable photo's overlay of where the model looked (its top-1) is written there
+    as <file>.png, from the same pass."""
     identity, rows = model_identity(model), []
-    for photo, d, answer in zip(batch, decoded, classify_readable(model, decoded, top_k, pet_view)):
+    answers = classify_readable(model, decoded, top_k, pet_view, explain=explain_dir is not None)
+    for photo, d, answer in zip(batch, decoded, answers):
         base = {"input": photo.input, "file": photo.file, "model": identity}
+        if answer is not None and explain_dir is not None:
+            write_overlay(answer["heatmap"].overlay(d), explain_dir / f"{photo.file}.png")
         if answer is not None:
             top = answer["predictions"]
             rows.append({**base, "label": top[0]["label"], "probability": top[0]["probability"], "top_k": top,
@@ -244,11 +259,20 @@ def rows_for(model: LoadedModel, batch: list[Photo], decoded: list, top_k: int, 
     return rows
 
 
+def write_overlay(image, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG", compress_level=1)  # zlib level 6 costs more than the model
+
+
 def predict_photos(model: LoadedModel, photos: list[Photo], out: Path | None = None, top_k: int = 5,
-                   batch_size: int = BATCH_SIZE, force: bool = False) -> list[dict]:
+                   batch_size: int = BATCH_SIZE, force: bool = False, explain_dir: Path | None = None) -> list[dict]:
     """Rows for every photo, in the photos' order. With `out`, rows an earlier run of the same model and
     options left (in `out` or in its journal) are kept; each batch is appended to the journal, and `out` is
-    written once at the end."""
+    written once at the end. With `explain_dir`, an overlay of where the model looked per photo, there."""
+    if explain_dir is not None and model.explainer() is None:
+        raise PredictError(f"--explain: {model.name} has no class-activation map (its head is not linear on its "
+                           "feature map: models/cam.py)")
     if out is not None and out.suffix not in OUTPUT_FORMATS:
         raise PredictError(f"--out {out}: write .csv or .json")
     if out is not None and (is_hidden(out.name) or not out.parent.is_dir()):
@@ -290,7 +314,7 @@ def predict_photos(model: LoadedModel, photos: list[Photo], out: Path | None = N
             decoded = pending.result()
             if n + 1 < len(batches):
                 pending = pool.submit(lambda b: list(pool.map(decode, b)), batches[n + 1])
-            rows = rows_for(model, batch, decoded, top_k, the_separate_view)
+            rows = rows_for(model, batch, decoded, top_k, the_separate_view, explain_dir)
             for photo, row in zip(batch, rows):
                 done[photo.key] = row
             if journal is not None:

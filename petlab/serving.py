@@ -278,7 +278,7 @@ def classify_many(model: LoadedModel, images: list, top_k: int, pet_view: Callab
                   explain_class: str | None = None) -> list[dict]:
     """ServedModels.classify for several decoded photos, in one forward pass of the model (and, for a version
     without its own pet view, one of `pet_view()`, called only then). With `explain`, each answer carries the
-    heatmap of `explain_class` (default: its top-1) from the same pass (inference/heatmap.py)."""
+    PhotoHeatmap of `explain_class` (default: its top-1) from the same pass (inference/heatmap.py)."""
     answers = model.predict_many_with_pet(images, top_k, explain, explain_class)
     if any(answer[1] is None for answer in answers):
         separate = pet_view().pet_probability(images)
@@ -287,10 +287,15 @@ def classify_many(model: LoadedModel, images: list, top_k: int, pet_view: Callab
         judged = [verdict(answer[1], model.pet_threshold) for answer in answers]
     results = [{"task": model.task, "model": served_model(model), **j, "predictions": answer[0]}
                for answer, j in zip(answers, judged)]
-    if explain:
-        for result, answer, image in zip(results, answers, images):
-            result["heatmap"] = answer[2].to_json(image)
+    if explain:  # the PhotoHeatmap: the API writes it as JSON (with_heatmap_json), predict.py as a PNG
+        for result, answer in zip(results, answers):
+            result["heatmap"] = answer[2]
     return results
+
+
+def with_heatmap_json(result: dict, image) -> dict:
+    """A classify result as the API returns it: its heatmap (if any) as a grid and a PNG overlay of `image`."""
+    return {**result, "heatmap": result["heatmap"].to_json(image)} if "heatmap" in result else result
 
 
 def classify_readable(model: LoadedModel, decoded: list, top_k: int, pet_view: Callable, explain: bool = False,
