@@ -266,7 +266,16 @@ def test_a_browser_uploads_a_photo_and_reads_the_label(server, validation, tmp_p
         expect(page.locator("#prediction")).to_contain_text("%", timeout=10_000)
         expect(page.locator("#served")).to_contain_text("petlab-cats-vs-dogs v1")
         expect(page.locator("#recognition")).to_contain_text("Recognised as a pet", timeout=10_000)
+        # where the model looked: the overlay beside the prediction, a real image the browser decoded
+        overlay = page.locator("#heatmap img")
+        expect(overlay).to_be_visible(timeout=30_000)
+        expect(page.locator("#heatmap")).to_contain_text("Where the model looked for 'cat'")
+        assert overlay.evaluate("img => img.complete && img.naturalWidth") > 100
         page.screenshot(path=str(shots / "demo.png"), full_page=True)
+        page.locator("#explain input[type=checkbox]").uncheck()  # the toggle hides it
+        expect(overlay).to_have_count(0, timeout=30_000)
+        page.locator("#explain input[type=checkbox]").check()
+        expect(page.locator("#heatmap img")).to_be_visible(timeout=30_000)
         # a photo of a rocket: the page says so honestly, and still shows the model's guesses
         page.locator("#photo button[aria-label='Remove Image']").click()
         page.locator("#photo input[type=file]").set_input_files(str(rocket))
@@ -318,10 +327,10 @@ def test_the_hugging_face_space_installs_from_the_registry_into_a_fresh_venv_and
     assert front.sdk == "gradio" and front.app_file == "app.py" and front.python_version == "3.11"
     assert f"gradio=={front.sdk_version}" in pins and not any(p.startswith(("torch", "efficientnet")) for p in pins)
     version = space / "models/registry/cats_vs_dogs/v1"
-    assert {p.name for p in version.iterdir()} == {"model.onnx", "pet_view.onnx", "card.json", "card.md",
-                                                  "examples", "README.md", "reliability.png"}
+    assert {p.name for p in version.iterdir()} == {"model.onnx", "pet_view.onnx", "explain.onnx", "card.json",
+                                                  "card.md", "examples", "README.md", "reliability.png"}
     card = json.loads((version / "card.json").read_text())
-    assert set(card["files"]) <= {"model.onnx", "pet_view.onnx", "examples/", "reliability.png"}  # what it ships
+    assert set(card["files"]) <= {"model.onnx", "pet_view.onnx", "explain.onnx", "examples/", "reliability.png"}
     assert "state_dict.pt" not in (version / "card.md").read_text() + (version / "README.md").read_text()
 
     venv = tmp_path / "venv"
@@ -346,6 +355,8 @@ def test_the_hugging_face_space_installs_from_the_registry_into_a_fresh_venv_and
         cold_start_s = time.monotonic() - start
         assert probabilities(response)["dog"] > 0.5 and response.json()["recognised"] is True
         assert response.json()["model"]["format"] == "onnx"
+        explained = predict(url, (validation / "dogs" / DOGS[2]).read_bytes(), explain="true").json()
+        assert explained["heatmap"]["class"] == "dog" and explained["heatmap"]["overlay_png"]  # explain.onnx, no torch
         health = httpx.get(f"{url}/api/health").json()
         assert health["registry"] == "models/registry" and health["models"]["cats_vs_dogs"]["refused"] == {}
         result, verdict = Client(url, verbose=False).predict(handle_file(str(validation / "cats" / CATS[2])),
