@@ -58,6 +58,9 @@ def test_report_has_every_figure_and_one_page_showing_them(report):
             assert image.width >= 600 and image.height >= 250, name
         assert f'src="{name}"' in page
     assert page.count("<tr") == 4  # header + 3 runs
+    # each run's highest-loss photos, overlaid with where its model looked for its answer
+    losses = sorted(p.name for p in folder.glob("highest_loss_photos_*.png"))
+    assert len(losses) == 3 and all(f'src="{name}"' in page for name in losses)
 
 
 @pytest.mark.slow

@@ -400,3 +400,78 @@ def test_several_photos_in_one_request_get_one_answer_each_in_order(server, vali
     assert str(MAX_FILES_PER_REQUEST) in refused.json()["message"]
     at_limit = httpx.post(f"{url}/api/predict", files=too_many[:MAX_FILES_PER_REQUEST], timeout=60)
     assert at_limit.status_code == 200 and len(at_limit.json()["results"]) == MAX_FILES_PER_REQUEST
+
+
+def check_heatmap(heatmap: dict, photo: bytes, label: str) -> None:
+    """A well-formed explain=true answer: the class, a grid over the photo's own frame in [0, 1], zero where the
+    model never looked (a wide photo's sides), and a PNG overlay of the photo's shape."""
+    import base64
+
+    import numpy as np
+
+    image = Image.open(io.BytesIO(photo))
+    grid = np.asarray(heatmap["grid"], dtype=np.float32)
+    assert heatmap["class"] == label and grid.shape == (heatmap["rows"], heatmap["cols"])
+    assert max(grid.shape) == 32 and abs(grid.shape[1] / grid.shape[0] - image.width / image.height) < 0.1
+    assert 0 <= grid.min() and 0.5 < grid.max() <= 1
+    if image.width > 1.2 * image.height:
+        assert not grid[:, 0].any() and not grid[:, -1].any()  # the centre crop's sides: never seen
+    overlay = Image.open(io.BytesIO(base64.b64decode(heatmap["overlay_png"])))
+    assert overlay.format == "PNG" and abs(overlay.width / overlay.height - image.width / image.height) < 0.02
+    assert all(0 <= v <= 1 for v in heatmap["peak"])
+
+
+@pytest.mark.slow
+def test_explain_true_returns_where_the_model_looked_for_the_class_asked(server, validation):
+    url, _ = server
+    photo = (validation / "dogs" / DOGS[1]).read_bytes()
+    plain = predict(url, photo).json()
+    assert "heatmap" not in plain
+    body = predict(url, photo, explain="true").json()
+    assert body["predictions"] == plain["predictions"] and body["recognised"] == plain["recognised"]  # same answer
+    check_heatmap(body["heatmap"], photo, "dog")
+    other = predict(url, photo, explain="true", explain_class="cat").json()["heatmap"]
+    check_heatmap(other, photo, "cat")
+    assert other["grid"] != body["heatmap"]["grid"]
+    # several photos: one heatmap each, an unreadable file still gets its error
+    files = [("file", (DOGS[1], photo)), ("file", ("notes.jpg", b"not a photo")),
+             ("file", (CATS[1], (validation / "cats" / CATS[1]).read_bytes()))]
+    results = httpx.post(f"{url}/api/predict", files=files, data={"explain": "true"}, timeout=60).json()["results"]
+    check_heatmap(results[0]["heatmap"], photo, "dog")
+    assert results[1]["error"] == "not_an_image" and "heatmap" not in results[1]
+    check_heatmap(results[2]["heatmap"], (validation / "cats" / CATS[1]).read_bytes(), "cat")
+    for fields, code in (({"explain": "maybe"}, "bad_explain"), ({"explain_class": "cat"}, "bad_explain"),
+                         ({"explain": "true", "explain_class": "horse"}, "unknown_class")):
+        refused = predict(url, photo, **fields)
+        assert refused.status_code == 422 and refused.json()["error"] == code, refused.text
+
+
+@pytest.mark.slow
+def test_every_served_format_explains_with_the_same_map(promoted_registry, validation, tmp_path, monkeypatch):
+    """explain.onnx on ONNX Runtime (what the server and the Space run), and PyTorch's eager model where there is
+    no such file (a version promoted before it, or PETLAB_RUNTIME=torch): the same maps."""
+    import shutil
+
+    import numpy as np
+
+    from petlab.registry import Registry
+    from petlab.serving import ServedModels, decode_photo
+
+    photos = [decode_photo(validation / "dogs" / DOGS[2]), decode_photo(validation / "cats" / CATS[2])]
+    served = ServedModels(Registry(promoted_registry))
+    onnx = served.model("cats_vs_dogs")
+    assert onnx.explainer()[0] == "onnx"
+    expected = onnx.probabilities_and_pet(photos, explain=True)
+    assert expected[2].shape == (2, 2, 7, 7)
+    older = tmp_path / "registry"
+    shutil.copytree(promoted_registry, older)
+    (older / "cats_vs_dogs" / "v1" / "explain.onnx").unlink()  # promoted before explain.onnx existed
+    for registry, runtime in ((older, ""), (promoted_registry, "torch")):
+        monkeypatch.setenv("PETLAB_RUNTIME", runtime)
+        model = ServedModels(Registry(registry)).model("cats_vs_dogs")
+        assert model.explainer()[0] == "eager"
+        got = model.probabilities_and_pet(photos, explain=True)
+        for a, b in zip(got, expected):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+        answer = ServedModels(Registry(registry)).classify(model, photos[0], 2, explain=True)
+        assert answer["heatmap"].label == "dog" and answer["heatmap"].frame.max() > 0.5

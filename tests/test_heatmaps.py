@@ -95,21 +95,25 @@ def test_the_map_is_zero_where_the_model_never_looked_and_keeps_the_photos_frame
 
 def test_the_exact_map_is_the_logit_split_over_positions_and_grad_cam_is_its_positive_part():
     """For a linear head on pooled features, Grad-CAM's channel weights are W_k / (h w): Captum's own Grad-CAM
-    equals the exact map's positive part, times h w. For the seed CNN (flattened 3 x 3 map) the split is
-    exact too."""
+    is the exact map, and with its ReLU the map's positive part. For the seed CNN (flattened
+    3 x 3 map) the split is exact too."""
     from captum.attr import LayerGradCam
 
     torch.manual_seed(0)
-    model, _ = build_model("efficientnet_lite0", 5)
+    model, _ = build_model("efficientnet_lite0", 5, pretrained=True)  # ImageNet's features, a new head
     x = torch.randn(3, 3, 96, 96)
     with torch.no_grad():
         logits, maps = ClassMaps(model.eval(), model, "efficientnet_lite0")(x)
     assert maps.shape == (3, 5, 3, 3)
     torch.testing.assert_close(maps.sum((2, 3)) + head_linear(model, "efficientnet_lite0").bias, logits)
-    target = logits.argmax(1)
-    grad_cam = LayerGradCam(model, model._avg_pooling).attribute(x, target=target, attribute_to_layer_input=True)
-    exact = maps[torch.arange(3), target].clamp(min=0) * 9
-    torch.testing.assert_close(grad_cam[:, 0].detach(), exact, rtol=1e-4, atol=1e-5)
+    target = logits.argmin(1)  # the least likely class: evidence against it too
+    grad_cam = LayerGradCam(model, model._avg_pooling)
+    exact = maps[torch.arange(3), target]
+    raw = grad_cam.attribute(x, target=target, attribute_to_layer_input=True)[:, 0].detach()
+    torch.testing.assert_close(raw, exact, rtol=1e-4, atol=1e-5)
+    assert (exact < 0).any()  # so the ReLU below has something to cut
+    relu = grad_cam.attribute(x, target=target, attribute_to_layer_input=True, relu_attributions=True)[:, 0].detach()
+    torch.testing.assert_close(relu, exact.clamp(min=0), rtol=1e-4, atol=1e-5)
 
     seed, _ = build_model("custom_cnn", 2)
     x = torch.randn(2, 3, 224, 224)

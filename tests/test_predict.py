@@ -232,3 +232,19 @@ def test_the_output_is_written_once_and_each_batch_only_appends(promoted_registr
     journal_lines = journal_sizes[0]  # bytes: a header and one line per photo, each written once
     assert journal_lines < 2 * len(out.read_bytes()), (journal_lines, len(out.read_bytes()))
     assert not batch_predict.journal_path(out).exists()  # the finished output replaces its journal
+
+
+@pytest.mark.slow
+def test_explain_writes_an_overlay_per_readable_photo(promoted_registry, album, tmp_path):
+    from PIL import Image
+
+    overlays = tmp_path / "overlays"
+    proc = script("predict.py", album, "--registry", promoted_registry, "--out", tmp_path / "labels.csv",
+                  "--explain", overlays)
+    written = sorted(p.relative_to(overlays).as_posix() for p in overlays.rglob("*.png"))
+    assert written == sorted(f"{f}.png" for f in [*(f"2024/summer/{n}" for n in CATS), *(f"2025/{n}" for n in DOGS),
+                                                  "misc/rocket.jpg"]), proc.stderr
+    for name in written:
+        with Image.open(overlays / name) as overlay:
+            photo = Image.open(album / name[:-4])
+            assert overlay.format == "PNG" and abs(overlay.width / overlay.height - photo.width / photo.height) < 0.02

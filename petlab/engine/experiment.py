@@ -50,6 +50,7 @@ from petlab.engine.speed import machine
 from petlab.engine.trainer import Trainer
 from petlab.errors import ConfigError
 from petlab.models import build_model, head_parameters
+from petlab.models.cam import overlaid_crops
 from petlab.models.imagenet_head import head_init_report, match_imagenet
 from petlab.names import model_name
 from petlab.reports.figures import (
@@ -111,7 +112,8 @@ def _train_run(run: RunContext, stop: StopFlag, so_far: dict, on_epoch) -> RunOu
             write_predictions(run, predictions, cv)
             shown = (run.decoded[prediction_source(run, "val", cv)], *predictions["val"]) \
                 if "val" in predictions else None
-            figures, record["top_losses"] = write_figures(run, final, trainer.state.history, shown, cv)
+            figures, record["top_losses"] = write_figures(run, final, trainer.state.history, shown,
+                                                          trainer.eval_model, cv)
             track_final(run, final, figures)
         outcome = write_results(run, trainer, "completed", final=final, extra=record)
     summary = ", ".join(f"{s} accuracy {m['accuracy']:.4f} (top-5 {m['top5_accuracy']:.4f})" for s, m in final.items())
@@ -367,7 +369,14 @@ def top_losses(targets: np.ndarray, probs: np.ndarray, k: int = TOP_LOSSES) -> l
     return [(int(i), float(losses[i])) for i in order]
 
 
-def write_figures(run: RunContext, final: dict, history: list[dict], shown: tuple,
+def unwrapped(model: torch.nn.Module) -> torch.nn.Module:
+    """The model itself, under DistributedDataParallel (.module) or torch.compile (._orig_mod)."""
+    for attribute in ("module", "_orig_mod"):
+        model = getattr(model, attribute, model)
+    return model
+
+
+def write_figures(run: RunContext, final: dict, history: list[dict], shown: tuple, model: torch.nn.Module,
                   cv: dict | None = None) -> tuple[dict[str, Path], list[dict]]:
     """confusion_matrix.png, learning_curves.png, top_losses.png (the validation photos with the highest loss)
     and, with more than two classes, most_confused.png (the photos behind the most-confused pairs).
@@ -388,10 +397,17 @@ def write_figures(run: RunContext, final: dict, history: list[dict], shown: tupl
 
     which = "out-of-fold training" if cv else "validation"
     top = top_losses(targets, probs)
-    plot_photo_grid([crop(i) for i, _ in top],
+    crops = [crop(i) for i, _ in top]
+    try:  # where the model looked for what it answered (models/cam.py); a figure is never worth failing a run
+        shown_crops = overlaid_crops(unwrapped(model), cfg.model.arch, crops, [int(preds[i]) for i, _ in top], pre)
+        looked = ", overlaid with where the model looked for its answer"
+    except Exception as exc:  # noqa: BLE001
+        log.warning("top_losses.png without heatmaps: %s: %s", type(exc).__name__, exc)
+        shown_crops, looked = crops, ""
+    plot_photo_grid(shown_crops,
                     [f"true: {classes[targets[i]]}\npredicted: {classes[preds[i]]} ({probs[i, preds[i]]:.0%})"
                      f"\nloss {loss:.2f}" for i, loss in top], figures["top_losses"],
-                    f"the {len(top)} {which} photos with the highest loss",
+                    f"the {len(top)} {which} photos with the highest loss{looked}",
                     wrong=[targets[i] != preds[i] for i, _ in top])
     if len(classes) > 2:
         pairs = final["val"]["most_confused"][:CONFUSED_PAIRS]

@@ -10,14 +10,17 @@ no gradient: `ClassMaps` adds it to a model's outputs, and the promotion exports
 serves it on ONNX Runtime (no torch on the Space).
 
 MobileNetV3 and ConvNeXt put a hidden layer or a LayerNorm between the pooled features and the logits, so no
-exact map exists; for them `heatmaps` takes Grad-CAM (Selvaraju et al., 2017) from Captum (BSD-3, Meta; it
-installs nothing beyond torch, numpy and matplotlib). For a linear head Grad-CAM's channel weights are W_k / (h w)
-exactly, so it equals the map above with its negative part cut off (tests/test_heatmaps.py checks this against
-Captum's own), at the price of a backward pass: benchmarks/heatmaps.py measures both.
+exact map exists; for them `heatmaps` takes Grad-CAM (Selvaraju et al., 2017) from Captum (BSD-3, kept by the
+PyTorch team; it installs nothing beyond torch, numpy and matplotlib, where grad-cam pulls OpenCV and ttach; its
+Grad-CAM reads a layer's input as well as its output, which the Lite models' pooling layer needs; torchcam,
+Apache-2.0, also installs cleanly and was not timed). For a linear head Grad-CAM's channel weights are W_k / (h w) exactly, so it is the
+map above, and with its ReLU the map's positive part (tests/test_heatmaps.py checks both against Captum's own),
+at the price of a backward pass: benchmarks/heatmaps.py measures it 6x slower than the exact map on Lite2.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -126,3 +129,20 @@ def export_class_maps(model: torch.nn.Module, arch: str, view: torch.nn.Module |
     return {**report, "outputs": list(outputs),
             "class_maps": "each position's exact share of each class's logit (less the bias), on the last feature "
                           "map of the eval crop: class-activation maps, petlab/models/cam.py"}
+
+
+def overlaid_crops(model: nn.Module, arch: str, crops: list, classes: list[int], pre) -> list:
+    """Each eval crop (uint8 HWC, what the model saw) with the map of `classes[i]` over it: the run's and the
+    comparison report's highest-loss photos show where the model looked for the class it answered."""
+    import numpy as np
+    from PIL import Image
+
+    from petlab.inference.heatmap import PhotoHeatmap
+
+    if not crops:
+        return []
+    x = torch.from_numpy(pre.normalize_array(np.stack(crops)))
+    _, maps = heatmaps(model, arch, x, torch.tensor(classes))
+    whole = dataclasses.replace(pre, resize_size=pre.image_size)  # the crop is the whole of what it saw
+    return [np.asarray(PhotoHeatmap.from_cam("", m.numpy(), Image.fromarray(c), whole).overlay(
+        Image.fromarray(c), side=max(c.shape))) for m, c in zip(maps, crops)]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import html
+import re
+import shutil
 from datetime import datetime
 from pathlib import Path
 
@@ -88,6 +90,12 @@ def write_report(records: list[RunRecord], out_dir: Path, title: str) -> dict[st
             figures[f"reliability_{task}"] = out_dir / f"reliability_{task}.png"
             plot_reliability({labels[r.run]: calibration[r.run] for r in calibrated}, figures[f"reliability_{task}"],
                              f"{task}: test reliability, before and after a temperature fitted on val")
+    for r in records:  # each run's highest-loss photos, with where the model looked (engine/experiment.py)
+        source = r.path / "top_losses.png" if r.path is not None else None
+        if source is not None and source.is_file():
+            name = f"highest_loss_photos_{re.sub(r'[^A-Za-z0-9._-]+', '_', labels[r.run])}"
+            figures[name] = out_dir / f"{name}.png"
+            shutil.copyfile(source, figures[name])
     files.update(figures)
     files["html"] = out_dir / "index.html"
     files["html"].write_text(_html(title, board, figures, confused))
