@@ -15,7 +15,7 @@ PyTorch team; it installs nothing beyond torch, numpy and matplotlib, where grad
 Grad-CAM reads a layer's input as well as its output, which the Lite models' pooling layer needs; torchcam,
 Apache-2.0, also installs cleanly and was not timed). For a linear head Grad-CAM's channel weights are W_k / (h w) exactly, so it is the
 map above, and with its ReLU the map's positive part (tests/test_heatmaps.py checks both against Captum's own),
-at the price of a backward pass: benchmarks/heatmaps.py measures it 6x slower than the exact map on Lite2.
+at the price of a backward pass: benchmarks/heatmaps.py measured it 8x slower than the exact map on Lite2.
 """
 
 from __future__ import annotations
