@@ -13,9 +13,10 @@ MobileNetV3 and ConvNeXt put a hidden layer or a LayerNorm between the pooled fe
 exact map exists; for them `heatmaps` takes Grad-CAM (Selvaraju et al., 2017) from Captum (BSD-3, kept by the
 PyTorch team; it installs nothing beyond torch, numpy and matplotlib, where grad-cam pulls OpenCV and ttach; its
 Grad-CAM reads a layer's input as well as its output, which the Lite models' pooling layer needs; torchcam,
-Apache-2.0, also installs cleanly and was not timed). For a linear head Grad-CAM's channel weights are W_k / (h w) exactly, so it is the
-map above, and with its ReLU the map's positive part (tests/test_heatmaps.py checks both against Captum's own),
-at the price of a backward pass: benchmarks/heatmaps.py measured it 8x slower than the exact map on Lite2.
+Apache-2.0, also installs cleanly and was not timed). For a linear head Grad-CAM's channel weights are
+W_k / (h w) exactly, so it is the map above, and with its ReLU the map's positive part (tests/test_heatmaps.py
+checks both against Captum's own), at the price of a backward pass: benchmarks/heatmaps.py measured it 8x slower
+than the exact map on Lite2.
 """
 
 from __future__ import annotations
