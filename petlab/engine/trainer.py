@@ -39,6 +39,7 @@ from petlab.engine.stopping import StopRules
 from petlab.engine.trainable import Trainable
 from petlab.errors import ConfigError
 from petlab.export.onnx import CheckedOnnx
+from petlab.monitor import Monitor
 from petlab.progress import progress
 from petlab.tracking import Tracker
 
@@ -102,7 +103,8 @@ class Trainer:
                               class_weights(cfg, dataset_labels(loaders["train"].dataset), len(classes))
                               if cfg.train.class_weights != "none" else None)
         self.saver = CheckpointSaver(run_dir, self.dist.is_main, cfg, classes, pre)
-        self.stop_rules = StopRules(cfg.train.early_stopping_patience, self.budget)
+        self.monitor = Monitor(cfg.train.monitor)
+        self.stop_rules = StopRules(cfg.train.early_stopping_patience, self.budget, self.monitor)
         self.epoch_log = EpochLog(run_dir, self.dist.is_main, self.tracker, self.steps_per_epoch)
         self.state = TrainState()
         self.diagnostics = self._diagnostics()
@@ -303,8 +305,8 @@ class Trainer:
 
     def _record(self, epoch: int, row: dict) -> None:
         s = self.state
-        improved = math.isnan(row["val_accuracy"]) or row["val_accuracy"] > s.best_val_accuracy or (
-            row["val_accuracy"] == s.best_val_accuracy and row["val_loss"] < s.best_val_loss)
+        best = {"val_accuracy": s.best_val_accuracy, "val_loss": s.best_val_loss} if s.best_epoch > 0 else {}
+        improved = self.monitor.improved(row, best)  # train.monitor: what best.pt and early stopping follow
         s.epoch = epoch + 1
         s.history.append(row)
         if self.budget is not None:
