@@ -1,5 +1,6 @@
 """One definition of "best" (petlab/monitor.py): train.monitor decides best.pt, early stopping, a sweep's
-objective and promotion's choice alike."""
+objective and promotion's choice alike. And hooks (petlab/engine/hooks.py): a mechanism joins the training
+loop without an edit of the engine."""
 
 import csv
 import math
@@ -96,3 +97,28 @@ def test_train_monitor_val_loss_decides_best_pt_early_stopping_the_sweep_and_pro
                                           "space": {"seed": {"type": "grid", "values": [0, 1]}}}))
     with pytest.raises(ConfigError, match="contradicts val_loss"):
         load_sweep(sweep_file)
+
+
+def test_a_hook_defined_here_changes_the_training_without_an_edit_of_the_engine(data, tmp_path):
+    """A new mechanism joins the loop as a hook (petlab/engine/hooks.py): this one stops after epoch 1 of 4."""
+    from petlab.engine.hooks import Hook
+
+    class StopAfterFirstEpoch(Hook):
+        def __init__(self):
+            self.started, self.rows = 0, []
+
+        def on_fit_start(self, trainer):
+            self.started += 1
+
+        def on_epoch_end(self, trainer, row):
+            self.rows.append(row)
+            if row["epoch"] >= 1:
+                trainer.request_stop("stop_after_first_epoch")
+
+    hook = StopAfterFirstEpoch()
+    cfg = Recipe(TINY).on(data).shrink({"train.epochs": 4, "tracking.backend": "none"}).config(
+        output_dir=str(tmp_path / "runs"))
+    outcome = run_experiment(cfg, hooks=[hook])
+    assert outcome.exit_code == 0 and hook.started == 1 and [r["epoch"] for r in hook.rows] == [1]
+    assert outcome.results["epochs_completed"] == 1 and outcome.results["stopped_by"] == "stop_after_first_epoch"
+    assert len(history(outcome.run_dir)) == 1
