@@ -57,9 +57,16 @@ test: setup
 
 # The in-process tier, minutes: every module on tiny data; no subprocess, server, browser, PostgreSQL or
 # torchrun (tests/runs.py refuses a process to a test without the mark that allows it).
+# A clone without the shared real photos runs the tests on generated photos only, and says so.
 FAST := not slow and not browser and not postgres and not distributed
+REAL_PHOTOS = $(or $(PETLAB_DATA_DIR),../shared/data)
 test-fast: setup
-	$(PY) -m pytest -m "$(FAST)" $(ARGS)
+	@if [ -d "$(REAL_PHOTOS)/cats_and_dogs_filtered" ]; then \
+		$(PY) -m pytest -m "$(FAST)" $(ARGS); \
+	else \
+		echo "no real test photos at $(REAL_PHOTOS): the tests on generated photos only (make test-data builds them)"; \
+		$(PY) -m pytest -m "$(FAST) and not real_photos" $(ARGS); \
+	fi
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -1,6 +1,6 @@
 """Promote a task's best run to production: select by validation, export, verify, register.
 
-python experiments/promote.py --task cats_vs_dogs [--metric val_accuracy] [--from-study NAME | --run RUN_DIR]
+python experiments/promote.py --task cats_vs_dogs [--metric val_accuracy|val_loss] [--from-study NAME | --run RUN_DIR]
 python experiments/promote.py --list
 python experiments/promote.py --task cats_vs_dogs --rollback 2
 
@@ -22,9 +22,10 @@ from pathlib import Path
 from petlab.config import TASKS
 from petlab.engine.context import setup_logging
 from petlab.errors import PetlabError, PromotionRefused, report_error
+from petlab.monitor import METRICS
 from petlab.paths import runs_root
 from petlab.registry import Registry
-from petlab.registry.promote import VALIDATION_METRICS, promote, rollback
+from petlab.registry.promote import promote, rollback
 
 log = logging.getLogger("petlab")
 
@@ -50,7 +51,8 @@ def registry_table(registry: Registry) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", choices=TASKS, help="the task whose runs compete: cats_vs_dogs or breeds")
-    parser.add_argument("--metric", default="val_accuracy", choices=sorted(VALIDATION_METRICS))
+    parser.add_argument("--metric", choices=sorted(METRICS),
+                        help="choose by this validation metric (default: the runs' own train.monitor)")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--from-study", metavar="NAME", help="choose among the runs of this sweep study")
     source.add_argument("--run", type=Path, metavar="RUN_DIR", help="promote exactly this run")

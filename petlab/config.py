@@ -18,6 +18,8 @@ from typing import Any
 import yaml
 
 from petlab.errors import ConfigError
+from petlab.monitor import DEFAULT as DEFAULT_MONITOR
+from petlab.monitor import METRICS as MONITORED
 from petlab.names import AUDIT_KINDS, SPECIES
 
 TASKS = ("cats_vs_dogs", "breeds")
@@ -182,7 +184,10 @@ class TrainConfig(_Section):
                            help="balanced: draw training photos with replacement, each class equally often "
                                 "(torch.utils.data.WeightedRandomSampler)")
     early_stopping_patience: int | None = setting(None, check=POSITIVE, flag=True,
-                                                  help="epochs without val improvement; default off")
+                                                  help="epochs without improvement of train.monitor; default off")
+    monitor: str = setting(DEFAULT_MONITOR, choices=tuple(MONITORED), flag=True,
+                           help="the validation metric that decides what is best: best.pt, early stopping, a "
+                                "sweep's objective and promotion follow it (petlab/monitor.py)")
     precision: str = setting("auto", choices=PRECISIONS, flag=True,
                              help="auto: the architecture's measured setting for the device (engine/speed.py); "
                                   "fp16 adds a gradient scaler (meant for CUDA)")

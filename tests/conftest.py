@@ -26,10 +26,19 @@ def pytest_runtest_setup(item):
     os.environ[IN_PROCESS_ONLY] = "0" if marked else "1"
 
 
+def pytest_collection_modifyitems(config, items):
+    """A test that needs the shared real photos (the `shared` fixture, itself or through another fixture) is
+    marked real_photos: `make test-fast` on a clone without them deselects those, saying so (make test-data)."""
+    for item in items:
+        if "shared" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.real_photos)
+
+
 def shared_data() -> Path:
     """The shared real photos: $PETLAB_DATA_DIR (as .ci/run sets it) or ../shared/data."""
     path = (REPO / os.environ.get("PETLAB_DATA_DIR", "../shared/data")).resolve()  # relative: to the repo
-    assert (path / "cats_and_dogs_filtered").is_dir(), f"shared real photos not found at {path}"
+    assert (path / "cats_and_dogs_filtered").is_dir(), \
+        f"shared real photos not found at {path}: `make test-data` builds them, or set PETLAB_DATA_DIR"
     return path
 
 

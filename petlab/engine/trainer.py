@@ -12,7 +12,7 @@ import math
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +29,7 @@ from petlab.engine.checkpoint import CheckpointSaver
 from petlab.engine.diagnostics import Diagnostics
 from petlab.engine.distributed import Distributed, gather_predictions
 from petlab.engine.epoch_log import EpochLog
+from petlab.engine.hooks import EpochCallback, Hook
 from petlab.engine.imbalance import class_weights, dataset_labels
 from petlab.engine.outcome import Interrupted
 from petlab.engine.profiling import EpochProfile, torch_trace
@@ -39,6 +40,7 @@ from petlab.engine.stopping import StopRules
 from petlab.engine.trainable import Trainable
 from petlab.errors import ConfigError
 from petlab.export.onnx import CheckedOnnx
+from petlab.monitor import Monitor
 from petlab.progress import progress
 from petlab.tracking import Tracker
 
@@ -71,7 +73,8 @@ class Trainer:
     network (trainable.model); with features=True the loaders yield cached backbone features and only its
     head trains. run_dir None writes nothing (a cross-validation fold). Without a "val" loader every epoch counts
     as the best so far, so best.pt is the last epoch (a refit on all of train).
-    on_epoch(row) runs after each epoch is recorded; raising StopRun ends the run on purpose.
+    hooks (engine/hooks.py) are called at the loop's events, in order: a new mechanism needs no edit here.
+    on_epoch(row) runs after each epoch is recorded (a hook of its own); raising StopRun ends the run on purpose.
     on_validated(epoch, targets, probabilities) runs after each validation pass (cross-validation keeps them).
     """
 
@@ -79,7 +82,8 @@ class Trainer:
                  classes: list[str], *, device: torch.device, tracker: Tracker | None = None,
                  features: bool = False, dist: Distributed | None = None,
                  on_epoch: Callable[[dict], None] | None = None,
-                 on_validated: Callable[[int, np.ndarray, np.ndarray], None] | None = None):
+                 on_validated: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
+                 hooks: Sequence[Hook] = ()):
         if cfg.train.precision == "auto" or cfg.train.channels_last is None:
             raise ConfigError("Trainer needs a resolved config (train.precision and train.channels_last set); "
                               "engine.context.resolve_config does that")
@@ -87,7 +91,9 @@ class Trainer:
         self.run_dir, self.classes = run_dir, classes
         self.dist = dist or Distributed()
         self.tracker = tracker or Tracker()
-        self.on_epoch, self.on_validated = on_epoch, on_validated
+        self.on_validated = on_validated
+        self.hooks = [*hooks, *([EpochCallback(on_epoch)] if on_epoch else [])]
+        self._stop_requested: str | None = None
         self.trainable = Trainable(cfg, model, device, features, self.dist)
         self.model = self.trainable.model
         self.batch_pre = None if features else pre  # cached features are used as they are
@@ -102,7 +108,8 @@ class Trainer:
                               class_weights(cfg, dataset_labels(loaders["train"].dataset), len(classes))
                               if cfg.train.class_weights != "none" else None)
         self.saver = CheckpointSaver(run_dir, self.dist.is_main, cfg, classes, pre)
-        self.stop_rules = StopRules(cfg.train.early_stopping_patience, self.budget)
+        self.monitor = Monitor(cfg.train.monitor)
+        self.stop_rules = StopRules(cfg.train.early_stopping_patience, self.budget, self.monitor)
         self.epoch_log = EpochLog(run_dir, self.dist.is_main, self.tracker, self.steps_per_epoch)
         self.state = TrainState()
         self.diagnostics = self._diagnostics()
@@ -243,6 +250,8 @@ class Trainer:
         last_epoch = until_epoch if until_epoch is not None else \
             (sys.maxsize if self.budget is not None else cfg.train.epochs)
         with nullcontext(stop) if stop is not None else StopFlag(immediate=not self.dist.enabled) as stop:
+            for hook in self.hooks:
+                hook.on_fit_start(self)
             for epoch in range(self.state.epoch, last_epoch):
                 if self.budget is not None and self.budget.spent():
                     break
@@ -250,8 +259,8 @@ class Trainer:
                 profile_steps = 0  # one trace per process is plenty
                 with stop.deferred():  # best.pt, last.pt and metrics.csv are written whole, or not at all
                     self._record(epoch, row)
-                if self.on_epoch:
-                    self.on_epoch(row)
+                for hook in self.hooks:
+                    hook.on_epoch_end(self, row)
                 if stop.requested:
                     raise Interrupted
                 if self._should_stop():
@@ -296,15 +305,20 @@ class Trainer:
             **train,  # images_per_second is training throughput only, plus the epoch's profile
         }
 
+    def request_stop(self, reason: str) -> None:
+        """End training after the current epoch (a hook's way to stop it); `reason` is results.json's stopped_by."""
+        self._stop_requested = reason
+
     def _should_stop(self) -> bool:
-        """Early stopping, or the time budget spent; says which in the state."""
-        self.state.stopped_by = self.stop_rules.reason(self.state.epochs_without_improvement, self.state.epoch)
+        """A hook's request, early stopping, or the time budget spent; says which in the state."""
+        self.state.stopped_by = self._stop_requested or \
+            self.stop_rules.reason(self.state.epochs_without_improvement, self.state.epoch)
         return self.state.stopped_by is not None
 
     def _record(self, epoch: int, row: dict) -> None:
         s = self.state
-        improved = math.isnan(row["val_accuracy"]) or row["val_accuracy"] > s.best_val_accuracy or (
-            row["val_accuracy"] == s.best_val_accuracy and row["val_loss"] < s.best_val_loss)
+        best = {"val_accuracy": s.best_val_accuracy, "val_loss": s.best_val_loss} if s.best_epoch > 0 else {}
+        improved = self.monitor.improved(row, best)  # train.monitor: what best.pt and early stopping follow
         s.epoch = epoch + 1
         s.history.append(row)
         if self.budget is not None:

@@ -40,6 +40,7 @@ from petlab.models.pet_view import (
     export_separate_view,
     own_backbone_head,
 )
+from petlab.monitor import METRICS, Monitor
 from petlab.names import model_name
 from petlab.paths import runs_root as default_runs_root
 from petlab.registry.card import onnx_metadata, preprocessing_steps
@@ -52,21 +53,32 @@ from petlab.tracking.comet import create_tracker, set_model_statuses
 
 log = logging.getLogger(__name__)
 
-# metric -> (key in results["val"], higher is better)
-VALIDATION_METRICS = {"val_accuracy": ("accuracy", True), "val_loss": ("loss", False)}
 # What a card keeps of each split's metrics (val's "source" says when validation was cross-validation).
 CARD_METRICS = ("accuracy", "top5_accuracy", "balanced_accuracy", "loss", "n", "source")
 RELIABILITY_FIGURE = "reliability.png"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
 
 
-def check_metric(metric: str) -> tuple[str, bool]:
+def check_metric(metric: str) -> Monitor:
     if metric.startswith("test"):
         raise PromotionError(f"{metric}: promotion chooses by a validation metric only; the test split is "
-                             f"reported, never used to choose (one of {sorted(VALIDATION_METRICS)})")
-    if metric not in VALIDATION_METRICS:
-        raise PromotionError(f"unknown metric {metric!r}; one of {sorted(VALIDATION_METRICS)}")
-    return VALIDATION_METRICS[metric]
+                             f"reported, never used to choose (one of {', '.join(METRICS)})")
+    try:
+        return Monitor(metric)
+    except ValueError as exc:
+        raise PromotionError(str(exc)) from None
+
+
+def chosen_metric(metric: str | None, records: list[RunRecord]) -> str:
+    """The metric promotion chooses by: the one asked for, else the candidates' own train.monitor (they must
+    agree: runs kept by different metrics have no common "best")."""
+    if metric is not None:
+        return metric
+    monitors = sorted({r.monitor.metric for r in records})
+    if len(monitors) > 1:
+        raise PromotionError(f"the candidate runs were monitored by different metrics ({', '.join(monitors)}); "
+                             "pass --metric to choose by one")
+    return monitors[0]
 
 
 def candidate_runs(task: str, runs_root: Path | None = None, study: str | None = None,
@@ -102,12 +114,11 @@ def candidate_runs(task: str, runs_root: Path | None = None, study: str | None =
 
 def select_best(records: list[RunRecord], metric: str) -> tuple[RunRecord, float]:
     """The best run by the validation metric; ties go to the faster run, then the earlier one."""
-    key, higher = check_metric(metric)
-    scored = [(r, r.results["val"][key]) for r in records if r.metrics("val").get(key) is not None]
+    monitor = check_metric(metric)
+    scored = [(r, r.results["val"][monitor.key]) for r in records if r.metrics("val").get(monitor.key) is not None]
     if not scored:
         raise PromotionError(f"none of the {len(records)} runs recorded {metric}")
-    sign = -1 if higher else 1
-    return min(scored, key=lambda rv: (sign * rv[1], rv[0].results.get("wall_time_s") or 0.0, rv[0].run))
+    return min(scored, key=lambda rv: (monitor.sort_key(rv[1]), rv[0].results.get("wall_time_s") or 0.0, rv[0].run))
 
 
 def _image_files(folder: Path) -> list[tuple[Path, str]]:
@@ -204,14 +215,16 @@ def _build_card(record: RunRecord, cfg, classes, pre, metric, value, n_candidate
     }
 
 
-def promote(task: str, metric: str = "val_accuracy", runs_root: Path | None = None, study: str | None = None,
+def promote(task: str, metric: str | None = None, runs_root: Path | None = None, study: str | None = None,
             storage: str | None = None, run: Path | None = None, registry: Registry | None = None,
             images_dir: Path | None = None, status: str = "production", force: bool = False) -> dict:
-    """Select; test against production (refused unless significantly better, or forced); calibrate;
-    export, verify and register. Returns the new version's model card."""
+    """Select (by `metric`, default the candidates' train.monitor); test against production (refused unless
+    significantly better, or forced); calibrate; export, verify and register. Returns the new version's card."""
     registry = registry or Registry()
-    check_metric(metric)
+    if metric is not None:
+        check_metric(metric)
     records = candidate_runs(task, runs_root, study, storage, run)
+    metric = chosen_metric(metric, records)
     best, value = select_best(records, metric)
     log.info("promoting %s (%s = %.4f, best of %d %s runs)", best.path, metric, value, len(records), task)
     trained = rundir.load_model(best.path)

@@ -13,6 +13,8 @@ import yaml
 
 from petlab import rundir
 from petlab.config import dotted_to_nested
+from petlab.monitor import DEFAULT as DEFAULT_MONITOR
+from petlab.monitor import Monitor
 from petlab.tracking.comet import experiment_summaries
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,11 @@ class RunRecord:
     @property
     def arch(self) -> str:
         return self.config["model"]["arch"]
+
+    @property
+    def monitor(self) -> Monitor:
+        """What the run was judged by (train.monitor; runs from before it: val accuracy)."""
+        return Monitor((self.config.get("train") or {}).get("monitor") or DEFAULT_MONITOR)
 
     def metrics(self, split: str) -> dict:
         """The split's final metrics, {} when the run has none (results.json keeps "test": null for a
@@ -129,7 +136,7 @@ def select(records: list[RunRecord], task: str | None = None, arch: str | None =
 
 
 def leaderboard(records: list[RunRecord]) -> pd.DataFrame:
-    """One row per run, best validation accuracy first (test is shown, never used to rank)."""
+    """One row per run, best first by the runs' common train.monitor (test is shown, never used to rank)."""
     rows = []
     for r in records:
         model = r.config["model"]
@@ -141,7 +148,9 @@ def leaderboard(records: list[RunRecord]) -> pd.DataFrame:
             "params": r.results.get("params_total"),
             "epochs": r.results.get("epochs_completed"),
             "wall_time_s": r.results.get("wall_time_s"),
-            "best_val_accuracy": r.results["val"]["accuracy"],
+            "monitor": r.monitor.metric,
+            "best_val_accuracy": r.results["val"]["accuracy"],  # of the best checkpoint by its monitor
+            "best_val_loss": r.metrics("val").get("loss"),
             "test_accuracy": r.metrics("test").get("accuracy"),
             "test_top5_accuracy": r.metrics("test").get("top5_accuracy"),
             "test_balanced_accuracy": r.metrics("test").get("balanced_accuracy"),
@@ -150,9 +159,17 @@ def leaderboard(records: list[RunRecord]) -> pd.DataFrame:
             "tags": ", ".join(r.tags),
             "source": r.source,
         })
-    columns = ["run", "task", "arch", "pretrained", "params", "epochs", "wall_time_s", "best_val_accuracy",
-               "test_accuracy", "test_top5_accuracy", "test_balanced_accuracy", "test_copies_in_train", "tags",
-               "source"]
+    columns = ["run", "task", "arch", "pretrained", "params", "epochs", "wall_time_s", "monitor",
+               "best_val_accuracy", "best_val_loss", "test_accuracy", "test_top5_accuracy", "test_balanced_accuracy",
+               "test_copies_in_train", "tags", "source"]
     table = pd.DataFrame(rows, columns=columns)
-    return table.sort_values(["best_val_accuracy", "wall_time_s"], ascending=[False, True], kind="stable",
+    ranking = ranking_monitor(records)
+    column = f"best_{ranking.metric}"
+    return table.sort_values([column, "wall_time_s"], ascending=[ranking.mode == "min", True], kind="stable",
                              ignore_index=True)
+
+
+def ranking_monitor(records: list[RunRecord]) -> Monitor:
+    """What a set of runs is ranked by: their common train.monitor (val accuracy when they differ)."""
+    monitors = {r.monitor for r in records}
+    return monitors.pop() if len(monitors) == 1 else Monitor()

@@ -21,6 +21,7 @@ from petlab.config import Config, load_config
 from petlab.engine.experiment import run_experiment
 from petlab.engine.outcome import StopRun
 from petlab.errors import ConfigError
+from petlab.monitor import Monitor
 from petlab.paths import relative_to_root, under_root
 from petlab.search.space import SweepConfig, is_grid, make_pruner, suggest
 from petlab.search.storage import (
@@ -125,6 +126,7 @@ def check_same_sweep(study: optuna.Study, sweep: SweepConfig, storage_url: str |
 def trial_config(sweep: SweepConfig, study: str, params: dict, overrides: dict, tags: list[str]) -> Config:
     """base experiment <- sweep overrides <- trial parameters <- command-line flags."""
     return load_config(sweep.base, {**sweep.overrides, **params, **overrides, "tracking.tags": tags,
+                                    "train.monitor": sweep.metric,  # best.pt is the best by the objective
                                     "output_dir": str(Path(sweep.output_dir) / study)})
 
 
@@ -164,7 +166,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, sweep: SweepConfig, over
         test = outcome.results.get("test") or {}
         if "accuracy" in test:  # reported beside the objective (a grid's spread over seeds), never chosen by
             trial.set_user_attr("test_accuracy", test["accuracy"])
-        study.tell(trial, outcome.results["val"][sweep.metric.removeprefix("val_")])  # of the best checkpoint
+        study.tell(trial, outcome.results["val"][Monitor(sweep.metric).key])  # of the best checkpoint by it
 
 
 def work(sweep: SweepConfig, storage_url: str | None, study_name: str | None, n_trials: int,

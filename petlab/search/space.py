@@ -17,6 +17,7 @@ import optuna
 
 from petlab.config import load_config, parse_value, read_yaml
 from petlab.errors import ConfigError
+from petlab.monitor import Monitor
 
 KINDS = ("loguniform", "uniform", "int", "categorical", "grid")
 PRUNERS = ("median", "hyperband", "none")
@@ -29,8 +30,11 @@ class SweepConfig:
     space: dict[str, dict]
     overrides: dict[str, Any] = field(default_factory=dict)  # fixed for every trial
     trials: int = 20
-    metric: str = "val_accuracy"  # or val_loss: reported per epoch (pruning); objective: the best checkpoint's
-    direction: str = "maximize"
+    # The objective: a petlab/monitor.py metric (default: the base recipe's train.monitor), reported per epoch
+    # (pruning), told as the best checkpoint's value; every trial is monitored by it (best.pt, early stopping).
+    # direction follows the metric (writing it is optional, and a contradiction is an error).
+    metric: str | None = None
+    direction: str | None = None
     pruner: str = "median"
     seed: int = 42
     output_dir: str = "runs/sweeps"
@@ -51,12 +55,24 @@ def load_sweep(path: str | Path) -> SweepConfig:
     sweep = SweepConfig(**data)
     if sweep.pruner not in PRUNERS:
         raise ConfigError(f"pruner: {sweep.pruner!r} is not one of {', '.join(PRUNERS)}")
-    if sweep.direction not in ("maximize", "minimize"):
-        raise ConfigError(f"direction: {sweep.direction!r} is not maximize or minimize")
     for key, spec in sweep.space.items():
         check_dimension(key, spec)
-    load_config(sweep.base, {**sweep.overrides, **sample_midpoint(sweep.space)})  # every key must exist
-    return sweep
+    base = load_config(sweep.base, {**sweep.overrides, **sample_midpoint(sweep.space)})  # every key must exist
+    return with_objective(sweep, base.train.monitor)
+
+
+def with_objective(sweep: SweepConfig, base_monitor: str) -> SweepConfig:
+    """The sweep with its metric (the base recipe's train.monitor when it names none) and the direction that
+    metric is better in (petlab/monitor.py); ConfigError for an unknown metric or a contradicting direction."""
+    metric = sweep.metric or base_monitor
+    try:
+        monitor = Monitor(metric)
+    except ValueError as exc:
+        raise ConfigError(f"metric: {exc}") from None
+    if sweep.direction not in (None, monitor.direction):
+        raise ConfigError(f"direction: {sweep.direction!r} contradicts {metric}, which is {monitor.direction}d; "
+                          "leave direction out (it follows the metric)")
+    return dataclasses.replace(sweep, metric=metric, direction=monitor.direction)
 
 
 def grid_key(value) -> str:
@@ -112,12 +128,13 @@ def parse_grid(items: list[str]) -> dict[str, dict]:
 
 
 def grid_sweep(base: Path, grid: dict[str, dict], overrides: dict | None = None, study: str | None = None,
-               metric: str = "val_accuracy") -> SweepConfig:
+               metric: str | None = None) -> SweepConfig:
     """A grid study over an experiment YAML: every combination once, nothing pruned."""
     name = study or f"{Path(base).stem}-grid-{'-'.join(k.rsplit('.', 1)[-1] for k in grid)}"
     sweep = SweepConfig(study=name, base=Path(base).resolve(), space=grid, overrides=dict(overrides or {}),
                         trials=grid_size(grid), metric=metric, pruner="none")
     first = sample_midpoint(grid)
+    sweep = with_objective(sweep, load_config(sweep.base, {**sweep.overrides, **first}).train.monitor)
     for key, spec in grid.items():  # every value of every key must make a valid recipe, not just the first
         for value in spec["values"]:
             try:

@@ -1,0 +1,124 @@
+"""One definition of "best" (petlab/monitor.py): train.monitor decides best.pt, early stopping, a sweep's
+objective and promotion's choice alike. And hooks (petlab/engine/hooks.py): a mechanism joins the training
+loop without an edit of the engine."""
+
+import csv
+import math
+
+import pytest
+import yaml
+
+from petlab.engine.experiment import run_experiment
+from petlab.errors import ConfigError, PromotionError
+from petlab.monitor import Monitor
+from petlab.registry.promote import chosen_metric, select_best
+from petlab.reports.runs import leaderboard, read_local_run
+from petlab.search.space import grid_sweep, load_sweep
+from tests.imaging import make_imagefolder
+from tests.recipe import HEAD_ONLY, TINY, Recipe
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_imagefolder(tmp_path_factory.mktemp("monitor"), {"train": 12, "val": 8, "test": 2})
+
+
+def history(run_dir) -> list[dict]:
+    with (run_dir / "metrics.csv").open() as fh:
+        return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(fh)]
+
+
+def replay(rows: list[dict], monitor: Monitor, patience: int) -> tuple[int, int]:
+    """(best epoch, epochs run) that `monitor` and early stopping at `patience` decide over the epochs."""
+    best, best_epoch, waited = {}, 0, 0
+    for row in rows:
+        if monitor.improved(row, best):
+            best, best_epoch, waited = row, int(row["epoch"]), 0
+        else:
+            waited += 1
+            if waited >= patience:
+                return best_epoch, int(row["epoch"])
+    return best_epoch, int(rows[-1]["epoch"])
+
+
+def test_the_monitor_compares_its_metric_and_breaks_ties_with_the_other():
+    loss, accuracy = Monitor("val_loss"), Monitor()
+    assert (loss.mode, loss.direction, loss.key) == ("min", "minimize", "loss")
+    assert (accuracy.mode, accuracy.direction, accuracy.key) == ("max", "maximize", "accuracy")
+    best = {"val_loss": 0.5, "val_accuracy": 0.75}
+    assert loss.improved({"val_loss": 0.4, "val_accuracy": 0.5}, best)  # lower loss wins, whatever the accuracy
+    assert not accuracy.improved({"val_loss": 0.4, "val_accuracy": 0.5}, best)
+    assert accuracy.improved({"val_loss": 0.45, "val_accuracy": 0.75}, best)  # a tie: the lower loss
+    assert loss.improved({"val_loss": 0.5, "val_accuracy": 0.8}, best)  # a tie: the higher accuracy
+    assert loss.improved({"val_loss": math.nan, "val_accuracy": math.nan}, best)  # no validation: the latest
+    with pytest.raises(ValueError, match="unknown metric"):
+        Monitor("test_accuracy")
+
+
+def test_train_monitor_val_loss_decides_best_pt_early_stopping_the_sweep_and_promotion(data, tmp_path):
+    runs = {}
+    for metric in ("val_loss", "val_accuracy"):
+        # a high learning rate, so that loss and accuracy disagree about the best epoch now and then
+        cfg = Recipe(TINY).on(data).shrink({"train.monitor": metric, "train.epochs": 6, "train.lr": 0.05,
+                                            "train.early_stopping_patience": 2, "tracking.backend": "none"}).config(
+            output_dir=str(tmp_path / metric))
+        outcome = run_experiment(cfg)
+        assert outcome.exit_code == 0
+        rows = history(outcome.run_dir)
+        best_epoch, epochs = replay(rows, Monitor(metric), patience=2)
+        # best.pt and early stopping follow the monitor
+        assert outcome.results["best_epoch"] == best_epoch and outcome.results["epochs_completed"] == epochs
+        assert outcome.results["stopped_by"] == ("early_stopping" if epochs < 6 else None)
+        best = rows[best_epoch - 1]
+        assert outcome.results["val"]["loss"] == pytest.approx(best["val_loss"], abs=1e-4)  # the kept weights'
+        runs[metric] = read_local_run(outcome.run_dir)
+    # promotion chooses by the candidates' own monitor, and refuses to guess between two
+    loss_runs = [runs["val_loss"]]
+    assert chosen_metric(None, loss_runs) == "val_loss"
+    with pytest.raises(PromotionError, match="different metrics"):
+        chosen_metric(None, list(runs.values()))
+    chosen, value = select_best(list(runs.values()), "val_loss")
+    assert value == min(r.results["val"]["loss"] for r in runs.values())
+    # the leaderboard ranks runs monitored alike by their monitor
+    board = leaderboard(loss_runs * 1)
+    assert list(board["monitor"]) == ["val_loss"]
+
+    # a sweep over a val_loss recipe optimises val_loss, minimising, and its trials keep best.pt by it
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump({"name": "tiny", "task": "cats_vs_dogs", **Recipe(TINY).shrink(
+        {**HEAD_ONLY, "train.monitor": "val_loss"}).yaml()}))
+    sweep = grid_sweep(base, {"seed": {"type": "grid", "values": [0, 1]}})
+    assert (sweep.metric, sweep.direction) == ("val_loss", "minimize")
+    from petlab.search.runner import trial_config
+
+    assert trial_config(sweep, "s", {"seed": 0}, {}, []).train.monitor == "val_loss"
+    sweep_file = tmp_path / "sweep.yaml"
+    sweep_file.write_text(yaml.safe_dump({"study": "s", "base": "base.yaml", "direction": "maximize",
+                                          "space": {"seed": {"type": "grid", "values": [0, 1]}}}))
+    with pytest.raises(ConfigError, match="contradicts val_loss"):
+        load_sweep(sweep_file)
+
+
+def test_a_hook_defined_here_changes_the_training_without_an_edit_of_the_engine(data, tmp_path):
+    """A new mechanism joins the loop as a hook (petlab/engine/hooks.py): this one stops after epoch 1 of 4."""
+    from petlab.engine.hooks import Hook
+
+    class StopAfterFirstEpoch(Hook):
+        def __init__(self):
+            self.started, self.rows = 0, []
+
+        def on_fit_start(self, trainer):
+            self.started += 1
+
+        def on_epoch_end(self, trainer, row):
+            self.rows.append(row)
+            if row["epoch"] >= 1:
+                trainer.request_stop("stop_after_first_epoch")
+
+    hook = StopAfterFirstEpoch()
+    cfg = Recipe(TINY).on(data).shrink({"train.epochs": 4, "tracking.backend": "none"}).config(
+        output_dir=str(tmp_path / "runs"))
+    outcome = run_experiment(cfg, hooks=[hook])
+    assert outcome.exit_code == 0 and hook.started == 1 and [r["epoch"] for r in hook.rows] == [1]
+    assert outcome.results["epochs_completed"] == 1 and outcome.results["stopped_by"] == "stop_after_first_epoch"
+    assert len(history(outcome.run_dir)) == 1
