@@ -64,7 +64,7 @@ test-fast: setup
 	@if [ -d "$(REAL_PHOTOS)/cats_and_dogs_filtered" ]; then \
 		$(PY) -m pytest -m "$(FAST)" $(ARGS); \
 	else \
-		echo "no real test photos at $(REAL_PHOTOS): the tests on generated photos only (make test-data builds them)"; \
+		echo "no real test photos at $(REAL_PHOTOS): the tests on generated photos only (PETLAB_DATA_DIR=DIR points at a copy of them)"; \
 		$(PY) -m pytest -m "$(FAST) and not real_photos" $(ARGS); \
 	fi
 

@@ -28,7 +28,7 @@ def pytest_runtest_setup(item):
 
 def pytest_collection_modifyitems(config, items):
     """A test that needs the shared real photos (the `shared` fixture, itself or through another fixture) is
-    marked real_photos: `make test-fast` on a clone without them deselects those, saying so (make test-data)."""
+    marked real_photos: `make test-fast` on a clone without them deselects those, saying so."""
     for item in items:
         if "shared" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.real_photos)
@@ -38,7 +38,7 @@ def shared_data() -> Path:
     """The shared real photos: $PETLAB_DATA_DIR (as .ci/run sets it) or ../shared/data."""
     path = (REPO / os.environ.get("PETLAB_DATA_DIR", "../shared/data")).resolve()  # relative: to the repo
     assert (path / "cats_and_dogs_filtered").is_dir(), \
-        f"shared real photos not found at {path}: `make test-data` builds them, or set PETLAB_DATA_DIR"
+        f"shared real photos not found at {path}: set PETLAB_DATA_DIR to a copy of them"
     return path
 
 
