@@ -124,7 +124,22 @@ class BodyLimit:
                 return "too_large", f"request body over the {self.max_bytes} byte maximum allowed size"
             return None
 
-        await guarded(self.app, scope, receive, send, count,
+        replaced = False
+
+        async def one_format(message):
+            # Gradio's own parser also counts each file against max_file_size and answers in plain text; which
+            # of the two trips first on a chunked body depends on how uvicorn happens to batch the reads. Its
+            # refusal is answered as ours (logged, JSON), so every over-limit body gets one answer, every time.
+            nonlocal replaced
+            if message["type"] == "http.response.start" and message["status"] == 413:
+                headers = dict(message.get("headers") or [])
+                replaced = not headers.get(b"content-type", b"").startswith(b"application/json")
+                if replaced:
+                    return await self.refuse(scope, send, received)
+            if not replaced:
+                await send(message)
+
+        await guarded(self.app, scope, receive, one_format, count,
                       lambda code, message: self.refuse(scope, send, received))
 
     async def refuse(self, scope, send, size: int) -> None:
