@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test test-fast lint promote demo space dashboard clean-runs
+.PHONY: setup run test test-fast test-data lint promote demo space dashboard clean-runs
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -64,9 +64,13 @@ test-fast: setup
 	@if [ -d "$(REAL_PHOTOS)/cats_and_dogs_filtered" ]; then \
 		$(PY) -m pytest -m "$(FAST)" $(ARGS); \
 	else \
-		echo "no real test photos at $(REAL_PHOTOS): the tests on generated photos only (PETLAB_DATA_DIR=DIR points at a copy of them)"; \
+		echo "no real test photos at $(REAL_PHOTOS): the tests on generated photos only (make test-data builds them there)"; \
 		$(PY) -m pytest -m "$(FAST) and not real_photos" $(ARGS); \
 	fi
+
+# The real test photos (tests/data/README.md), from the public archives: about 1.6 GB to fetch once.
+test-data: setup
+	$(PY) -m tests.data.build --out $(REAL_PHOTOS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -8,22 +8,22 @@ REPO = Path(__file__).resolve().parents[1]
 NEEDS_MORE_THAN_A_PROCESS = {"slow", "browser", "postgres", "distributed"}
 
 
-def pytest_configure(config):
-    """Every child process the session starts goes through tests/runs.py's InProcessOnlyPopen."""
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """A test without those marks runs (its setup, call and teardown) with subprocess.Popen refusing petlab's
+    own Python processes (tests/runs.py InProcessOnlyPopen); every other test, and the session outside them,
+    runs with the real one."""
     import subprocess
 
     from tests.runs import InProcessOnlyPopen
 
-    subprocess.Popen = InProcessOnlyPopen
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_runtest_setup(item):
-    """Before the test's fixtures: InProcessOnlyPopen refuses a Python process to a test without those marks."""
-    from tests.runs import IN_PROCESS_ONLY
-
-    marked = NEEDS_MORE_THAN_A_PROCESS & {mark.name for mark in item.iter_markers()}
-    os.environ[IN_PROCESS_ONLY] = "0" if marked else "1"
+    if NEEDS_MORE_THAN_A_PROCESS & {mark.name for mark in item.iter_markers()}:
+        return (yield)
+    real, subprocess.Popen = subprocess.Popen, InProcessOnlyPopen
+    try:
+        return (yield)
+    finally:
+        subprocess.Popen = real
 
 
 def pytest_collection_modifyitems(config, items):

@@ -9,20 +9,18 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-# Set by conftest.py for each test: "1" while a test carries none of the marks that allow processes.
-IN_PROCESS_ONLY = "PETLAB_TEST_IN_PROCESS_ONLY"
 
 
 class InProcessOnlyPopen(subprocess.Popen):
-    """subprocess.Popen for the test session (conftest.py installs it): it refuses petlab's own processes (a
-    script, a server, torchrun) to a test without a mark that allows one, so `make test-fast` stays in process
-    however a test starts its child. What decides is who asks (`started_by_petlab`): a library's internal
-    child, such as inductor's probe of the CPU on a machine's first compile, is not refused, and neither are
-    other programs (git, lscpu, mount)."""
+    """subprocess.Popen while a test without a process mark runs (conftest.py puts it in place for that test
+    alone): it refuses petlab's own processes (a script, a server, torchrun), so `make test-fast` stays in
+    process however a test starts its child. What decides is who asks (`started_by_petlab`): a library's
+    internal child, such as inductor's probe of the CPU on a machine's first compile, is not refused, and
+    neither are other programs (git, lscpu, mount)."""
 
     def __init__(self, args, *rest, **kw):
         argv = [args] if isinstance(args, str | os.PathLike) else list(args)
-        if os.environ.get(IN_PROCESS_ONLY) == "1" and starts_python(argv) and started_by_petlab():
+        if starts_python(argv) and started_by_petlab():
             raise AssertionError(f"this test starts {' '.join(map(str, argv[:3]))}: mark it slow (or browser, "
                                  "postgres, distributed), so that `make test-fast` stays in process")
         super().__init__(args, *rest, **kw)
@@ -66,20 +64,21 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 
 def real_photo_runs(shared: Path, out: Path) -> dict[str, Path]:
-    """The custom CNN and two pretrained recipes on the shared cats-vs-dogs photos, shrunk to seconds."""
-    data = shared / "cats_and_dogs_filtered"
+    """The custom CNN and two shipped pretrained recipes on the shared cats-vs-dogs photos, shrunk to
+    seconds, run as a user types them (tests/recipe.py's argv)."""
+    from tests.recipe import Recipe, shipped
+
+    short = {"train.epochs": 2, "train.limit_batches": 4, "train.batch_size": 32}
     recipes = {
         # the issue's smoke command, at batch 4
-        "custom_cnn": ["--arch", "custom_cnn", "--limit-batches", "2", "--epochs", "1", "--batch-size", "4",
-                       "--channels-last"],
-        "lite0": ["--config", REPO / "experiments/configs/lite0_cats_vs_dogs.yaml", "--epochs", "2",
-                  "--limit-batches", "4", "--batch-size", "32"],
-        "mobilenet_v2": ["--config", REPO / "experiments/configs/mobilenet_v2_cats_vs_dogs.yaml", "--epochs", "2",
-                         "--limit-batches", "4", "--batch-size", "32",
-                         "--weights", shared.parent / "weights/mobilenet_v2_from_qnnpack_float-52fff228.pth"],
+        "custom_cnn": Recipe({"model.arch": "custom_cnn", "train.limit_batches": 2, "train.epochs": 1,
+                              "train.batch_size": 4, "train.channels_last": True}),
+        "lite0": shipped("lite0_cats_vs_dogs", short),
+        "mobilenet_v2": shipped("mobilenet_v2_cats_vs_dogs", {
+            **short, "model.weights": str(shared.parent / "weights/mobilenet_v2_from_qnnpack_float-52fff228.pth")}),
     }
     runs = {}
-    for name, args in recipes.items():
-        script("run.py", *args, "--data-dir", data, "--output-dir", out / name)
+    for name, recipe in recipes.items():
+        script("run.py", *recipe.on(shared / "cats_and_dogs_filtered").argv("--output-dir", out / name))
         runs[name] = only_run_dir(out / name)
     return runs
