@@ -38,7 +38,7 @@ def shared_data() -> Path:
     """The shared real photos: $PETLAB_DATA_DIR (as .ci/run sets it) or ../shared/data."""
     path = (REPO / os.environ.get("PETLAB_DATA_DIR", "../shared/data")).resolve()  # relative: to the repo
     assert (path / "cats_and_dogs_filtered").is_dir(), \
-        f"shared real photos not found at {path}: set PETLAB_DATA_DIR to a copy of them"
+        f"shared real photos not found at {path}: `make test-data` builds them, or set PETLAB_DATA_DIR to a copy"
     return path
 
 
