@@ -122,3 +122,69 @@ def test_a_hook_defined_here_changes_the_training_without_an_edit_of_the_engine(
     assert outcome.exit_code == 0 and hook.started == 1 and [r["epoch"] for r in hook.rows] == [1]
     assert outcome.results["epochs_completed"] == 1 and outcome.results["stopped_by"] == "stop_after_first_epoch"
     assert len(history(outcome.run_dir)) == 1
+
+
+def test_a_step_level_hook_reads_the_gradient_norm_and_ends_an_epoch_between_steps(data, tmp_path):
+    """The loop's own mechanisms are hooks too (the budget, diagnostics, compile timing, the profiler, batch
+    logging, early stopping); a new one can ask for the gradient norm and stop an epoch between steps."""
+    from petlab.engine.hooks import Hook
+
+    class NormsThenStop(Hook):
+        def __init__(self):
+            self.norms, self.stopped_at = [], None
+
+        def needs_grad_norm(self, trainer, at):
+            return True
+
+        def on_batch_end(self, trainer, at):
+            if at.group_end:
+                self.norms.append(at.grad_norm)
+
+        def wants_stop(self, trainer, at):
+            if at.epoch == 1 and at.step == 2:
+                self.stopped_at = (at.epoch, at.step)
+                return True
+            return False
+
+    hook = NormsThenStop()
+    # 12 training photos a class at batch 8 (val takes none from train here): 3 batches an epoch
+    cfg = Recipe(TINY).on(data).shrink({"train.epochs": 2, "tracking.backend": "none",
+                                        "tracking.log_every_steps": 100}).config(output_dir=str(tmp_path / "runs"))
+    outcome = run_experiment(cfg, hooks=[hook])
+    assert outcome.exit_code == 0 and hook.stopped_at == (1, 2)
+    assert len(hook.norms) == 3 + 2 and all(isinstance(n, float) and math.isfinite(n) for n in hook.norms)
+
+
+def test_the_standard_mechanisms_are_hooks_built_from_their_config_sections():
+    from petlab.config import load_config
+    from petlab.engine.budget import Budget
+    from petlab.engine.trainer import standard_hooks
+    from petlab.tracking import Tracker
+
+    cfg = load_config(None, {"train.early_stopping_patience": 2, "train.compile": True, "diagnostics.profile": True})
+    names = [type(h).__name__ for h in standard_hooks(cfg, Budget(60), 16, 2, Tracker(), run_dir=None)]
+    assert names == ["EarlyStopping", "BudgetHook", "CompileTimer", "DiagnosticsHook", "BatchLog"]  # no run dir
+    plain = [type(h).__name__ for h in standard_hooks(load_config(None, {}), None, 0, 2, Tracker(), None)]
+    assert plain == ["DiagnosticsHook", "BatchLog"]
+
+
+def test_a_train_step_is_handed_its_parts_without_a_config():
+    """engine/step.py's TrainStep takes its optimizer, schedule and loss: a test of the step needs no Config."""
+    import torch
+
+    from petlab.engine.step import TrainStep
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    step = TrainStep(model, optimizer, device=torch.device("cpu"), clip_grad=1.0,
+                     scheduler=torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5))
+    x, y = torch.randn(32, 4), (torch.arange(32) % 2)
+    x[y == 1] += 2.0  # separable
+    losses = []
+    for _ in range(5):
+        step.zero_grad()
+        _, loss, _ = step.forward_backward(model, x, y)
+        norm = step.optimizer_step(read_norm=True)
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] and norm is not None and step.lr == 0.5 * 0.5 ** 5

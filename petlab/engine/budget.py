@@ -11,12 +11,16 @@ The budget used is checkpointed with the training state, so a resumed run spends
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 
 from petlab.config import parse_duration
+from petlab.engine.hooks import BatchAt, Hook
 
-__all__ = ["Budget", "lr_factor", "parse_duration"]
+__all__ = ["Budget", "BudgetHook", "lr_factor", "parse_duration"]
+
+log = logging.getLogger("petlab.engine.trainer")
 
 
 WARMUP_START = 0.01  # a warm-up starts at lr / 100 and rises linearly to lr (LinearLR's start_factor)
@@ -94,3 +98,39 @@ class Budget:
 
     def spent(self) -> bool:
         return self.used() >= self.cutoff()
+
+
+class BudgetHook(Hook):
+    """The budget in the training loop: its clock runs from the fit's start on top of what a resumed run had
+    spent; training steps stop at the cut-off, with the last validation pass's time kept in reserve (estimated
+    from the training steps until one has been timed); the time used is saved with each epoch; training ends
+    once the budget is spent. The schedule reads the same Budget (engine/step.py)."""
+
+    def __init__(self, budget: Budget, val_images: int):
+        self.budget, self.val_images = budget, val_images
+
+    def on_fit_start(self, trainer) -> None:
+        self.budget.used_before = trainer.state.budget_used_s  # only what is left of the budget
+        self.budget.start()
+
+    def wants_stop(self, trainer, at: BatchAt) -> bool:
+        if at.seen:
+            self.budget.estimate_reserve(at.profile.elapsed() / at.seen, self.val_images)
+        return self.budget.spent()
+
+    def on_batch_start(self, trainer, at: BatchAt) -> None:
+        # where this epoch's steps will end, at this epoch's rate so far: the schedule's horizon
+        self.budget.expect_epoch_end((at.steps - at.step) * at.profile.elapsed() / at.step if at.step else None)
+
+    def on_validation_end(self, trainer, seconds: float) -> None:
+        self.budget.measured_reserve(seconds)  # the last validation must fit in the budget too
+
+    def on_epoch_trained(self, trainer, row: dict) -> None:
+        trainer.state.budget_used_s = self.budget.used()
+
+    def stop_reason(self, trainer) -> str | None:
+        if not self.budget.spent():
+            return None
+        log.info("time budget reached: %.1f s of %.0f s used, %d epochs", self.budget.used(), self.budget.seconds,
+                 trainer.state.epoch)
+        return "time_budget"

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from petlab.config import DiagnosticsConfig
+from petlab.engine.hooks import BatchAt, Hook
 
 log = logging.getLogger(__name__)
 
@@ -137,3 +138,35 @@ class Diagnostics:
                       f"{wait:.0%} of training time was spent waiting for data: raise data.num_workers "
                       "or keep the decoded-image cache on a fast disk",
                       epoch=epoch, data_wait_fraction=wait)
+
+
+class DiagnosticsHook(Hook):
+    """The rules in the training loop: dead activations and the initial loss on a fresh run's first batch, the
+    gradient norm wherever it is read (per layer every check_every_steps), the epoch rules after each epoch.
+    What fired is kept in the training state (so in last.pt and results.json) and sent to the tracker."""
+
+    def __init__(self, cfg: DiagnosticsConfig, num_classes: int, tracker):
+        self.cfg, self.num_classes, self.tracker = cfg, num_classes, tracker
+        self.diagnostics: Diagnostics | None = None
+
+    def on_fit_start(self, trainer) -> None:
+        def emit(event):
+            self.tracker.log_event(event["rule"], event["message"], {"epoch": event["epoch"]})
+        self.diagnostics = Diagnostics(self.cfg, self.num_classes, trainer.state.events, emit)
+
+    def on_batch_start(self, trainer, at: BatchAt) -> None:
+        if at.first_of_run:
+            self.diagnostics.watch_activations(trainer.model)
+
+    def needs_grad_norm(self, trainer, at: BatchAt) -> bool:
+        return self.cfg.enabled and at.opt_step % self.cfg.check_every_steps == 0
+
+    def on_batch_end(self, trainer, at: BatchAt) -> None:
+        if at.first_of_run:
+            self.diagnostics.check_first_batch(at.loss.item())
+        if at.grad_norm is not None:
+            self.diagnostics.check_gradients(trainer.model, at.grad_norm, at.epoch + 1, at.opt_step,
+                                             layers=self.needs_grad_norm(trainer, at))
+
+    def on_epoch_trained(self, trainer, row: dict) -> None:
+        self.diagnostics.check_epoch(trainer.state.history)

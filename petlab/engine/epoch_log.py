@@ -8,6 +8,7 @@ import logging
 import math
 from pathlib import Path
 
+from petlab.engine.hooks import BatchAt, Hook
 from petlab.fileio import atomic_write
 from petlab.rundir import METRICS
 from petlab.tracking import Tracker
@@ -51,3 +52,15 @@ class EpochLog:
         log.info("epoch %d%s  train loss %.4f acc %.3f | %s | lr %.2e | %.1fs, %.1f img/s", epoch, of_epochs,
                  row["train_loss"], row["train_accuracy"], val, row["lr"], row["epoch_seconds"],
                  row["images_per_second"])
+
+
+class BatchLog(Hook):
+    """Every tracking.log_every_steps optimizer steps: the batch's loss, lr and gradient norm to the tracker."""
+
+    def __init__(self, tracker: Tracker):
+        self.tracker = tracker
+
+    def on_batch_end(self, trainer, at: BatchAt) -> None:
+        if at.logged:
+            self.tracker.log_metrics({"batch_loss": at.loss.item(), "lr": at.lr, "grad_norm": at.grad_norm},
+                                     step=at.epoch * at.steps + at.step, epoch=at.epoch + 1)

@@ -1,5 +1,7 @@
 """Hooks: what a run adds to the training loop without editing it (lightning's callbacks, timm's per-mechanism
-objects). A hook overrides the events it needs; the Trainer calls every hook it was handed, in order:
+objects). The time budget, diagnostics, compile timing, the profiler trace, batch logging and early stopping
+are hooks (engine/trainer.py standard_hooks builds them from their config sections); a run's own come after.
+A hook overrides the events it needs; the Trainer calls every hook it was handed, in order:
     class StopAtEpoch(Hook):
         def on_epoch_end(self, trainer, row):
             if row["epoch"] >= 3:
@@ -11,11 +13,70 @@ A hook that raises StopRun ends the run with that status (a sweep's pruning does
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class BatchAt:
+    """Where the training loop is, as each hook sees it. With --accumulate N a group of N batches makes one
+    optimizer step; logging and checks count optimizer steps."""
+    epoch: int  # 0-based
+    step: int  # the batch, in this epoch
+    steps: int  # batches in this epoch
+    opt_step: int  # the optimizer step this batch belongs to
+    group_start: bool  # the first batch of its group
+    group_end: bool  # the last: the optimizer steps after it
+    group_size: int  # batches in this group (the epoch's last may be short)
+    logged_group: bool  # this optimizer step's group is logged (tracking.log_every_steps)...
+    logged: bool  # ...and this is its last batch, where the step and its log happen
+    seen: int  # training images before this batch
+    profile: Any  # the epoch's EpochProfile (engine/profiling.py)
+    loss: Any = None  # the batch's loss tensor, after the forward pass
+    lr: float | None = None
+    grad_norm: float | None = None  # after the group's optimizer step, where a hook or the log read it
+
+    @property
+    def first_of_run(self) -> bool:
+        return self.epoch == 0 and self.step == 0
 
 
 class Hook:
     def on_fit_start(self, trainer) -> None:
-        """Before the first epoch of this fit (a resumed run starts here too, at its next epoch)."""
+        """Before the first epoch of this fit (a resumed run starts here too, with its state restored)."""
+
+    def on_train_epoch_start(self, trainer, epoch: int) -> None:
+        """Before an epoch's first training batch."""
+
+    def wants_stop(self, trainer, at: BatchAt) -> bool:
+        """Asked between optimizer steps (under torchrun only at logged ones, every rank at the same step):
+        True ends this epoch's training here, once any rank's hook says so."""
+        return False
+
+    def on_batch_start(self, trainer, at: BatchAt) -> None:
+        """Before a batch's forward pass."""
+
+    def needs_grad_norm(self, trainer, at: BatchAt) -> bool:
+        """Whether this group's optimizer step should read the gradient norm (a host sync on CUDA)."""
+        return False
+
+    def on_batch_end(self, trainer, at: BatchAt) -> None:
+        """After a batch's backward pass (and, at a group's end, the optimizer step): at.loss, at.grad_norm."""
+
+    def on_train_epoch_end(self, trainer, epoch: int) -> None:
+        """After an epoch's training batches, before validation."""
+
+    def on_validation_end(self, trainer, seconds: float) -> None:
+        """After an epoch's validation pass, which took `seconds`."""
+
+    def on_epoch_trained(self, trainer, row: dict) -> None:
+        """After an epoch is trained, validated and added to trainer.state.history, before last.pt and best.pt
+        are written: what a hook adds to the state is saved with it."""
+
+    def stop_reason(self, trainer) -> str | None:
+        """Asked after each epoch is recorded, and before each epoch starts: a reason (results.json's
+        stopped_by) ends training."""
+        return None
 
     def on_epoch_end(self, trainer, row: dict) -> None:
         """After an epoch is trained, validated and recorded (best.pt, last.pt, metrics.csv written); `row` is

@@ -6,10 +6,12 @@ import logging
 import os
 import resource
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import torch
+
+from petlab.engine.hooks import BatchAt, Hook
 
 log = logging.getLogger(__name__)
 
@@ -90,3 +92,49 @@ def torch_trace(out_dir: Path, steps: int, enabled: bool):
     with profile(activities=activities, schedule=schedule(wait=0, warmup=1, active=steps, repeat=1),
                  on_trace_ready=save, record_shapes=True, profile_memory=True) as prof:
         yield prof.step
+
+
+class CompileTimer(Hook):
+    """--compile: the step that compiles is timed into the state's compile_seconds and left out of the epoch's
+    training time (so images_per_second is the compiled model's)."""
+
+    def __init__(self):
+        self.compiling, self.started = False, None
+
+    def on_train_epoch_start(self, trainer, epoch: int) -> None:
+        self.compiling = trainer.trainable.compiles_next_step()
+
+    def on_batch_start(self, trainer, at: BatchAt) -> None:
+        self.started = time.perf_counter() if self.compiling and at.step == 0 else None
+
+    def on_batch_end(self, trainer, at: BatchAt) -> None:
+        if self.started is None:  # compilation happens in the first forward and backward
+            return
+        at.loss.item()  # wait for the step, to time it
+        seconds, self.started = time.perf_counter() - self.started, None
+        trainer.state.compile_seconds += seconds
+        at.profile.exclude(seconds)
+
+
+class TorchTrace(Hook):
+    """--profile: a torch.profiler trace of the fit's first `steps` training steps (one per process)."""
+
+    def __init__(self, out_dir: Path, steps: int):
+        self.out_dir, self.steps = out_dir, steps
+        self.trace: ExitStack | None = None
+        self.step = None
+        self.done = False
+
+    def on_train_epoch_start(self, trainer, epoch: int) -> None:
+        if not self.done:
+            self.trace = ExitStack()
+            self.step = self.trace.enter_context(torch_trace(self.out_dir, self.steps, True))
+
+    def on_batch_end(self, trainer, at: BatchAt) -> None:
+        if self.step is not None:
+            self.step()
+
+    def on_train_epoch_end(self, trainer, epoch: int) -> None:
+        if self.trace is not None:
+            self.trace.close()
+            self.trace, self.step, self.done = None, None, True

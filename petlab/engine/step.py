@@ -81,34 +81,51 @@ def batch_mixer(cfg: Config, num_classes: int):
 class TrainStep:
     """forward_backward() once per batch, optimizer_step() once per accumulation group.
 
+    It is handed its parts: the optimizer and its schedule, the loss, the batch mixer, the fp16 scaler and the
+    EMA; `from_config` builds each from its config section, and a test or a script can hand in its own.
     batch_pre: the preprocessing a batch gets on its way in (None for cached features, used as they are).
     The EMA (--ema) averages weights and buffers, so its BatchNorm statistics match them.
     """
 
-    def __init__(self, cfg: Config, model: nn.Module, num_classes: int, device: torch.device,
-                 batch_pre: Preprocessing | None, optimizer_steps_per_epoch: int, budget: Budget | None = None,
-                 class_weights: torch.Tensor | None = None):
-        self.cfg, self.model, self.device, self.batch_pre = cfg, model, device, batch_pre
-        # the training loss (also takes soft targets), weighted per class with --class-weights (imbalance.py);
-        # validation's loss is never weighted, so runs with and without weights compare
-        self.criterion = nn.CrossEntropyLoss(
-            weight=class_weights.to(device) if class_weights is not None else None,
-            label_smoothing=cfg.train.label_smoothing)
-        self.eval_criterion = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
-        self.mix = batch_mixer(cfg, num_classes)
-        # fp16's narrow range needs the loss scaled up before backward (bf16 and fp32 do not)
-        self.scaler = torch.amp.GradScaler(device.type) if cfg.train.precision == "fp16" else None
-        self.optimizer = build_optimizer(cfg, model)
-        self.scheduler = build_scheduler(cfg, self.optimizer, optimizer_steps_per_epoch, budget)
-        self.ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema), use_buffers=True) \
-            if cfg.train.ema else None
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, *, device: torch.device,
+                 scheduler=None, criterion: nn.Module | None = None, eval_criterion: nn.Module | None = None,
+                 mix=None, scaler: torch.amp.GradScaler | None = None, ema: AveragedModel | None = None,
+                 batch_pre: Preprocessing | None = None, precision: str = "fp32", channels_last: bool = False,
+                 clip_grad: float | None = None):
+        self.model, self.optimizer, self.scheduler, self.device = model, optimizer, scheduler, device
+        self.criterion = criterion or nn.CrossEntropyLoss()
+        self.eval_criterion = eval_criterion or nn.CrossEntropyLoss()
+        self.mix, self.scaler, self.ema, self.batch_pre = mix, scaler, ema, batch_pre
+        self.precision, self.channels_last, self.clip_grad = precision, channels_last, clip_grad
+
+    @classmethod
+    def from_config(cls, cfg: Config, model: nn.Module, num_classes: int, device: torch.device,
+                    batch_pre: Preprocessing | None, optimizer_steps_per_epoch: int, budget: Budget | None = None,
+                    class_weights: torch.Tensor | None = None) -> TrainStep:
+        """The run's step: the optimizer (train, with model.backbone_lr_scale), its schedule (train, or the
+        budget's clock), the loss, MixUp/CutMix (data), the fp16 scaler and the EMA (train)."""
+        optimizer = build_optimizer(cfg, model)
+        t = cfg.train
+        return cls(
+            model, optimizer, device=device,
+            scheduler=build_scheduler(cfg, optimizer, optimizer_steps_per_epoch, budget),
+            # the training loss (also takes soft targets), weighted per class with --class-weights (imbalance.py);
+            # validation's loss is never weighted, so runs with and without weights compare
+            criterion=nn.CrossEntropyLoss(weight=class_weights.to(device) if class_weights is not None else None,
+                                          label_smoothing=t.label_smoothing),
+            eval_criterion=nn.CrossEntropyLoss(label_smoothing=t.label_smoothing),
+            mix=batch_mixer(cfg, num_classes),
+            # fp16's narrow range needs the loss scaled up before backward (bf16 and fp32 do not)
+            scaler=torch.amp.GradScaler(device.type) if t.precision == "fp16" else None,
+            ema=AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(t.ema), use_buffers=True) if t.ema else None,
+            batch_pre=batch_pre, precision=t.precision, channels_last=t.channels_last, clip_grad=t.clip_grad)
 
     @property
     def lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
-        return prepare_batch(images, self.batch_pre, self.device, self.cfg.train.channels_last)
+        return prepare_batch(images, self.batch_pre, self.device, self.channels_last)
 
     def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -124,10 +141,10 @@ class TrainStep:
         if self.mix is not None:
             x, target = self.mix(x, y)
             y = target.argmax(1)
-            if self.cfg.train.channels_last:
+            if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
         with no_sync() if no_sync is not None else nullcontext():
-            with autocast(self.device, self.cfg.train.precision):
+            with autocast(self.device, self.precision):
                 logits = forward(x)
             loss = self.criterion(logits.float(), target)
             scaled = loss / group if group > 1 else loss  # the group's mean, as one big batch has
@@ -140,8 +157,8 @@ class TrainStep:
         if self.scaler:  # true gradients for clipping and the norm
             self.scaler.unscale_(self.optimizer)
         grad_norm = None
-        if self.cfg.train.clip_grad:  # the norm before clipping: what diagnostics and the log should see
-            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.clip_grad)
+        if self.clip_grad:  # the norm before clipping: what diagnostics and the log should see
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad)
             grad_norm = float(norm) if read_norm else None
         elif read_norm:
             grad_norm = gradient_norm(self.model)

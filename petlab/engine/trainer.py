@@ -24,19 +24,19 @@ from torch import nn
 from petlab.config import Config
 from petlab.data.transforms import Preprocessing
 from petlab.engine.batches import batches_per_epoch, predict_loader, seed_everything
-from petlab.engine.budget import Budget, parse_duration
+from petlab.engine.budget import Budget, BudgetHook, parse_duration
 from petlab.engine.checkpoint import CheckpointSaver
-from petlab.engine.diagnostics import Diagnostics
+from petlab.engine.diagnostics import DiagnosticsHook
 from petlab.engine.distributed import Distributed, gather_predictions
-from petlab.engine.epoch_log import EpochLog
-from petlab.engine.hooks import EpochCallback, Hook
+from petlab.engine.epoch_log import BatchLog, EpochLog
+from petlab.engine.hooks import BatchAt, EpochCallback, Hook
 from petlab.engine.imbalance import class_weights, dataset_labels
 from petlab.engine.outcome import Interrupted
-from petlab.engine.profiling import EpochProfile, torch_trace
+from petlab.engine.profiling import CompileTimer, EpochProfile, TorchTrace
 from petlab.engine.signals import StopFlag
 from petlab.engine.speed import predicting_runtime
 from petlab.engine.step import TrainStep
-from petlab.engine.stopping import StopRules
+from petlab.engine.stopping import EarlyStopping
 from petlab.engine.trainable import Trainable
 from petlab.errors import ConfigError
 from petlab.export.onnx import CheckedOnnx
@@ -45,6 +45,7 @@ from petlab.progress import progress
 from petlab.tracking import Tracker
 
 log = logging.getLogger(__name__)
+
 
 @dataclass
 class TrainState:
@@ -65,15 +66,17 @@ class TrainState:
 class Trainer:
     """Trains one model on its loaders: the epoch loop and validation, over small objects that each own one
     mechanism: what trains (trainable.py: the model or its head, freezing, DDP, compile), the training step
-    (step.py: loss, optimizer, schedule, scaler, clipping, EMA), the checkpoint saver (checkpoint.py), the stop
-    rules (stopping.py: early stopping, the time budget) and the epoch log (epoch_log.py: metrics.csv, the
-    tracker, the log line).
+    (step.py: loss, optimizer, schedule, scaler, clipping, EMA), the checkpoint saver (checkpoint.py), the epoch
+    log (epoch_log.py: metrics.csv, the tracker, the log line) and the hooks. `trainable` and `step` may be
+    handed in (a test, a script); otherwise each is built from its config section.
 
     cfg must be resolved (no `auto` precision left; RunContext does it once per run). `model` is the whole
     network (trainable.model); with features=True the loaders yield cached backbone features and only its
     head trains. run_dir None writes nothing (a cross-validation fold). Without a "val" loader every epoch counts
     as the best so far, so best.pt is the last epoch (a refit on all of train).
-    hooks (engine/hooks.py) are called at the loop's events, in order: a new mechanism needs no edit here.
+    hooks (engine/hooks.py) are called at the loop's events, in order, after the standard ones (standard_hooks: the
+    time budget, diagnostics, compile timing, the profiler, batch logging, early stopping): a new mechanism
+    needs no edit here.
     on_epoch(row) runs after each epoch is recorded (a hook of its own); raising StopRun ends the run on purpose.
     on_validated(epoch, targets, probabilities) runs after each validation pass (cross-validation keeps them).
     """
@@ -83,7 +86,7 @@ class Trainer:
                  features: bool = False, dist: Distributed | None = None,
                  on_epoch: Callable[[dict], None] | None = None,
                  on_validated: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
-                 hooks: Sequence[Hook] = ()):
+                 hooks: Sequence[Hook] = (), trainable: Trainable | None = None, step: TrainStep | None = None):
         if cfg.train.precision == "auto" or cfg.train.channels_last is None:
             raise ConfigError("Trainer needs a resolved config (train.precision and train.channels_last set); "
                               "engine.context.resolve_config does that")
@@ -92,9 +95,8 @@ class Trainer:
         self.dist = dist or Distributed()
         self.tracker = tracker or Tracker()
         self.on_validated = on_validated
-        self.hooks = [*hooks, *([EpochCallback(on_epoch)] if on_epoch else [])]
         self._stop_requested: str | None = None
-        self.trainable = Trainable(cfg, model, device, features, self.dist)
+        self.trainable = trainable or Trainable(cfg, model, device, features, self.dist)
         self.model = self.trainable.model
         self.batch_pre = None if features else pre  # cached features are used as they are
         self.steps_per_epoch = batches_per_epoch(loaders["train"], cfg.train.limit_batches)
@@ -103,16 +105,17 @@ class Trainer:
             if "val" in loaders else 0
         # --ema: the step's averaged weights are what is validated, chosen as best, saved in best.pt, exported
         # and served; training updates `model`.
-        self.step = TrainStep(cfg, self.model, len(classes), device, self.batch_pre,
-                              math.ceil(self.steps_per_epoch / cfg.train.accumulate), self.budget,
-                              class_weights(cfg, dataset_labels(loaders["train"].dataset), len(classes))
-                              if cfg.train.class_weights != "none" else None)
+        weights = class_weights(cfg, dataset_labels(loaders["train"].dataset), len(classes)) \
+            if cfg.train.class_weights != "none" and step is None else None
+        self.step = step or TrainStep.from_config(cfg, self.model, len(classes), device, self.batch_pre,
+                                                  math.ceil(self.steps_per_epoch / cfg.train.accumulate),
+                                                  self.budget, weights)
         self.saver = CheckpointSaver(run_dir, self.dist.is_main, cfg, classes, pre)
         self.monitor = Monitor(cfg.train.monitor)
-        self.stop_rules = StopRules(cfg.train.early_stopping_patience, self.budget, self.monitor)
         self.epoch_log = EpochLog(run_dir, self.dist.is_main, self.tracker, self.steps_per_epoch)
         self.state = TrainState()
-        self.diagnostics = self._diagnostics()
+        self.hooks = [*standard_hooks(cfg, self.budget, self._val_images, len(classes), self.tracker, run_dir),
+                      *hooks, *([EpochCallback(on_epoch)] if on_epoch else [])]
         self.generator = loaders["train"].generator
 
     @property
@@ -135,10 +138,9 @@ class Trainer:
             return f"/{self.cfg.train.epochs}"
         return f" ({self.budget.used():.0f}/{self.budget.seconds:.0f} s)"
 
-    def _diagnostics(self) -> Diagnostics:
-        def emit(event):
-            self.tracker.log_event(event["rule"], event["message"], {"epoch": event["epoch"]})
-        return Diagnostics(self.cfg.diagnostics, len(self.classes), self.state.events, emit)
+    def _call(self, event: str, *args) -> list:
+        """Every hook's answer to `event`, in order."""
+        return [getattr(hook, event)(self, *args) for hook in self.hooks]
 
     def checkpoint(self, name: str, resumable: bool = True) -> None:
         """last.pt: the training weights and all that resuming needs; best.pt: the evaluated weights only."""
@@ -147,84 +149,64 @@ class Trainer:
 
     def resume(self, path: Path) -> None:
         self.state = TrainState(**self.saver.restore(path, self.model, self.step))
-        if self.budget is not None:
-            self.budget.used_before = self.state.budget_used_s  # only what is left of the budget
-        self.diagnostics = self._diagnostics()
         log.info("resumed from %s after epoch %d", path, self.state.epoch)
 
     # ------------------------------------------------------------------ loops
-    def train_epoch(self, epoch: int, stop: StopFlag, profile_steps: int = 0) -> dict:
+    def train_epoch(self, epoch: int, stop: StopFlag) -> dict:
         """One pass over the training loader. On CUDA no step waits for the GPU: the loss and the correct
-        count add up on the device and are read, like the gradient norm, only at the log interval (and
-        the norm also when diagnostics check it)."""
+        count add up on the device and are read, like the gradient norm, only where a hook or the log asks."""
         self.trainable.set_epoch(epoch)
-        steps, every = self.steps_per_epoch, self.cfg.tracking.log_every_steps
-        check_every = self.cfg.diagnostics.check_every_steps if self.cfg.diagnostics.enabled else None
-        accumulate = self.cfg.train.accumulate
-        forward, compiling = self.trainable.forward(), self.trainable.compiles_next_step()
+        steps, forward = self.steps_per_epoch, self.trainable.forward()
         total_loss = torch.zeros((), device=self.device, dtype=torch.float64)
         correct = torch.zeros((), device=self.device, dtype=torch.int64)
-        seen = 0
-        profile = EpochProfile()
+        seen, profile = 0, EpochProfile()
         bar = progress(total=steps, desc=f"epoch {epoch + 1}{self._of_epochs()}", unit="batch", leave=False)
-        with torch_trace(self.run_dir and self.run_dir / "profile", profile_steps, profile_steps > 0) as trace_step:
+        self._call("on_train_epoch_start", epoch)
+        try:
             for step, (images, targets) in enumerate(profile.batches(self.loaders["train"])):
-                # --accumulate N: one optimizer step per group of N batches (the last group may be shorter);
-                # logging and checks count optimizer steps
-                group_start, opt_step = step - step % accumulate, step // accumulate
-                group_end = step + 1 == min(group_start + accumulate, steps)
-                logged = group_end and opt_step % every == 0
-                if self.budget is not None:  # where this epoch's steps will end, at this epoch's rate so far
-                    self.budget.expect_epoch_end((steps - step) * profile.elapsed() / step if step else None)
-                # Stop (Ctrl-C, or the time budget spent) between groups, every rank at the same step: across
-                # processes agreeing is a collective, so only where an optimizer step is also logged.
-                if step == group_start and (not self.dist.enabled or opt_step % every == 0):
-                    if self.budget is not None:
-                        if seen:
-                            self.budget.estimate_reserve(profile.elapsed() / seen, self._val_images)
-                        if self.dist.any(self.budget.spent()):
-                            break
+                at = self._batch_at(epoch, step, seen, profile)
+                # Stop (a hook's reason, Ctrl-C) between groups, every rank at the same step: across processes
+                # agreeing is a collective, so only where an optimizer step is also logged.
+                if at.group_start and (not self.dist.enabled or at.logged_group):
+                    if self.dist.any(any(self._call("wants_stop", at))):
+                        break
                     if self.dist.any(stop.requested):
                         raise Interrupted
-                first_batch = epoch == 0 and step == 0
-                if first_batch:
-                    self.diagnostics.watch_activations(self.model)
-                step_started = time.perf_counter() if compiling and step == 0 else None
-                if step == group_start:
+                self._call("on_batch_start", at)
+                if at.group_start:
                     self.step.zero_grad()
                 # a group's earlier batches keep their gradients local under DDP; its last averages them
-                no_sync = self.trainable.no_sync(group_end)
-                logits, loss, y = self.step.forward_backward(forward, images, targets,
-                                                             min(accumulate, steps - group_start), no_sync)
-                total_loss += loss.detach() * len(y)
+                logits, at.loss, y = self.step.forward_backward(forward, images, targets, at.group_size,
+                                                                self.trainable.no_sync(at.group_end))
+                total_loss += at.loss.detach() * len(y)
                 correct += (logits.detach().argmax(1) == y).sum()
-                seen += len(y)
-                if first_batch:
-                    self.diagnostics.check_first_batch(loss.item())
-                grad_norm, checked, lr = None, False, self.step.lr
-                if group_end:
-                    checked = check_every is not None and opt_step % check_every == 0
-                    grad_norm = self.step.optimizer_step(read_norm=logged or checked)
-                if step_started is not None:  # compilation happens in the first forward and backward
-                    loss.item()  # wait for the step, to time it
-                    self.state.compile_seconds += time.perf_counter() - step_started
-                    profile.exclude(time.perf_counter() - step_started)
-                if grad_norm is not None:
-                    self.diagnostics.check_gradients(self.model, grad_norm, epoch + 1, opt_step, layers=checked)
-                if logged:
-                    self.tracker.log_metrics({"batch_loss": loss.item(), "lr": lr, "grad_norm": grad_norm},
-                                             step=epoch * steps + step, epoch=epoch + 1)
+                seen, at.lr = seen + len(y), self.step.lr
+                if at.group_end:
+                    wanted = at.logged or any(self._call("needs_grad_norm", at))
+                    at.grad_norm = self.step.optimizer_step(read_norm=wanted)
+                self._call("on_batch_end", at)
+                if at.logged:
                     bar.set_postfix(loss=f"{total_loss.item() / seen:.4f}", acc=f"{correct.item() / seen:.3f}")
-                    if self.budget is not None:  # the time used, in the bar
-                        bar.set_description(f"epoch {epoch + 1}{self._of_epochs()}", refresh=False)
-                trace_step()
+                    bar.set_description(f"epoch {epoch + 1}{self._of_epochs()}", refresh=False)
                 bar.update()
                 if step + 1 >= steps:
                     break
-        bar.close()
+        finally:
+            bar.close()
+            self._call("on_train_epoch_end", epoch)
         total, right, seen = self.dist.sum(total_loss.item(), correct.item(), seen)  # over all ranks' shards
         return {"train_loss": total / max(seen, 1), "train_accuracy": right / max(seen, 1),
                 **profile.finish(int(seen))}
+
+    def _batch_at(self, epoch: int, step: int, seen: int, profile: EpochProfile) -> BatchAt:
+        """--accumulate N: one optimizer step per group of N batches (the last group may be shorter)."""
+        accumulate, steps = self.cfg.train.accumulate, self.steps_per_epoch
+        group_start, opt_step = step - step % accumulate, step // accumulate
+        group_end = step + 1 == min(group_start + accumulate, steps)
+        logged_group = opt_step % self.cfg.tracking.log_every_steps == 0
+        return BatchAt(epoch=epoch, step=step, steps=steps, opt_step=opt_step, group_start=step == group_start,
+                       group_end=group_end, group_size=min(accumulate, steps - group_start),
+                       logged_group=logged_group, logged=group_end and logged_group, seen=seen, profile=profile)
 
     def predict(self, loader, desc: str = "eval", runtime_net=None) -> tuple[np.ndarray, np.ndarray, float]:
         """Targets, class probabilities and mean loss over the whole split (each rank predicts its shard).
@@ -242,25 +224,18 @@ class Trainer:
         still set for all of them (a cross-validated refit stops where the folds did best; 0: no training,
         the model as initialised is the one kept). stop: the run's signal handling (signals.py), else this
         call's own."""
-        cfg = self.cfg
-        profile_steps = cfg.diagnostics.profile_steps if cfg.diagnostics.profile and self.run_dir else 0
-        if self.budget is not None:
-            self.budget.start()
         # with a time budget the deadline ends training, not the epoch count
         last_epoch = until_epoch if until_epoch is not None else \
-            (sys.maxsize if self.budget is not None else cfg.train.epochs)
+            (sys.maxsize if self.budget is not None else self.cfg.train.epochs)
         with nullcontext(stop) if stop is not None else StopFlag(immediate=not self.dist.enabled) as stop:
-            for hook in self.hooks:
-                hook.on_fit_start(self)
+            self._call("on_fit_start")
             for epoch in range(self.state.epoch, last_epoch):
-                if self.budget is not None and self.budget.spent():
+                if self._should_stop():  # a resumed run whose budget is spent
                     break
-                row = self.run_epoch(epoch, stop, profile_steps)
-                profile_steps = 0  # one trace per process is plenty
+                row = self.run_epoch(epoch, stop)
                 with stop.deferred():  # best.pt, last.pt and metrics.csv are written whole, or not at all
                     self._record(epoch, row)
-                for hook in self.hooks:
-                    hook.on_epoch_end(self, row)
+                self._call("on_epoch_end", row)
                 if stop.requested:
                     raise Interrupted
                 if self._should_stop():
@@ -273,7 +248,7 @@ class Trainer:
                 self.checkpoint("last.pt")
         return self.state
 
-    def run_epoch(self, epoch: int, stop: StopFlag, profile_steps: int = 0) -> dict:
+    def run_epoch(self, epoch: int, stop: StopFlag) -> dict:
         """Train one epoch (reseeded from (seed, epoch), so a resumed epoch repeats exactly), then validate;
         returns the epoch's metrics row."""
         seed = self.cfg.seed * 1000 + epoch
@@ -283,7 +258,7 @@ class Trainer:
         if hasattr(self.loaders["train"].sampler, "set_epoch"):  # DistributedSampler: a new shuffle
             self.loaders["train"].sampler.set_epoch(epoch)
         start = time.perf_counter()
-        train = self.train_epoch(epoch, stop, profile_steps)
+        train = self.train_epoch(epoch, stop)
         targets, probs, val_loss = np.zeros(0), np.zeros((0, 1)), math.nan
         if "val" in self.loaders:
             val_started = time.perf_counter()
@@ -292,8 +267,7 @@ class Trainer:
                 targets, probs, val_loss = self.predict(self.loaders["val"], "val", self.runtime_twin(Path(tmp)))
             if self.on_validated:
                 self.on_validated(epoch + 1, targets, probs)
-            if self.budget is not None:  # the last validation must fit in the budget too
-                self.budget.measured_reserve(time.perf_counter() - val_started)
+            self._call("on_validation_end", time.perf_counter() - val_started)
         return {
             "epoch": epoch + 1,
             "train_loss": train.pop("train_loss"),
@@ -310,9 +284,8 @@ class Trainer:
         self._stop_requested = reason
 
     def _should_stop(self) -> bool:
-        """A hook's request, early stopping, or the time budget spent; says which in the state."""
-        self.state.stopped_by = self._stop_requested or \
-            self.stop_rules.reason(self.state.epochs_without_improvement, self.state.epoch)
+        """A hook's request or reason (early stopping, the time budget spent); says which in the state."""
+        self.state.stopped_by = self._stop_requested or next(filter(None, self._call("stop_reason")), None)
         return self.state.stopped_by is not None
 
     def _record(self, epoch: int, row: dict) -> None:
@@ -321,9 +294,7 @@ class Trainer:
         improved = self.monitor.improved(row, best)  # train.monitor: what best.pt and early stopping follow
         s.epoch = epoch + 1
         s.history.append(row)
-        if self.budget is not None:
-            s.budget_used_s = self.budget.used()
-        self.diagnostics.check_epoch(s.history)
+        self._call("on_epoch_trained", row)
         if improved:
             s.best_val_accuracy, s.best_val_loss, s.best_epoch = row["val_accuracy"], row["val_loss"], epoch + 1
             s.epochs_without_improvement = 0
@@ -332,3 +303,20 @@ class Trainer:
             s.epochs_without_improvement += 1
         self.checkpoint("last.pt")
         self.epoch_log.write(row, s.history, s.initial, improved, self._of_epochs())
+
+
+def standard_hooks(cfg: Config, budget: Budget | None, val_images: int, num_classes: int, tracker: Tracker,
+                   run_dir: Path | None) -> list[Hook]:
+    """The mechanisms every run has, each from its own config section, in the order they are called."""
+    hooks: list[Hook] = []
+    if cfg.train.early_stopping_patience:
+        hooks.append(EarlyStopping(cfg.train.early_stopping_patience, Monitor(cfg.train.monitor)))
+    if budget is not None:
+        hooks.append(BudgetHook(budget, val_images))
+    if cfg.train.compile:
+        hooks.append(CompileTimer())  # first at a batch's end: its clock stops before the others run
+    hooks.append(DiagnosticsHook(cfg.diagnostics, num_classes, tracker))
+    if cfg.diagnostics.profile and run_dir is not None:
+        hooks.append(TorchTrace(run_dir / "profile", cfg.diagnostics.profile_steps))
+    hooks.append(BatchLog(tracker))
+    return hooks
