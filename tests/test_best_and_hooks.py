@@ -162,9 +162,12 @@ def test_the_standard_mechanisms_are_hooks_built_from_their_config_sections():
     from petlab.tracking import Tracker
 
     cfg = load_config(None, {"train.early_stopping_patience": 2, "train.compile": True, "diagnostics.profile": True})
-    names = [type(h).__name__ for h in standard_hooks(cfg, Budget(60), 16, 2, Tracker(), run_dir=None)]
+    monitor = Monitor(cfg.train.monitor)
+    hooks = standard_hooks(cfg, monitor, Budget(60), 16, 2, Tracker(), run_dir=None)
+    names = [type(h).__name__ for h in hooks]
     assert names == ["EarlyStopping", "BudgetHook", "CompileTimer", "DiagnosticsHook", "BatchLog"]  # no run dir
-    plain = [type(h).__name__ for h in standard_hooks(load_config(None, {}), None, 0, 2, Tracker(), None)]
+    assert hooks[0].monitor is monitor  # early stopping waits on the Monitor that keeps best.pt
+    plain = [type(h).__name__ for h in standard_hooks(load_config(None, {}), monitor, None, 0, 2, Tracker(), None)]
     assert plain == ["DiagnosticsHook", "BatchLog"]
 
 

@@ -28,13 +28,17 @@ class BatchAt:
     group_start: bool  # the first batch of its group
     group_end: bool  # the last: the optimizer steps after it
     group_size: int  # batches in this group (the epoch's last may be short)
-    logged_group: bool  # this optimizer step's group is logged (tracking.log_every_steps)...
-    logged: bool  # ...and this is its last batch, where the step and its log happen
+    logged_group: bool  # this optimizer step's group is logged (tracking.log_every_steps)
     seen: int  # training images before this batch
     profile: Any  # the epoch's EpochProfile (engine/profiling.py)
     loss: Any = None  # the batch's loss tensor, after the forward pass
     lr: float | None = None
     grad_norm: float | None = None  # after the group's optimizer step, where a hook or the log read it
+
+    @property
+    def logged(self) -> bool:
+        """The last batch of a logged group, where its optimizer step and its log happen."""
+        return self.group_end and self.logged_group
 
     @property
     def first_of_run(self) -> bool:

@@ -114,7 +114,8 @@ class Trainer:
         self.monitor = Monitor(cfg.train.monitor)
         self.epoch_log = EpochLog(run_dir, self.dist.is_main, self.tracker, self.steps_per_epoch)
         self.state = TrainState()
-        self.hooks = [*standard_hooks(cfg, self.budget, self._val_images, len(classes), self.tracker, run_dir),
+        self.hooks = [*standard_hooks(cfg, self.monitor, self.budget, self._val_images, len(classes), self.tracker,
+                                      run_dir),
                       *hooks, *([EpochCallback(on_epoch)] if on_epoch else [])]
         self.generator = loaders["train"].generator
 
@@ -206,7 +207,7 @@ class Trainer:
         logged_group = opt_step % self.cfg.tracking.log_every_steps == 0
         return BatchAt(epoch=epoch, step=step, steps=steps, opt_step=opt_step, group_start=step == group_start,
                        group_end=group_end, group_size=min(accumulate, steps - group_start),
-                       logged_group=logged_group, logged=group_end and logged_group, seen=seen, profile=profile)
+                       logged_group=logged_group, seen=seen, profile=profile)
 
     def predict(self, loader, desc: str = "eval", runtime_net=None) -> tuple[np.ndarray, np.ndarray, float]:
         """Targets, class probabilities and mean loss over the whole split (each rank predicts its shard).
@@ -305,12 +306,13 @@ class Trainer:
         self.epoch_log.write(row, s.history, s.initial, improved, self._of_epochs())
 
 
-def standard_hooks(cfg: Config, budget: Budget | None, val_images: int, num_classes: int, tracker: Tracker,
-                   run_dir: Path | None) -> list[Hook]:
-    """The mechanisms every run has, each from its own config section, in the order they are called."""
+def standard_hooks(cfg: Config, monitor: Monitor, budget: Budget | None, val_images: int, num_classes: int,
+                   tracker: Tracker, run_dir: Path | None) -> list[Hook]:
+    """The mechanisms every run has, each from its own config section, in the order they are called. `monitor`
+    is the Trainer's: early stopping waits on the metric that keeps best.pt."""
     hooks: list[Hook] = []
     if cfg.train.early_stopping_patience:
-        hooks.append(EarlyStopping(cfg.train.early_stopping_patience, Monitor(cfg.train.monitor)))
+        hooks.append(EarlyStopping(cfg.train.early_stopping_patience, monitor))
     if budget is not None:
         hooks.append(BudgetHook(budget, val_images))
     if cfg.train.compile:

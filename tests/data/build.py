@@ -105,6 +105,9 @@ def build(out: Path, rows: list[Row] | None = None, archives: dict[str, Archive]
     todo = [name for name, set_rows in by_set.items() if not already_built(out / name, set_rows)]
     if not todo:
         return []
+    differing = [name for name in todo if (out / name).exists()]
+    if differing:  # said before any archive is fetched, and a user's folder is never overwritten
+        raise DownloadError(f"{out / differing[0]} exists but differs from the manifest: move it away and rerun")
     staging = Path(tempfile.mkdtemp(prefix=".test-data-", dir=out))
     try:
         wanted = [row for row in rows if row.set in todo]
@@ -118,8 +121,6 @@ def build(out: Path, rows: list[Row] | None = None, archives: dict[str, Archive]
             for url, archive_rows in by_archive.items():
                 extract(fetch(archives[url], downloads), archive_rows, photos, staging, bar)
         for name in todo:
-            if (out / name).exists():
-                raise DownloadError(f"{out / name} exists but differs from the manifest: move it away and rerun")
             (staging / name).rename(out / name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
