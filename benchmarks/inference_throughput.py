@@ -9,6 +9,10 @@ photo at batch 1, the median of --repeats timed calls after a warm-up, for
 - eager fp32 + channels_last: what petlab ran before ONNX Runtime (and what a CPU without native bf16 runs);
 - eager bf16 + channels_last: `auto` on a CPU with native bf16 (left out where it would be emulated);
 - onnxruntime fp32: model.onnx, the runtime petlab predicts with on a CPU (export/onnx.py);
+- onnxruntime int8: model.onnx quantised as `promote.py --int8` does (export/quantize.py), calibrated on 128
+  photos of the shared cats_and_dogs_filtered/train; its row adds the top-1 agreement with onnxruntime fp32 on
+  512 photos of cats_and_dogs_filtered/validation (over the model's 1,000 outputs: ImageNet's classes where
+  petlab bundles the weights; --no-int8 leaves it out);
 - openvino fp32: the same model.onnx on OpenVINO, where it is installed (it is not a petlab dependency;
   `pip install openvino` to measure it). Its precision hint is pinned to f32: it would pick bf16 itself.
 "efficientnet_lite0_backbone" is the headless Lite0, i.e. what the feature cache computes.
@@ -25,22 +29,29 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 from common import median_call_seconds  # benchmarks/common.py (this script's folder)
 
 from petlab.engine.features import without_head
 from petlab.engine.speed import machine, native_bf16
 from petlab.export.onnx import OnnxModel, export_onnx
+from petlab.export.quantize import quantize_onnx
+from petlab.inference.runtime import OnnxSession
 from petlab.models import ARCHS, build_model
+from petlab.models.zoo import build_imagenet_classifier
 
 MODELS = ("efficientnet_lite0", "efficientnet_lite0_backbone", "efficientnet_lite2", "resnet18", "custom_cnn")
 BATCHES = (64, 1)
 
 
 def load_model(name: str) -> tuple[torch.nn.Module, int]:
+    """ImageNet's whole classifier where petlab bundles its weights (so int8's agreement is over real answers),
+    else seeded random weights."""
     arch = name.removesuffix("_backbone")
     spec = ARCHS[arch]
-    model, _ = build_model(arch, 1000, pretrained=bool(spec.bundled_weights))
+    torch.manual_seed(0)
+    model = build_imagenet_classifier(arch) if spec.bundled_weights else build_model(arch, 1000)[0]
     model.eval()
     if name.endswith("_backbone"):
         model = HeadlessModel(model, spec.head)
@@ -79,7 +90,21 @@ def openvino_model(path: Path, threads: int):
     return call
 
 
-def measure(name: str, repeats: int, threads: int, tmp: Path) -> dict:
+def int8_twin(path: Path, size: int, threads: int) -> tuple[OnnxModel, float]:
+    """The ONNX file quantised as promotion does, and its top-1 agreement with fp32 on real validation photos."""
+    from int8 import batches, photos  # benchmarks/int8.py
+
+    from petlab.inference.preprocessing import Preprocessing
+
+    pre = Preprocessing(size, round(size / 0.875), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    twin = quantize_onnx(path, path.with_suffix(".int8.onnx"), batches(pre, photos("train", 128)))
+    fp32, int8 = OnnxSession(path, threads), OnnxSession(twin, threads)
+    check = batches(pre, photos("validation", 512))
+    agreement = float(np.mean([(fp32(b).argmax(1) == int8(b).argmax(1)).mean() for b in check]))
+    return OnnxModel(twin, threads), agreement
+
+
+def measure(name: str, repeats: int, threads: int, tmp: Path, int8: bool = True) -> dict:
     model, size = load_model(name)
     example = torch.randn(max(BATCHES), 3, size, size)
     path = export_onnx(model, example[:2], tmp / f"{name}.onnx", ("outputs",))
@@ -87,6 +112,9 @@ def measure(name: str, repeats: int, threads: int, tmp: Path) -> dict:
     if native_bf16(torch.device("cpu")):
         runtimes["eager_bf16"] = eager(model, True)
     runtimes["onnxruntime_fp32"] = OnnxModel(path, threads)
+    agreement = None
+    if int8 and not name.endswith("_backbone"):
+        runtimes["onnxruntime_int8"], agreement = int8_twin(path, size, threads)
     if (ov := openvino_model(path, threads)) is not None:
         runtimes["openvino_fp32"] = ov
     with torch.inference_mode():
@@ -95,7 +123,8 @@ def measure(name: str, repeats: int, threads: int, tmp: Path) -> dict:
     for runtime, fn in runtimes.items():
         with torch.inference_mode():
             diff = float((fn(example[:8]).float() - reference).abs().max())
-        row = {"max_abs_diff": diff}
+        row = {"max_abs_diff": diff, **({"top1_agreement_with_fp32": agreement}
+                                         if runtime == "onnxruntime_int8" else {})}
         for batch in BATCHES:
             seconds = median_call_seconds(fn, example[:batch], repeats if batch == 1 else max(2, repeats // 2),
                                           warmup=1)
@@ -116,12 +145,14 @@ def table(result: dict) -> str:
     lines = [f"{m['cpu']} ({m['cpu_capability']}, native bf16: {m['native_bf16']}), {result['threads']} threads, "
              f"torch {m['torch']}; median of {result['repeats']} calls (batch 1), {max(2, result['repeats'] // 2)} "
              "(batch 64)", "",
-             "| model | runtime | batch 64 img/s | vs eager fp32 | batch 1 ms | vs eager fp32 | max diff |",
-             "|---|---|---|---|---|---|---|"]
+             "| model | runtime | batch 64 img/s | vs eager fp32 | batch 1 ms | vs eager fp32 | max diff | "
+             "top-1 agreement with fp32 |", "|---|---|---|---|---|---|---|---|"]
     for name, model in result["models"].items():
         for runtime, r in model["runtimes"].items():
+            agreement = r.get("top1_agreement_with_fp32")
             lines.append(f"| {name} | {runtime} | {r['batch_64_img_s']:.1f} | {r['batch_64_over_eager_fp32']:.2f}x | "
-                         f"{r['batch_1_ms']:.1f} | {r['batch_1_over_eager_fp32']:.2f}x | {r['max_abs_diff']:.1e} |")
+                         f"{r['batch_1_ms']:.1f} | {r['batch_1_over_eager_fp32']:.2f}x | {r['max_abs_diff']:.1e} | "
+                         f"{'' if agreement is None else f'{agreement:.2%}'} |")
     return "\n".join(lines)
 
 
@@ -133,7 +164,7 @@ def figure(result: dict, path: Path) -> None:
 
     names = list(result["models"])
     runtimes = sorted({r for m in result["models"].values() for r in m["runtimes"]},
-                      key=["eager_fp32", "eager_bf16", "onnxruntime_fp32", "openvino_fp32"].index)
+                      key=["eager_fp32", "eager_bf16", "onnxruntime_fp32", "onnxruntime_int8", "openvino_fp32"].index)
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
     width = 0.8 / len(runtimes)
     for ax, batch, unit in ((axes[0], 64, "img_s"), (axes[1], 1, "ms")):
@@ -159,12 +190,13 @@ def main(argv=None) -> int:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--repeats", type=int, default=5, help="timed calls at batch 1 (half as many at 64)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--no-int8", dest="int8", action="store_false", help="leave out the int8 rows")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     parser.add_argument("--figure", type=Path, help="also draw the figures into this PNG")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="petlab-inference-") as tmp:
-        models = {name: measure(name, args.repeats, args.threads, Path(tmp)) for name in args.models}
+        models = {name: measure(name, args.repeats, args.threads, Path(tmp), args.int8) for name in args.models}
     result = {"machine": machine(torch.device("cpu")), "threads": args.threads, "repeats": args.repeats,
               "models": models}
     if args.figure:

@@ -4,10 +4,11 @@
 
 Starts the demo (a real server in its own process) on the registry's production model, posts
 real photos to /api/predict at each concurrency, and prints client-side latency p50/p95, the
-server's own latency_ms, throughput and errors. It does so twice, side by side: serving as petlab
-does (model.onnx on ONNX Runtime, on a CPU) and as it did before ONNX Runtime (PETLAB_RUNTIME=torch:
-model.pt2), with each p50 over the other's. Then, in this process, times each export against the
-eager model (same weights, same photos) at batch sizes 1 and 8.
+server's own latency_ms, throughput and errors. It does so side by side: serving as petlab does
+(model.onnx on ONNX Runtime, on a CPU, or its int8 twin where the card says its check passed), as it did
+before ONNX Runtime (PETLAB_RUNTIME=torch: model.pt2), and -- for a version with an int8 twin -- the fp32
+ONNX file (PETLAB_RUNTIME=onnxruntime_fp32), each p50 over the PyTorch one's and int8's over fp32's.
+Then, in this process, times each export against the eager model (same weights, same photos) at batch sizes 1 and 8.
 """
 
 from __future__ import annotations
@@ -112,7 +113,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(os.cpu_count() or 1)
 
     serving = {}
-    for runtime in ("torch", "onnxruntime"):  # before, then as petlab serves now
+    int8 = (registry.card(args.task, production["version"]).get("int8") or {}).get("served")
+    for runtime in ("torch", *(["onnxruntime_fp32"] if int8 else []), "onnxruntime"):  # before, then as served now
         env = {**os.environ, RUNTIME_SWITCH: runtime}
         with tempfile.TemporaryDirectory() as tmp, demo_process(registry.root, Path(tmp) / "demo.log", env=env) as url:
             phases = [load_phase(url, args.task, photos, args.requests, c) for c in args.concurrency]
@@ -120,11 +122,15 @@ def main(argv=None) -> int:
         serving[runtime] = {"served": served, "phases": phases}
     for before, after in zip(serving["torch"]["phases"], serving["onnxruntime"]["phases"]):
         after["p50_over_torch"] = after["p50_ms"] / before["p50_ms"]
+    for fp32, after in zip(serving.get("onnxruntime_fp32", {}).get("phases", []), serving["onnxruntime"]["phases"]):
+        after["p50_over_fp32"] = after["p50_ms"] / fp32["p50_ms"]
     inference = exported_vs_eager(registry, args.task, production["version"], paths, args.repeats)
     result = {"task": args.task, "version": production["version"], "cpu_count": os.cpu_count(),
               "machine": machine(torch.device("cpu")), "serving": serving["onnxruntime"]["phases"],
               "serving_before": serving["torch"]["phases"], "served_format": served_format(serving["onnxruntime"]),
-              "served_format_before": served_format(serving["torch"]), "inference": inference}
+              "served_format_before": served_format(serving["torch"]), "inference": inference,
+              **({"serving_fp32": serving["onnxruntime_fp32"]["phases"],
+                  "served_format_fp32": served_format(serving["onnxruntime_fp32"])} if int8 else {})}
     if args.json:
         print(json.dumps(result))
         return 0
@@ -132,9 +138,12 @@ def main(argv=None) -> int:
           f"{result['machine']['cpu']}, {os.cpu_count()} CPU cores, {args.requests} requests per row")
     print(f"{'served from':>22} {'concurrency':>11} {'p50 ms':>8} {'p95 ms':>8} {'server p50':>10} {'req/s':>7} "
           f"{'errors':>6}")
-    for key, fmt in (("serving_before", result["served_format_before"]), ("serving", result["served_format"])):
+    rows = (("serving_before", "served_format_before"), ("serving_fp32", "served_format_fp32"),
+            ("serving", "served_format"))
+    for key, fmt in ((key, result[fmt]) for key, fmt in rows if key in result):
         for p in result[key]:
             ratio = f"  ({p['p50_over_torch']:.2f}x the p50 before)" if "p50_over_torch" in p else ""
+            ratio += f"  ({p['p50_over_fp32']:.2f}x fp32 ONNX's p50)" if "p50_over_fp32" in p else ""
             print(f"{fmt:>22} {p['concurrency']:>11} {p['p50_ms']:>8.1f} {p['p95_ms']:>8.1f} "
                   f"{p['server_p50_ms'] or 0:>10.1f} {p['throughput_rps']:>7.1f} {p['errors']:>6}{ratio}")
     print(f"inference, median ms of {args.repeats} calls:")
@@ -142,7 +151,7 @@ def main(argv=None) -> int:
         b = inference[f"batch_{size}"]
         print(f"  batch {size}: eager {b['eager_ms']:.1f}, " + ", ".join(
             f"{fmt} {b[f'{fmt}_ms']:.1f} ({b[f'{fmt}_over_eager']:.2f}x eager's time)" for fmt in EXPORT_FILES))
-    phases = result["serving"] + result["serving_before"]
+    phases = result["serving"] + result["serving_before"] + result.get("serving_fp32", [])
     return 0 if all(p["errors"] == 0 for p in phases) else 1
 
 

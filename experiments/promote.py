@@ -64,6 +64,10 @@ def main(argv=None) -> int:
                                                       "models/registry)")
     parser.add_argument("--force", action="store_true", help="promote even if not significantly better than "
                                                              "production (recorded in the card)")
+    parser.add_argument("--int8", action="store_true", help="also write the int8 twin (model.int8.onnx), calibrated "
+                        "on the run's training photos; served only where it keeps the answers (card: int8)")
+    parser.add_argument("--max-latency-ms", type=float, metavar="MS", help="choose the most accurate run whose "
+                        "served batch-1 p50 on this CPU is at most MS (measured where not yet measured here)")
     parser.add_argument("--list", action="store_true", help="show the registry and exit")
     parser.add_argument("--rollback", type=int, metavar="VERSION", help="make an earlier version production again")
     args = parser.parse_args(argv)
@@ -79,7 +83,8 @@ def main(argv=None) -> int:
             card = rollback(args.task, args.rollback, registry)
         else:
             card = promote(args.task, args.metric, args.runs_root, args.from_study, args.storage, args.run,
-                           registry, args.images, force=args.force)
+                           registry, args.images, force=args.force, int8=args.int8,
+                           max_latency_ms=args.max_latency_ms)
     except PromotionRefused as exc:  # an answer, not a broken input: exit 3
         print(f"error: {exc}", file=sys.stderr)
         return 3

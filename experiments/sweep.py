@@ -23,9 +23,9 @@ from petlab.cli import add_run_flags, overrides_from
 from petlab.engine.context import setup_logging
 from petlab.errors import ConfigError, PetlabError, report_error
 from petlab.paths import runs_root
-from petlab.search.report import write_study_report
+from petlab.search.report import pareto_rows, write_study_report
 from petlab.search.runner import open_study, retrain_best, work
-from petlab.search.space import centre_lr, grid_sweep, load_sweep, parse_grid
+from petlab.search.space import centre_lr, grid_sweep, load_sweep, objective_names, parse_grid
 from petlab.search.storage import counted_trials
 
 log = logging.getLogger("petlab")
@@ -96,6 +96,11 @@ def main(argv=None) -> int:
         best = study.best_trial
         print(f"best trial {best.number}: {sweep.metric} {best.value:.4f} {best.params}\n"
               f"  run: {best.user_attrs.get('run_dir')}\n  config: {files['best']}")
+    if "pareto_front" in files:
+        print(f"Pareto front of {' and '.join(objective_names(sweep))} ({files['pareto_front_png']}):")
+        for row in pareto_rows(study, sweep):
+            print("  trial {trial}: ".format(**row) + ", ".join(f"{k} {row[k]:.4g}" for k in objective_names(sweep))
+                  + f"  {row['run_dir']}")
     if "grid_summary_md" in files:
         print(files["grid_summary_md"].read_text().rstrip())
     print(f"report: {files['trials'].parent}")

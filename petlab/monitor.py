@@ -11,9 +11,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-# metric -> "max" or "min": the validation metrics a run records per epoch (metrics.csv) and for its best checkpoint
-METRICS = {"val_accuracy": "max", "val_loss": "min"}
-DEFAULT = "val_accuracy"
+# The validation metrics a run records per epoch (metrics.csv's columns, the epoch row's keys) and for its best
+# checkpoint; every module names them through these.
+VAL_ACCURACY, VAL_LOSS = "val_accuracy", "val_loss"
+METRICS = {VAL_ACCURACY: "max", VAL_LOSS: "min"}  # metric -> which way is better
+DEFAULT = VAL_ACCURACY
 
 
 @dataclass(frozen=True)
@@ -63,3 +65,9 @@ class Monitor:
     def sort_key(self, value: float) -> float:
         """For sorting best first."""
         return -value if self.mode == "max" else value
+
+    def best_of(self, rows: list[dict]) -> dict:
+        """The best of rows keyed as results.json's split entries ("accuracy", "loss"), ties broken by the other
+        metric, then by order (the first)."""
+        other = self.tie_breaker
+        return min(rows, key=lambda r: (self.sort_key(r[self.key]), other.sort_key(r[other.key])))

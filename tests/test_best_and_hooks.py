@@ -157,18 +157,27 @@ def test_a_step_level_hook_reads_the_gradient_norm_and_ends_an_epoch_between_ste
 
 def test_the_standard_mechanisms_are_hooks_built_from_their_config_sections():
     from petlab.config import load_config
+    from petlab.data.transforms import Preprocessing
     from petlab.engine.budget import Budget
-    from petlab.engine.trainer import standard_hooks
+    from petlab.engine.checkpoint import CheckpointSaver
+    from petlab.engine.epoch_log import EpochLog
+    from petlab.engine.trainer import recording_hooks, standard_hooks
     from petlab.tracking import Tracker
 
     cfg = load_config(None, {"train.early_stopping_patience": 2, "train.compile": True, "diagnostics.profile": True})
     monitor = Monitor(cfg.train.monitor)
     hooks = standard_hooks(cfg, monitor, Budget(60), 16, 2, Tracker(), run_dir=None)
     names = [type(h).__name__ for h in hooks]
-    assert names == ["EarlyStopping", "BudgetHook", "CompileTimer", "DiagnosticsHook", "BatchLog"]  # no run dir
+    assert names == ["EarlyStopping", "BudgetHook", "CompileTimer", "DiagnosticsHook", "EpochBar",
+                     "BatchLog"]  # no profiler trace without a run dir
     assert hooks[0].monitor is monitor  # early stopping waits on the Monitor that keeps best.pt
     plain = [type(h).__name__ for h in standard_hooks(load_config(None, {}), monitor, None, 0, 2, Tracker(), None)]
-    assert plain == ["DiagnosticsHook", "BatchLog"]
+    assert plain == ["DiagnosticsHook", "EpochBar", "BatchLog"]
+    # what records an epoch comes after a run's own hooks, so what they add to the state is saved
+    saver = CheckpointSaver(None, True, cfg, ["a", "b"], Preprocessing(32, 32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)))
+    recording = recording_hooks(saver, EpochLog(None, True, Tracker()))
+    assert [type(h).__name__ for h in recording] == ["Checkpointing", "EpochLog", "SignalStop"]
+    assert recording[0].saver is saver
 
 
 def test_a_train_step_is_handed_its_parts_without_a_config():

@@ -310,6 +310,7 @@ def test_evaluate_with_flip_tta_on_folders_of_only_test_or_only_classes(fewshot_
 @pytest.mark.slow
 def test_an_interrupted_cross_validated_run_resumes_without_cross_validating_again(shared, tmp_path):
     from petlab.engine.experiment import run_experiment
+    from petlab.engine.hooks import Hook
     from petlab.engine.outcome import EXIT_INTERRUPTED, Interrupted
 
     def config(out: Path):  # the few-shot recipe, shrunk: Lite0, 4 epochs, two candidate learning rates
@@ -321,10 +322,11 @@ def test_an_interrupted_cross_validated_run_resumes_without_cross_validating_aga
     straight, code = outcome.run_dir, outcome.exit_code
     assert code == 0 and outcome.status == "completed"
 
-    def stop_after_the_first_refit_epoch(row):
-        raise Interrupted
+    class StopAfterTheFirstRefitEpoch(Hook):
+        def on_epoch_end(self, trainer, row):
+            raise Interrupted
 
-    outcome = run_experiment(config(tmp_path / "interrupted"), on_epoch=stop_after_the_first_refit_epoch)
+    outcome = run_experiment(config(tmp_path / "interrupted"), hooks=[StopAfterTheFirstRefitEpoch()])
     run_dir, code = outcome.run_dir, outcome.exit_code
     assert code == EXIT_INTERRUPTED and outcome.status == "interrupted"
     assert json.loads((run_dir / "results.json").read_text())["status"] == "interrupted"

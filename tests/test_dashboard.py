@@ -20,6 +20,17 @@ def test_the_dashboard_serves_a_real_studys_trials(tmp_path):
     for value in (0.91, 0.95, 0.93):
         trial = study.ask({"train.lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)})
         study.tell(trial, value)
+    # a two-objective study as sweep.py opens one (search/runner.py open_study): accuracy against latency
+    from petlab.search.runner import open_study
+    from petlab.search.space import SweepConfig, with_objective
+
+    sweep = with_objective(SweepConfig(study="accuracy_latency", base=REPO / "experiments/configs/"
+                                       "lite0_features_cats_vs_dogs.yaml", space={},
+                                       objectives=["val_accuracy", "latency_ms"]), "val_accuracy")
+    two = open_study(sweep, url, None)
+    for values in ([0.97, 6.1], [0.99, 14.8], [0.96, 9.0]):
+        trial = two.ask({"model.arch": optuna.distributions.CategoricalDistribution(["lite0", "lite2"])})
+        two.tell(trial, values)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -36,8 +47,13 @@ def test_the_dashboard_serves_a_real_studys_trials(tmp_path):
                 assert proc.poll() is None, proc.stderr.read()[-2000:]
                 assert time.monotonic() < deadline, "the dashboard did not answer within 60 s"
                 time.sleep(0.3)
-        (summary,) = studies
+        summary, two_summary = sorted(studies, key=lambda s: s["study_name"] != "lr_sweep")
         assert summary["study_name"] == "lr_sweep"
+        detail = httpx.get(f"http://127.0.0.1:{port}/api/studies/{two_summary['study_id']}", timeout=10).json()
+        assert detail["objective_names"] == ["val_accuracy", "latency_ms"]  # the page labels both objectives so
+        assert two_summary["directions"] == ["maximize", "minimize"]
+        # its front: (0.96, 9.0) is dominated by (0.97, 6.1), more accurate and faster
+        assert sorted(tuple(t["values"]) for t in detail["best_trials"]) == [(0.97, 6.1), (0.99, 14.8)]
         detail = httpx.get(f"http://127.0.0.1:{port}/api/studies/{summary['study_id']}", timeout=10).json()
         trials = detail["trials"]
         assert [t["state"] for t in trials] == ["Complete"] * 3

@@ -16,11 +16,11 @@ from tests.trainers import tiny_trainer
 
 def test_balanced_class_weights_are_n_over_classes_times_count():
     labels = np.array([0] * 90 + [1] * 10 + [2] * 20)
-    weights = class_weights(load_config(None, {"train.class_weights": "balanced"}), labels, 4)
+    weights = class_weights("balanced", labels, 4)
     # 120 photos, 3 classes present: 120 / (3 x count); a class with no photo (a fold may lack one) weighs 1
     torch.testing.assert_close(weights, torch.tensor([120 / 270, 120 / 30, 120 / 60, 1.0]))
-    assert class_weights(load_config(), labels, 4) is None
-    balanced = class_weights(load_config(None, {"train.class_weights": "balanced"}), np.array([0, 1] * 50), 2)
+    assert class_weights(load_config().train.class_weights, labels, 4) is None
+    balanced = class_weights("balanced", np.array([0, 1] * 50), 2)
     torch.testing.assert_close(balanced, torch.ones(2))  # a no-op on balanced data
 
 

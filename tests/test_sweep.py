@@ -381,3 +381,51 @@ def test_the_readmes_sweep_command_leaves_the_committed_reports_alone(tiny_photo
     finally:
         for folder in new:  # what this test wrote into the checkout's (git-ignored) runs/
             shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_a_two_objective_study_reports_its_front_and_promotion_by_budget_picks_from_it(tmp_path, data):
+    """objectives [val_accuracy, latency_ms]: each trial's served batch-1 p50 is measured on this CPU, the report
+    draws the Pareto front, and promote.py --max-latency-ms chooses the most accurate run that fits."""
+    from petlab.engine.latency import this_cpu
+    from petlab.reports.runs import read_local_run
+    from petlab.search.runner import study_run_dirs
+
+    sweep_files(tmp_path, trials=3, objectives=["val_accuracy", "latency_ms"], pruner="none",
+                space={"data.image_size": {"type": "grid", "values": [32, 64, 160]}})
+    storage = f"sqlite:///{tmp_path / 'two.db'}"
+    proc = script("sweep.py", *sweep_args(tmp_path, data, storage, "--output-dir", tmp_path / "runs"))
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    assert study.metric_names == ["val_accuracy", "latency_ms"]
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    done = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(done) == 3 and all(t.user_attrs["latency_cpu"] == this_cpu() for t in done)
+    latency = {t.params["data.image_size"]: t.values[1] for t in done}
+    assert 0 < latency[32] < latency[160]  # 25 times the pixels: measurably slower to answer
+    report = tmp_path / "reports" / "tiny"
+    assert (report / "pareto_front.png").stat().st_size > 5_000 and (report / "pareto_front.html").is_file()
+    with (report / "pareto_front.csv").open() as fh:
+        import csv
+
+        front = list(csv.DictReader(fh))
+    assert sorted(int(r["trial"]) for r in front) == sorted(t.number for t in study.best_trials)
+    assert "Pareto front of val_accuracy and latency_ms" in proc.stdout
+    for run_dir in study_run_dirs("tiny", storage):  # each run keeps its latency, with the CPU
+        assert json.loads((run_dir / "results.json").read_text())["latency"]["cpu"] == this_cpu()
+
+    budget = sorted(latency.values())[1]  # the two faster runs fit
+    registry = tmp_path / "registry"
+    promote = ["promote.py", "--registry", registry, "--task", "cats_vs_dogs", "--from-study", "tiny",
+               "--storage", storage, "--images", data / "train"]
+    script(*promote, "--max-latency-ms", budget)
+    card = Registry(registry).card("cats_vs_dogs", 1)
+    assert card["latency"]["budget_ms"] == pytest.approx(budget) and card["latency"]["cpu"] == this_cpu()
+    assert card["latency"]["p50_ms"] <= budget
+    fitting = [read_local_run(d) for d in study_run_dirs("tiny", storage)]
+    fitting = [r for r in fitting if r.results["latency"]["p50_ms"] <= budget]
+    assert len(fitting) == 2
+    best = max(r.results["val"]["accuracy"] for r in fitting)
+    assert card["selected_by"]["value"] == best and card["selected_by"]["candidates"] == 2
+    assert "## Latency" in (Registry(registry).version_dir("cats_vs_dogs", 1) / "card.md").read_text()
+    refused = script(*promote, "--max-latency-ms", latency[32] / 100, check=False)
+    assert refused.returncode == 2 and "none of the 3 runs answers within" in refused.stderr

@@ -52,8 +52,8 @@ def test_4_batches_of_8_accumulated_make_the_same_update_as_1_batch_of_32(tmp_pa
 def lrs(overrides: dict, steps: int) -> list[float]:
     cfg = Recipe(TINY).shrink({"train.lr": 0.1, **overrides}).config()
     model, _ = build_model("resnet18", 2)
-    optimizer = build_optimizer(cfg, model)
-    scheduler = build_scheduler(cfg, optimizer, steps)
+    optimizer = build_optimizer(cfg.train, cfg.model, model)
+    scheduler = build_scheduler(cfg.train, optimizer, steps)
     out = []
     for _ in range(cfg.train.epochs * steps):
         out.append(optimizer.param_groups[0]["lr"])

@@ -16,7 +16,7 @@ import math
 import time
 
 from petlab.config import parse_duration
-from petlab.engine.hooks import BatchAt, Hook
+from petlab.engine.hooks import BatchAt, Hook, Validation
 
 __all__ = ["Budget", "BudgetHook", "lr_factor", "parse_duration"]
 
@@ -122,8 +122,8 @@ class BudgetHook(Hook):
         # where this epoch's steps will end, at this epoch's rate so far: the schedule's horizon
         self.budget.expect_epoch_end((at.steps - at.step) * at.profile.elapsed() / at.step if at.step else None)
 
-    def on_validation_end(self, trainer, seconds: float) -> None:
-        self.budget.measured_reserve(seconds)  # the last validation must fit in the budget too
+    def on_validation_end(self, trainer, val: Validation) -> None:
+        self.budget.measured_reserve(val.seconds)  # the last validation must fit in the budget too
 
     def on_epoch_trained(self, trainer, row: dict) -> None:
         trainer.state.budget_used_s = self.budget.used()

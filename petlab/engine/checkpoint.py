@@ -13,6 +13,7 @@ from torch import nn
 
 from petlab.config import Config
 from petlab.data.transforms import Preprocessing
+from petlab.engine.hooks import Hook
 from petlab.errors import ConfigError, DatasetError
 from petlab.fileio import atomic_write
 from petlab.rundir import checkpoint_path, load_checkpoint
@@ -109,3 +110,24 @@ class CheckpointSaver:
         step.load_state_dict(ckpt)
         set_rng_state(ckpt["rng"])
         return ckpt["state"]
+
+
+class Checkpointing(Hook):
+    """The saver in the training loop: best.pt (the evaluated weights) when the monitored metric improved, that is
+    when trainer.state.best_epoch is the epoch just recorded, and last.pt (all that resuming needs) after every
+    epoch and at the end of the fit. A fit that ends before its first epoch (cross-validation chose no training:
+    best_epoch 0) keeps the model as initialised as best.pt."""
+
+    def __init__(self, saver: CheckpointSaver):
+        self.saver = saver
+
+    def _save(self, trainer, best: bool) -> None:
+        if best:
+            self.saver.save("best.pt", trainer.eval_model, trainer.state.__dict__)
+        self.saver.save("last.pt", trainer.model, trainer.state.__dict__, trainer.step)
+
+    def on_epoch_trained(self, trainer, row: dict) -> None:
+        self._save(trainer, best=trainer.state.best_epoch == row["epoch"])
+
+    def on_fit_end(self, trainer) -> None:
+        self._save(trainer, best=trainer.state.best_epoch == 0)

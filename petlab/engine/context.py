@@ -191,7 +191,7 @@ def open_run(cfg: Config | None = None, resume: Path | None = None) -> Iterator[
         cfg = rundir.read_config(Path(resume))
     device = resolve_device(cfg.train.device)
     check_precision(cfg.train.precision, device)  # an emulated bf16 stops here, before any data is read
-    dist = distributed.setup(cfg, device)  # one process: a no-op
+    dist = distributed.setup(cfg.train, device)  # one process: a no-op
     run_dir = Path(resume) if resume is not None else dist.broadcast(new_run_dir(cfg) if dist.is_main else None)
     handler = setup_logging(run_dir if dist.is_main else None)
     tracker = Tracker()

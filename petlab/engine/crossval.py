@@ -5,8 +5,10 @@ validation split too small to choose anything by. Instead (`train.cv_folds: K`):
 stratified folds; for each candidate learning rate (`train.cv_lrs`) and each fold, train on the other
 folds with the run's own schedule and predict the held-out fold after every epoch. Every training
 photo is then predicted once per (lr, epoch) by a model that never saw it: the out-of-fold accuracy.
-The best (lr, epoch) by that accuracy (ties: lower out-of-fold loss) is refit on all of train, and
-the out-of-fold predictions of the chosen setting are the run's validation metrics. Test plays no part.
+The best (lr, epoch) by the run's monitored metric (train.monitor, petlab/monitor.py: out-of-fold accuracy,
+ties to the lower loss, or the reverse) is refit on all of train, and the out-of-fold predictions of the
+chosen setting are the run's validation metrics. Test plays no part. Each fold is a Trainer with the run's
+own hooks; a hook of this module keeps its held-out predictions.
 """
 
 from __future__ import annotations
@@ -24,22 +26,34 @@ from sklearn.model_selection import StratifiedKFold
 from torch.utils.data import DataLoader, Subset
 
 from petlab import rundir
-from petlab.config import Config
+from petlab.config import Config, TrainConfig
 from petlab.data.cache import DecodedImages
 from petlab.data.loaders import make_loader, train_order
 from petlab.data.transforms import Preprocessing
 from petlab.engine.features import backbone_features, feature_dataset
+from petlab.engine.hooks import Hook, Validation
 from petlab.engine.imbalance import dataset_labels
 from petlab.engine.metrics import mean_nll
 from petlab.engine.trainer import Trainer
 from petlab.errors import DatasetError
+from petlab.monitor import VAL_ACCURACY, Monitor
 from petlab.progress import inner_progress_hidden, progress
 
 log = logging.getLogger(__name__)
 
 
-def candidate_lrs(cfg: Config) -> list[float]:
-    return list(cfg.train.cv_lrs) or [cfg.train.lr]
+class KeepHeldOut(Hook):
+    """A fold's held-out predictions after every epoch: into[epoch, rows] for the photos it held out."""
+
+    def __init__(self, into: np.ndarray, rows: np.ndarray):
+        self.into, self.rows = into, rows
+
+    def on_validation_end(self, trainer, val: Validation) -> None:
+        self.into[val.epoch, self.rows] = val.probabilities
+
+
+def candidate_lrs(t: TrainConfig) -> list[float]:
+    return list(t.cv_lrs) or [t.lr]
 
 
 def fold_loader_factory(cfg: Config, model: torch.nn.Module, train_images: DecodedImages, pre: Preprocessing,
@@ -93,7 +107,7 @@ def cross_validate(cfg: Config, make_model: Callable[[], torch.nn.Module], fold_
                    device: torch.device) -> dict:
     """Returns {"table": [{lr, epoch, accuracy, loss}], "chosen": {lr, epochs, accuracy, loss}, "oof": probs}.
     Epoch 0 rows (first_candidate_epoch) hold the initial model's held-out predictions, the same for every lr."""
-    k, lrs, epochs = cfg.train.cv_folds, candidate_lrs(cfg), cfg.train.epochs
+    k, lrs, epochs = cfg.train.cv_folds, candidate_lrs(cfg.train), cfg.train.epochs
     first = first_candidate_epoch(cfg)
     folds = make_folds(labels, k, cfg.seed)
     oof = np.zeros((len(lrs), epochs + 1, len(labels), len(classes)), np.float32)  # [lr, epoch (0..), photo]
@@ -107,18 +121,15 @@ def cross_validate(cfg: Config, make_model: Callable[[], torch.nn.Module], fold_
             fold_cfg = cfg.updated({"train.lr": lr, "train.cv_folds": None, "train.early_stopping_patience": None,
                                     "diagnostics.enabled": False})
             for fi, (train_idx, val_idx) in enumerate(folds):
-                def keep(epoch, targets, probs, val_idx=val_idx, li=li):
-                    oof[li, epoch, val_idx] = probs  # every held-out photo's prediction after each epoch
-
                 trainer = Trainer(fold_cfg, make_model(), pre, fold_loaders(train_idx, val_idx), None, classes,
-                                  device=device, features=head_only, on_validated=keep)
+                                  device=device, features=head_only, hooks=[KeepHeldOut(oof[li], val_idx)])
                 if first == 0 and li == 0:  # untrained, the model is the same for every lr: predicted once
                     _, oof[:, 0, val_idx], _ = trainer.predict(trainer.loaders["val"], "held-out fold (epoch 0)")
                 with inner_progress_hidden():
                     trainer.fit()
                 bar.update()
                 log.info("cross-validation lr %.2e, fold %d/%d: held-out accuracy %.3f after %d epochs",
-                         lr, fi + 1, k, trainer.state.history[-1]["val_accuracy"], epochs)
+                         lr, fi + 1, k, trainer.state.history[-1][VAL_ACCURACY], epochs)
     finally:
         trainer_log.setLevel(level)
         bar.close()
@@ -128,7 +139,7 @@ def cross_validate(cfg: Config, make_model: Callable[[], torch.nn.Module], fold_
             probs = oof[li, e]
             table.append({"lr": lr, "epoch": e, "accuracy": float((probs.argmax(1) == labels).mean()),
                           "loss": mean_nll(probs, labels)})
-    best = max(table, key=lambda r: (r["accuracy"], -r["loss"]))
+    best = Monitor(cfg.train.monitor).best_of(table)
     chosen = {"lr": best["lr"], "epochs": best["epoch"], "accuracy": best["accuracy"], "loss": best["loss"]}
     log.info("cross-validation (%d folds, lr in %s, %d-%d epochs) chose lr %.2e and %d epochs: out-of-fold "
              "accuracy %.4f", k, lrs, first, epochs, chosen["lr"], chosen["epochs"], chosen["accuracy"])

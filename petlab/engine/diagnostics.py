@@ -16,6 +16,7 @@ from torch import nn
 
 from petlab.config import DiagnosticsConfig
 from petlab.engine.hooks import BatchAt, Hook
+from petlab.monitor import VAL_LOSS
 
 log = logging.getLogger(__name__)
 
@@ -123,15 +124,15 @@ class Diagnostics:
         k = self.cfg.overfit_patience
         if len(history) > k:
             window = history[-(k + 1):]
-            gaps = [r["val_loss"] - r["train_loss"] for r in window]
-            rising = all(b["val_loss"] > a["val_loss"] for a, b in zip(window, window[1:]))
+            gaps = [r[VAL_LOSS] - r["train_loss"] for r in window]
+            rising = all(b[VAL_LOSS] > a[VAL_LOSS] for a, b in zip(window, window[1:]))
             widening = all(b > a for a, b in zip(gaps, gaps[1:]))
             if rising and widening:
                 self.fire("overfitting",
-                          f"val loss rose for {k} epochs ({window[0]['val_loss']:.4f} -> {row['val_loss']:.4f}) "
+                          f"val loss rose for {k} epochs ({window[0][VAL_LOSS]:.4f} -> {row[VAL_LOSS]:.4f}) "
                           f"while the val-train loss gap grew to {gaps[-1]:.4f}: more data or augmentation, "
                           "regularisation, or early stopping",
-                          epoch=epoch, val_loss=row["val_loss"], gap=gaps[-1])
+                          epoch=epoch, val_loss=row[VAL_LOSS], gap=gaps[-1])
         wait = row.get("data_wait_fraction")
         if wait is not None and wait > self.cfg.data_wait_fraction:
             self.fire("data_loading_bottleneck",

@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampler
 
-from petlab.config import Config
+from petlab.config import TrainConfig
 from petlab.errors import ConfigError
 from petlab.progress import hide_progress
 
@@ -95,19 +95,19 @@ def from_env() -> Distributed:
                        int(env.get("LOCAL_WORLD_SIZE", env.get("WORLD_SIZE", 1))))
 
 
-def setup(cfg: Config, device: torch.device) -> Distributed:
+def setup(t: TrainConfig, device: torch.device) -> Distributed:
     """Join the process group torchrun prepared (once per process); set this rank's threads."""
     ctx = from_env()
     if not ctx.enabled:
         return ctx
-    per_rank_batch(cfg.train.batch_size, ctx)  # refuse a batch that does not split before anything starts
+    per_rank_batch(t.batch_size, ctx)  # refuse a batch that does not split before anything starts
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group(backend)
         log.info("rank %d of %d joined (%s)", ctx.rank, ctx.world_size, backend)
-    if device.type == "cpu" and not cfg.train.threads:
+    if device.type == "cpu" and not t.threads:
         # torchrun sets OMP_NUM_THREADS=1; the processes on one machine share its cores instead.
         torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // ctx.local_world_size))
     if not ctx.is_main:

@@ -1,4 +1,5 @@
-"""Where an epoch's metrics go: metrics.csv (rewritten whole after every epoch), the tracker, one log line."""
+"""Where an epoch's metrics go: metrics.csv (rewritten whole after every epoch), the tracker, one log line; and
+where the batches' go: the progress bar and the tracker every tracking.log_every_steps optimizer steps."""
 
 from __future__ import annotations
 
@@ -10,12 +11,14 @@ from pathlib import Path
 
 from petlab.engine.hooks import BatchAt, Hook
 from petlab.fileio import atomic_write
+from petlab.monitor import VAL_ACCURACY, VAL_LOSS
+from petlab.progress import progress
 from petlab.rundir import METRICS
 from petlab.tracking import Tracker
 
 log = logging.getLogger("petlab.engine.trainer")  # cross-validation quietens this logger for its folds
 
-METRIC_COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr",
+METRIC_COLUMNS = ["epoch", "train_loss", "train_accuracy", VAL_LOSS, VAL_ACCURACY, "lr",
                   "epoch_seconds", "images_per_second", "train_seconds", "data_seconds", "compute_seconds",
                   "data_wait_fraction", "cpu_utilisation", "peak_rss_mb"]
 
@@ -34,24 +37,44 @@ def write_metrics_csv(path: Path, history: list[dict], initial: dict | None = No
     atomic_write(path, text.getvalue())
 
 
-class EpochLog:
-    """run_dir None (a cross-validation fold) or a rank other than 0 writes no file."""
+class EpochLog(Hook):
+    """Each recorded epoch: metrics.csv, the tracker and the log line. run_dir None (a cross-validation fold) or
+    a rank other than 0 writes no file."""
 
-    def __init__(self, run_dir: Path | None, writes_files: bool, tracker: Tracker, steps_per_epoch: int):
-        self.run_dir, self.writes_files = run_dir, writes_files and run_dir is not None
-        self.tracker, self.steps_per_epoch = tracker, steps_per_epoch
+    def __init__(self, run_dir: Path | None, writes_files: bool, tracker: Tracker):
+        self.run_dir, self.writes_files, self.tracker = run_dir, writes_files and run_dir is not None, tracker
 
-    def write(self, row: dict, history: list[dict], initial: dict, improved: bool, of_epochs: str) -> None:
-        epoch = row["epoch"]
+    def on_epoch_trained(self, trainer, row: dict) -> None:
+        state, epoch = trainer.state, row["epoch"]
         if self.writes_files:
-            write_metrics_csv(self.run_dir / METRICS, history, initial)
+            write_metrics_csv(self.run_dir / METRICS, state.history, state.initial)
         self.tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"},
-                                 step=epoch * self.steps_per_epoch, epoch=epoch)
-        val = "no val (refit on all of train)" if math.isnan(row["val_accuracy"]) else (
-            f"val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.3f}{' *best*' if improved else ''}")
-        log.info("epoch %d%s  train loss %.4f acc %.3f | %s | lr %.2e | %.1fs, %.1f img/s", epoch, of_epochs,
-                 row["train_loss"], row["train_accuracy"], val, row["lr"], row["epoch_seconds"],
-                 row["images_per_second"])
+                                 step=epoch * trainer.steps_per_epoch, epoch=epoch)
+        best = " *best*" if state.best_epoch == epoch else ""
+        val = "no val (refit on all of train)" if math.isnan(row[VAL_ACCURACY]) else (
+            f"val loss {row[VAL_LOSS]:.4f} acc {row[VAL_ACCURACY]:.3f}{best}")
+        log.info("epoch %d%s  train loss %.4f acc %.3f | %s | lr %.2e | %.1fs, %.1f img/s", epoch,
+                 trainer.epochs_text(), row["train_loss"], row["train_accuracy"], val, row["lr"],
+                 row["epoch_seconds"], row["images_per_second"])
+
+
+class EpochBar(Hook):
+    """An epoch's progress bar: the running loss and accuracy at each logged optimizer step (read then, so no
+    other step waits for the device)."""
+
+    def on_train_epoch_start(self, trainer, epoch: int) -> None:
+        self.bar = progress(total=trainer.steps_per_epoch, desc=f"epoch {epoch + 1}{trainer.epochs_text()}",
+                            unit="batch", leave=False)
+
+    def on_batch_end(self, trainer, at: BatchAt) -> None:
+        if at.logged:
+            loss, accuracy = at.totals.means()
+            self.bar.set_postfix(loss=f"{loss:.4f}", acc=f"{accuracy:.3f}")
+            self.bar.set_description(f"epoch {at.epoch + 1}{trainer.epochs_text()}", refresh=False)
+        self.bar.update()
+
+    def on_train_epoch_end(self, trainer, epoch: int) -> None:
+        self.bar.close()
 
 
 class BatchLog(Hook):

@@ -64,32 +64,32 @@ from petlab.tracking import git_state, installed_packages
 log = logging.getLogger("petlab")
 
 
-def run_experiment(cfg: Config | None = None, resume: Path | None = None, on_epoch=None, hooks=()) -> RunOutcome:
-    """Train (or resume) one run. on_epoch(row) runs after each epoch; raising StopRun ends the run
-    with that status (sweeps prune so). hooks (engine/hooks.py) join the training loop as they are."""
+def run_experiment(cfg: Config | None = None, resume: Path | None = None, hooks=()) -> RunOutcome:
+    """Train (or resume) one run. hooks (engine/hooks.py) join the training loop as they are; one that raises
+    StopRun ends the run with that status (a sweep's pruning does so)."""
     with open_run(cfg, resume) as run:
-        return train_run(run, on_epoch, hooks)
+        return train_run(run, hooks)
 
 
-def train_run(run: RunContext, on_epoch=None, hooks=()) -> RunOutcome:
+def train_run(run: RunContext, hooks=()) -> RunOutcome:
     """The run inside its signal handling: Ctrl-C or SIGTERM ends it within seconds wherever it is (training,
     validation, the final evaluation), with results.json saying "interrupted" and --resume continuing it."""
     so_far: dict = {}  # the trainer and the run's record, once they exist: what an interruption writes
     with StopFlag(immediate=not run.dist.enabled) as stop:
         try:
-            return _train_run(run, stop, so_far, on_epoch, hooks)
+            return _train_run(run, stop, so_far, hooks)
         except Interrupted:
             return _interrupted(run, stop, so_far)
 
 
-def _train_run(run: RunContext, stop: StopFlag, so_far: dict, on_epoch, hooks=()) -> RunOutcome:
+def _train_run(run: RunContext, stop: StopFlag, so_far: dict, hooks=()) -> RunOutcome:
     cfg = run.cfg
     model, facts = build_run_model(run)
     loaders = run_loaders(run, model)
     cv = cross_validation(run, model)
     trainer = Trainer(crossval.refit_config(cfg, cv) if cv else cfg, model, run.pre, loaders, run.run_dir,
                       run.splits.classes, device=run.device, tracker=run.tracker, features=run.features,
-                      dist=run.dist, on_epoch=on_epoch, hooks=hooks)
+                      dist=run.dist, hooks=hooks)
     trainer.saver.class_photos = run.splits.class_photos()  # kept in each checkpoint, checked on resume
     record = run_record(run, facts, cv)
     so_far.update(trainer=trainer, record=record)

@@ -1,18 +1,20 @@
 """Hooks: what a run adds to the training loop without editing it (lightning's callbacks, timm's per-mechanism
-objects). The time budget, diagnostics, compile timing, the profiler trace, batch logging and early stopping
-are hooks (engine/trainer.py standard_hooks builds them from their config sections); a run's own come after.
-A hook overrides the events it needs; the Trainer calls every hook it was handed, in order:
+objects). Every mechanism of a run is one: early stopping, the time budget, compile timing, diagnostics, the
+profiler trace, the progress bar, batch logging (engine/trainer.py standard_hooks builds them from their config
+sections), then a run's own, then what records an epoch once every hook has seen it: checkpointing, the epoch
+log and the Ctrl-C/SIGTERM check (recording_hooks). A hook overrides the events it needs; the Trainer calls
+every hook in that order:
     class StopAtEpoch(Hook):
         def on_epoch_end(self, trainer, row):
             if row["epoch"] >= 3:
                 trainer.request_stop("stop_at_epoch_3")     # results.json: "stopped_by": "stop_at_epoch_3"
     run_experiment(cfg, hooks=[StopAtEpoch()])
-A hook that raises StopRun ends the run with that status (a sweep's pruning does so).
+A hook that raises StopRun ends the run with that status (a sweep's pruning does so). Cross-validation keeps
+its held-out predictions with on_validation_end, and the learning-rate range test is a hook too.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +33,7 @@ class BatchAt:
     logged_group: bool  # this optimizer step's group is logged (tracking.log_every_steps)
     seen: int  # training images before this batch
     profile: Any  # the epoch's EpochProfile (engine/profiling.py)
+    totals: Any  # the epoch's running loss and correct count so far (engine/trainer.py EpochTotals)
     loss: Any = None  # the batch's loss tensor, after the forward pass
     lr: float | None = None
     grad_norm: float | None = None  # after the group's optimizer step, where a hook or the log read it
@@ -43,6 +46,16 @@ class BatchAt:
     @property
     def first_of_run(self) -> bool:
         return self.epoch == 0 and self.step == 0
+
+
+@dataclass
+class Validation:
+    """An epoch's validation pass, as on_validation_end sees it."""
+    epoch: int  # 1-based: the epoch just trained
+    targets: Any  # np.ndarray of class indices
+    probabilities: Any  # np.ndarray [photos, classes]
+    loss: float
+    seconds: float
 
 
 class Hook:
@@ -70,12 +83,13 @@ class Hook:
     def on_train_epoch_end(self, trainer, epoch: int) -> None:
         """After an epoch's training batches, before validation."""
 
-    def on_validation_end(self, trainer, seconds: float) -> None:
-        """After an epoch's validation pass, which took `seconds`."""
+    def on_validation_end(self, trainer, val: Validation) -> None:
+        """After an epoch's validation pass: its predictions, loss and time."""
 
     def on_epoch_trained(self, trainer, row: dict) -> None:
-        """After an epoch is trained, validated and added to trainer.state.history, before last.pt and best.pt
-        are written: what a hook adds to the state is saved with it."""
+        """After an epoch is trained, validated and added to trainer.state.history (its best_* fields already
+        say whether it is the best so far), inside the write that a signal may not cut short. The recording
+        hooks come last, so what an earlier hook adds to the state is saved in last.pt with it."""
 
     def stop_reason(self, trainer) -> str | None:
         """Asked after each epoch is recorded, and before each epoch starts: a reason (results.json's
@@ -86,12 +100,7 @@ class Hook:
         """After an epoch is trained, validated and recorded (best.pt, last.pt, metrics.csv written); `row` is
         its metrics.csv row. trainer.request_stop(reason) ends training after this epoch."""
 
+    def on_fit_end(self, trainer) -> None:
+        """After the last epoch of a fit that ran to its end (not after a stop by exception), trainer.state.finished
+        set, inside a write that a signal may not cut short."""
 
-class EpochCallback(Hook):
-    """A plain function of the epoch's row as a hook (run_experiment's on_epoch)."""
-
-    def __init__(self, fn: Callable[[dict], None]):
-        self.fn = fn
-
-    def on_epoch_end(self, trainer, row: dict) -> None:
-        self.fn(row)

@@ -21,14 +21,14 @@ import torch
 from sklearn.utils.class_weight import compute_class_weight
 from torch.utils.data import Dataset, Subset, TensorDataset
 
-from petlab.config import Config
 from petlab.data.loaders import CachedImages
 
 
-def class_weights(cfg: Config, labels: np.ndarray, num_classes: int) -> torch.Tensor | None:
-    """The loss weight of each class from the training labels, or None (unweighted). A class with no training
-    photo (a cross-validation fold may lack one) gets weight 1: it has no loss to weigh."""
-    if cfg.train.class_weights == "none":
+def class_weights(mode: str, labels: np.ndarray, num_classes: int) -> torch.Tensor | None:
+    """The loss weight of each class from the training labels (mode "balanced", train.class_weights), or None
+    (mode "none": unweighted). A class with no training photo (a cross-validation fold may lack one) gets weight
+    1: it has no loss to weigh."""
+    if mode == "none":
         return None
     present = np.unique(labels)
     weights = np.ones(num_classes)

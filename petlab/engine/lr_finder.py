@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import logging
 import math
-from itertools import cycle
 
 import numpy as np
 import torch
 
+from petlab.engine.batches import batches_per_epoch
 from petlab.engine.context import RunContext
 from petlab.engine.experiment import build_run_model, run_loaders
+from petlab.engine.hooks import BatchAt, Hook
 from petlab.engine.trainer import Trainer
 from petlab.fileio import write_json
-from petlab.progress import progress
 from petlab.reports.figures import plot_lr_find
 
 log = logging.getLogger(__name__)
@@ -36,42 +36,58 @@ def suggest_lr(lrs: list[float], smoothed: list[float]) -> float:
     return float(lrs[int(np.argmin(slopes))])
 
 
+class RangeTest(Hook):
+    """The range test as a hook of an ordinary fit: each optimizer step's loss at its lr, smoothed; the fit ends
+    once `steps` were taken or the smoothed loss diverged."""
+
+    def __init__(self, steps: int):
+        self.steps, self.lrs, self.losses, self.smoothed, self._average = steps, [], [], [], 0.0
+        self.diverged = False
+
+    @property
+    def done(self) -> bool:
+        return self.diverged or len(self.lrs) >= self.steps
+
+    def wants_stop(self, trainer, at: BatchAt) -> bool:
+        return self.done
+
+    def on_batch_end(self, trainer, at: BatchAt) -> None:
+        value = at.loss.item()
+        self._average = SMOOTHING * self._average + (1 - SMOOTHING) * value
+        self.lrs.append(at.lr)
+        self.losses.append(value)
+        self.smoothed.append(self._average / (1 - SMOOTHING ** len(self.lrs)))
+        if not math.isfinite(value) or self.smoothed[-1] > DIVERGED * min(self.smoothed):
+            log.info("lr range test: the loss diverged at lr %.2e (step %d)", at.lr, len(self.lrs) - 1)
+            self.diverged = True
+
+    def stop_reason(self, trainer) -> str | None:
+        return "lr_range_test" if self.done else None
+
+
 def find_lr(run: RunContext, start_lr: float = 1e-7, end_lr: float = 10.0, steps: int = 200) -> dict:
     """Runs the range test; writes lr_find.png and lr_find.json to the run directory and logs both."""
     cfg = run.cfg
     model, _ = build_run_model(run)
-    loaders = run_loaders(run, model)
-    # The run's own training step (frozen layers and BatchNorm, precision, mixing, clipping, DDP) at a rising
-    # lr: no schedule, warm-up, EMA, budget or accumulation of its own. The backbone keeps its lr ratio.
+    train = {"train": run_loaders(run, model)["train"]}  # no validation: the loss of each step is the measure
+    # The run's own Trainer, step and hooks (frozen layers and BatchNorm, precision, mixing, clipping, DDP) at a
+    # rising lr: no schedule, warm-up, EMA, budget, accumulation or early stopping of its own, enough epochs for
+    # `steps` (the hook ends the fit), and a step every rank agrees on under torchrun. The backbone keeps its
+    # lr ratio.
+    epochs = math.ceil(steps / batches_per_epoch(train["train"], cfg.train.limit_batches))
     sweep_cfg = cfg.updated({"train.lr": start_lr, "train.scheduler": "none", "train.warmup_epochs": 0,
-                             "train.time_budget": None, "train.ema": None, "train.accumulate": 1})
-    trainer = Trainer(sweep_cfg, model, run.pre, loaders, None, run.splits.classes, device=run.device,
-                      features=run.features, dist=run.dist)
-    step = trainer.step  # the public pieces: the step (its optimizer and schedule) and what trains
+                             "train.time_budget": None, "train.ema": None, "train.accumulate": 1,
+                             "train.epochs": epochs, "train.early_stopping_patience": None,
+                             "tracking.log_every_steps": 1, "diagnostics.enabled": False})
+    test = RangeTest(steps)
+    trainer = Trainer(sweep_cfg, model, run.pre, train, None, run.splits.classes, device=run.device,
+                      features=run.features, dist=run.dist, hooks=[test])
+    step = trainer.step
     start_lrs = [g["lr"] for g in step.optimizer.param_groups]
     # ExponentialLR multiplies every step: start_lr * gamma^steps = end_lr
     step.scheduler = torch.optim.lr_scheduler.ExponentialLR(step.optimizer, gamma=(end_lr / start_lr) ** (1 / steps))
-    if loaders["train"].generator is not None:
-        loaders["train"].generator.manual_seed(cfg.seed)
-    trainer.trainable.set_epoch(0)  # as the run's first epoch trains
-    forward = trainer.trainable.forward()
-    lrs, losses, smoothed, average = [], [], [], 0.0
-    for i, (images, targets) in enumerate(progress(cycle(loaders["train"]), total=steps, desc="lr range test",
-                                                   unit="step")):
-        if i >= steps:
-            break
-        step.zero_grad()
-        _, loss, _ = step.forward_backward(forward, images, targets)
-        lr = step.lr
-        step.optimizer_step(read_norm=False)
-        value = loss.item()
-        average = SMOOTHING * average + (1 - SMOOTHING) * value
-        lrs.append(lr)
-        losses.append(value)
-        smoothed.append(average / (1 - SMOOTHING ** (i + 1)))
-        if not math.isfinite(value) or smoothed[-1] > DIVERGED * min(smoothed):
-            log.info("lr range test: the loss diverged at lr %.2e (step %d)", lr, i)
-            break
+    trainer.fit()
+    lrs, losses, smoothed = test.lrs, test.losses, test.smoothed
     suggestion = suggest_lr(lrs, smoothed)
     min_loss_lr = float(lrs[int(np.argmin(smoothed))])
     result = {"suggestion": suggestion, "min_loss_lr": min_loss_lr, "configured_lr": cfg.train.lr,

@@ -8,7 +8,8 @@ checkpoints, metrics.csv, results.json -- is it deferred, inside `stop.deferred(
 block ends. A second Ctrl-C raises KeyboardInterrupt at once.
 
 Under torchrun every process must stop at the same step (stopping alone would leave the others inside
-a collective), so there the signal only sets `requested`, which the loop agrees on at its log steps.
+a collective), so there the signal only sets `requested`, which SignalStop, a hook, agrees on at the loop's
+log steps.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import logging
 import signal
 from contextlib import contextmanager
 
+from petlab.engine.hooks import BatchAt, Hook
 from petlab.engine.outcome import Interrupted
 
 log = logging.getLogger(__name__)
@@ -62,3 +64,17 @@ class StopFlag:
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+class SignalStop(Hook):
+    """Ctrl-C or SIGTERM that the flag only recorded (under torchrun, or during a write): the run ends at the next
+    step every rank agrees on, or after the epoch is recorded. trainer.stop_flag is the fit's StopFlag."""
+
+    def wants_stop(self, trainer, at: BatchAt) -> bool:
+        if trainer.dist.any(trainer.stop_flag.requested):  # a collective: every rank asks at the same step
+            raise Interrupted
+        return False
+
+    def on_epoch_end(self, trainer, row: dict) -> None:
+        if trainer.stop_flag.requested:
+            raise Interrupted

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from petlab.config import Config
+from petlab.config import Config, DataConfig, ModelConfig, TrainConfig
 from petlab.data.transforms import Preprocessing
 from petlab.engine.batches import autocast, prepare_batch
 from petlab.engine.budget import WARMUP_START, Budget, lr_factor
@@ -21,15 +21,15 @@ from petlab.engine.diagnostics import gradient_norm
 from petlab.models import head_parameters
 
 
-def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
-    head_ids = head_parameters(model, cfg.model.arch)
+def build_optimizer(t: TrainConfig, m: ModelConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """train's optimizer over two groups: the head at train.lr, the backbone at model.backbone_lr_scale of it
+    when it starts from trained weights."""
+    head_ids = head_parameters(model, m.arch)
     head = [p for p in model.parameters() if id(p) in head_ids]
     backbone = [p for p in model.parameters() if id(p) not in head_ids]
-    pretrained = cfg.model.pretrained or cfg.model.weights
-    backbone_lr = cfg.train.lr * (cfg.model.backbone_lr_scale if pretrained else 1.0)
-    groups = [{"params": head, "lr": cfg.train.lr, "name": "head"},
+    backbone_lr = t.lr * (m.backbone_lr_scale if m.pretrained or m.weights else 1.0)
+    groups = [{"params": head, "lr": t.lr, "name": "head"},
               {"params": backbone, "lr": backbone_lr, "name": "backbone"}]
-    t = cfg.train
     # One fused kernel per step instead of a dozen foreach passes over the weights (CPU and CUDA).
     fused = next(model.parameters()).device.type in ("cpu", "cuda")
     if t.optimizer == "sgd":
@@ -39,21 +39,20 @@ def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
     return cls(groups, lr=t.lr, weight_decay=t.weight_decay, fused=fused)
 
 
-def warmup_share(cfg: Config) -> float:
+def warmup_share(t: TrainConfig) -> float:
     """The share of the run spent warming up: warmup_epochs / epochs; onecycle's default is 0.3."""
-    t = cfg.train
     if t.warmup_epochs:
         return min(max(t.warmup_epochs / t.epochs, 0.01), 0.99)
     return 0.3 if t.scheduler == "onecycle" else 0.0
 
 
-def build_scheduler(cfg: Config, optimizer, optimizer_steps_per_epoch: int, budget: Budget | None = None):
+def build_scheduler(t: TrainConfig, optimizer, optimizer_steps_per_epoch: int, budget: Budget | None = None):
     """Per-optimizer-step schedules over train.epochs, with a linear warm-up when warmup_epochs is set (any
     schedule); with a time budget, over the budget's time instead (engine/budget.py)."""
-    kind, warmup = cfg.train.scheduler, warmup_share(cfg)
+    kind, warmup = t.scheduler, warmup_share(t)
     if budget is not None:
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: lr_factor(kind, budget.progress(), warmup))
-    total = max(1, cfg.train.epochs * optimizer_steps_per_epoch)
+    total = max(1, t.epochs * optimizer_steps_per_epoch)
     if kind == "onecycle":  # its warm-up is built in
         return torch.optim.lr_scheduler.OneCycleLR(
             optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total, pct_start=warmup)
@@ -66,13 +65,13 @@ def build_scheduler(cfg: Config, optimizer, optimizer_steps_per_epoch: int, budg
     return ramp if main is None else torch.optim.lr_scheduler.SequentialLR(optimizer, [ramp, main], [warmup_steps])
 
 
-def batch_mixer(cfg: Config, num_classes: int):
+def batch_mixer(d: DataConfig, num_classes: int):
     """MixUp and/or CutMix over a training batch (torchvision.transforms.v2): (images, labels) -> (mixed images,
     soft targets whose rows sum to 1); None when both are off. With both, each batch gets one of them."""
     from torchvision.transforms import v2
 
-    mixers = ([v2.MixUp(alpha=cfg.data.mixup, num_classes=num_classes)] if cfg.data.mixup else []) + \
-        ([v2.CutMix(alpha=cfg.data.cutmix, num_classes=num_classes)] if cfg.data.cutmix else [])
+    mixers = ([v2.MixUp(alpha=d.mixup, num_classes=num_classes)] if d.mixup else []) + \
+        ([v2.CutMix(alpha=d.cutmix, num_classes=num_classes)] if d.cutmix else [])
     if not mixers:
         return None
     return mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers)
@@ -104,17 +103,17 @@ class TrainStep:
                     class_weights: torch.Tensor | None = None) -> TrainStep:
         """The run's step: the optimizer (train, with model.backbone_lr_scale), its schedule (train, or the
         budget's clock), the loss, MixUp/CutMix (data), the fp16 scaler and the EMA (train)."""
-        optimizer = build_optimizer(cfg, model)
         t = cfg.train
+        optimizer = build_optimizer(t, cfg.model, model)
         return cls(
             model, optimizer, device=device,
-            scheduler=build_scheduler(cfg, optimizer, optimizer_steps_per_epoch, budget),
+            scheduler=build_scheduler(t, optimizer, optimizer_steps_per_epoch, budget),
             # the training loss (also takes soft targets), weighted per class with --class-weights (imbalance.py);
             # validation's loss is never weighted, so runs with and without weights compare
             criterion=nn.CrossEntropyLoss(weight=class_weights.to(device) if class_weights is not None else None,
                                           label_smoothing=t.label_smoothing),
             eval_criterion=nn.CrossEntropyLoss(label_smoothing=t.label_smoothing),
-            mix=batch_mixer(cfg, num_classes),
+            mix=batch_mixer(cfg.data, num_classes),
             # fp16's narrow range needs the loss scaled up before backward (bf16 and fp32 do not)
             scaler=torch.amp.GradScaler(device.type) if t.precision == "fp16" else None,
             ema=AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(t.ema), use_buffers=True) if t.ema else None,

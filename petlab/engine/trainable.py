@@ -15,29 +15,33 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from petlab.config import Config
+from petlab.config import ModelConfig
 from petlab.engine.distributed import Distributed
 from petlab.models import ARCHS, head_parameters
 
 
 class Trainable:
-    def __init__(self, cfg: Config, model: nn.Module, device: torch.device, features: bool, dist: Distributed):
-        self.cfg, self.device, self.features, self.dist = cfg, device, features, dist
+    """Built from the model section (which layers are the head, freezing) and two training switches."""
+
+    def __init__(self, model: nn.Module, m: ModelConfig, device: torch.device, *, features: bool = False,
+                 dist: Distributed | None = None, channels_last: bool = False, compile: bool = False):
+        self.m, self.device, self.features, self.compile = m, device, features, compile
+        self.dist = dist or Distributed()
         self.model = model.to(device)
-        if cfg.train.channels_last:
+        if channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.net = self.head_of(model)
         self.ddp = self.compiled = None
         self._built_for = {"ddp": None, "compiled": None}  # the frozen/unfrozen state each wrapper was built for
         self._fresh_compile = False
-        self._head_ids = head_parameters(model, cfg.model.arch)
+        self._head_ids = head_parameters(model, m.arch)
 
     def head_of(self, model: nn.Module) -> nn.Module:
         """What a batch of this run goes through, of `model` (or of its EMA copy): the head on cached features."""
-        return model.get_submodule(ARCHS[self.cfg.model.arch].head) if self.features else model
+        return model.get_submodule(ARCHS[self.m.arch].head) if self.features else model
 
     def backbone_frozen(self, epoch: int) -> bool:
-        m = self.cfg.model
+        m = self.m
         return m.freeze_backbone and (m.unfreeze_at is None or epoch < m.unfreeze_at)
 
     def set_epoch(self, epoch: int) -> None:
@@ -46,7 +50,7 @@ class Trainable:
         for p in self.model.parameters():
             p.requires_grad_(id(p) in self._head_ids or not frozen)
         self.model.train()
-        if frozen or self.cfg.model.freeze_batchnorm:  # a frozen backbone keeps its BatchNorm statistics too
+        if frozen or self.m.freeze_batchnorm:  # a frozen backbone keeps its BatchNorm statistics too
             for module in self.model.modules():
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
                     module.eval()
@@ -56,7 +60,7 @@ class Trainable:
             self.ddp = DistributedDataParallel(self.net, device_ids=[self.device] if self.device.type == "cuda"
                                                else None)
             self._built_for["ddp"], self.compiled = frozen, None
-        if self.cfg.train.compile and (self.compiled is None or self._built_for["compiled"] != frozen):
+        if self.compile and (self.compiled is None or self._built_for["compiled"] != frozen):
             # a new set of trainable weights compiles again; its first step is timed as compile time
             self.compiled = torch.compile(self.ddp if self.ddp is not None else self.net)
             self._built_for["compiled"], self._fresh_compile = frozen, True

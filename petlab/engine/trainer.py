@@ -12,7 +12,7 @@ import math
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,23 +25,21 @@ from petlab.config import Config
 from petlab.data.transforms import Preprocessing
 from petlab.engine.batches import batches_per_epoch, predict_loader, seed_everything
 from petlab.engine.budget import Budget, BudgetHook, parse_duration
-from petlab.engine.checkpoint import CheckpointSaver
+from petlab.engine.checkpoint import Checkpointing, CheckpointSaver
 from petlab.engine.diagnostics import DiagnosticsHook
 from petlab.engine.distributed import Distributed, gather_predictions
-from petlab.engine.epoch_log import BatchLog, EpochLog
-from petlab.engine.hooks import BatchAt, EpochCallback, Hook
+from petlab.engine.epoch_log import BatchLog, EpochBar, EpochLog
+from petlab.engine.hooks import BatchAt, Hook, Validation
 from petlab.engine.imbalance import class_weights, dataset_labels
-from petlab.engine.outcome import Interrupted
 from petlab.engine.profiling import CompileTimer, EpochProfile, TorchTrace
-from petlab.engine.signals import StopFlag
+from petlab.engine.signals import SignalStop, StopFlag
 from petlab.engine.speed import predicting_runtime
 from petlab.engine.step import TrainStep
 from petlab.engine.stopping import EarlyStopping
 from petlab.engine.trainable import Trainable
 from petlab.errors import ConfigError
 from petlab.export.onnx import CheckedOnnx
-from petlab.monitor import Monitor
-from petlab.progress import progress
+from petlab.monitor import METRICS, VAL_ACCURACY, VAL_LOSS, Monitor
 from petlab.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -63,30 +61,45 @@ class TrainState:
     stopped_by: str | None = None  # "time_budget" or "early_stopping" when either ended training
 
 
+class EpochTotals:
+    """An epoch's running training loss and correct count, added up on the device: read (a host sync on CUDA)
+    only where the log or a hook asks."""
+
+    def __init__(self, device: torch.device):
+        self.loss = torch.zeros((), device=device, dtype=torch.float64)
+        self.correct = torch.zeros((), device=device, dtype=torch.int64)
+        self.seen = 0
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        self.loss += loss.detach() * len(targets)
+        self.correct += (logits.detach().argmax(1) == targets).sum()
+        self.seen += len(targets)
+
+    def means(self) -> tuple[float, float]:
+        """(mean loss, accuracy) so far."""
+        return self.loss.item() / max(self.seen, 1), self.correct.item() / max(self.seen, 1)
+
+
 class Trainer:
     """Trains one model on its loaders: the epoch loop and validation, over small objects that each own one
     mechanism: what trains (trainable.py: the model or its head, freezing, DDP, compile), the training step
-    (step.py: loss, optimizer, schedule, scaler, clipping, EMA), the checkpoint saver (checkpoint.py), the epoch
-    log (epoch_log.py: metrics.csv, the tracker, the log line) and the hooks. `trainable` and `step` may be
-    handed in (a test, a script); otherwise each is built from its config section.
+    (step.py: loss, optimizer, schedule, scaler, clipping, EMA) and the hooks (hooks.py), which are everything
+    else: early stopping, the time budget, diagnostics, profiling, the progress bar and batch log, and -- after
+    a run's own hooks -- checkpointing, the epoch log and the signal check. `trainable`, `step` and `saver` may
+    be handed in (a test, a script); otherwise each is built from its config section. A new mechanism is a hook
+    passed in `hooks` and needs no edit here.
 
     cfg must be resolved (no `auto` precision left; RunContext does it once per run). `model` is the whole
     network (trainable.model); with features=True the loaders yield cached backbone features and only its
     head trains. run_dir None writes nothing (a cross-validation fold). Without a "val" loader every epoch counts
     as the best so far, so best.pt is the last epoch (a refit on all of train).
-    hooks (engine/hooks.py) are called at the loop's events, in order, after the standard ones (standard_hooks: the
-    time budget, diagnostics, compile timing, the profiler, batch logging, early stopping): a new mechanism
-    needs no edit here.
-    on_epoch(row) runs after each epoch is recorded (a hook of its own); raising StopRun ends the run on purpose.
-    on_validated(epoch, targets, probabilities) runs after each validation pass (cross-validation keeps them).
     """
 
     def __init__(self, cfg: Config, model: nn.Module, pre: Preprocessing, loaders: dict, run_dir: Path | None,
                  classes: list[str], *, device: torch.device, tracker: Tracker | None = None,
-                 features: bool = False, dist: Distributed | None = None,
-                 on_epoch: Callable[[dict], None] | None = None,
-                 on_validated: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
-                 hooks: Sequence[Hook] = (), trainable: Trainable | None = None, step: TrainStep | None = None):
+                 features: bool = False, dist: Distributed | None = None, hooks: Sequence[Hook] = (),
+                 trainable: Trainable | None = None, step: TrainStep | None = None,
+                 saver: CheckpointSaver | None = None):
         if cfg.train.precision == "auto" or cfg.train.channels_last is None:
             raise ConfigError("Trainer needs a resolved config (train.precision and train.channels_last set); "
                               "engine.context.resolve_config does that")
@@ -94,9 +107,10 @@ class Trainer:
         self.run_dir, self.classes = run_dir, classes
         self.dist = dist or Distributed()
         self.tracker = tracker or Tracker()
-        self.on_validated = on_validated
         self._stop_requested: str | None = None
-        self.trainable = trainable or Trainable(cfg, model, device, features, self.dist)
+        self.stop_flag = StopFlag()  # fit() sets the one in force
+        self.trainable = trainable or Trainable(model, cfg.model, device, features=features, dist=self.dist,
+                                                channels_last=cfg.train.channels_last, compile=cfg.train.compile)
         self.model = self.trainable.model
         self.batch_pre = None if features else pre  # cached features are used as they are
         self.steps_per_epoch = batches_per_epoch(loaders["train"], cfg.train.limit_batches)
@@ -105,18 +119,17 @@ class Trainer:
             if "val" in loaders else 0
         # --ema: the step's averaged weights are what is validated, chosen as best, saved in best.pt, exported
         # and served; training updates `model`.
-        weights = class_weights(cfg, dataset_labels(loaders["train"].dataset), len(classes)) \
+        weights = class_weights(cfg.train.class_weights, dataset_labels(loaders["train"].dataset), len(classes)) \
             if cfg.train.class_weights != "none" and step is None else None
         self.step = step or TrainStep.from_config(cfg, self.model, len(classes), device, self.batch_pre,
                                                   math.ceil(self.steps_per_epoch / cfg.train.accumulate),
                                                   self.budget, weights)
-        self.saver = CheckpointSaver(run_dir, self.dist.is_main, cfg, classes, pre)
+        self.saver = saver or CheckpointSaver(run_dir, self.dist.is_main, cfg, classes, pre)
         self.monitor = Monitor(cfg.train.monitor)
-        self.epoch_log = EpochLog(run_dir, self.dist.is_main, self.tracker, self.steps_per_epoch)
         self.state = TrainState()
         self.hooks = [*standard_hooks(cfg, self.monitor, self.budget, self._val_images, len(classes), self.tracker,
                                       run_dir),
-                      *hooks, *([EpochCallback(on_epoch)] if on_epoch else [])]
+                      *hooks, *recording_hooks(self.saver, EpochLog(run_dir, self.dist.is_main, self.tracker))]
         self.generator = loaders["train"].generator
 
     @property
@@ -134,7 +147,8 @@ class Trainer:
             return None
         return CheckedOnnx(self.eval_model, folder / "evaluated.onnx", c.train.threads)
 
-    def _of_epochs(self) -> str:
+    def epochs_text(self) -> str:
+        """How far training may go, for the log and the bar: "/10", or the budget's seconds."""
         if self.budget is None:
             return f"/{self.cfg.train.epochs}"
         return f" ({self.budget.used():.0f}/{self.budget.seconds:.0f} s)"
@@ -143,63 +157,46 @@ class Trainer:
         """Every hook's answer to `event`, in order."""
         return [getattr(hook, event)(self, *args) for hook in self.hooks]
 
-    def checkpoint(self, name: str, resumable: bool = True) -> None:
-        """last.pt: the training weights and all that resuming needs; best.pt: the evaluated weights only."""
-        self.saver.save(name, self.model if resumable else self.eval_model, self.state.__dict__,
-                        self.step if resumable else None)
-
     def resume(self, path: Path) -> None:
         self.state = TrainState(**self.saver.restore(path, self.model, self.step))
         log.info("resumed from %s after epoch %d", path, self.state.epoch)
 
     # ------------------------------------------------------------------ loops
-    def train_epoch(self, epoch: int, stop: StopFlag) -> dict:
+    def train_epoch(self, epoch: int) -> dict:
         """One pass over the training loader. On CUDA no step waits for the GPU: the loss and the correct
         count add up on the device and are read, like the gradient norm, only where a hook or the log asks."""
         self.trainable.set_epoch(epoch)
-        steps, forward = self.steps_per_epoch, self.trainable.forward()
-        total_loss = torch.zeros((), device=self.device, dtype=torch.float64)
-        correct = torch.zeros((), device=self.device, dtype=torch.int64)
-        seen, profile = 0, EpochProfile()
-        bar = progress(total=steps, desc=f"epoch {epoch + 1}{self._of_epochs()}", unit="batch", leave=False)
+        forward, totals, profile = self.trainable.forward(), EpochTotals(self.device), EpochProfile()
         self._call("on_train_epoch_start", epoch)
         try:
             for step, (images, targets) in enumerate(profile.batches(self.loaders["train"])):
-                at = self._batch_at(epoch, step, seen, profile)
-                # Stop (a hook's reason, Ctrl-C) between groups, every rank at the same step: across processes
-                # agreeing is a collective, so only where an optimizer step is also logged.
-                if at.group_start and (not self.dist.enabled or at.logged_group):
-                    if self.dist.any(any(self._call("wants_stop", at))):
-                        break
-                    if self.dist.any(stop.requested):
-                        raise Interrupted
+                at = self._batch_at(epoch, step, totals, profile)
+                # a hook may end the epoch between optimizer steps (the budget, a signal), every rank at the same
+                # step: agreeing across processes is a collective, so under torchrun only at logged steps
+                if at.group_start and (not self.dist.enabled or at.logged_group) and \
+                        self.dist.any(any(self._call("wants_stop", at))):
+                    break
                 self._call("on_batch_start", at)
                 if at.group_start:
                     self.step.zero_grad()
                 # a group's earlier batches keep their gradients local under DDP; its last averages them
                 logits, at.loss, y = self.step.forward_backward(forward, images, targets, at.group_size,
                                                                 self.trainable.no_sync(at.group_end))
-                total_loss += at.loss.detach() * len(y)
-                correct += (logits.detach().argmax(1) == y).sum()
-                seen, at.lr = seen + len(y), self.step.lr
+                totals.add(at.loss, logits, y)
+                at.lr = self.step.lr
                 if at.group_end:
-                    wanted = at.logged or any(self._call("needs_grad_norm", at))
-                    at.grad_norm = self.step.optimizer_step(read_norm=wanted)
+                    at.grad_norm = self.step.optimizer_step(
+                        read_norm=at.logged or any(self._call("needs_grad_norm", at)))
                 self._call("on_batch_end", at)
-                if at.logged:
-                    bar.set_postfix(loss=f"{total_loss.item() / seen:.4f}", acc=f"{correct.item() / seen:.3f}")
-                    bar.set_description(f"epoch {epoch + 1}{self._of_epochs()}", refresh=False)
-                bar.update()
-                if step + 1 >= steps:
+                if step + 1 >= self.steps_per_epoch:
                     break
         finally:
-            bar.close()
             self._call("on_train_epoch_end", epoch)
-        total, right, seen = self.dist.sum(total_loss.item(), correct.item(), seen)  # over all ranks' shards
-        return {"train_loss": total / max(seen, 1), "train_accuracy": right / max(seen, 1),
+        loss, right, seen = self.dist.sum(totals.loss.item(), totals.correct.item(), totals.seen)  # all ranks' shards
+        return {"train_loss": loss / max(seen, 1), "train_accuracy": right / max(seen, 1),
                 **profile.finish(int(seen))}
 
-    def _batch_at(self, epoch: int, step: int, seen: int, profile: EpochProfile) -> BatchAt:
+    def _batch_at(self, epoch: int, step: int, totals: EpochTotals, profile: EpochProfile) -> BatchAt:
         """--accumulate N: one optimizer step per group of N batches (the last group may be shorter)."""
         accumulate, steps = self.cfg.train.accumulate, self.steps_per_epoch
         group_start, opt_step = step - step % accumulate, step // accumulate
@@ -207,7 +204,7 @@ class Trainer:
         logged_group = opt_step % self.cfg.tracking.log_every_steps == 0
         return BatchAt(epoch=epoch, step=step, steps=steps, opt_step=opt_step, group_start=step == group_start,
                        group_end=group_end, group_size=min(accumulate, steps - group_start),
-                       logged_group=logged_group, seen=seen, profile=profile)
+                       logged_group=logged_group, seen=totals.seen, profile=profile, totals=totals)
 
     def predict(self, loader, desc: str = "eval", runtime_net=None) -> tuple[np.ndarray, np.ndarray, float]:
         """Targets, class probabilities and mean loss over the whole split (each rank predicts its shard).
@@ -229,27 +226,25 @@ class Trainer:
         last_epoch = until_epoch if until_epoch is not None else \
             (sys.maxsize if self.budget is not None else self.cfg.train.epochs)
         with nullcontext(stop) if stop is not None else StopFlag(immediate=not self.dist.enabled) as stop:
+            self.stop_flag = stop
             self._call("on_fit_start")
             for epoch in range(self.state.epoch, last_epoch):
                 if self._should_stop():  # a resumed run whose budget is spent
                     break
-                row = self.run_epoch(epoch, stop)
+                row = self.run_epoch(epoch)
                 with stop.deferred():  # best.pt, last.pt and metrics.csv are written whole, or not at all
                     self._record(epoch, row)
                 self._call("on_epoch_end", row)
-                if stop.requested:
-                    raise Interrupted
                 if self._should_stop():
                     break
             self.state.finished = True
+            if until_epoch == 0:  # best.pt is the untrained model (epoch 0 won cross-validation)
+                self.state.best_epoch = 0
             with stop.deferred():
-                if until_epoch == 0:  # best.pt is the untrained model (epoch 0 won cross-validation)
-                    self.state.best_epoch = 0
-                    self.checkpoint("best.pt", resumable=False)
-                self.checkpoint("last.pt")
+                self._call("on_fit_end")
         return self.state
 
-    def run_epoch(self, epoch: int, stop: StopFlag) -> dict:
+    def run_epoch(self, epoch: int) -> dict:
         """Train one epoch (reseeded from (seed, epoch), so a resumed epoch repeats exactly), then validate;
         returns the epoch's metrics row."""
         seed = self.cfg.seed * 1000 + epoch
@@ -259,22 +254,21 @@ class Trainer:
         if hasattr(self.loaders["train"].sampler, "set_epoch"):  # DistributedSampler: a new shuffle
             self.loaders["train"].sampler.set_epoch(epoch)
         start = time.perf_counter()
-        train = self.train_epoch(epoch, stop)
+        train = self.train_epoch(epoch)
         targets, probs, val_loss = np.zeros(0), np.zeros((0, 1)), math.nan
         if "val" in self.loaders:
             val_started = time.perf_counter()
             # on ONNX Runtime where it is the faster (a CPU): this epoch's weights exported, checked, predicting
             with tempfile.TemporaryDirectory(prefix="petlab-val-") as tmp:
                 targets, probs, val_loss = self.predict(self.loaders["val"], "val", self.runtime_twin(Path(tmp)))
-            if self.on_validated:
-                self.on_validated(epoch + 1, targets, probs)
-            self._call("on_validation_end", time.perf_counter() - val_started)
+            self._call("on_validation_end",
+                       Validation(epoch + 1, targets, probs, val_loss, time.perf_counter() - val_started))
         return {
             "epoch": epoch + 1,
             "train_loss": train.pop("train_loss"),
             "train_accuracy": train.pop("train_accuracy"),
-            "val_loss": val_loss,
-            "val_accuracy": float((targets == probs.argmax(1)).mean()) if len(targets) else math.nan,
+            VAL_LOSS: val_loss,
+            VAL_ACCURACY: float((targets == probs.argmax(1)).mean()) if len(targets) else math.nan,
             "lr": self.step.lr,
             "epoch_seconds": time.perf_counter() - start,
             **train,  # images_per_second is training throughput only, plus the epoch's profile
@@ -290,20 +284,20 @@ class Trainer:
         return self.state.stopped_by is not None
 
     def _record(self, epoch: int, row: dict) -> None:
+        """The epoch in the state (history, and best_* where train.monitor says it improved), then every hook's
+        on_epoch_trained: the recording hooks, last, write best.pt, last.pt and metrics.csv."""
         s = self.state
-        best = {"val_accuracy": s.best_val_accuracy, "val_loss": s.best_val_loss} if s.best_epoch > 0 else {}
-        improved = self.monitor.improved(row, best)  # train.monitor: what best.pt and early stopping follow
+        best = {m: getattr(s, f"best_{m}") for m in METRICS} if s.best_epoch > 0 else {}
         s.epoch = epoch + 1
         s.history.append(row)
-        self._call("on_epoch_trained", row)
-        if improved:
-            s.best_val_accuracy, s.best_val_loss, s.best_epoch = row["val_accuracy"], row["val_loss"], epoch + 1
+        if self.monitor.improved(row, best):  # train.monitor: what best.pt and early stopping follow
+            for m in METRICS:  # best_val_accuracy, best_val_loss
+                setattr(s, f"best_{m}", row[m])
+            s.best_epoch = epoch + 1
             s.epochs_without_improvement = 0
-            self.checkpoint("best.pt", resumable=False)
         else:
             s.epochs_without_improvement += 1
-        self.checkpoint("last.pt")
-        self.epoch_log.write(row, s.history, s.initial, improved, self._of_epochs())
+        self._call("on_epoch_trained", row)
 
 
 def standard_hooks(cfg: Config, monitor: Monitor, budget: Budget | None, val_images: int, num_classes: int,
@@ -320,5 +314,11 @@ def standard_hooks(cfg: Config, monitor: Monitor, budget: Budget | None, val_ima
     hooks.append(DiagnosticsHook(cfg.diagnostics, num_classes, tracker))
     if cfg.diagnostics.profile and run_dir is not None:
         hooks.append(TorchTrace(run_dir / "profile", cfg.diagnostics.profile_steps))
-    hooks.append(BatchLog(tracker))
+    hooks += [EpochBar(), BatchLog(tracker)]
     return hooks
+
+
+def recording_hooks(saver: CheckpointSaver, epoch_log: EpochLog) -> list[Hook]:
+    """What records an epoch once every other hook has seen it (so what they add to the state is saved): best.pt
+    and last.pt, metrics.csv and the log line, then the check for a Ctrl-C or SIGTERM that was only recorded."""
+    return [Checkpointing(saver), epoch_log, SignalStop()]

@@ -33,7 +33,18 @@ STATE_DICT = "state_dict.pt"  # what "eager" loads
 # what explain=true runs (petlab/models/cam.py)
 EXPLAIN_ONNX = "explain.onnx"
 MODEL_ONNX, PET_VIEW_ONNX = EXPORT_FILES["onnx"], PET_VIEW_FILES["onnx"]
-RUNTIME_SWITCH = "PETLAB_RUNTIME"  # "torch": predict with PyTorch everywhere (for comparisons)
+
+
+def int8_file(onnx_file: str) -> str:
+    """An ONNX file's int8 twin (promote.py --int8): model.onnx -> model.int8.onnx"""
+    return onnx_file.removesuffix(".onnx") + ".int8.onnx"
+
+
+def served_file(fmt: str, files: dict[str, str]) -> str:
+    """The file behind a format ("onnx_int8": the ONNX file's twin; "eager": the state dict)."""
+    return int8_file(files["onnx"]) if fmt == "onnx_int8" else files.get(fmt, STATE_DICT)
+# "torch": predict with PyTorch everywhere; "onnxruntime_fp32": ONNX, never an int8 twin (for comparisons)
+RUNTIME_SWITCH = "PETLAB_RUNTIME"
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -48,7 +59,7 @@ class LoadedModel:
     name: str
     version: int
     card: dict
-    fmt: str  # which file serves: "onnx" (on ONNX Runtime), "torch_export", "torchscript", or "eager"
+    fmt: str  # which file serves: "onnx" or "onnx_int8" (on ONNX Runtime), "torch_export", "torchscript", "eager"
     module: Callable  # float32 NCHW numpy -> logits numpy
     pre: Preprocessing
     pet_module: Callable | None = None  # x -> (logits, ImageNet pet probability), when the card has a pet view
@@ -168,6 +179,10 @@ def torch_first() -> bool:
     return os.environ.get(RUNTIME_SWITCH, "").strip().lower() == "torch"
 
 
+def int8_allowed() -> bool:
+    return os.environ.get(RUNTIME_SWITCH, "").strip().lower() != "onnxruntime_fp32"
+
+
 def load_onnx(path: Path, refused: dict[str, str]):
     """The ONNX file on ONNX Runtime, or None (missing, or refused with the reason added to `refused`)."""
     if not path.is_file():
@@ -180,9 +195,21 @@ def load_onnx(path: Path, refused: dict[str, str]):
         return None
 
 
+def load_served_onnx(folder: Path, onnx_file: str, int8: bool, refused: dict[str, str]) -> tuple:
+    """(session, "onnx_int8") from the int8 twin where the card says its check passed, else (session, "onnx")
+    from the fp32 file; (None, None) where neither loads."""
+    if int8:
+        session = load_onnx(folder / int8_file(onnx_file), refused)
+        if session is not None:
+            return session, "onnx_int8"
+    session = load_onnx(folder / onnx_file, refused)
+    return session, ("onnx" if session is not None else None)
+
+
 def load_version(registry, task: str, version: int, fallback: Callable | None = None,
                  explain_fallback: Callable | None = None) -> LoadedModel:
-    """A registered version as it serves: model.onnx (and pet_view.onnx) on ONNX Runtime; where one is
+    """A registered version as it serves: model.onnx (and pet_view.onnx) on ONNX Runtime, or their int8 twins
+    where the card's int8 check passed (registry/int8.py); where one is
     missing or does not load (or PETLAB_RUNTIME=torch), `fallback` loads the PyTorch exports
     (petlab/registry/torch_fallback.py: load_torch_formats; the caller passes it, so this package never
     imports torch). Without one, a version that ONNX Runtime cannot serve raises ExportError. Its explainer
@@ -193,12 +220,11 @@ def load_version(registry, task: str, version: int, fallback: Callable | None = 
     refused: dict[str, str] = {}
     own_view = (card.get("not_a_pet") or {}).get("file") is not None
     fmt = pet_fmt = module = pet_module = None
+    int8 = bool((card.get("int8") or {}).get("served")) and int8_allowed()
     if not torch_first():
-        module = load_onnx(folder / MODEL_ONNX, refused)
-        fmt = "onnx" if module is not None else None
+        module, fmt = load_served_onnx(folder, MODEL_ONNX, int8, refused)
         if own_view and card["not_a_pet"].get("onnx"):
-            pet_module = load_onnx(folder / PET_VIEW_ONNX, refused)
-            pet_fmt = "onnx" if pet_module is not None else None
+            pet_module, pet_fmt = load_served_onnx(folder, PET_VIEW_ONNX, int8, refused)
     if module is None and fallback is None:
         raise ExportError(f"{task} v{version}: {MODEL_ONNX} does not load "
                           f"({refused.get(MODEL_ONNX, 'missing')}) and no PyTorch fallback is installed")
@@ -209,7 +235,8 @@ def load_version(registry, task: str, version: int, fallback: Callable | None = 
             fmt, module = found["model"]
         if own_view and pet_module is None and found.get("pet_view"):
             pet_fmt, pet_module = found["pet_view"]
-    answering = [folder / EXPORT_FILES.get(fmt, STATE_DICT), *([folder / PET_VIEW_FILES[pet_fmt]] if pet_fmt else [])]
+    answering = [folder / served_file(fmt, EXPORT_FILES),
+                 *([folder / served_file(pet_fmt, PET_VIEW_FILES)] if pet_fmt else [])]
     fingerprint = files_fingerprint(answering, json.dumps(card, sort_keys=True))
 
     def explain_loader():

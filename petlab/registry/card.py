@@ -35,6 +35,8 @@ def onnx_metadata(card: dict, task: str, file: str = "model.onnx") -> dict[str, 
             "petlab.preprocessing_steps": preprocessing_steps(pre),
             "petlab.temperature": repr(float((card.get("calibration") or {}).get("temperature", 1.0))),
             "petlab.tta": card.get("tta") or "none",  # "flip": average each photo's softmax with its mirror's
+            "petlab.precision": "int8 (ONNX Runtime static quantisation, QDQ; card.json's int8 has its check)"
+                                if file.endswith(".int8.onnx") else "fp32",
             "petlab.outputs": "logits [N, num_classes]; probabilities = softmax(log(p) / temperature) with p the "
                               "softmax of the logits (averaged with the mirror image's when petlab.tta is flip)" + maps}
 
@@ -101,6 +103,37 @@ def serving_lines(card: dict) -> list[str]:
     return lines
 
 
+def int8_lines(check: dict | None) -> list[str]:
+    """The int8 twin's check (promote.py --int8): its figures, and whether it serves."""
+    if not check:
+        return []
+    c, t = check["calibration"], check["thresholds"]
+    test = "" if check.get("test_accuracy_fp32") is None else (
+        f"; test accuracy {_pct(check['test_accuracy_int8'])} against fp32's {_pct(check['test_accuracy_fp32'])} "
+        f"({check['test_accuracy_difference_points']:+.2f} points)")
+    pet = "" if check.get("val_pet_verdict_agreement") is None else (
+        f"; the \"not a pet\" verdict agrees on {_pct(check['val_pet_verdict_agreement'])}")
+    files = ", ".join(f"`{f}`" for f in check["files"])
+    return ["## int8",
+            f"{files}: {c['recipe']}, calibrated ({c['method']}) on {c['photos']} of {c['from']}. Top-1 agreement "
+            f"with fp32 on {check['val_photos']} validation photos **{_pct(check['val_top1_agreement'])}**{test}{pet}. "
+            f"Served only with at least {100 * t['agreement_min']:.1f}% agreement and test accuracy within "
+            f"{t['test_accuracy_within_points']:.1f} points: **{'served' if check['served'] else 'not served'}** "
+            f"({check['why']}).", ""]
+
+
+def latency_lines(latency: dict | None) -> list[str]:
+    """The source run's served latency, the CPU it holds for, and the budget it was chosen under."""
+    if not latency:
+        return []
+    budget = f"; chosen as the most accurate run within **{latency['budget_ms']:g} ms**" \
+        if latency.get("budget_ms") is not None else ""
+    return ["## Latency",
+            f"Answering one photo at batch 1 ({latency['runtime']}, preprocessing included): p50 "
+            f"**{latency['p50_ms']:.1f} ms**, p95 {latency['p95_ms']:.1f} ms over {latency['calls']} calls on "
+            f"{latency['cpu']}, {latency['threads']} threads{budget}.", ""]
+
+
 def leak_lines(count) -> list[str]:
     """What the card says about test photos with a near-copy in train (None: not checked; "absent": a card from
     before the check)."""
@@ -144,6 +177,8 @@ def card_markdown(card: dict, figures: str = "") -> str:
         *comparison_lines(card.get("compared_with")),
         *calibration_lines(card.get("calibration"), figures),
         *not_a_pet_lines(card.get("not_a_pet")),
+        *int8_lines(card.get("int8")),
+        *latency_lines(card.get("latency")),
         "## Input",
         preprocessing_steps(card["preprocessing"]),
         "",

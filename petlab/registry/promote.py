@@ -19,6 +19,7 @@ from petlab.calibration import calibrate, reliability_panel
 from petlab.data.datasets import DatasetError, load_splits
 from petlab.data.files import visible_files
 from petlab.data.images import BadImageError, load_rgb
+from petlab.engine.latency import latency_here, measure_run_latency, this_cpu
 from petlab.errors import PromotionError, PromotionRefused
 from petlab.export import (
     EXPORT_FILES,
@@ -45,6 +46,7 @@ from petlab.names import model_name
 from petlab.paths import runs_root as default_runs_root
 from petlab.registry.card import onnx_metadata, preprocessing_steps
 from petlab.registry.gate import compare_with_production, explain
+from petlab.registry.int8 import write_int8
 from petlab.registry.store import Registry, RegistryError, now_iso
 from petlab.registry.torch_fallback import TorchAsNumpy
 from petlab.reports.figures import plot_reliability
@@ -119,6 +121,24 @@ def select_best(records: list[RunRecord], metric: str) -> tuple[RunRecord, float
     if not scored:
         raise PromotionError(f"none of the {len(records)} runs recorded {metric}")
     return min(scored, key=lambda rv: (monitor.sort_key(rv[1]), rv[0].results.get("wall_time_s") or 0.0, rv[0].run))
+
+
+def within_latency(records: list[RunRecord], max_latency_ms: float) -> list[RunRecord]:
+    """The runs whose served batch-1 p50 on this CPU is at most max_latency_ms: a latency recorded here is read
+    (a sweep's trial measured it), any other is measured now and recorded (engine/latency.py)."""
+    timed = []
+    for record in records:
+        if latency_here(record.results) is None:
+            log.info("measuring %s's serving latency on this CPU", record.path.name)
+            record.results["latency"] = measure_run_latency(record.path)
+        timed.append((record, latency_here(record.results)))
+    eligible = [r for r, ms in timed if ms <= max_latency_ms]
+    if not eligible:
+        fastest, ms = min(timed, key=lambda rm: rm[1])
+        raise PromotionError(f"none of the {len(records)} runs answers within {max_latency_ms:g} ms on this CPU "
+                             f"({this_cpu()}); the fastest, {fastest.path.name}, takes {ms:.1f} ms")
+    log.info("%d of %d runs answer within %g ms on this CPU", len(eligible), len(records), max_latency_ms)
+    return eligible
 
 
 def _image_files(folder: Path) -> list[tuple[Path, str]]:
@@ -217,14 +237,19 @@ def _build_card(record: RunRecord, cfg, classes, pre, metric, value, n_candidate
 
 def promote(task: str, metric: str | None = None, runs_root: Path | None = None, study: str | None = None,
             storage: str | None = None, run: Path | None = None, registry: Registry | None = None,
-            images_dir: Path | None = None, status: str = "production", force: bool = False) -> dict:
+            images_dir: Path | None = None, status: str = "production", force: bool = False,
+            int8: bool = False, max_latency_ms: float | None = None) -> dict:
     """Select (by `metric`, default the candidates' train.monitor); test against production (refused unless
-    significantly better, or forced); calibrate; export, verify and register. Returns the new version's card."""
+    significantly better, or forced); calibrate; export, verify and register. Returns the new version's card.
+    int8: also write the int8 twin and check it (registry/int8.py); it serves only where the check passes.
+    max_latency_ms: choose among the runs whose served batch-1 p50 on this CPU fits (engine/latency.py)."""
     registry = registry or Registry()
     if metric is not None:
         check_metric(metric)
     records = candidate_runs(task, runs_root, study, storage, run)
     metric = chosen_metric(metric, records)
+    if max_latency_ms is not None:
+        records = within_latency(records, max_latency_ms)
     best, value = select_best(records, metric)
     log.info("promoting %s (%s = %.4f, best of %d %s runs)", best.path, metric, value, len(records), task)
     trained = rundir.load_model(best.path)
@@ -262,6 +287,8 @@ def promote(task: str, metric: str | None = None, runs_root: Path | None = None,
                         "(the card says so; experiments/audit.py lists them)", best.path.name, leaked)
         card = {**_build_card(best, cfg, classes, pre, metric, value, len(records), verification),
                 "calibration": calibration, "compared_with": comparison, "not_a_pet": not_a_pet}
+        if best.results.get("latency"):  # measured on the CPU it names; the budget it was chosen under
+            card["latency"] = {**best.results["latency"], "budget_ms": max_latency_ms}
         if not_a_pet.get("file"):
             card["files"][PET_VIEW_FILE] = "torch.export program: (logits, ImageNet pet probability) in one pass"
             card["files"][PET_VIEW_FILES["onnx"]] = "the same as ONNX (outputs logits, pet_probability)"
@@ -269,10 +296,17 @@ def promote(task: str, metric: str | None = None, runs_root: Path | None = None,
             card["explain"] = explained
             card["files"][EXPLAIN_ONNX] = (f"ONNX: outputs {', '.join(explained['outputs'])}: the served outputs "
                                            "and the class-activation maps, one pass (what explain=true runs)")
+        if int8:
+            card["int8"] = write_int8(staged, card, pre, run_splits(cfg, "int8 calibration").train, predictions,
+                                      cfg.seed)
+            for name in card["int8"]["files"] if card["int8"]["served"] else ():
+                card["files"][name] = f"ONNX int8 twin of {name.replace('.int8', '')}, what the server answers with " \
+                                      "(checked: card's int8)"
         if (staged / SEPARATE_VIEW_FILE).is_file():
             card["files"][SEPARATE_VIEW_FILE] = ("ONNX: ImageNet's separate view, its logits -> \"is this a pet?\" "
                                                  "(its preprocessing in its metadata)")
-        for onnx_file in (ONNX_FILE, PET_VIEW_FILES["onnx"], EXPLAIN_ONNX):  # each ONNX file describes itself
+        int8_files = card["int8"]["files"] if card.get("int8", {}).get("served") else []
+        for onnx_file in (ONNX_FILE, PET_VIEW_FILES["onnx"], EXPLAIN_ONNX, *int8_files):  # each describes itself
             if (staged / onnx_file).is_file():
                 annotate(staged / onnx_file, onnx_metadata(card, task, onnx_file))
         version = registry.add_version(task, staged, card, status, forced=force,

@@ -13,7 +13,7 @@ import yaml
 from matplotlib.ticker import NullFormatter
 
 from petlab.reports.figures import pyplot
-from petlab.search.space import SweepConfig, is_grid
+from petlab.search.space import SweepConfig, is_grid, objective_names
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,8 @@ def write_study_report(study: optuna.Study, sweep: SweepConfig, out_dir: Path) -
     if not complete:
         log.warning("no completed trials yet: only the trials table was written")
         return files
+    if sweep.objectives:
+        return {**files, **write_pareto_front(study, sweep, out_dir)}
     files["best"] = out_dir / "best_params.yaml"
     files["best"].write_text(best_config_yaml(study, sweep))
     if is_grid(sweep.space):
@@ -60,6 +62,41 @@ def write_study_report(study: optuna.Study, sweep: SweepConfig, out_dir: Path) -
                                                                            include_plotlyjs="cdn")
             except (ValueError, RuntimeError) as exc:
                 log.warning("study report: %s skipped (%s)", name, exc)
+    return files
+
+
+def pareto_rows(study: optuna.Study, sweep: SweepConfig) -> list[dict]:
+    """The Pareto front of a two-objective study, best first by the first objective: each trial's number,
+    objectives, parameters and run directory."""
+    names = objective_names(sweep)
+    rows = [{"trial": t.number, **dict(zip(names, t.values)), **t.params, "run_dir": t.user_attrs.get("run_dir"),
+             "latency_cpu": t.user_attrs.get("latency_cpu")} for t in study.best_trials]
+    first = names[0]
+    return sorted(rows, key=lambda r: -r[first] if sweep.direction == "maximize" else r[first])
+
+
+def write_pareto_front(study: optuna.Study, sweep: SweepConfig, out_dir: Path) -> dict[str, Path]:
+    """pareto_front.png and .html (Optuna's plot_pareto_front, each objective named) and pareto_front.csv."""
+    names = objective_names(sweep)
+    files = {"pareto_front": out_dir / "pareto_front.csv", "pareto_front_png": out_dir / "pareto_front.png",
+             "pareto_front_html": out_dir / "pareto_front.html"}
+    rows = pareto_rows(study, sweep)
+    with files["pareto_front"].open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, list(dict.fromkeys(k for row in rows for k in row)))
+        writer.writeheader()
+        writer.writerows(rows)
+    plt = pyplot()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        ax = optuna.visualization.matplotlib.plot_pareto_front(study, target_names=names)
+        fig = ax.get_figure()
+        fig.set_size_inches(8, 5.5)
+        cpu = next((r["latency_cpu"] for r in rows if r.get("latency_cpu")), "this CPU")
+        ax.set_title(f"{study.study_name}: {names[0]} against {names[1]} (batch-1 p50 on {cpu})")
+        fig.savefig(files["pareto_front_png"], dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        optuna.visualization.plot_pareto_front(study, target_names=names).write_html(files["pareto_front_html"],
+                                                                                     include_plotlyjs="cdn")
     return files
 
 

@@ -19,11 +19,13 @@ from optuna.trial import TrialState
 
 from petlab.config import Config, load_config
 from petlab.engine.experiment import run_experiment
+from petlab.engine.hooks import Hook
+from petlab.engine.latency import measure_run_latency
 from petlab.engine.outcome import StopRun
 from petlab.errors import ConfigError
 from petlab.monitor import Monitor
 from petlab.paths import relative_to_root, under_root
-from petlab.search.space import SweepConfig, is_grid, make_pruner, suggest
+from petlab.search.space import SweepConfig, directions, is_grid, make_pruner, objective_names, suggest
 from petlab.search.storage import (
     admission_lock,
     counted_trials,
@@ -74,16 +76,16 @@ def open_study(sweep: SweepConfig, storage_url: str | None, study_name: str | No
         return load_study(name, storage, storage_url)
     # Seeded TPE; each worker (and each resumption) gets its own stream, or parallel workers
     # would draw identical startup trials.
-    study = optuna.create_study(study_name=name, storage=storage, direction=sweep.direction, load_if_exists=True,
+    study = optuna.create_study(study_name=name, storage=storage, directions=directions(sweep), load_if_exists=True,
                                 pruner=make_pruner(sweep.pruner))
     check_same_sweep(study, sweep, storage_url, overrides or {})
-    if study.metric_names != [sweep.metric]:  # Optuna's dashboard names the objective by it ("Objective 0" else)
-        study.set_metric_names([sweep.metric])
+    if study.metric_names != objective_names(sweep):  # the dashboard names each objective so ("Objective 0" else)
+        study.set_metric_names(objective_names(sweep))
     seed = sweep.seed + 1000 * seed_offset + len(study.trials)
     if is_grid(sweep.space):  # each combination once, across workers and resumptions (the storage knows which ran)
         study.sampler = AskTellGridSampler({k: s["values"] for k, s in sweep.space.items()}, seed=seed)
     else:
-        study.sampler = optuna.samplers.TPESampler(seed=seed)
+        study.sampler = optuna.samplers.TPESampler(seed=seed)  # multi-objective TPE for two objectives
     return study
 
 
@@ -101,17 +103,23 @@ def sweep_definition(sweep: SweepConfig, overrides: dict | None = None) -> dict:
     command_line = {k: v for k, v in (overrides or {}).items() if not k.startswith(LOCAL_KEYS)}
     return json.loads(json.dumps({"base": sweep.base.name, "base_sha256": base, "space": sweep.space,
                                   "overrides": sweep.overrides, "command_line": command_line,
-                                  "metric": sweep.metric, "direction": sweep.direction}, sort_keys=True, default=str))
+                                  "metric": sweep.metric, "direction": sweep.direction,
+                                  **({"objectives": sweep.objectives} if sweep.objectives else {})},
+                                 sort_keys=True, default=str))
 
 
 def check_same_sweep(study: optuna.Study, sweep: SweepConfig, storage_url: str | None, overrides: dict) -> None:
     """Store the sweep's definition in a new study; refuse to reuse the study from another definition.
     Without this, optuna keeps the stored direction (asked to minimise, it maximised) and a parameter
     whose kind changed raises inside suggest(), mid-trial."""
+    if len(study.directions) != len(directions(sweep)):
+        raise ConfigError(f"study {study.study_name!r} in {redacted(storage_url)} has {len(study.directions)} "
+                          f"objective(s), this sweep {len(directions(sweep))} ({', '.join(objective_names(sweep))}); "
+                          "pass --study-name NEW for a new study")
     definition = sweep_definition(sweep, overrides)
     stored = study.user_attrs.get("sweep_definition")
     if stored is None:
-        stored = {"direction": study.direction.name.lower()}  # a study from before definitions were stored
+        stored = {"direction": study.directions[0].name.lower()}  # a study from before definitions were stored
         if not study.trials:
             study.set_user_attr("sweep_definition", definition)
             return
@@ -128,6 +136,20 @@ def trial_config(sweep: SweepConfig, study: str, params: dict, overrides: dict, 
     return load_config(sweep.base, {**sweep.overrides, **params, **overrides, "tracking.tags": tags,
                                     "train.monitor": sweep.metric,  # best.pt is the best by the objective
                                     "output_dir": str(Path(sweep.output_dir) / study)})
+
+
+class Pruning(Hook):
+    """A trial's epochs reported to its study (the monitored metric, the objective); the study's pruner may end
+    the trial, as StopRun("pruned")."""
+
+    def __init__(self, trial: optuna.Trial, monitor: Monitor):
+        self.trial, self.metric = trial, monitor.metric
+
+    def on_epoch_end(self, trainer, row: dict) -> None:
+        self.trial.report(row[self.metric], row["epoch"])
+        if self.trial.should_prune():
+            raise StopRun("pruned", f"{self.metric} {row[self.metric]:.4f} at epoch {row['epoch']}: "
+                                    "pruned by the study's pruner")
 
 
 def run_trial(study: optuna.Study, trial: optuna.Trial, sweep: SweepConfig, overrides: dict) -> None:
@@ -148,14 +170,8 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, sweep: SweepConfig, over
         raise
     cfg.name = f"{study.study_name}-trial{trial.number}"
 
-    def report(row: dict) -> None:
-        trial.report(row[sweep.metric], row["epoch"])
-        if trial.should_prune():
-            raise StopRun("pruned", f"{sweep.metric} {row[sweep.metric]:.4f} at epoch {row['epoch']}: "
-                                    "pruned by the study's pruner")
-
     with heartbeat(study, trial):
-        outcome = run_experiment(cfg, on_epoch=report)
+        outcome = run_experiment(cfg, hooks=[] if sweep.objectives else [Pruning(trial, Monitor(sweep.metric))])
     trial.set_user_attr("run_dir", stored_path(outcome.run_dir))
     if outcome.status == "interrupted":
         study.tell(trial, state=TrialState.FAIL)
@@ -166,7 +182,13 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, sweep: SweepConfig, over
         test = outcome.results.get("test") or {}
         if "accuracy" in test:  # reported beside the objective (a grid's spread over seeds), never chosen by
             trial.set_user_attr("test_accuracy", test["accuracy"])
-        study.tell(trial, outcome.results["val"][Monitor(sweep.metric).key])  # of the best checkpoint by it
+        value = outcome.results["val"][Monitor(sweep.metric).key]  # of the best checkpoint by it
+        if sweep.objectives:  # and the served batch-1 p50 of that checkpoint, on this CPU
+            latency = measure_run_latency(outcome.run_dir)
+            trial.set_user_attr("latency_cpu", latency["cpu"])
+            study.tell(trial, [value, latency["p50_ms"]])
+        else:
+            study.tell(trial, value)
 
 
 def work(sweep: SweepConfig, storage_url: str | None, study_name: str | None, n_trials: int,
@@ -198,6 +220,10 @@ def work(sweep: SweepConfig, storage_url: str | None, study_name: str | None, n_
 def retrain_best(sweep: SweepConfig, storage_url: str | None, study_name: str | None, overrides: dict) -> Path:
     """The best trial's settings as a normal tracked run (usually with more epochs), tagged as the final run."""
     study = open_study(sweep, storage_url, study_name, create=False)
+    if sweep.objectives:
+        raise ConfigError(f"study {study.study_name} has two objectives ({', '.join(sweep.objectives)}), so no single "
+                          "best trial: its Pareto front is in the report; choose from it with `promote.py "
+                          f"--from-study {study.study_name} --max-latency-ms MS`")
     best = study.best_trial
     tags = [f"study:{study.study_name}", "final"]
     cfg = trial_config(sweep, study.study_name, best.params, overrides, tags)

@@ -16,6 +16,7 @@ from typing import Any
 import optuna
 
 from petlab.config import load_config, parse_value, read_yaml
+from petlab.engine.latency import LATENCY
 from petlab.errors import ConfigError
 from petlab.monitor import Monitor
 
@@ -35,6 +36,10 @@ class SweepConfig:
     # direction follows the metric (writing it is optional, and a contradiction is an error).
     metric: str | None = None
     direction: str | None = None
+    # Two objectives, e.g. [val_accuracy, latency_ms]: the monitored metric first, then the served batch-1 p50 on
+    # this CPU (engine/latency.py), minimised. Optuna's multi-objective TPE searches; the report draws the Pareto
+    # front; nothing is pruned (Optuna prunes single-objective studies only).
+    objectives: list[str] | None = None
     pruner: str = "median"
     seed: int = 42
     output_dir: str = "runs/sweeps"
@@ -63,7 +68,17 @@ def load_sweep(path: str | Path) -> SweepConfig:
 
 def with_objective(sweep: SweepConfig, base_monitor: str) -> SweepConfig:
     """The sweep with its metric (the base recipe's train.monitor when it names none) and the direction that
-    metric is better in (petlab/monitor.py); ConfigError for an unknown metric or a contradicting direction."""
+    metric is better in (petlab/monitor.py); ConfigError for an unknown metric or a contradicting direction.
+    With two objectives the metric is the first, and the second must be latency_ms."""
+    if sweep.objectives is not None:
+        if len(sweep.objectives) != 2 or sweep.objectives[1] != LATENCY:
+            raise ConfigError(f"objectives: {sweep.objectives!r}; two are supported, a validation metric and "
+                              f"{LATENCY} (e.g. [val_accuracy, {LATENCY}])")
+        if sweep.metric not in (None, sweep.objectives[0]):
+            raise ConfigError(f"metric: {sweep.metric!r} differs from the first objective {sweep.objectives[0]!r}")
+        if sweep.pruner != "none":
+            sweep = dataclasses.replace(sweep, pruner="none")  # Optuna prunes single-objective studies only
+        sweep = dataclasses.replace(sweep, metric=sweep.objectives[0])
     metric = sweep.metric or base_monitor
     try:
         monitor = Monitor(metric)
@@ -73,6 +88,16 @@ def with_objective(sweep: SweepConfig, base_monitor: str) -> SweepConfig:
         raise ConfigError(f"direction: {sweep.direction!r} contradicts {metric}, which is {monitor.direction}d; "
                           "leave direction out (it follows the metric)")
     return dataclasses.replace(sweep, metric=metric, direction=monitor.direction)
+
+
+def directions(sweep: SweepConfig) -> list[str]:
+    """Optuna's direction of each objective: the metric's, then latency's (minimize) for a two-objective sweep."""
+    return [sweep.direction, *(["minimize"] if sweep.objectives else [])]
+
+
+def objective_names(sweep: SweepConfig) -> list[str]:
+    """What the dashboard and the report call the objectives."""
+    return list(sweep.objectives) if sweep.objectives else [sweep.metric]
 
 
 def grid_key(value) -> str:

@@ -18,6 +18,7 @@ import threading
 import urllib.request
 from pathlib import Path
 
+from petlab.monitor import METRICS
 from petlab.tracking.base import Tracker
 
 log = logging.getLogger(__name__)
@@ -233,7 +234,7 @@ def experiment_summaries(workspace: str | None, project: str) -> list[dict]:
     out = []
     for exp in api.get_experiments(workspace or api.get_default_workspace(), project_name=project):
         curves = {name: [(point.get("epoch"), float(point["metricValue"])) for point in exp.get_metrics(name)]
-                  for name in ("train_loss", "train_accuracy", "val_loss", "val_accuracy")}
+                  for name in ("train_loss", "train_accuracy", *METRICS)}
         out.append({
             "id": exp.id, "url": exp.url, "name": exp.name, "tags": exp.get_tags(),
             "started_ms": exp.start_server_timestamp,
