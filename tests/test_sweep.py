@@ -348,6 +348,20 @@ def test_a_huge_set_value_is_a_config_error(value):
         parse_set([f"train.lr={value}"])
 
 
+def test_trials_go_under_the_command_line_s_output_dir(tmp_path):
+    """--output-dir was once overwritten by the sweep file's own folder: a sweep's runs landed in runs/sweeps/."""
+    from petlab.search.runner import trial_config
+    from petlab.search.space import grid_sweep, parse_grid
+
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump(BASE))
+    sweep = grid_sweep(base, parse_grid(["seed=0,1"]))
+    mine = trial_config(sweep, "s", {}, {"output_dir": str(tmp_path / "mine")}, [])
+    default = trial_config(sweep, "s", {}, {}, [])
+    assert Path(mine.output_dir) == tmp_path / "mine" / "s"
+    assert Path(default.output_dir) == Path(sweep.output_dir) / "s"
+
+
 def test_a_study_keeps_run_directories_relative_to_the_project_root(tmp_path):
     """Trials stored absolute paths of the machine that ran them; the dashboard and other workers read these."""
     from petlab.paths import project_root

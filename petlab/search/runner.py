@@ -132,10 +132,12 @@ def check_same_sweep(study: optuna.Study, sweep: SweepConfig, storage_url: str |
 
 
 def trial_config(sweep: SweepConfig, study: str, params: dict, overrides: dict, tags: list[str]) -> Config:
-    """base experiment <- sweep overrides <- trial parameters <- command-line flags."""
+    """base experiment <- sweep overrides <- trial parameters <- command-line flags. Trials go to a folder named
+    after the study, under --output-dir where the command line gives one, else under the sweep file's."""
+    folder = Path(overrides.get("output_dir", sweep.output_dir)) / study
     return load_config(sweep.base, {**sweep.overrides, **params, **overrides, "tracking.tags": tags,
                                     "train.monitor": sweep.metric,  # best.pt is the best by the objective
-                                    "output_dir": str(Path(sweep.output_dir) / study)})
+                                    "output_dir": str(folder)})
 
 
 class Pruning(Hook):
