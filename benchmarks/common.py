@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,12 +24,7 @@ def median_call_seconds(fn, batch, repeats: int, warmup: int = 2) -> float:
     """Median seconds per call of fn(batch) under inference mode, after `warmup` untimed calls."""
     import torch
 
+    from petlab.engine.latency import call_seconds
+
     with torch.inference_mode():
-        for _ in range(warmup):
-            fn(batch)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn(batch)
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        return statistics.median(call_seconds(lambda: fn(batch), repeats, warmup))

@@ -15,6 +15,8 @@ photo at batch 1, the median of --repeats timed calls after a warm-up, for
   petlab bundles the weights; --no-int8 leaves it out);
 - openvino fp32: the same model.onnx on OpenVINO, where it is installed (it is not a petlab dependency;
   `pip install openvino` to measure it). Its precision hint is pinned to f32: it would pick bf16 itself.
+--registry models/registry adds the production models' int8 check as promotion measured it (`promote.py --int8`,
+petlab/registry/int8.py): fp32 and int8 test accuracy, top-1 agreement on the run's validation photos, served or not.
 "efficientnet_lite0_backbone" is the headless Lite0, i.e. what the feature cache computes.
 Each row also gives the largest difference from eager fp32's outputs. Threads: --threads (default: all
 cores), the same for every runtime. PETLAB_NATIVE_BF16=0 leaves the bf16 column out, as a laptop has it.
@@ -156,6 +158,29 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def production_int8(root: Path) -> dict:
+    """Each task's production card's int8 entry (what promotion measured), by task; {} where none has one."""
+    from petlab.registry.store import Registry
+
+    registry, out = Registry(root), {}
+    for task in registry.tasks():
+        if (entry := registry.production(task)) and (int8 := registry.card(task, entry["version"]).get("int8")):
+            out[task] = {"version": entry["version"], **int8}
+    return out
+
+
+def production_table(production: dict) -> str:
+    lines = ["| production model | test accuracy fp32 | int8 | difference | top-1 agreement (val photos) | served |",
+             "|---|---|---|---|---|---|"]
+    for task, e in production.items():
+        fp32, int8 = e.get("test_accuracy_fp32"), e.get("test_accuracy_int8")
+        lines.append(f"| {task} v{e['version']} | {'' if fp32 is None else f'{fp32:.2%}'} | "
+                     f"{'' if int8 is None else f'{int8:.2%}'} | {e.get('test_accuracy_difference_points') or 0:+.2f}"
+                     f" points | {e['val_top1_agreement']:.2%} ({e['val_photos']}) | "
+                     f"{'yes' if e['served'] else 'no: ' + e['why']} |")
+    return "\n".join(lines)
+
+
 def figure(result: dict, path: Path) -> None:
     import matplotlib
 
@@ -193,15 +218,22 @@ def main(argv=None) -> int:
     parser.add_argument("--no-int8", dest="int8", action="store_false", help="leave out the int8 rows")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     parser.add_argument("--figure", type=Path, help="also draw the figures into this PNG")
+    parser.add_argument("--registry", type=Path, help="also give the production models' int8 check from this "
+                        "registry's cards (promote.py --int8)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="petlab-inference-") as tmp:
         models = {name: measure(name, args.repeats, args.threads, Path(tmp), args.int8) for name in args.models}
     result = {"machine": machine(torch.device("cpu")), "threads": args.threads, "repeats": args.repeats,
               "models": models}
+    if args.registry:
+        if not (production := production_int8(args.registry)):
+            print(f"no production model in {args.registry} has an int8 check: promote with --int8", file=sys.stderr)
+        result["production_int8"] = production
     if args.figure:
         figure(result, args.figure)
-    print(json.dumps(result) if args.json else table(result))
+    print(json.dumps(result) if args.json else table(result) + (
+        "\n\n" + production_table(result["production_int8"]) if result.get("production_int8") else ""))
     return 0
 
 

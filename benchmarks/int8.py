@@ -32,9 +32,9 @@ import torch
 from common import shared_data  # benchmarks/common.py (this script's folder)
 from inference_throughput import load_model  # benchmarks/inference_throughput.py
 
-from petlab.data.images import load_rgb
 from petlab.export.onnx import export_onnx
 from petlab.export.quantize import CALIBRATION_METHODS, DEFAULT_PHOTOS, quantize_onnx
+from petlab.export.quantize import calibration_batches as batches
 from petlab.inference.preprocessing import Preprocessing
 from petlab.inference.runtime import OnnxSession
 from petlab.models import ARCHS
@@ -47,10 +47,6 @@ def photos(split: str, count: int) -> list[Path]:
     root = shared_data() / "cats_and_dogs_filtered" / split
     cats, dogs = (sorted((root / c).glob("*.jpg")) for c in ("cats", "dogs"))
     return [p for pair in zip(cats, dogs) for p in pair][:count]
-
-
-def batches(pre: Preprocessing, files: list[Path], size: int = 32) -> list[np.ndarray]:
-    return [pre.batch_array([load_rgb(f) for f in files[i:i + size]]) for i in range(0, len(files), size)]
 
 
 def run(session: OnnxSession, parts: list[np.ndarray]) -> np.ndarray:

@@ -200,3 +200,19 @@ def test_a_train_step_is_handed_its_parts_without_a_config():
         norm = step.optimizer_step(read_norm=True)
         losses.append(loss.item())
     assert losses[-1] < losses[0] and norm is not None and step.lr == 0.5 * 0.5 ** 5
+
+
+def test_under_a_latency_budget_ties_go_to_the_run_quicker_to_answer():
+    """promote.py --max-latency-ms: among equally accurate runs the one that answers sooner on this CPU wins
+    (without a budget, the one that trained sooner)."""
+    from petlab.engine.latency import this_cpu
+    from petlab.reports.runs import RunRecord
+
+    def run(name: str, answer_ms: float, train_s: float) -> RunRecord:
+        latency = {"p50_ms": answer_ms, "cpu": this_cpu(), "not_a_pet": "from the model's own pass"}
+        return RunRecord(name, {"task": "cats_vs_dogs", "model": {"arch": "efficientnet_lite0"}},
+                         {"val": {"accuracy": 0.9975}, "wall_time_s": train_s, "latency": latency})
+
+    trains_sooner, answers_sooner = run("a", 9.0, 10.0), run("b", 6.0, 50.0)
+    assert select_best([trains_sooner, answers_sooner], "val_accuracy")[0] is trains_sooner
+    assert select_best([trains_sooner, answers_sooner], "val_accuracy", by_latency=True)[0] is answers_sooner

@@ -2,7 +2,8 @@
 chooses by.
 
 The served runtime at batch 1, as the server answers one photo: the run's best.pt exported to ONNX, loaded on
-ONNX Runtime (inference/model.py: LoadedModel, its preprocessing and test-time augmentation), one real photo of
+ONNX Runtime (inference/model.py: LoadedModel, its preprocessing and test-time augmentation), with the "not a pet"
+check the server would run beside it (a model without ImageNet's own backbone pays a second pass), one real photo of
 the run's own validation split decoded once and answered `calls` times after a warm-up; the median (p50) and p95
 in ms. The CPU it was measured on is recorded with it: a latency holds for that CPU only. results.json keeps it
 under "latency".
@@ -23,28 +24,54 @@ from petlab.data.images import load_rgb
 from petlab.engine.speed import cpu_model
 from petlab.errors import ConfigError
 from petlab.export.onnx import export_onnx
-from petlab.inference.model import LoadedModel
+from petlab.inference.model import MODEL_ONNX, PET_VIEW_ONNX, LoadedModel
+from petlab.inference.pet import SEPARATE_VIEW_FILE, VIEW_ARCH, SeparateView
 from petlab.inference.runtime import OnnxSession
+from petlab.models.pet_view import OwnBackboneView, export_separate_view, own_backbone_head
 
 LATENCY = "latency_ms"  # a sweep's second objective: the served p50 at batch 1, lower is better
 CALLS, WARMUP = 50, 5
 
 
-def served_latency(model: torch.nn.Module, pre, card: dict, photo, calls: int = CALLS) -> dict:
-    """p50 and p95 ms of answering `photo` (an RGB image) at batch 1 on ONNX Runtime, as served."""
+def served_latency(model: torch.nn.Module, arch: str, pre, card: dict, photo, calls: int = CALLS) -> dict:
+    """p50 and p95 ms of answering `photo` (an RGB image) at batch 1 on ONNX Runtime as the server does, its "not a
+    pet" check included: from the model's own pass where its backbone is ImageNet's (pet_view.onnx), else the
+    separate ImageNet view's pass beside it (what promotion would give this model, registry/promote.py)."""
+    model = model.float().eval()
     with tempfile.TemporaryDirectory(prefix="petlab-latency-") as tmp:
+        tmp = Path(tmp)
         example = torch.zeros(2, 3, pre.image_size, pre.image_size)
-        session = OnnxSession(export_onnx(model.float().eval(), example, Path(tmp) / "model.onnx"))
-        served = LoadedModel(card.get("task", ""), "latency", 0, card, "onnx", session, pre)
-        for _ in range(WARMUP):
-            served.probabilities([photo])
-        times = []
-        for _ in range(calls):
-            start = time.perf_counter()
-            served.probabilities([photo])
-            times.append(1000 * (time.perf_counter() - start))
+        session = OnnxSession(export_onnx(model, example, tmp / MODEL_ONNX))
+        separate = pet_module = None
+        if (head := own_backbone_head(model, arch, pre.image_size)) is not None:
+            view = OwnBackboneView(model, arch, head, len(card["classes"]))
+            pet_module = OnnxSession(export_onnx(view, example, tmp / PET_VIEW_ONNX, ("logits", "pet_probability")))
+            pet_check = "from the model's own pass"
+        else:
+            export_separate_view([photo] * 3, tmp / SEPARATE_VIEW_FILE)
+            separate, pet_check = SeparateView(tmp / SEPARATE_VIEW_FILE), f"a separate ImageNet {VIEW_ARCH} pass"
+        served = LoadedModel(card.get("task", ""), "latency", 0, card, "onnx", session, pre, pet_module)
+
+        def answer():
+            if served.probabilities_and_pet([photo])[1] is None:
+                separate.pet_probability([photo])
+
+        times = [1000 * s for s in call_seconds(answer, calls, WARMUP)]
     return {"p50_ms": statistics.median(times), "p95_ms": float(np.percentile(times, 95)), "calls": calls,
-            "batch": 1, "runtime": "onnxruntime fp32", "cpu": this_cpu(), "threads": torch.get_num_threads()}
+            "batch": 1, "runtime": "onnxruntime fp32", "not_a_pet": pet_check, "cpu": this_cpu(),
+            "threads": torch.get_num_threads()}
+
+
+def call_seconds(fn, calls: int, warmup: int) -> list[float]:
+    """The seconds each of `calls` calls of fn() took, after `warmup` untimed ones (the benchmarks time with it too)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
 
 
 def this_cpu() -> str:
@@ -62,12 +89,14 @@ def measure_run_latency(run_dir: Path, calls: int = CALLS) -> dict:
         raise ConfigError(f"{run_dir}: no validation or test photo recorded (predictions.npz) to time an answer on")
     results = rundir.read_results(run_dir)
     card = {"classes": trained.classes, "tta": results.get("tta", "none"), "task": results.get("task", "")}
-    latency = served_latency(trained.model, trained.preprocessing, card, load_rgb(files[0]), calls)
+    latency = served_latency(trained.model, trained.cfg.model.arch, trained.preprocessing, card, load_rgb(files[0]),
+                             calls)
     rundir.write_results(run_dir, {**results, "latency": latency})
     return latency
 
 
 def latency_here(results: dict) -> float | None:
-    """A run's recorded p50 when it was measured on this CPU, else None (another CPU's figure does not hold)."""
+    """A run's recorded p50 when it was measured on this CPU with the "not a pet" check, else None (another CPU's
+    figure does not hold, and one without the check is not what the server answers in)."""
     latency = results.get("latency") or {}
-    return latency.get("p50_ms") if latency.get("cpu") == this_cpu() else None
+    return latency.get("p50_ms") if latency.get("cpu") == this_cpu() and latency.get("not_a_pet") else None

@@ -68,6 +68,14 @@ def quantize_onnx(fp32: Path, out: Path, batches: Iterable[np.ndarray], method: 
     return out
 
 
+def calibration_batches(pre, files: list, size: int = 32) -> list[np.ndarray]:
+    """The photos in `files` decoded and preprocessed as served (`pre`), in batches of `size`: what quantize_onnx
+    calibrates on and what the int8 checks compare."""
+    from petlab.data.images import load_rgb
+
+    return [pre.batch_array([load_rgb(f) for f in files[i:i + size]]) for i in range(0, len(files), size)]
+
+
 def top1(probabilities: np.ndarray) -> np.ndarray:
     return np.asarray(probabilities).argmax(axis=1)
 

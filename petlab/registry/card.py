@@ -129,7 +129,8 @@ def latency_lines(latency: dict | None) -> list[str]:
     budget = f"; chosen as the most accurate run within **{latency['budget_ms']:g} ms**" \
         if latency.get("budget_ms") is not None else ""
     return ["## Latency",
-            f"Answering one photo at batch 1 ({latency['runtime']}, preprocessing included): p50 "
+            f"Answering one photo at batch 1 ({latency['runtime']}, preprocessing included"
+            f"{', the not-a-pet check ' + latency['not_a_pet'] if latency.get('not_a_pet') else ''}): p50 "
             f"**{latency['p50_ms']:.1f} ms**, p95 {latency['p95_ms']:.1f} ms over {latency['calls']} calls on "
             f"{latency['cpu']}, {latency['threads']} threads{budget}.", ""]
 

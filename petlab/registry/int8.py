@@ -15,7 +15,7 @@ import numpy as np
 
 from petlab.data.images import load_rgb
 from petlab.errors import ExportError
-from petlab.export.quantize import DEFAULT_METHOD, DEFAULT_PHOTOS, quantize_onnx, top1, verdict
+from petlab.export.quantize import DEFAULT_METHOD, DEFAULT_PHOTOS, calibration_batches, quantize_onnx, top1, verdict
 from petlab.inference.model import MODEL_ONNX, PET_VIEW_ONNX, LoadedModel, int8_file
 from petlab.inference.runtime import OnnxSession
 
@@ -63,8 +63,7 @@ def write_int8(folder: Path, card: dict, pre, train: list[tuple[str, int]], pred
     pet_file = PET_VIEW_ONNX if view.get("file") and view.get("onnx") else None
     files = [MODEL_ONNX, *([pet_file] if pet_file else [])]
     calibration = calibration or calibration_photos(train, photos, seed)
-    batches = [pre.batch_array([load_rgb(f) for f in calibration[i:i + BATCH]])
-               for i in range(0, len(calibration), BATCH)]
+    batches = calibration_batches(pre, calibration, BATCH)
     for name in files:
         quantize_onnx(folder / name, folder / int8_file(name), batches, method)
     fp32 = served(folder, card, pre, MODEL_ONNX, pet_file)

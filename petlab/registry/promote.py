@@ -114,13 +114,18 @@ def candidate_runs(task: str, runs_root: Path | None = None, study: str | None =
     return records
 
 
-def select_best(records: list[RunRecord], metric: str) -> tuple[RunRecord, float]:
-    """The best run by the validation metric; ties go to the faster run, then the earlier one."""
+def select_best(records: list[RunRecord], metric: str, by_latency: bool = False) -> tuple[RunRecord, float]:
+    """The best run by the validation metric; ties go to the faster run (by_latency: the one quicker to answer
+    on this CPU, else the one quicker to train), then the earlier one."""
     monitor = check_metric(metric)
     scored = [(r, r.results["val"][monitor.key]) for r in records if r.metrics("val").get(monitor.key) is not None]
     if not scored:
         raise PromotionError(f"none of the {len(records)} runs recorded {metric}")
-    return min(scored, key=lambda rv: (monitor.sort_key(rv[1]), rv[0].results.get("wall_time_s") or 0.0, rv[0].run))
+
+    def faster(record: RunRecord) -> float:
+        return (latency_here(record.results) if by_latency else record.results.get("wall_time_s")) or 0.0
+
+    return min(scored, key=lambda rv: (monitor.sort_key(rv[1]), faster(rv[0]), rv[0].run))
 
 
 def within_latency(records: list[RunRecord], max_latency_ms: float) -> list[RunRecord]:
@@ -250,7 +255,7 @@ def promote(task: str, metric: str | None = None, runs_root: Path | None = None,
     metric = chosen_metric(metric, records)
     if max_latency_ms is not None:
         records = within_latency(records, max_latency_ms)
-    best, value = select_best(records, metric)
+    best, value = select_best(records, metric, by_latency=max_latency_ms is not None)
     log.info("promoting %s (%s = %.4f, best of %d %s runs)", best.path, metric, value, len(records), task)
     trained = rundir.load_model(best.path)
     model, cfg, classes, pre = trained.model, trained.cfg, trained.classes, trained.preprocessing
