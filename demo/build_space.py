@@ -28,8 +28,11 @@ REPO = DEMO.parent
 MARKER = ".petlab-space"
 # What the Space serves from, on ONNX Runtime (explain.onnx: the heatmaps), and the figure its card shows
 # (/api/figures/). The card itself (card.json, card.md, README.md) is written again, listing only these files.
-# The PyTorch exports and the state dict stay home: without torch they could not load.
-SPACE_FILES = ("model.onnx", "pet_view.onnx", "explain.onnx", SEPARATE_VIEW_FILE, "reliability.png")
+# The int8 twins go where promotion wrote them (their check passed); the Space's server answers with them only
+# on a CPU with the int8 kernels the check ran on (inference/model.py). The PyTorch exports and the state dict stay
+# home: without torch they could not load.
+SPACE_FILES = ("model.onnx", "pet_view.onnx", "model.int8.onnx", "pet_view.int8.onnx", "explain.onnx",
+               SEPARATE_VIEW_FILE, "reliability.png")
 PYTHON_VERSION = "3.11"  # what petlab needs (datetime.UTC) and the Space's requirements were tested with
 
 FRONT_MATTER = """---

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from petlab.export.quantize import AGREEMENT_MIN, verdict
+from petlab.inference.runtime import int8_kernels
 from petlab.registry.card import card_markdown
 from petlab.registry.int8 import calibration_photos
 
@@ -37,6 +38,18 @@ def test_calibration_photos_come_from_train_with_the_classes_taking_turns():
     assert len(calibration_photos(train, 100, seed=0)) == 13
 
 
+def test_int8_kernels_tell_a_cpu_with_vnni_from_one_without():
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64"):  # ARM reports its own family, flags unread
+        assert int8_kernels("flags : avx2 avx512_vnni") == platform.machine().lower()
+        return
+    assert int8_kernels("processor : 0\nflags\t\t: fpu sse2 avx2 fma\n") == "x86 without VNNI"  # Zen 2, laptops
+    for flag in ("avx512_vnni", "avx_vnni", "amx_int8"):
+        assert int8_kernels(f"flags\t\t: fpu avx2 {flag}\n") == "x86 with VNNI"
+    assert int8_kernels() in ("x86 with VNNI", "x86 without VNNI")  # this machine's own /proc/cpuinfo
+
+
 @pytest.mark.slow  # real_runs: experiments/run.py on the shared photos
 def test_promote_int8_serves_the_twin_only_where_its_check_passes_and_the_card_shows_it(real_runs, tmp_path):
     import onnx
@@ -60,11 +73,19 @@ def test_promote_int8_serves_the_twin_only_where_its_check_passes_and_the_card_s
                                and abs(check["test_accuracy_difference_points"]) <= 0.3)
     assert "## int8" in (folder / "card.md").read_text()
     loaded = load_version(Registry(registry), "cats_vs_dogs", 1)
+    assert check["checked_on"]["int8_kernels"] == int8_kernels() and "Checked on" in (folder / "card.md").read_text()
     if check["served"]:
         assert (loaded.fmt, loaded.pet_fmt) == ("onnx_int8", "onnx_int8")
         metadata = {p.key: p.value for p in onnx.load(str(folder / "model.int8.onnx")).metadata_props}
         assert metadata["petlab.precision"].startswith("int8") and json.loads(metadata["petlab.classes"]) == \
             card["classes"]
+        # the same version on a CPU whose int8 kernels differ from the check's: fp32 answers, and says why
+        other = "x86 without VNNI" if int8_kernels() == "x86 with VNNI" else "x86 with VNNI"
+        card["int8"]["checked_on"]["int8_kernels"] = other
+        (folder / "card.json").write_text(json.dumps(card))
+        elsewhere = load_version(Registry(registry), "cats_vs_dogs", 1)
+        assert (elsewhere.fmt, elsewhere.pet_fmt) == ("onnx", "onnx")
+        assert f"ran on a CPU with {other} int8 kernels" in elsewhere.refused["model.int8.onnx"]
     else:
         assert (loaded.fmt, loaded.pet_fmt) == ("onnx", "onnx") and not (folder / "model.int8.onnx").exists()
         assert "not served" in (folder / "card.md").read_text()

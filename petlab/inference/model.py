@@ -20,7 +20,7 @@ from petlab.calibration import apply_temperature
 from petlab.errors import ExportError
 from petlab.inference.heatmap import PhotoHeatmap
 from petlab.inference.preprocessing import Preprocessing
-from petlab.inference.runtime import OnnxSession
+from petlab.inference.runtime import OnnxSession, int8_kernels
 
 log = logging.getLogger(__name__)
 
@@ -221,6 +221,12 @@ def load_version(registry, task: str, version: int, fallback: Callable | None = 
     own_view = (card.get("not_a_pet") or {}).get("file") is not None
     fmt = pet_fmt = module = pet_module = None
     int8 = bool((card.get("int8") or {}).get("served")) and int8_allowed()
+    checked_on = ((card.get("int8") or {}).get("checked_on") or {}).get("int8_kernels")
+    if int8 and checked_on != int8_kernels():  # the check's figures hold for the kernels it ran on only
+        refused[int8_file(MODEL_ONNX)] = (f"its int8 check ran on a CPU with {checked_on or 'unrecorded'} int8 "
+                                          f"kernels and this one has {int8_kernels()}: fp32 serves")
+        log.warning("%s v%s: %s", task, version, refused[int8_file(MODEL_ONNX)])
+        int8 = False
     if not torch_first():
         module, fmt = load_served_onnx(folder, MODEL_ONNX, int8, refused)
         if own_view and card["not_a_pet"].get("onnx"):

@@ -2,11 +2,32 @@
 
 from __future__ import annotations
 
+import platform
 from pathlib import Path
 
 import numpy as np
 
 from petlab.errors import ExportError
+
+# CPU flags that give ONNX Runtime an 8-bit dot product accumulating in 32 bits (no saturation).
+VNNI_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8"}
+
+
+def int8_kernels(cpuinfo: str | None = None) -> str:
+    """Which of ONNX Runtime's int8 kernel families this CPU runs; an int8 twin's check holds for CPUs of the same
+    family only. x86 with VNNI (AVX512-VNNI, AVX-VNNI or AMX) accumulates uint8 x int8 products without saturating;
+    x86 without it (AVX2 alone: Zen 2, most laptops) takes other kernels, which may saturate (ONNX Runtime's
+    quantize_static notes); ARM has its own. cpuinfo: /proc/cpuinfo's text (default: read it)."""
+    machine = platform.machine().lower()
+    if machine not in ("x86_64", "amd64", "x86", "i686"):
+        return machine or "unknown"
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:  # not Linux: the flags cannot be read, so no check made elsewhere is assumed to hold
+            return "x86, extensions unknown"
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
+    return "x86 with VNNI" if VNNI_FLAGS & set(flags) else "x86 without VNNI"
 
 
 class OnnxSession:

@@ -119,7 +119,14 @@ def int8_lines(check: dict | None) -> list[str]:
             f"with fp32 on {check['val_photos']} validation photos **{_pct(check['val_top1_agreement'])}**{test}{pet}. "
             f"Served only with at least {100 * t['agreement_min']:.1f}% agreement and test accuracy within "
             f"{t['test_accuracy_within_points']:.1f} points: **{'served' if check['served'] else 'not served'}** "
-            f"({check['why']}).", ""]
+            f"({check['why']}).{checked_on(check.get('checked_on'))}", ""]
+
+
+def checked_on(where: dict | None) -> str:
+    if not where:
+        return ""
+    return (f" Checked on {where['cpu']} ({where['int8_kernels']}); a server on a CPU with other int8 kernels "
+            f"answers with the fp32 files, since the check's figures hold for these kernels only.")
 
 
 def latency_lines(latency: dict | None) -> list[str]:

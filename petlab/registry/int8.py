@@ -14,10 +14,11 @@ from pathlib import Path
 import numpy as np
 
 from petlab.data.images import load_rgb
+from petlab.engine.speed import cpu_model
 from petlab.errors import ExportError
 from petlab.export.quantize import DEFAULT_METHOD, DEFAULT_PHOTOS, calibration_batches, quantize_onnx, top1, verdict
 from petlab.inference.model import MODEL_ONNX, PET_VIEW_ONNX, LoadedModel, int8_file
-from petlab.inference.runtime import OnnxSession
+from petlab.inference.runtime import OnnxSession, int8_kernels
 
 log = logging.getLogger(__name__)
 BATCH = 32
@@ -82,7 +83,8 @@ def write_int8(folder: Path, card: dict, pre, train: list[tuple[str, int]], pred
     if pet_file:  # the "not a pet" verdict must agree as often as the top-1
         threshold = view["threshold"]
         extra = {"val_pet_verdict_agreement": float(((pets32 >= threshold) == (pets8 >= threshold)).mean())}
-    entry = {"files": [int8_file(f) for f in files], "calibration": {
+    entry = {"files": [int8_file(f) for f in files], "checked_on": {"cpu": cpu_model(), "int8_kernels": int8_kernels()},
+             "calibration": {
         "method": method, "photos": len(calibration), "from": calibrated_on,
         "recipe": "ONNX Runtime quantize_static, QDQ, int8 weights per channel, uint8 activations; the "
                   "classifier's Gemm/MatMul in fp32"}, **verdict(agreement, len(val), fp32_test, int8_test, extra)}
