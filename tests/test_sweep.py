@@ -445,3 +445,45 @@ def test_a_two_objective_study_reports_its_front_and_promotion_by_budget_picks_f
     assert "## Latency" in (Registry(registry).version_dir("cats_vs_dogs", 1) / "card.md").read_text()
     refused = script(*promote, "--max-latency-ms", latency[32] / 100, check=False)
     assert refused.returncode == 2 and "none of the 3 runs answers within" in refused.stderr
+
+
+@pytest.mark.slow
+def test_int8_as_a_sweep_dimension_times_and_scores_the_twin_and_promotion_serves_it(tiny_photos, tmp_path):
+    """space.int8 [false, true]: the int8 trial quantises its checkpoint as promote.py --int8 would and checks the
+    twin on its validation photos; where it passes, the twin is what the trial times and scores. Promoted under a
+    budget, a run timed as its twin is promoted with it. int8 is refused where it cannot be scored."""
+    from petlab.engine.latency import this_cpu
+    from petlab.search.runner import study_run_dirs
+
+    base = {"name": "lite0", "task": "cats_vs_dogs", **Recipe({**TINY, "model.arch": "efficientnet_lite0"}).shrink({
+        **HEAD_ONLY, "data.image_size": 224, "train.epochs": 2, "train.lr": 0.01}).yaml()}
+    sweep_files(tmp_path, base=base, objectives=["val_accuracy", "latency_ms"], pruner="none",
+                space={"int8": {"type": "grid", "values": [False, True]}})
+    storage = f"sqlite:///{tmp_path / 'int8.db'}"
+    script("sweep.py", *sweep_args(tmp_path, tiny_photos, storage, "--output-dir", tmp_path / "runs"))
+    done = {t.params["int8"]: t for t in optuna.load_study(study_name="tiny", storage=storage).get_trials(
+        states=(TrialState.COMPLETE,))}
+    assert set(done) == {False, True}
+    results = {d.name: json.loads((d / "results.json").read_text()) for d in study_run_dirs("tiny", storage)}
+    recorded = {t: results[Path(trial.user_attrs["run_dir"]).name] for t, trial in done.items()}
+    assert recorded[False]["latency"]["runtime"] == "onnxruntime fp32" and "int8" not in recorded[False]["latency"]
+    check = recorded[True]["latency"]["int8"]
+    # Lite0's features on 12 real validation photos: its twin agrees on every answer (production: 400 of 400)
+    assert check["served"] and check["val_top1_agreement"] == 1.0 and check["test_accuracy_fp32"] is None  # no test
+    assert recorded[True]["latency"]["runtime"] == "onnxruntime int8" and recorded[True]["latency"]["cpu"] == this_cpu()
+    assert done[True].values[0] == check["val_accuracy_int8"] and done[True].user_attrs["int8_served"] is True
+    assert done[True].values[1] == recorded[True]["latency"]["p50_ms"]
+
+    registry = tmp_path / "registry"
+    int8_run = next(d for d in study_run_dirs("tiny", storage)
+                    if json.loads((d / "results.json").read_text())["latency"].get("int8"))
+    script("promote.py", "--registry", registry, "--task", "cats_vs_dogs", "--run", int8_run, "--max-latency-ms",
+           recorded[True]["latency"]["p50_ms"] + 1000)  # no --int8: the run was timed as its twin, so it comes along
+    card = Registry(registry).card("cats_vs_dogs", 1)
+    assert card["int8"]["served"] and card["latency"]["runtime"] == "onnxruntime int8"
+    assert card["selected_by"]["value"] == check["val_accuracy_int8"]  # chosen as it answers: as the twin
+
+    (tmp_path / "single").mkdir()
+    single = sweep_files(tmp_path / "single", space={"int8": {"type": "categorical", "choices": [False, True]}})
+    with pytest.raises(ConfigError, match="int8 is timed and scored in a sweep with objectives"):
+        load_sweep(single)

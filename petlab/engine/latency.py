@@ -14,6 +14,7 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +25,8 @@ from petlab.data.images import load_rgb
 from petlab.engine.speed import cpu_model
 from petlab.errors import ConfigError
 from petlab.export.onnx import export_onnx
-from petlab.inference.model import MODEL_ONNX, PET_VIEW_ONNX, LoadedModel
-from petlab.inference.pet import SEPARATE_VIEW_FILE, VIEW_ARCH, SeparateView
+from petlab.inference.model import MODEL_ONNX, PET_VIEW_ONNX, LoadedModel, int8_file
+from petlab.inference.pet import OWN_BACKBONE_THRESHOLDS, SEPARATE_VIEW_FILE, VIEW_ARCH, SeparateView
 from petlab.inference.runtime import OnnxSession
 from petlab.models.pet_view import OwnBackboneView, export_separate_view, own_backbone_head
 
@@ -33,24 +34,32 @@ LATENCY = "latency_ms"  # a sweep's second objective: the served p50 at batch 1,
 CALLS, WARMUP = 50, 5
 
 
-def served_latency(model: torch.nn.Module, arch: str, pre, card: dict, photo, calls: int = CALLS) -> dict:
+def served_latency(model: torch.nn.Module, arch: str, pre, card: dict, photo, calls: int = CALLS,
+                   int8_check: Callable[[Path, dict], dict] | None = None) -> dict:
     """p50 and p95 ms of answering `photo` (an RGB image) at batch 1 on ONNX Runtime as the server does, its "not a
     pet" check included: from the model's own pass where its backbone is ImageNet's (pet_view.onnx), else the
-    separate ImageNet view's pass beside it (what promotion would give this model, registry/promote.py)."""
+    separate ImageNet view's pass beside it (what promotion would give this model, registry/promote.py).
+    int8_check(folder, card): quantises and checks the files exported into `folder` (registry/int8.py write_int8)
+    and returns its entry; where the twin passes, it is what is timed, as the server would answer with it."""
     model = model.float().eval()
     with tempfile.TemporaryDirectory(prefix="petlab-latency-") as tmp:
         tmp = Path(tmp)
         example = torch.zeros(2, 3, pre.image_size, pre.image_size)
-        session = OnnxSession(export_onnx(model, example, tmp / MODEL_ONNX))
-        separate = pet_module = None
+        export_onnx(model, example, tmp / MODEL_ONNX)
+        separate = pet_file = None
         if (head := own_backbone_head(model, arch, pre.image_size)) is not None:
             view = OwnBackboneView(model, arch, head, len(card["classes"]))
-            pet_module = OnnxSession(export_onnx(view, example, tmp / PET_VIEW_ONNX, ("logits", "pet_probability")))
+            pet_file = export_onnx(view, example, tmp / PET_VIEW_ONNX, ("logits", "pet_probability")).name
+            card = {**card, "not_a_pet": {"file": pet_file, "onnx": pet_file,
+                                          "threshold": OWN_BACKBONE_THRESHOLDS[(arch, pre.image_size)]}}
             pet_check = "from the model's own pass"
         else:
             export_separate_view([photo] * 3, tmp / SEPARATE_VIEW_FILE)
             separate, pet_check = SeparateView(tmp / SEPARATE_VIEW_FILE), f"a separate ImageNet {VIEW_ARCH} pass"
-        served = LoadedModel(card.get("task", ""), "latency", 0, card, "onnx", session, pre, pet_module)
+        check = int8_check(tmp, card) if int8_check is not None else None
+        twin = int8_file if check is not None and check["served"] else (lambda name: name)
+        served = LoadedModel(card.get("task", ""), "latency", 0, card, "onnx", OnnxSession(tmp / twin(MODEL_ONNX)), pre,
+                             OnnxSession(tmp / twin(pet_file)) if pet_file else None)
 
         def answer():
             if served.probabilities_and_pet([photo])[1] is None:
@@ -58,8 +67,8 @@ def served_latency(model: torch.nn.Module, arch: str, pre, card: dict, photo, ca
 
         times = [1000 * s for s in call_seconds(answer, calls, WARMUP)]
     return {"p50_ms": statistics.median(times), "p95_ms": float(np.percentile(times, 95)), "calls": calls,
-            "batch": 1, "runtime": "onnxruntime fp32", "not_a_pet": pet_check, "cpu": this_cpu(),
-            "threads": torch.get_num_threads()}
+            "batch": 1, "runtime": f"onnxruntime {'int8' if twin is int8_file else 'fp32'}", "not_a_pet": pet_check,
+            "cpu": this_cpu(), "threads": torch.get_num_threads(), **({"int8": check} if check is not None else {})}
 
 
 def call_seconds(fn, calls: int, warmup: int) -> list[float]:
@@ -80,8 +89,10 @@ def this_cpu() -> str:
     return f"{cpu_model()} ({torch.backends.cpu.get_cpu_capability()})"
 
 
-def measure_run_latency(run_dir: Path, calls: int = CALLS) -> dict:
-    """The run's served latency here, recorded in its results.json ("latency") and returned."""
+def measure_run_latency(run_dir: Path, calls: int = CALLS, int8: bool = False) -> dict:
+    """The run's served latency here, recorded in its results.json ("latency") and returned. int8: quantise it as
+    `promote.py --int8` would (calibrated on its training photos) and check the twin on its validation photos only
+    (a sweep never looks at test); where the twin passes, the twin is timed and the entry's "int8" says so."""
     trained = rundir.load_model(run_dir)
     predictions = rundir.read_predictions(run_dir) or {}
     files = (predictions.get("val") or predictions.get("test") or {}).get("files") or []
@@ -89,8 +100,20 @@ def measure_run_latency(run_dir: Path, calls: int = CALLS) -> dict:
         raise ConfigError(f"{run_dir}: no validation or test photo recorded (predictions.npz) to time an answer on")
     results = rundir.read_results(run_dir)
     card = {"classes": trained.classes, "tta": results.get("tta", "none"), "task": results.get("task", "")}
+    check = None
+    if int8:
+        from petlab.registry.int8 import write_int8  # the registry builds on this module, not the other way
+        from petlab.registry.promote import run_splits
+
+        train = run_splits(trained.cfg, "int8 calibration").train
+        if not predictions.get("val"):
+            raise ConfigError(f"{run_dir}: no validation predictions to check an int8 twin on")
+
+        def check(folder: Path, card: dict) -> dict:
+            return write_int8(folder, card, trained.preprocessing, train, {"val": predictions["val"]},
+                              trained.cfg.seed)
     latency = served_latency(trained.model, trained.cfg.model.arch, trained.preprocessing, card, load_rgb(files[0]),
-                             calls)
+                             calls, check)
     rundir.write_results(run_dir, {**results, "latency": latency})
     return latency
 

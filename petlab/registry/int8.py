@@ -71,9 +71,13 @@ def write_int8(folder: Path, card: dict, pre, train: list[tuple[str, int]], pred
     int8 = served(folder, card, pre, int8_file(MODEL_ONNX), int8_file(pet_file) if pet_file else None)
     if not predictions.get("val"):
         raise ExportError("the int8 check needs the run's validation predictions to compare on")
-    val = [f for f in predictions["val"]["files"] if f not in set(calibration)]  # out-of-fold runs: train photos
+    kept = [(f, t) for f, t in zip(predictions["val"]["files"], predictions["val"]["targets"], strict=True)
+            if f not in set(calibration)]  # out-of-fold runs validate on train photos: never on a calibration one
+    val, val_targets = [f for f, _ in kept], np.asarray([t for _, t in kept])
     (val32, pets32), (val8, pets8) = answers(fp32, val), answers(int8, val)
     agreement = float((top1(val32) == top1(val8)).mean())
+    val_accuracy = {"val_accuracy_fp32": float((top1(val32) == val_targets).mean()),
+                    "val_accuracy_int8": float((top1(val8) == val_targets).mean())}
     fp32_test = int8_test = None
     if predictions.get("test"):
         test, targets = list(predictions["test"]["files"]), np.asarray(predictions["test"]["targets"])
@@ -87,12 +91,13 @@ def write_int8(folder: Path, card: dict, pre, train: list[tuple[str, int]], pred
              "calibration": {
         "method": method, "photos": len(calibration), "from": calibrated_on,
         "recipe": "ONNX Runtime quantize_static, QDQ, int8 weights per channel, uint8 activations; the "
-                  "classifier's Gemm/MatMul in fp32"}, **verdict(agreement, len(val), fp32_test, int8_test, extra)}
+                  "classifier's Gemm/MatMul in fp32"},
+             **val_accuracy, **verdict(agreement, len(val), fp32_test, int8_test, extra)}
     if not entry["served"]:
         for name in entry["files"]:
             (folder / name).unlink(missing_ok=True)
         log.warning("int8 is not served: %s", entry["why"])
     else:
-        log.info("int8 serves: top-1 agreement %.2f%% on %d validation photos; test accuracy %s -> %s",
-                 100 * agreement, len(val), fp32_test, int8_test)
+        log.info("int8 serves: top-1 agreement %.2f%% on %d validation photos%s", 100 * agreement, len(val),
+                 "" if fp32_test is None else f"; test accuracy {fp32_test:.2%} -> {int8_test:.2%}")
     return entry

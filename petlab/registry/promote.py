@@ -116,9 +116,17 @@ def candidate_runs(task: str, runs_root: Path | None = None, study: str | None =
 
 def select_best(records: list[RunRecord], metric: str, by_latency: bool = False) -> tuple[RunRecord, float]:
     """The best run by the validation metric; ties go to the faster run (by_latency: the one quicker to answer
-    on this CPU, else the one quicker to train), then the earlier one."""
+    on this CPU, else the one quicker to train), then the earlier one. by_latency also scores a run timed as its
+    int8 twin by the twin's validation accuracy: what would answer within the budget."""
     monitor = check_metric(metric)
-    scored = [(r, r.results["val"][monitor.key]) for r in records if r.metrics("val").get(monitor.key) is not None]
+
+    def as_served(record: RunRecord) -> float:  # a run timed as its int8 twin is scored as the twin, as in its sweep
+        twin = (record.results.get("latency") or {}).get("int8") or {}
+        if by_latency and metric == "val_accuracy" and twin.get("served"):
+            return twin["val_accuracy_int8"]
+        return record.results["val"][monitor.key]
+
+    scored = [(r, as_served(r)) for r in records if r.metrics("val").get(monitor.key) is not None]
     if not scored:
         raise PromotionError(f"none of the {len(records)} runs recorded {metric}")
 
@@ -257,6 +265,11 @@ def promote(task: str, metric: str | None = None, runs_root: Path | None = None,
         records = within_latency(records, max_latency_ms)
     best, value = select_best(records, metric, by_latency=max_latency_ms is not None)
     log.info("promoting %s (%s = %.4f, best of %d %s runs)", best.path, metric, value, len(records), task)
+    # a run timed as its int8 twin (a sweep's int8 dimension) fits the budget as that twin, so the twin must serve
+    timed_as_int8 = max_latency_ms is not None and (best.results.get("latency") or {}).get("int8", {}).get("served")
+    if timed_as_int8 and not int8:
+        log.info("%s was timed as its int8 twin: promoting it with the twin (--int8)", best.path.name)
+        int8 = True
     trained = rundir.load_model(best.path)
     model, cfg, classes, pre = trained.model, trained.cfg, trained.classes, trained.preprocessing
     predictions = candidate_predictions(best, model, cfg, classes, pre)
@@ -304,6 +317,10 @@ def promote(task: str, metric: str | None = None, runs_root: Path | None = None,
         if int8:
             card["int8"] = write_int8(staged, card, pre, run_splits(cfg, "int8 calibration").train, predictions,
                                       cfg.seed)
+            if timed_as_int8 and not card["int8"]["served"]:
+                raise PromotionError(f"{best.path.name} answers within {max_latency_ms:g} ms as its int8 twin, which "
+                                     f"failed its check here ({card['int8']['why']}); its fp32 files were not timed "
+                                     "against the budget")
             for name in card["int8"]["files"] if card["int8"]["served"] else ():
                 card["files"][name] = f"ONNX int8 twin of {name.replace('.int8', '')}, what the server answers with " \
                                       "(checked: card's int8)"

@@ -13,7 +13,7 @@ import yaml
 from matplotlib.ticker import NullFormatter
 
 from petlab.reports.figures import pyplot
-from petlab.search.space import SweepConfig, is_grid, objective_names
+from petlab.search.space import SweepConfig, config_params, is_grid, objective_names
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ def best_config_yaml(study: optuna.Study, sweep: SweepConfig) -> str:
     from petlab.config import load_config
 
     best = study.best_trial
-    cfg = load_config(sweep.base, {**sweep.overrides, **best.params})
+    cfg = load_config(sweep.base, {**sweep.overrides, **config_params(best.params)})
     cfg.name = f"{study.study_name}-best"
     header = (f"# Best trial {best.number} of study {study.study_name}: {sweep.metric} = {best.value:.4f}\n"
               f"# parameters: {best.params}\n# python experiments/run.py --config THIS_FILE [--epochs E]\n")

@@ -25,7 +25,16 @@ from petlab.engine.outcome import StopRun
 from petlab.errors import ConfigError
 from petlab.monitor import Monitor
 from petlab.paths import relative_to_root, under_root
-from petlab.search.space import SweepConfig, directions, is_grid, make_pruner, objective_names, suggest
+from petlab.search.space import (
+    INT8,
+    SweepConfig,
+    config_params,
+    directions,
+    is_grid,
+    make_pruner,
+    objective_names,
+    suggest,
+)
 from petlab.search.storage import (
     admission_lock,
     counted_trials,
@@ -160,7 +169,8 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, sweep: SweepConfig, over
     tags = [f"study:{study.study_name}", f"trial:{trial.number}"]
     try:  # before the heartbeat starts, a failure must end the trial here: nothing would ever reap it
         params = suggest(trial, sweep.space)
-        cfg = trial_config(sweep, study.study_name, params, overrides, tags)
+        int8 = bool(params.get(INT8, False))
+        cfg = trial_config(sweep, study.study_name, config_params(params), overrides, tags)
     except ConfigError as exc:
         log.warning("trial %d: %s", trial.number, exc)
         trial.set_user_attr("error", str(exc))
@@ -186,8 +196,14 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, sweep: SweepConfig, over
             trial.set_user_attr("test_accuracy", test["accuracy"])
         value = outcome.results["val"][Monitor(sweep.metric).key]  # of the best checkpoint by it
         if sweep.objectives:  # and the served batch-1 p50 of that checkpoint, on this CPU
-            latency = measure_run_latency(outcome.run_dir)
+            latency = measure_run_latency(outcome.run_dir, int8=int8)
             trial.set_user_attr("latency_cpu", latency["cpu"])
+            if int8:  # the twin serves where it passed its check: then it is what is scored, as it is what is timed
+                check = latency["int8"]
+                trial.set_user_attr("int8_served", check["served"])
+                trial.set_user_attr("int8_val_top1_agreement", check["val_top1_agreement"])
+                if check["served"]:
+                    value = check["val_accuracy_int8"]
             study.tell(trial, [value, latency["p50_ms"]])
         else:
             study.tell(trial, value)

@@ -21,6 +21,10 @@ from petlab.errors import ConfigError
 from petlab.monitor import Monitor
 
 KINDS = ("loguniform", "uniform", "int", "categorical", "grid")
+# A dimension that is not a config key: `int8: {type: categorical, choices: [false, true]}`. A trial with int8
+# true serves its int8 twin where the twin keeps the answers (registry/int8.py's check on the validation photos),
+# so it is timed and scored as that twin: its latency the twin's p50, its val_accuracy the twin's.
+INT8 = "int8"
 PRUNERS = ("median", "hyperband", "none")
 
 
@@ -62,8 +66,21 @@ def load_sweep(path: str | Path) -> SweepConfig:
         raise ConfigError(f"pruner: {sweep.pruner!r} is not one of {', '.join(PRUNERS)}")
     for key, spec in sweep.space.items():
         check_dimension(key, spec)
-    base = load_config(sweep.base, {**sweep.overrides, **sample_midpoint(sweep.space)})  # every key must exist
-    return with_objective(sweep, base.train.monitor)
+    base = load_config(sweep.base, {**sweep.overrides, **config_params(sample_midpoint(sweep.space))})
+    sweep = with_objective(sweep, base.train.monitor)  # every config key must exist (above)
+    if INT8 in sweep.space:
+        choices = sweep.space[INT8].get("choices") or sweep.space[INT8].get("values") or []
+        if not all(isinstance(c, bool) for c in choices):
+            raise ConfigError(f"space.{INT8}: choices are true and false, got {choices!r}")
+        if sweep.objectives is None or sweep.metric != "val_accuracy":
+            raise ConfigError(f"space.{INT8}: int8 is timed and scored in a sweep with objectives: [val_accuracy, "
+                              f"{LATENCY}] only")
+    return sweep
+
+
+def config_params(params: dict[str, Any]) -> dict[str, Any]:
+    """A trial's parameters that are config keys (all but INT8)."""
+    return {k: v for k, v in params.items() if k != INT8}
 
 
 def with_objective(sweep: SweepConfig, base_monitor: str) -> SweepConfig:
