@@ -93,6 +93,14 @@ def write_pareto_front(study: optuna.Study, sweep: SweepConfig, out_dir: Path) -
         fig.set_size_inches(8, 5.5)
         cpu = next((r["latency_cpu"] for r in rows if r.get("latency_cpu")), "this CPU")
         ax.set_title(f"{study.study_name}: {names[0]} against {names[1]} (batch-1 p50 on {cpu})")
+        ax.set_yscale("log")  # latencies span several-fold: a log axis keeps the fast end, where the front lies, apart
+        from matplotlib.ticker import FormatStrFormatter
+
+        for axis_ticks in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+            axis_ticks(FormatStrFormatter("%g"))  # 5, 10, 20 ms rather than 10^1
+        for row in rows:  # the front's trials by number, as pareto_front.csv lists them
+            ax.annotate(f"#{row['trial']}", (row[names[0]], row[names[1]]), textcoords="offset points",
+                        xytext=(4, 4), fontsize=8)
         fig.savefig(files["pareto_front_png"], dpi=110, bbox_inches="tight")
         plt.close(fig)
         optuna.visualization.plot_pareto_front(study, target_names=names).write_html(files["pareto_front_html"],
