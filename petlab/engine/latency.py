@@ -23,7 +23,7 @@ import torch
 from petlab import rundir
 from petlab.data.images import load_rgb
 from petlab.engine.speed import cpu_model
-from petlab.errors import ConfigError
+from petlab.errors import ConfigError, ExportError
 from petlab.export.onnx import export_onnx
 from petlab.inference.model import MODEL_ONNX, PET_VIEW_ONNX, LoadedModel, int8_file
 from petlab.inference.pet import OWN_BACKBONE_THRESHOLDS, SEPARATE_VIEW_FILE, VIEW_ARCH, SeparateView
@@ -56,7 +56,10 @@ def served_latency(model: torch.nn.Module, arch: str, pre, card: dict, photo, ca
         else:
             export_separate_view([photo] * 3, tmp / SEPARATE_VIEW_FILE)
             separate, pet_check = SeparateView(tmp / SEPARATE_VIEW_FILE), f"a separate ImageNet {VIEW_ARCH} pass"
-        check = int8_check(tmp, card) if int8_check is not None else None
+        try:
+            check = int8_check(tmp, card) if int8_check is not None else None
+        except ExportError as exc:  # a twin that cannot be made is not served: the fp32 files are what is timed
+            check = {"served": False, "why": str(exc), "val_top1_agreement": None}
         twin = int8_file if check is not None and check["served"] else (lambda name: name)
         served = LoadedModel(card.get("task", ""), "latency", 0, card, "onnx", OnnxSession(tmp / twin(MODEL_ONNX)), pre,
                              OnnxSession(tmp / twin(pet_file)) if pet_file else None)
