@@ -16,7 +16,7 @@ photo at batch 1, the median of --repeats timed calls after a warm-up, for
 - openvino fp32: the same model.onnx on OpenVINO, where it is installed (it is not a petlab dependency;
   `pip install openvino` to measure it). Its precision hint is pinned to f32: it would pick bf16 itself.
 --registry models/registry adds the production models' int8 check as promotion measured it (`promote.py --int8`,
-petlab/registry/int8.py): fp32 and int8 test accuracy, top-1 agreement on the run's validation photos, served or not.
+petlab/export/int8.py): fp32 and int8 test accuracy, top-1 agreement on the run's validation photos, served or not.
 "efficientnet_lite0_backbone" is the headless Lite0, i.e. what the feature cache computes.
 Each row also gives the largest difference from eager fp32's outputs. Threads: --threads (default: all
 cores), the same for every runtime. PETLAB_NATIVE_BF16=0 leaves the bf16 column out, as a laptop has it.

@@ -1,4 +1,4 @@
-"""int8 where it keeps the answers (petlab/export/quantize.py, petlab/registry/int8.py): a version's int8 twin is
+"""int8 where it keeps the answers (petlab/export/quantize.py, petlab/export/int8.py): a version's int8 twin is
 served only where its check against fp32 passes, and the card gives the figures either way."""
 
 import json
@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from petlab.export.int8 import calibration_photos
 from petlab.export.quantize import AGREEMENT_MIN, verdict
 from petlab.inference.runtime import int8_kernels
 from petlab.registry.card import card_markdown
-from petlab.registry.int8 import calibration_photos
 
 
 def test_the_int8_verdict_serves_only_when_agreement_and_test_accuracy_both_pass():
@@ -97,10 +97,10 @@ def test_an_int8_twin_that_fails_its_check_is_not_served_and_the_card_says_why(p
     """Calibrated on flat grey images (the mistake the check is there for), the twin's activation ranges are
     wrong for real photos: its answers part from fp32's, so it is not kept and the card says why."""
     from petlab import rundir
+    from petlab.export.int8 import write_int8
     from petlab.inference.model import load_version
     from petlab.inference.preprocessing import Preprocessing
     from petlab.registry import Registry
-    from petlab.registry.int8 import write_int8
 
     registry = Registry(tmp_path / "registry")
     shutil.copytree(promoted_registry, registry.root)

@@ -22,8 +22,10 @@ import torch
 
 from petlab import rundir
 from petlab.data.images import load_rgb
+from petlab.engine.context import load_run_splits
 from petlab.engine.speed import cpu_model
 from petlab.errors import ConfigError, ExportError
+from petlab.export.int8 import write_int8
 from petlab.export.onnx import export_onnx
 from petlab.inference.model import MODEL_ONNX, PET_VIEW_ONNX, LoadedModel, int8_file
 from petlab.inference.pet import OWN_BACKBONE_THRESHOLDS, SEPARATE_VIEW_FILE, VIEW_ARCH, SeparateView
@@ -39,7 +41,7 @@ def served_latency(model: torch.nn.Module, arch: str, pre, card: dict, photo, ca
     """p50 and p95 ms of answering `photo` (an RGB image) at batch 1 on ONNX Runtime as the server does, its "not a
     pet" check included: from the model's own pass where its backbone is ImageNet's (pet_view.onnx), else the
     separate ImageNet view's pass beside it (what promotion would give this model, registry/promote.py).
-    int8_check(folder, card): quantises and checks the files exported into `folder` (registry/int8.py write_int8)
+    int8_check(folder, card): quantises and checks the files exported into `folder` (export/int8.py write_int8)
     and returns its entry; where the twin passes, it is what is timed, as the server would answer with it."""
     model = model.float().eval()
     with tempfile.TemporaryDirectory(prefix="petlab-latency-") as tmp:
@@ -105,10 +107,7 @@ def measure_run_latency(run_dir: Path, calls: int = CALLS, int8: bool = False) -
     card = {"classes": trained.classes, "tta": results.get("tta", "none"), "task": results.get("task", "")}
     check = None
     if int8:
-        from petlab.registry.int8 import write_int8  # the registry builds on this module, not the other way
-        from petlab.registry.promote import run_splits
-
-        train = run_splits(trained.cfg, "int8 calibration").train
+        train = load_run_splits(trained.cfg).train
         if not predictions.get("val"):
             raise ConfigError(f"{run_dir}: no validation predictions to check an int8 twin on")
 

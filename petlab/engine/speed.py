@@ -31,7 +31,6 @@ runs), for measuring the fp32 paths and for running the suite as such a machine 
 from __future__ import annotations
 
 import os
-import platform
 from functools import cache
 
 import torch
@@ -39,6 +38,7 @@ import torch
 from petlab.config import Config
 from petlab.errors import ConfigError
 from petlab.export.onnx import runtime
+from petlab.inference.runtime import cpu_model  # noqa: F401 - a machine fact the server reads too (no torch)
 from petlab.models import ARCHS
 
 BF16_SWITCH = "PETLAB_NATIVE_BF16"  # "0": behave as a device without native bf16
@@ -60,18 +60,6 @@ def native_bf16(device: torch.device) -> bool:
 
 
 @cache
-def cpu_model() -> str:
-    """The CPU's marketing name ("AMD EPYC", "Intel(R) Xeon(R) ..."), from /proc/cpuinfo where there is one."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
-
-
 def machine(device: torch.device) -> dict:
     """What every figure of a run was measured on: results.json and the tracker record it."""
     facts = {"device": device.type, "cpu": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),

@@ -4,7 +4,7 @@ The recipe: QDQ; convolution weights int8 per output channel; activations uint8 
 calibrated on the run's own training photos, never validation or test; the classifier's Gemm/MatMul left in
 fp32 (a few thousand multiply-adds that decide the top-1). `benchmarks/int8.py` measured it as the one that
 keeps the answers best here (docs/speed.md, "int8"). Then the int8 file is compared with its fp32 twin as it
-would be served (petlab/registry/int8.py): top-1 agreement on the validation photos, and test accuracy. It is
+would be served (petlab/export/int8.py): top-1 agreement on the validation photos, and test accuracy. It is
 served only when both pass (AGREEMENT_MIN, ACCURACY_DROP_MAX); the card shows the figures either way, and why.
 """
 

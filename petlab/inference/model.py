@@ -209,7 +209,7 @@ def load_served_onnx(folder: Path, onnx_file: str, int8: bool, refused: dict[str
 def load_version(registry, task: str, version: int, fallback: Callable | None = None,
                  explain_fallback: Callable | None = None) -> LoadedModel:
     """A registered version as it serves: model.onnx (and pet_view.onnx) on ONNX Runtime, or their int8 twins
-    where the card's int8 check passed (registry/int8.py); where one is
+    where the card's int8 check passed (export/int8.py); where one is
     missing or does not load (or PETLAB_RUNTIME=torch), `fallback` loads the PyTorch exports
     (petlab/registry/torch_fallback.py: load_torch_formats; the caller passes it, so this package never
     imports torch). Without one, a version that ONNX Runtime cannot serve raises ExportError. Its explainer

@@ -9,6 +9,19 @@ import numpy as np
 
 from petlab.errors import ExportError
 
+
+def cpu_model() -> str:
+    """The CPU's marketing name ("AMD EPYC", "Intel(R) Xeon(R) ..."), from /proc/cpuinfo where there is one."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
 # CPU flags that give ONNX Runtime an 8-bit dot product accumulating in 32 bits (no saturation).
 VNNI_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8"}
 

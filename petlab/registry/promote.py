@@ -30,6 +30,7 @@ from petlab.export import (
     export_pet_view,
     preference,
 )
+from petlab.export.int8 import write_int8
 from petlab.export.onnx import ONNX_FILE, annotate
 from petlab.inference.model import EXPLAIN_ONNX, LoadedModel
 from petlab.models.cam import export_class_maps
@@ -46,7 +47,6 @@ from petlab.names import model_name
 from petlab.paths import runs_root as default_runs_root
 from petlab.registry.card import onnx_metadata, preprocessing_steps
 from petlab.registry.gate import compare_with_production, explain
-from petlab.registry.int8 import write_int8
 from petlab.registry.store import Registry, RegistryError, now_iso
 from petlab.registry.torch_fallback import TorchAsNumpy
 from petlab.reports.figures import plot_reliability
@@ -254,7 +254,7 @@ def promote(task: str, metric: str | None = None, runs_root: Path | None = None,
             int8: bool = False, max_latency_ms: float | None = None) -> dict:
     """Select (by `metric`, default the candidates' train.monitor); test against production (refused unless
     significantly better, or forced); calibrate; export, verify and register. Returns the new version's card.
-    int8: also write the int8 twin and check it (registry/int8.py); it serves only where the check passes.
+    int8: also write the int8 twin and check it (export/int8.py); it serves only where the check passes.
     max_latency_ms: choose among the runs whose served batch-1 p50 on this CPU fits (engine/latency.py)."""
     registry = registry or Registry()
     if metric is not None:

@@ -22,7 +22,7 @@ from petlab.monitor import Monitor
 
 KINDS = ("loguniform", "uniform", "int", "categorical", "grid")
 # A dimension that is not a config key: `int8: {type: categorical, choices: [false, true]}`. A trial with int8
-# true serves its int8 twin where the twin keeps the answers (registry/int8.py's check on the validation photos),
+# true serves its int8 twin where the twin keeps the answers (export/int8.py's check on the validation photos),
 # so it is timed and scored as that twin: its latency the twin's p50, its val_accuracy the twin's.
 INT8 = "int8"
 PRUNERS = ("median", "hyperband", "none")

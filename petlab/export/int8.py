@@ -14,11 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from petlab.data.images import load_rgb
-from petlab.engine.speed import cpu_model
 from petlab.errors import ExportError
 from petlab.export.quantize import DEFAULT_METHOD, DEFAULT_PHOTOS, calibration_batches, quantize_onnx, top1, verdict
 from petlab.inference.model import MODEL_ONNX, PET_VIEW_ONNX, LoadedModel, int8_file
-from petlab.inference.runtime import OnnxSession, int8_kernels
+from petlab.inference.runtime import OnnxSession, cpu_model, int8_kernels
 
 log = logging.getLogger(__name__)
 BATCH = 32
