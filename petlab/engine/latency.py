@@ -25,11 +25,10 @@ from petlab.data.images import load_rgb
 from petlab.engine.context import load_run_splits
 from petlab.engine.speed import cpu_model
 from petlab.errors import ConfigError, ExportError
-from petlab.export.int8 import write_int8
+from petlab.export.int8 import served, write_int8
 from petlab.export.onnx import export_onnx
-from petlab.inference.model import MODEL_ONNX, PET_VIEW_ONNX, LoadedModel, int8_file
+from petlab.inference.model import MODEL_ONNX, PET_VIEW_ONNX, int8_file
 from petlab.inference.pet import OWN_BACKBONE_THRESHOLDS, SEPARATE_VIEW_FILE, VIEW_ARCH, SeparateView
-from petlab.inference.runtime import OnnxSession
 from petlab.models.pet_view import OwnBackboneView, export_separate_view, own_backbone_head
 
 LATENCY = "latency_ms"  # a sweep's second objective: the served p50 at batch 1, lower is better
@@ -62,17 +61,17 @@ def served_latency(model: torch.nn.Module, arch: str, pre, card: dict, photo, ca
             check = int8_check(tmp, card) if int8_check is not None else None
         except ExportError as exc:  # a twin that cannot be made is not served: the fp32 files are what is timed
             check = {"served": False, "why": str(exc), "val_top1_agreement": None}
-        twin = int8_file if check is not None and check["served"] else (lambda name: name)
-        served = LoadedModel(card.get("task", ""), "latency", 0, card, "onnx", OnnxSession(tmp / twin(MODEL_ONNX)), pre,
-                             OnnxSession(tmp / twin(pet_file)) if pet_file else None)
+        int8 = check is not None and check["served"]
+        answering = served(tmp, card, pre, int8_file(MODEL_ONNX) if int8 else MODEL_ONNX,
+                           (int8_file(pet_file) if int8 else pet_file) if pet_file else None)
 
         def answer():
-            if served.probabilities_and_pet([photo])[1] is None:
+            if answering.probabilities_and_pet([photo])[1] is None:
                 separate.pet_probability([photo])
 
         times = [1000 * s for s in call_seconds(answer, calls, WARMUP)]
     return {"p50_ms": statistics.median(times), "p95_ms": float(np.percentile(times, 95)), "calls": calls,
-            "batch": 1, "runtime": f"onnxruntime {'int8' if twin is int8_file else 'fp32'}", "not_a_pet": pet_check,
+            "batch": 1, "runtime": f"onnxruntime {'int8' if int8 else 'fp32'}", "not_a_pet": pet_check,
             "cpu": this_cpu(), "threads": torch.get_num_threads(), **({"int8": check} if check is not None else {})}
 
 
@@ -105,17 +104,17 @@ def measure_run_latency(run_dir: Path, calls: int = CALLS, int8: bool = False) -
         raise ConfigError(f"{run_dir}: no validation or test photo recorded (predictions.npz) to time an answer on")
     results = rundir.read_results(run_dir)
     card = {"classes": trained.classes, "tta": results.get("tta", "none"), "task": results.get("task", "")}
-    check = None
+    int8_check = None
     if int8:
         train = load_run_splits(trained.cfg).train
         if not predictions.get("val"):
             raise ConfigError(f"{run_dir}: no validation predictions to check an int8 twin on")
 
-        def check(folder: Path, card: dict) -> dict:
+        def int8_check(folder: Path, card: dict) -> dict:
             return write_int8(folder, card, trained.preprocessing, train, {"val": predictions["val"]},
                               trained.cfg.seed)
     latency = served_latency(trained.model, trained.cfg.model.arch, trained.preprocessing, card, load_rgb(files[0]),
-                             calls, check)
+                             calls, int8_check)
     rundir.write_results(run_dir, {**results, "latency": latency})
     return latency
 

@@ -39,7 +39,8 @@ def calibration_photos(train: list[tuple[str, int]], count: int, seed: int) -> l
 
 
 def served(folder: Path, card: dict, pre, model_file: str, pet_file: str | None) -> LoadedModel:
-    """The version as the server answers with these files (its TTA; the pet view answers the logits too)."""
+    """The version as the server answers with these files in `folder` (its TTA; the pet view answers the logits
+    too): what the int8 check compares and what engine/latency.py times."""
     return LoadedModel(card.get("task", ""), "int8-check", 0, card, "onnx", OnnxSession(folder / model_file), pre,
                        OnnxSession(folder / pet_file) if pet_file else None)
 
@@ -70,8 +71,9 @@ def write_int8(folder: Path, card: dict, pre, train: list[tuple[str, int]], pred
     int8 = served(folder, card, pre, int8_file(MODEL_ONNX), int8_file(pet_file) if pet_file else None)
     if not predictions.get("val"):
         raise ExportError("the int8 check needs the run's validation predictions to compare on")
+    calibrated = set(calibration)  # out-of-fold runs validate on train photos: never on a calibration one
     kept = [(f, t) for f, t in zip(predictions["val"]["files"], predictions["val"]["targets"], strict=True)
-            if f not in set(calibration)]  # out-of-fold runs validate on train photos: never on a calibration one
+            if f not in calibrated]
     val, val_targets = [f for f, _ in kept], np.asarray([t for _, t in kept])
     (val32, pets32), (val8, pets8) = answers(fp32, val), answers(int8, val)
     agreement = float((top1(val32) == top1(val8)).mean())

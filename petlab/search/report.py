@@ -10,7 +10,7 @@ from pathlib import Path
 
 import optuna
 import yaml
-from matplotlib.ticker import NullFormatter
+from matplotlib.ticker import FormatStrFormatter, NullFormatter
 
 from petlab.reports.figures import pyplot
 from petlab.search.space import SweepConfig, config_params, is_grid, objective_names
@@ -94,8 +94,6 @@ def write_pareto_front(study: optuna.Study, sweep: SweepConfig, out_dir: Path) -
         cpu = next((r["latency_cpu"] for r in rows if r.get("latency_cpu")), "this CPU")
         ax.set_title(f"{study.study_name}: {names[0]} against {names[1]} (batch-1 p50 on {cpu})")
         ax.set_yscale("log")  # latencies span several-fold: a log axis keeps the fast end, where the front lies, apart
-        from matplotlib.ticker import FormatStrFormatter
-
         for axis_ticks in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
             axis_ticks(FormatStrFormatter("%g"))  # 5, 10, 20 ms rather than 10^1
         for row in rows:  # the front's trials by number, as pareto_front.csv lists them
