@@ -35,7 +35,7 @@ from petlab.data.non_pets import non_pet_images, split_tune_heldout
 from petlab.inference.model import load_version
 from petlab.models.pet_view import OWN_BACKBONE_THRESHOLDS, PET_THRESHOLD, VIEW_SIZE, PetView
 from petlab.registry import Registry
-from petlab.registry.torch_fallback import load_torch_formats
+from petlab.registry.torch_fallback import load_weights_only
 from petlab.reports.figures import pyplot
 
 DEFAULT_DATA = {"cats_vs_dogs": "cats_and_dogs_filtered", "breeds": "oxford-pets-37breeds-5shot"}
@@ -72,7 +72,7 @@ def main(argv=None) -> int:
     if production is None:
         print(f"error: no production {args.task} model in {registry.root}; promote one first", file=sys.stderr)
         return 2
-    served = load_version(registry, args.task, production["version"], fallback=load_torch_formats)
+    served = load_version(registry, args.task, production["version"], fallback=load_weights_only)
     data_dir = args.data_dir or shared_data() / DEFAULT_DATA[args.task]
     splits = load_splits(None, args.task, str(data_dir), None, 0.2, 42, download=False)
     pets = {"tune": [p for p, _ in (splits.val or splits.train)], "held-out": [p for p, _ in splits.test]}

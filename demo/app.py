@@ -30,13 +30,17 @@ import gradio as gr  # noqa: E402
 import uvicorn  # noqa: E402
 from fastapi import FastAPI, Request  # noqa: E402
 from fastapi.responses import FileResponse, JSONResponse  # noqa: E402
+from gradio.utils import get_upload_folder  # noqa: E402
 from starlette.concurrency import run_in_threadpool  # noqa: E402
 
 from petlab.public_server import (  # noqa: E402
+    AllowedRoutes,
     BodyLimit,
     BodyTooLarge,
-    PublicRoutes,
+    QueueGuard,
     UploadBudget,
+    filename_problem,
+    inside,
     log_request,
     mark_launched,
     uploaded_photo,
@@ -61,6 +65,8 @@ MULTIPART_OVERHEAD = 64 * 1024  # form fields and boundaries: a body may be this
 MAX_FILES_PER_REQUEST = 16
 UPLOAD_TTL_S = 3600  # Gradio's copies of page uploads are deleted once this old (checked every UPLOAD_TTL_S / 6)
 UPLOAD_CACHE_MB, UPLOAD_CACHE_FILES = 256, 512  # and the folder holds at most this much (oldest evicted first)
+QUEUE_MAX_SIZE = 64  # events waiting in the page's queue, all clients together
+QUEUE_PER_CLIENT = 4  # events one client (address) may have waiting or running
 
 
 def classify(models: ServedModels, data: bytes, filename: str | None, task: str | None, top_k: int,
@@ -134,6 +140,10 @@ def create_api(models: ServedModels, max_upload_bytes: int) -> FastAPI:
                 raise ServingError(400, "missing_file", "missing form field 'file': POST multipart/form-data "
                                                         "with the photo in a field named file (repeat it for "
                                                         f"up to {MAX_FILES_PER_REQUEST} photos)")
+            for upload in uploads:
+                problem = filename_problem((upload.filename or "").encode())
+                if problem:
+                    raise ServingError(400, "bad_filename", problem)
             task = form.get("task") or None
             record["task"] = task
             top_k = parse_top_k(form.get("top_k"))
@@ -273,13 +283,22 @@ def create_app(registry_dir: str | os.PathLike | None = None, max_upload_mb: flo
     examples = [str((registry.version_dir(task, version) / "examples").resolve())
                 for task, version in models.production().items()]
     page = build_page(models, upload_ttl_s)
+    # Gradio's queue holds at most QUEUE_MAX_SIZE waiting events (a join past it: 503); QueueGuard bounds the rest
+    page.queue(max_size=QUEUE_MAX_SIZE, default_concurrency_limit=1)
     app = gr.mount_gradio_app(app, page, path="/", allowed_paths=examples, max_file_size=max_bytes,
                               footer_links=["api"])
     mark_launched(page)  # Gradio checks every file an input names, as after launch() (petlab/public_server.py)
-    # Around the API and Gradio alike, outermost last: no URL proxy, bounded bodies, a bounded upload folder.
+
+    def photo_folders() -> list[str]:
+        return [get_upload_folder(), *examples]
+
+    # Around the API and Gradio alike, outermost last: only the listed routes, bounded bodies, a bounded queue
+    # and a bounded upload folder (petlab/public_server.py).
     app.add_middleware(UploadBudget, max_bytes=int(upload_cache_mb * 2**20), max_files=upload_cache_files)
+    app.add_middleware(QueueGuard, blocks=page, photo_ok=lambda path: inside(path, photo_folders()),
+                       per_client=QUEUE_PER_CLIENT)
     app.add_middleware(BodyLimit, max_bytes=max_bytes + MULTIPART_OVERHEAD)
-    app.add_middleware(PublicRoutes)
+    app.add_middleware(AllowedRoutes, folders=photo_folders)
     return app
 
 

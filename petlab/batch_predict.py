@@ -43,7 +43,7 @@ from petlab.models import ARCHS
 from petlab.models.cam import ClassMaps
 from petlab.progress import progress
 from petlab.registry.store import Registry
-from petlab.registry.torch_fallback import TorchAsNumpy, load_eager_explain, load_torch_formats
+from petlab.registry.torch_fallback import TorchAsNumpy, load_eager_explain, load_weights_only
 from petlab.serving import classify_readable, decode_photo, separate_view, served_model
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ def open_model(task: str | None = None, run: Path | None = None, version: int | 
         registry.card(task, version)
     except Exception as exc:  # noqa: BLE001 - an unknown task or version: one line that says which
         raise PredictError(f"{task} v{version} is not in the registry at {registry.root} ({exc})") from None
-    yield load_version(registry, task, version, fallback=load_torch_formats, explain_fallback=load_eager_explain)
+    yield load_version(registry, task, version, fallback=load_weights_only, explain_fallback=load_eager_explain)
 
 
 def run_model(run_dir: Path, tmp: Path, threads: int | None) -> LoadedModel:

@@ -3,22 +3,22 @@
 `ServedModels` reads the registry on each request (a small JSON file) and loads a version the
 first time it is asked for, so promoting or rolling back takes effect without a restart. It never
 writes to the registry. It predicts through petlab/inference: the ONNX exports on ONNX Runtime, with
-no torch import (the Hugging Face Space installs no torch); where those are missing or refused, the
-PyTorch exports (.pt2, then TorchScript) and the eager weights, so a server runs whatever the registry
-holds.
+no torch import (the Hugging Face Space installs no torch), and nothing else: a registry's PyTorch
+exports run code when loaded (torch.export exec()s its guards, TorchScript its code), so a version whose
+ONNX files are missing or refused is not served (503), and /api/health says why.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from petlab.data.images import BadImageError, load_rgb
-from petlab.errors import ExportError
 from petlab.inference.model import LoadedModel, load_version
 from petlab.inference.pet import SEPARATE_VIEW, SEPARATE_VIEW_FILE, SeparateView, verdict
 from petlab.paths import relative_to_root
@@ -27,17 +27,23 @@ from petlab.registry.store import Registry
 log = logging.getLogger(__name__)
 MAX_TOP_K = 100
 
-# What one upload may cost to decode (a 265 KB PNG can be 8000 x 8000 RGBA, 256 MB decoded, and
-# Pillow's generic path made 1.5 GB of it). The models see at most ~300 px, so a photo is decoded at
-# reduced size (JPEG) or shrunk right after decoding to 1024-2047 px on its long side, converting a strip
-# at a time where a mode cannot be shrunk as it is (palette, 16-bit), and images over 40 MP or 160 MB
-# decoded (pixels times what Pillow stores each in) are refused from their header. Decodes share a memory
-# budget (DecodeBudget): one heavy decode at a time, and ordinary photos pass a waiting heavy one, so
-# RSS stays bounded and ordinary requests keep their pace however many hostile ones arrive:
-# benchmarks/hostile_load.py measures both.
+# What one upload may cost to decode, counted by the largest buffer the path allocates (a 265 KB PNG can be
+# 8000 x 8000 RGBA, 256 MB decoded; a 1 MB progressive JPEG of 9450 x 9450 holds 536 MB of coefficients
+# however small it is decoded). The models see at most ~300 px of the photo's centre, so:
+# - JPEGs are decoded at reduced size (DCT scaling); other formats are shrunk right after decoding to
+#   1024-2047 px on their long side, converting a strip at a time where a mode cannot be shrunk as it is;
+# - only the centre of a photo longer than SERVING_MAX_ASPECT:1 is kept, before any resize (the model's
+#   centre crop never sees the rest: its answer is the same), so no resize can blow a thin image up;
+# - images over 40 MP, or over 160 MB decoded (pixels times what Pillow stores each in, or a progressive
+#   JPEG's full-size coefficients), are refused from their header.
+# Decodes share a memory budget (DecodeBudget): one heavy decode at a time, and ordinary photos pass a
+# waiting heavy one, so RSS stays bounded and ordinary requests keep their pace however many hostile ones
+# arrive. CPU: decoding is linear in the pixels, so the 40 MP bound is the CPU bound too (the slowest
+# accepted photo, a 40 MP PNG, is measured by benchmarks/hostile_load.py). docs/demo.md#hostile-load.
 UPLOAD_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")  # JPEG's plugin also opens phones' MPO files
 SERVING_MAX_SIDE = 1024
 SERVING_MAX_PIXELS = 40_000_000
+SERVING_MAX_ASPECT = 4.0  # long side over short side kept of a photo (its centre)
 SERVING_MAX_DECODED_BYTES = 160 * 2**20  # 40 MP of RGB(A); 16-bit grayscale takes 2 bytes a pixel, palette 1
 HEAVY_DECODE_BYTES = 32 * 2**20  # an ordinary photo's decode is under this (a 12 MP JPEG's reduced decode: 3 MB)
 
@@ -100,8 +106,16 @@ class ServingError(Exception):
 RETRY_FAILED_LOAD_S = 30.0
 
 
+ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])/(?:[^\s/'\"():,;]+/)+([^\s/'\"():,;]+)")
+
+
+def without_paths(text: str) -> str:
+    """`text` with every absolute path cut to its last part: what strangers may read of an error."""
+    return ABSOLUTE_PATH.sub(r"\1", text)
+
+
 def unavailable(key: tuple[str, int], reason: str) -> str:
-    return (f"{key[0]} v{key[1]} could not be loaded ({reason}); the server retries it every "
+    return (f"{key[0]} v{key[1]} could not be loaded ({without_paths(reason)}); the server retries it every "
             f"{RETRY_FAILED_LOAD_S:.0f} s. Check the version's files in the registry, or roll back")
 
 
@@ -183,8 +197,8 @@ class ServedModels:
                 raise ServingError(503, "model_unavailable", unavailable(key, failed[1]))
             start = time.perf_counter()
             try:
-                model = load_version(self.registry, *key, fallback=torch_formats_if_installed,
-                                     explain_fallback=torch_explain_if_installed)
+                # ONNX only (no fallback): every other format of a registry can run code when loaded
+                model = load_version(self.registry, *key, explain_fallback=torch_explain_if_installed)
             except Exception as exc:  # noqa: BLE001 - said to the client as a 503; the trace goes to the log
                 log.exception("could not load %s v%d", *key)
                 self._failed[key] = (time.monotonic(), f"{type(exc).__name__}: {exc}".splitlines()[0][:300])
@@ -212,12 +226,15 @@ class ServedModels:
         for task, version in served.items():
             card = self.registry.card(task, version)
             loaded = self._loaded.get((task, version))
-            shown = served_model(loaded)["format"] if loaded else "not loaded yet"
+            failed = self._failed.get((task, version))
+            shown = served_model(loaded)["format"] if loaded else "not served" if failed else "not loaded yet"
             models[task] = {"name": card["name"], "version": version, "arch": card["arch"],
                             "classes": len(card["classes"]), "format": shown,
                             "not_a_pet": not_a_pet_check(card, loaded),
                             # files of the version that were not loaded, and why (damaged, or would run code)
-                            "refused": dict(loaded.refused) if loaded else {}}
+                            "refused": {name: without_paths(why) for name, why in loaded.refused.items()}
+                            if loaded else {},
+                            **({"not_served": without_paths(failed[1])} if failed and not loaded else {})}
         return {"status": "ok" if served else "no_production_model", "registry": shown_path(self.registry.root),
                 "models": models}
 
@@ -230,17 +247,6 @@ def separate_view(folder: Path | None):
     from petlab.models.pet_view import PetView
 
     return PetView()
-
-
-def torch_formats_if_installed(*args, **kwargs) -> dict:
-    """The PyTorch exports of a version ONNX Runtime cannot serve (petlab/registry/torch_fallback.py), where
-    torch is installed: locally, yes; on the Space, whose requirements hold no torch, an ExportError."""
-    try:
-        from petlab.registry.torch_fallback import load_torch_formats
-    except ModuleNotFoundError as exc:
-        raise ExportError(f"the ONNX export cannot serve and PyTorch, the fallback, is not installed ({exc})") \
-            from None
-    return load_torch_formats(*args, **kwargs)
 
 
 def torch_explain_if_installed(registry, task: str, version: int):
@@ -341,7 +347,8 @@ def decode_photo(source):
     """Bytes or a file -> RGB image within the serving bounds above (formats, reduced size, pixels), or
     BadImageError. The server's uploads and predict.py's files are decoded by this one call."""
     return load_rgb(source, max_side=SERVING_MAX_SIDE, max_pixels=SERVING_MAX_PIXELS,
-                    max_decoded_bytes=SERVING_MAX_DECODED_BYTES, formats=UPLOAD_FORMATS, admit=DECODE_BUDGET.reserve)
+                    max_decoded_bytes=SERVING_MAX_DECODED_BYTES, formats=UPLOAD_FORMATS, admit=DECODE_BUDGET.reserve,
+                    max_aspect=SERVING_MAX_ASPECT)
 
 
 def decode_upload(data: bytes, filename: str | None = None):

@@ -24,7 +24,7 @@ from petlab.export.onnx import ONNX_TOLERANCE, RUNTIME_SWITCH
 from petlab.inference.model import load_version
 from petlab.models import build_model
 from petlab.registry import Registry
-from petlab.registry.torch_fallback import load_torch_formats
+from petlab.registry.torch_fallback import load_weights_only
 from petlab.serving import ServedModels
 from tests.imaging import make_imagefolder
 from tests.recipe import SEED_CNN
@@ -106,7 +106,7 @@ def test_the_server_answers_from_model_onnx_and_falls_back_when_it_is_missing_or
     version = registry / "cats_vs_dogs" / "v1"
     (version / "model.onnx").write_bytes(b"\x00garbage")  # corrupt
     (version / "pet_view.onnx").unlink()  # missing
-    fallback = load_version(Registry(registry), "cats_vs_dogs", 1, fallback=load_torch_formats)
+    fallback = load_version(Registry(registry), "cats_vs_dogs", 1, fallback=load_weights_only)
     assert (fallback.fmt, fallback.pet_fmt) == ("torch_export", "torch_export")
     answer = ServedModels(Registry(registry)).classify(fallback, photo, 2)
     assert answer["model"]["format"] == "torch_export" and answer["predictions"][0]["label"] == "dog"

@@ -211,7 +211,7 @@ def load_version(registry, task: str, version: int, fallback: Callable | None = 
     """A registered version as it serves: model.onnx (and pet_view.onnx) on ONNX Runtime, or their int8 twins
     where the card's int8 check passed (export/int8.py); where one is
     missing or does not load (or PETLAB_RUNTIME=torch), `fallback` loads the PyTorch exports
-    (petlab/registry/torch_fallback.py: load_torch_formats; the caller passes it, so this package never
+    (petlab/registry/torch_fallback.py: load_weights_only; the caller passes it, so this package never
     imports torch). Without one, a version that ONNX Runtime cannot serve raises ExportError. Its explainer
     (class-activation maps) is loaded on first use: explain.onnx, else `explain_fallback(registry, task,
     version)` (the eager model in PyTorch), else none."""
@@ -232,8 +232,8 @@ def load_version(registry, task: str, version: int, fallback: Callable | None = 
         if own_view and card["not_a_pet"].get("onnx"):
             pet_module, pet_fmt = load_served_onnx(folder, PET_VIEW_ONNX, int8, refused)
     if module is None and fallback is None:
-        raise ExportError(f"{task} v{version}: {MODEL_ONNX} does not load "
-                          f"({refused.get(MODEL_ONNX, 'missing')}) and no PyTorch fallback is installed")
+        raise ExportError(f"{task} v{version}: {MODEL_ONNX} does not load ({refused.get(MODEL_ONNX, 'missing')}); "
+                          "only ONNX is served (a PyTorch export runs code when loaded)")
     if fallback is not None and (module is None or (own_view and pet_module is None)):
         found = fallback(registry, task, version, refused, need_model=module is None,
                          need_pet_view=own_view and pet_module is None)

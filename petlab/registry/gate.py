@@ -20,7 +20,7 @@ from scipy.stats import binomtest
 from petlab.data.images import load_rgb
 from petlab.inference.model import load_version
 from petlab.registry.store import Registry
-from petlab.registry.torch_fallback import load_torch_formats
+from petlab.registry.torch_fallback import load_weights_only
 
 ALPHA = 0.05
 TEST = "exact McNemar test, one-sided (candidate better)"
@@ -43,7 +43,7 @@ def compare_with_production(registry: Registry, task: str, production: dict, cla
     """Run the production version on the candidate's validation photos and test the difference.
     validation: {"files", "targets", "probs"} of the candidate; source: which photos those are."""
     version = production["version"]
-    served = load_version(registry, task, version, fallback=load_torch_formats)
+    served = load_version(registry, task, version, fallback=load_weights_only)
     base = {"production_version": version, "production_run": production.get("source_run"), "photos_from": source}
     if served.classes != list(classes):
         return {**base, "comparable": False, "significantly_better": False,

@@ -1,7 +1,13 @@
-"""The PyTorch side of serving: a version's torch exports (or its eager weights) where its ONNX files are
-missing or refused, or where PETLAB_RUNTIME=torch asks for them. petlab/inference/model.py's load_version
-takes `load_torch_formats` as its fallback from the caller; the server imports this module only when
-ONNX Runtime cannot serve (serving.torch_formats_if_installed), so serving from ONNX never imports torch."""
+"""The PyTorch side of predicting with a registered version: its eager weights, read from `state_dict.pt`
+with `torch.load(weights_only=True)`, where its ONNX files are missing or refused, or where
+PETLAB_RUNTIME=torch asks for them (predict.py, the promotion gate). petlab/inference/model.py's
+load_version takes `load_weights_only` as its fallback from the caller.
+
+A version's `model.pt2`, `pet_view.pt2` and `model.ts` are never loaded here, nor anywhere a registry is
+read: loading them runs code. torch.export.load turns the `guards_code` of the archive's models/model.json
+into Python source and exec()s it, and TorchScript runs the code its archive holds. They stay export
+artefacts for users who trust the file. Only ONNX and a weights-only state dict are inert. The server
+takes no fallback at all: a version ONNX Runtime cannot serve is refused, and /api/health says why."""
 
 from __future__ import annotations
 
@@ -10,9 +16,10 @@ import logging
 import numpy as np
 import torch
 
-from petlab.export import EXPORT_FILES, PET_VIEW_FILE, first_loadable
+from petlab.inference.model import EXPORT_FILES, PET_VIEW_FILES
 
 log = logging.getLogger(__name__)
+NEVER_LOADED = "never loaded: loading a PyTorch export runs code (torch.export's guards, TorchScript)"
 
 
 class TorchAsNumpy:
@@ -39,28 +46,21 @@ def load_eager(registry, task: str, version: int) -> torch.nn.Module:
     return rebuild_trained(card["arch"], len(card["classes"]), state, card.get("dropout"))
 
 
-def load_torch_formats(registry, task: str, version: int, refused: dict[str, str], need_model: bool,
-                       need_pet_view: bool) -> dict:
-    """{"model": (format, callable)} when need_model (a torch export, else the eager weights) and
-    {"pet_view": (format, callable) or None} when need_pet_view; each file that failed is added to `refused`."""
+def load_weights_only(registry, task: str, version: int, refused: dict[str, str], need_model: bool,
+                      need_pet_view: bool) -> dict:
+    """{"model": ("eager", callable)} when need_model, from the weights-only state dict, and {"pet_view": None}
+    when need_pet_view (the own-backbone pet view exists only as ONNX here: the separate ImageNet view answers
+    instead). The PyTorch exports of the version are named in `refused`, never loaded."""
     folder = registry.version_dir(task, version)
-    torch_only = {fmt: name for fmt, name in EXPORT_FILES.items() if fmt != "onnx"}
+    for name in (*EXPORT_FILES.values(), *PET_VIEW_FILES.values()):
+        if not name.endswith(".onnx") and (folder / name).is_file():
+            refused.setdefault(name, NEVER_LOADED)
     found: dict = {}
     if need_model:
-        try:
-            fmt, module = first_loadable(folder, torch_only, refused)
-        except Exception as exc:  # noqa: BLE001 - an old or damaged export: serve the eager weights
-            log.warning("serving %s v%d from its state dict: %s", task, version, exc)
-            fmt, module = "eager", load_eager(registry, task, version)
-        found["model"] = (fmt, TorchAsNumpy(module))
+        log.warning("%s v%d: predicting from its state dict (weights only)", task, version)
+        found["model"] = ("eager", TorchAsNumpy(load_eager(registry, task, version)))
     if need_pet_view:
-        try:
-            fmt, module = first_loadable(folder, {"torch_export": PET_VIEW_FILE}, refused)
-            found["pet_view"] = (fmt, TorchAsNumpy(module))
-        except Exception as exc:  # noqa: BLE001 - the separate view answers instead, one forward pass dearer
-            log.warning("%s v%d: could not load its pet view (%s); using the separate ImageNet view", task, version,
-                        exc)
-            found["pet_view"] = None
+        found["pet_view"] = None
     return found
 
 
