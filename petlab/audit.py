@@ -21,7 +21,6 @@ over every photo gives three things at once:
 from __future__ import annotations
 
 import base64
-import csv
 import html
 import io
 import logging
@@ -38,6 +37,7 @@ from sklearn.model_selection import StratifiedKFold
 from petlab.data.datasets import Splits
 from petlab.data.near_copies import NEAR_COPY, near_copy_pairs
 from petlab.engine.leaks import AUDIT_ARCH, AUDIT_SIZE, SPLIT_ORDER, readable_files
+from petlab.fileio import write_csv
 from petlab.inference.pet import OWN_BACKBONE_THRESHOLDS, pet_probability
 from petlab.models.zoo import ARCHS
 from petlab.names import AUDIT_KINDS as KINDS
@@ -214,10 +214,7 @@ RANKING_FIELDS = ["rank", "split", "file", "label", "suggested_label", "margin",
 
 
 def write_rows(rows: list[dict], path: Path, fields: list[str]) -> None:
-    with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(path, rows, fields)
 
 
 def thumbnail(square: np.ndarray | None, size: int = 112) -> str:

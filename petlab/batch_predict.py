@@ -21,6 +21,7 @@ import csv
 import io
 import json
 import logging
+import os
 import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -37,7 +38,7 @@ from petlab.data.images import BadImageError
 from petlab.engine.speed import predicting_runtime
 from petlab.errors import PetlabError
 from petlab.export.onnx import CheckedOnnx
-from petlab.fileio import atomic_path, atomic_write
+from petlab.fileio import atomic_path, atomic_write, spreadsheet_value, write_csv
 from petlab.inference.model import LoadedModel, files_fingerprint, load_version
 from petlab.models import ARCHS
 from petlab.models.cam import ClassMaps
@@ -153,9 +154,6 @@ def model_identity(model: LoadedModel) -> str:
     return f"{name} ({served_model(model)['format']}, sha256:{model.fingerprint})"
 
 
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what a spreadsheet reads as the start of a formula
-
-
 def read_rows(path: Path, force: bool = False) -> list[dict]:
     """The rows of an earlier output of predict.py, to continue it. Any other file is refused (or, with
     `force`, ignored: it will be overwritten)."""
@@ -171,7 +169,7 @@ def read_rows(path: Path, force: bool = False) -> list[dict]:
             with path.open(newline="", encoding="utf-8") as fh:
                 reader = csv.DictReader(fh)
                 ours = tuple(reader.fieldnames or ()) == COLUMNS
-                rows = [{k: unquoted(v) for k, v in row.items()} for row in reader] if ours else []
+                rows = [{k: spreadsheet_value(v) for k, v in row.items()} for row in reader] if ours else []
             rows = [{**row, "top_k": json.loads(row["top_k"]) if row.get("top_k") else []} for row in rows]
     except (OSError, ValueError) as exc:
         ours, reason = False, f" ({type(exc).__name__}: {str(exc)[:100]})"
@@ -185,21 +183,13 @@ def read_rows(path: Path, force: bool = False) -> list[dict]:
                        "it, or choose another --out")
 
 
-def unquoted(cell: str | None) -> str | None:
-    """A CSV cell as predict.py meant it: the quote put before a formula-like value is taken off again."""
-    return cell[1:] if cell and cell[0] == "'" and cell[1:2] in FORMULA_STARTS and len(cell) > 1 else cell
-
-
 def format_rows(rows: list[dict], suffix: str) -> str:
     if suffix == ".json":
         return json.dumps(rows, indent=1, ensure_ascii=False)
     out = io.StringIO()
-    writer = csv.DictWriter(out, COLUMNS, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for row in rows:  # top_k as JSON in its cell: [{"label": ..., "probability": ...}, ...]
-        cells = {**row, "top_k": json.dumps(row["top_k"]) if row.get("top_k") else ""}
-        writer.writerow({k: f"'{v}" if isinstance(v, str) and v.startswith(FORMULA_STARTS) else v
-                         for k, v in cells.items()})
+    # top_k as JSON in its cell: [{"label": ..., "probability": ...}, ...]
+    write_csv(out, [{**row, "top_k": json.dumps(row["top_k"]) if row.get("top_k") else ""} for row in rows],
+              list(COLUMNS), extrasaction="ignore", lineterminator="\n")
     return out.getvalue()
 
 
@@ -207,11 +197,42 @@ def journal_path(out: Path) -> Path:
     return out.with_name(f".{out.name}.partial.jsonl")
 
 
+def open_journal(out: Path, append: bool):
+    """The journal, for appending rows: never through a symbolic link (O_NOFOLLOW), and a fresh one only where
+    no file of that name is left (O_EXCL) once an earlier journal of predict.py's has been removed; a file of
+    that name that is not predict.py's journal is refused, never truncated."""
+    path = journal_path(out)
+    flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+    if not append:
+        if os.path.lexists(path):
+            if path.is_symlink() or not path.is_file() or not is_journal(path):
+                raise PredictError(f"{path} exists and is not a journal of predict.py; move it away, or choose "
+                                   "another --out")
+            path.unlink()
+        flags |= os.O_CREAT | os.O_EXCL
+    else:
+        flags |= os.O_APPEND
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as exc:
+        raise PredictError(f"cannot open the journal {path}: {exc.strerror}") from None
+    return os.fdopen(fd, "w", encoding="utf-8")
+
+
+def is_journal(path: Path) -> bool:
+    """Whether `path` starts as predict.py's journals do (a header line naming predict.py)."""
+    try:
+        with path.open(encoding="utf-8") as fh:
+            return "predict.py" in json.loads(fh.readline(65536))
+    except (OSError, ValueError, TypeError):
+        return False
+
+
 def read_journal(out: Path, header: dict) -> list[dict]:
     """The rows an interrupted run appended, when it labelled with the same model and options; a last line
     cut short by the interruption is dropped."""
     path = journal_path(out)
-    if not path.is_file():
+    if path.is_symlink() or not path.is_file():
         return []
     rows = []
     with path.open(encoding="utf-8") as fh:
@@ -304,7 +325,7 @@ def predict_photos(model: LoadedModel, photos: list[Photo], out: Path | None = N
     with contextlib.ExitStack() as stack:
         journal = None
         if out is not None and batches:
-            journal = stack.enter_context(journal_path(out).open("a" if journalled else "w", encoding="utf-8"))
+            journal = stack.enter_context(open_journal(out, append=bool(journalled)))
             if not journalled:  # a fresh journal, or one another model or --top-k wrote
                 journal.write(json.dumps(header) + "\n")
         # Decoding the next batch (Pillow releases the GIL) overlaps the model's pass over this one.

@@ -104,3 +104,38 @@ def file_lock(path: str | os.PathLike, timeout: float = -1) -> FileLock:
     """An exclusive inter-process lock on `path` (created if missing); use as a context manager."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     return FileLock(str(path), timeout=timeout)
+
+
+# What a spreadsheet may read as the start of a formula (OWASP's CSV injection list: = + - @, tab and CR), with
+# the full-width forms some spreadsheets fold onto them, and | (DDE in older ones); leading spaces are skipped
+# by some readers, so they are looked through.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "|", "\uff1d", "\uff0b", "\uff0d", "\uff20")
+
+
+def spreadsheet_safe(value):
+    """A CSV cell that no spreadsheet runs: a string that starts like a formula (after any spaces) gets a leading
+    quote, as OWASP advises; numbers and the rest are as given. `spreadsheet_value` takes the quote off again."""
+    if isinstance(value, str) and (value.lstrip(" ").startswith(FORMULA_STARTS) or value.startswith("'")):
+        return "'" + value
+    return value
+
+
+def spreadsheet_value(cell: str | None) -> str | None:
+    """A cell written by spreadsheet_safe, as it was meant."""
+    return cell[1:] if cell and cell.startswith("'") else cell
+
+
+def write_csv(target: str | os.PathLike | IO[str], rows: list[dict], fields: list[str] | None = None,
+              **writer_options) -> None:
+    """The CSV every petlab report writes: a header, then `rows`, every cell through spreadsheet_safe. `target`: a
+    path (written whole, atomically) or an open text file."""
+    import csv
+    import io
+
+    fields = fields or list(dict.fromkeys(k for row in rows for k in row))
+    text = io.StringIO(newline="") if isinstance(target, (str, os.PathLike)) else target
+    writer = csv.DictWriter(text, fieldnames=fields, **writer_options)
+    writer.writeheader()
+    writer.writerows({k: spreadsheet_safe(v) for k, v in row.items()} for row in rows)
+    if isinstance(target, (str, os.PathLike)):
+        atomic_write(target, text.getvalue())

@@ -3,14 +3,12 @@ where the batches' go: the progress bar and the tracker every tracking.log_every
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import math
 from pathlib import Path
 
 from petlab.engine.hooks import BatchAt, Hook
-from petlab.fileio import atomic_write
+from petlab.fileio import write_csv
 from petlab.monitor import VAL_ACCURACY, VAL_LOSS
 from petlab.progress import progress
 from petlab.rundir import METRICS
@@ -30,11 +28,7 @@ def write_metrics_csv(path: Path, history: list[dict], initial: dict | None = No
     if initial:
         rows.insert(0, {"epoch": 0, **{f"{split}_{m}": initial[split][m] for split in initial
                                         for m in ("loss", "accuracy")}})
-    text = io.StringIO(newline="")
-    writer = csv.DictWriter(text, fieldnames=columns)
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write(path, text.getvalue())
+    write_csv(path, rows, columns)
 
 
 class EpochLog(Hook):

@@ -12,6 +12,7 @@ import pandas as pd
 
 from petlab import rundir
 from petlab.calibration import fit_temperature, reliability_panel
+from petlab.fileio import write_csv
 from petlab.reports.figures import plot_confusion_matrices, plot_learning_curves, plot_reliability, pyplot
 from petlab.reports.runs import RunRecord, leaderboard
 
@@ -61,7 +62,7 @@ def write_report(records: list[RunRecord], out_dir: Path, title: str) -> dict[st
                         ("test_ece_calibrated", "ece_after")):
         board[column] = [(calibration.get(run) or {}).get(key) for run in board["run"]]
     files = {"csv": out_dir / "leaderboard.csv", "markdown": out_dir / "leaderboard.md"}
-    board.to_csv(files["csv"], index=False)
+    write_csv(files["csv"], board.to_dict("records"), list(board.columns))
     confused = most_confused_by_run(records, labels)
     files["markdown"].write_text(f"# {title}\n\nSorted by best validation accuracy (test is reported, never used to "
                                  f"rank).\n\n{_markdown(board)}\n" + "".join(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import logging
 import statistics
 import warnings
@@ -12,6 +11,7 @@ import optuna
 import yaml
 from matplotlib.ticker import FormatStrFormatter, NullFormatter
 
+from petlab.fileio import write_csv
 from petlab.reports.figures import pyplot
 from petlab.search.space import SweepConfig, config_params, is_grid, objective_names
 
@@ -28,7 +28,8 @@ PLOTS = {
 def write_study_report(study: optuna.Study, sweep: SweepConfig, out_dir: Path) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {"trials": out_dir / "trials.csv"}
-    study.trials_dataframe().to_csv(files["trials"], index=False)
+    trials = study.trials_dataframe()
+    write_csv(files["trials"], trials.to_dict("records"), list(trials.columns))
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if not complete:
         log.warning("no completed trials yet: only the trials table was written")
@@ -81,10 +82,7 @@ def write_pareto_front(study: optuna.Study, sweep: SweepConfig, out_dir: Path) -
     files = {"pareto_front": out_dir / "pareto_front.csv", "pareto_front_png": out_dir / "pareto_front.png",
              "pareto_front_html": out_dir / "pareto_front.html"}
     rows = pareto_rows(study, sweep)
-    with files["pareto_front"].open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, list(dict.fromkeys(k for row in rows for k in row)))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(files["pareto_front"], rows)
     plt = pyplot()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -149,10 +147,7 @@ def write_grid_summary(rows: list[dict], sweep: SweepConfig, out_dir: Path) -> d
     files = {"grid_summary": out_dir / "grid_summary.csv", "grid_summary_md": out_dir / "grid_summary.md",
              "grid_summary_png": out_dir / "grid_summary.png"}
     columns = list(dict.fromkeys(k for row in rows for k in row))
-    with files["grid_summary"].open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, columns)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(files["grid_summary"], rows, columns)
     settings = [k for k in sweep.space if k not in REPEAT_KEYS]
     metrics = [m for m in (sweep.metric, "test_accuracy") if f"{m}_median" in columns]
     lines = ["| " + " | ".join([*settings, "trials", *(f"{m}: median [min-max], sd" for m in metrics)]) + " |",
