@@ -5,10 +5,11 @@
 Starts the demo (a real server in its own process) on the registry's production model, posts
 real photos to /api/predict at each concurrency, and prints client-side latency p50/p95, the
 server's own latency_ms, throughput and errors. It does so side by side: serving as petlab does
-(model.onnx on ONNX Runtime, on a CPU, or its int8 twin where the card says its check passed), as it did
-before ONNX Runtime (PETLAB_RUNTIME=torch: model.pt2), and -- for a version with an int8 twin -- the fp32
-ONNX file (PETLAB_RUNTIME=onnxruntime_fp32), each p50 over the PyTorch one's and int8's over fp32's.
-Then, in this process, times each export against the eager model (same weights, same photos) at batch sizes 1 and 8.
+(model.onnx on ONNX Runtime, on a CPU, or its int8 twin where the card says its check passed), on PyTorch
+(PETLAB_RUNTIME=torch: the eager weights; the server once served model.pt2, which runs code when loaded),
+and -- for a version with an int8 twin -- the fp32 ONNX file (PETLAB_RUNTIME=onnxruntime_fp32),
+each p50 over the PyTorch one's and int8's over fp32's. Then, in this process, times each export against
+the eager model (same weights, same photos) at batch sizes 1 and 8.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from petlab.data.images import BadImageError, load_rgb
-from petlab.inference.model import LoadedModel, load_version
+from petlab.inference.model import LoadedModel, load_version, torch_first
 from petlab.inference.pet import SEPARATE_VIEW, SEPARATE_VIEW_FILE, SeparateView, verdict
 from petlab.paths import relative_to_root
 from petlab.registry.store import Registry
@@ -197,8 +197,10 @@ class ServedModels:
                 raise ServingError(503, "model_unavailable", unavailable(key, failed[1]))
             start = time.perf_counter()
             try:
-                # ONNX only (no fallback): every other format of a registry can run code when loaded
-                model = load_version(self.registry, *key, explain_fallback=torch_explain_if_installed)
+                # ONNX only: a registry's PyTorch exports run code when loaded. PETLAB_RUNTIME=torch (an operator's
+                # comparison) predicts from the weights-only state dict instead; nothing falls back by itself.
+                model = load_version(self.registry, *key, explain_fallback=torch_explain_if_installed,
+                                     fallback=torch_weights_if_asked())
             except Exception as exc:  # noqa: BLE001 - said to the client as a 503; the trace goes to the log
                 log.exception("could not load %s v%d", *key)
                 self._failed[key] = (time.monotonic(), f"{type(exc).__name__}: {exc}".splitlines()[0][:300])
@@ -247,6 +249,15 @@ def separate_view(folder: Path | None):
     from petlab.models.pet_view import PetView
 
     return PetView()
+
+
+def torch_weights_if_asked():
+    """load_weights_only where PETLAB_RUNTIME=torch asks for PyTorch (and it is installed), else None."""
+    if not torch_first():
+        return None
+    from petlab.registry.torch_fallback import load_weights_only
+
+    return load_weights_only
 
 
 def torch_explain_if_installed(registry, task: str, version: int):

@@ -57,3 +57,17 @@ def demo_process(*args, **kwargs):
     """demo_server, yielding only the base URL."""
     with demo_server(*args, **kwargs) as (url, _):
         yield url
+
+
+def route_table(routes, prefix: str = "") -> set[tuple[str, str]]:
+    """Every (method, path template) an ASGI app's router answers, through mounts and included routers
+    ("WEBSOCKET" for a websocket route)."""
+    table = set()
+    for r in routes:
+        if hasattr(r, "original_router"):  # FastAPI's included router
+            table |= route_table(r.original_router.routes, prefix + r.include_context.prefix)
+        elif hasattr(r, "routes") and not hasattr(r, "endpoint"):  # a mount
+            table |= route_table(r.routes, prefix + (r.path if r.path != "/" else ""))
+        else:
+            table |= {(m, prefix + r.path) for m in (getattr(r, "methods", None) or ["WEBSOCKET"])}
+    return table

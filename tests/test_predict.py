@@ -173,7 +173,7 @@ def test_formula_like_and_non_utf8_file_names_are_written_safely_and_read_back(p
     photo = shared / "cats_and_dogs_filtered/validation/dogs/dog.2001.jpg"
     folder = tmp_path / "odd"
     folder.mkdir()
-    names = ["=HYPERLINK(1).jpg", "+1.jpg", "-2.jpg", "@sum.jpg"]
+    names = ["=HYPERLINK(1).jpg", "+1.jpg", "-2.jpg", "@sum.jpg", " =cmd.jpg", "\uff1dSUM(1).jpg", "|calc.jpg"]
     for name in names:
         shutil.copy(photo, folder / name)
     shutil.copy(photo, os.path.join(os.fsencode(folder), b"caf\xe9.jpg"))
@@ -184,7 +184,7 @@ def test_formula_like_and_non_utf8_file_names_are_written_safely_and_read_back(p
         assert f"\n{folder},'{name}," in raw  # the cell starts with a quote, so no spreadsheet runs it
     assert "caf\\xe9.jpg" in raw
     again = script("predict.py", folder, "--registry", promoted_registry, "--out", out)
-    assert "5 of 5 files already done" in again.stderr  # the quoted and escaped names read back as the same files
+    assert "8 of 8 files already done" in again.stderr  # the quoted and escaped names read back as the same files
 
 
 def test_a_rerun_redoes_rows_of_another_model_file_or_other_options(promoted_registry, album, tmp_path):
@@ -248,3 +248,22 @@ def test_explain_writes_an_overlay_per_readable_photo(promoted_registry, album, 
         with Image.open(overlays / name) as overlay:
             photo = Image.open(album / name[:-4])
             assert overlay.format == "PNG" and abs(overlay.width / overlay.height - photo.width / photo.height) < 0.02
+
+
+def test_the_journal_is_never_opened_through_a_link_and_a_foreign_file_of_its_name_is_kept(promoted_registry, album,
+                                                                                           tmp_path):
+    """predict.py opened `.NAME.partial.jsonl` following symbolic links, and truncated a foreign file of that
+    name."""
+    from petlab.batch_predict import journal_path
+
+    out = tmp_path / "labels.csv"
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me")
+    journal_path(out).symlink_to(precious)
+    linked = script("predict.py", album / "2025", "--registry", promoted_registry, "--out", out, check=False)
+    assert linked.returncode == 2 and "is not a journal of predict.py" in linked.stderr, linked.stderr[-2000:]
+    journal_path(out).unlink()
+    journal_path(out).write_text("someone else's notes\n")
+    foreign = script("predict.py", album / "2025", "--registry", promoted_registry, "--out", out, check=False)
+    assert foreign.returncode == 2 and "is not a journal of predict.py" in foreign.stderr
+    assert precious.read_text() == "keep me" and journal_path(out).read_text() == "someone else's notes\n"

@@ -25,7 +25,7 @@ from petlab.inference.model import load_version
 from petlab.models import build_model
 from petlab.registry import Registry
 from petlab.registry.torch_fallback import load_weights_only
-from petlab.serving import ServedModels
+from petlab.serving import ServedModels, ServingError
 from tests.imaging import make_imagefolder
 from tests.recipe import SEED_CNN
 from tests.runs import REPO, only_run_dir, script
@@ -92,8 +92,8 @@ def test_features_from_onnx_runtime_equal_eager_features_on_real_photos(shared, 
 
 
 @pytest.mark.slow
-def test_the_server_answers_from_model_onnx_and_falls_back_when_it_is_missing_or_corrupt(promoted_registry, shared,
-                                                                                         tmp_path):
+def test_the_server_answers_from_model_onnx_and_refuses_a_version_where_it_is_missing_or_corrupt(
+        promoted_registry, shared, tmp_path):
     registry = tmp_path / "registry"
     shutil.copytree(promoted_registry, registry)
     photo = load_rgb(sorted((shared / "cats_and_dogs_filtered" / "validation" / "dogs").glob("*.jpg"))[0])
@@ -107,13 +107,21 @@ def test_the_server_answers_from_model_onnx_and_falls_back_when_it_is_missing_or
     (version / "model.onnx").write_bytes(b"\x00garbage")  # corrupt
     (version / "pet_view.onnx").unlink()  # missing
     fallback = load_version(Registry(registry), "cats_vs_dogs", 1, fallback=load_weights_only)
-    assert (fallback.fmt, fallback.pet_fmt) == ("torch_export", "torch_export")
-    answer = ServedModels(Registry(registry)).classify(fallback, photo, 2)
-    assert answer["model"]["format"] == "torch_export" and answer["predictions"][0]["label"] == "dog"
-    expected = loaded.probabilities_and_pet([photo])
-    got = fallback.probabilities_and_pet([photo])
-    for a, b in zip(got, expected):
-        torch.testing.assert_close(torch.from_numpy(a), torch.from_numpy(b), **ONNX_TOLERANCE)
+    # the weights-only state dict, never model.pt2 or pet_view.pt2 (loading those runs code): named as refused
+    assert (fallback.fmt, fallback.pet_fmt) == ("eager", None)
+    assert "runs code" in fallback.refused["model.pt2"] and "runs code" in fallback.refused["pet_view.pt2"]
+    answer = ServedModels(Registry(registry)).classify(fallback, photo, 2)  # the separate view answers "a pet?"
+    assert answer["model"]["format"] == "eager" and answer["predictions"][0]["label"] == "dog"
+    torch.testing.assert_close(torch.from_numpy(fallback.probabilities([photo])),
+                               torch.from_numpy(loaded.probabilities([photo])), **ONNX_TOLERANCE)
+    # the server takes no fallback: the version is refused, and health says why
+    server = ServedModels(Registry(registry))
+    with pytest.raises(ServingError) as refused:
+        server.model("cats_vs_dogs")
+    assert refused.value.status == 503 and "only ONNX is served" in refused.value.message
+    assert str(registry) not in refused.value.message  # no path of this machine
+    health = server.health()["models"]["cats_vs_dogs"]
+    assert health["format"] == "not served" and "model.onnx" in health["not_served"]
 
 
 @pytest.mark.slow
