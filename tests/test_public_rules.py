@@ -31,7 +31,8 @@ def test_the_routes_the_page_and_the_api_use_are_answered(method, path):
 
 @pytest.mark.parametrize("method, path", [
     ("GET", "/gradio_api/file/http://127.0.0.1:9/"), ("GET", "/gradio_api/proxy=http://x/"),
-    ("POST", "/gradio_api/api/classify"), ("POST", "/gradio_api/run/classify"), ("POST", "/gradio_api/call/v2/classify"),
+    ("POST", "/gradio_api/api/classify"), ("POST", "/gradio_api/run/classify"),
+    ("POST", "/gradio_api/call/v2/classify"),
     ("POST", "/gradio_api/process_recording"), ("POST", "/gradio_api/call/other"), ("GET", "/monitoring"),
     ("POST", "/gradio_api/upload/"), ("DELETE", "/api/predict"), ("GET", "/api/predict"), ("POST", "/login"),
     ("GET", "/gradio_api/heartbeat/" + "x" * 65), ("POST", "/gradio_api/vibe-edit"), ("GET", "/gradio_api/user")])
@@ -75,7 +76,8 @@ def test_an_ambiguous_multipart_boundary_is_refused(header):
 
 
 def test_a_plain_boundary_is_read_as_every_parser_reads_it():
-    assert multipart_boundary(b'multipart/form-data; boundary="----WebKitFormBoundaryX1"') == b"------WebKitFormBoundaryX1"
+    header = b'multipart/form-data; boundary="----WebKitFormBoundaryX1"'
+    assert multipart_boundary(header) == b"------WebKitFormBoundaryX1"
     assert multipart_boundary(b"application/json") == b""
 
 
