@@ -15,8 +15,15 @@ sends, one case at a time:
   (p50, p90) is the figure: a hostile flood must not starve ordinary requests;
 - the file-read attempt: POST /gradio_api/call/classify naming /etc/hostname (once copied into the
   upload cache and served back); and Gradio's URL proxy;
-- the upload-cache fill: 300 uploads of 2 MB (600 MB) to /gradio_api/upload, and the folder's size after.
-For each it prints the status codes, the wall time, and the server's peak RSS over its RSS just
+- the upload-cache fill: 300 uploads of 2 MB (600 MB) to /gradio_api/upload, and the folder's size after;
+- round three: a 91-byte 2047 x 1 PNG (alone, three and ten at once, 16 in one request, and through the
+  page's classify and heatmap), a 1 MB progressive 4:4:4 JPEG of 9450 x 9450 (alone, four and ten at once),
+  2,500 queue joins with nobody listening followed by the page's own call (answered how long after), 100
+  joins carrying 8 MB of event_data or a 4 MB session_hash, every route form that could fetch a URL (aimed
+  at a local HTTP server that records fetches), and a registry copy whose .pt2 files carry a shell command
+  in their guards_code.
+For each it prints the status codes, the wall time, the p50 of an ordinary client sending photos one at a
+time beside the case, and the server's peak RSS over its RSS just
 before the case (the kernel's high-water mark, reset per case through /proc/PID/clear_refs). Then
 it checks that the server is still up and answers an ordinary photo. The upload folder Gradio uses
 (GRADIO_TEMP_DIR, a temporary one here) is listed after each case: nothing may be left behind.
@@ -48,6 +55,7 @@ from petlab.registry import Registry
 
 CHUNK = 64 * 1024
 FILL = "the upload-cache fill: 300 uploads of 2 MB to /gradio_api/upload"
+CRAFTED = "a model.pt2 and pet_view.pt2 with a shell command in guards_code, the ONNX files removed"
 
 
 def rss_kb(pid: int, field: str) -> int:
@@ -114,14 +122,187 @@ def hostile_beside_ordinary(url: str, task: str, hostile: bytes, ordinary: list,
 
 
 def file_read_attempt(url: str, uploads: Path) -> dict:
-    """The reported request, and a GET through Gradio's URL proxy; whether a copy reached the upload folder."""
+    """The reported request, and Gradio's URL proxy; whether a copy reached the upload folder."""
     event = httpx.post(f"{url}/gradio_api/call/classify", timeout=30, json={"data": [
         {"path": "/etc/hostname", "meta": {"_type": "gradio.FileData"}}, "cats_vs_dogs"]})
-    outcome = httpx.get(f"{url}/gradio_api/call/classify/{event.json()['event_id']}", timeout=60).text
+    answered = event.status_code == 200 and "event: error" not in httpx.get(
+        f"{url}/gradio_api/call/classify/{event.json()['event_id']}", timeout=60).text
     proxy = httpx.get(f"{url}/gradio_api/file=https://example.com/cat.png", timeout=30).status_code
     copied = [p.name for p in uploads.rglob("hostname")]
-    return {"status": "refused" if "event: error" in outcome else "ANSWERED", "copies": copied,
-            "url_proxy": proxy}
+    return {"status": "ANSWERED" if answered else "refused", "copies": copied, "url_proxy": proxy}
+
+
+def url_fetch_attempts(url: str) -> dict:
+    """Every route form that could make the server fetch a URL, aimed at a local HTTP server that records
+    whether it was asked for anything: Gradio's `file=<URL>`, `file/<URL>`, `proxy=<URL>`, and a FileData whose
+    path or url is a URL, joined to the queue and called."""
+    import http.server
+    import threading
+
+    fetched: list[str] = []
+
+    class Recorder(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            fetched.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(png(16))
+
+        def log_message(self, *args):
+            pass
+
+    listener = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    threading.Thread(target=listener.serve_forever, daemon=True).start()
+    target = f"http://127.0.0.1:{listener.server_address[1]}"
+    codes = [httpx.get(f"{url}{route}", timeout=30).status_code for route in
+             (f"/gradio_api/file/{target}/a.png", f"/gradio_api/file={target}/b.png", f"/gradio_api/proxy={target}/c")]
+    photo = {"path": f"{target}/d.png", "url": f"{target}/d.png", "meta": {"_type": "gradio.FileData"}}
+    for route in ("/gradio_api/queue/join", "/gradio_api/call/classify"):
+        codes.append(httpx.post(f"{url}{route}", json={"data": [photo, "cats_vs_dogs"], "fn_index": 0,
+                                                       "session_hash": "fetch"}, timeout=30).status_code)
+    time.sleep(1.0)
+    listener.shutdown()
+    return {"codes": dict(Counter(codes)), "urls_fetched": len(fetched)}
+
+
+def page_event(url: str, fn_index: int, data: list, session: str, timeout: float = 60) -> str:
+    """An event called as the page calls it: queue/join, then its event stream until the event completes."""
+    joined = httpx.post(f"{url}/gradio_api/queue/join", json={"data": data, "fn_index": fn_index,
+                                                               "session_hash": session, "event_data": None},
+                        timeout=30)
+    if joined.status_code != 200:
+        return f"{joined.status_code}"
+    with httpx.stream("GET", f"{url}/gradio_api/queue/data", params={"session_hash": session},
+                      timeout=timeout) as sse:
+        for line in sse.iter_lines():
+            if "process_completed" in line:
+                return "ok" if '"success":true' in line else "error"
+    return "no answer"
+
+
+def page_events(url: str) -> dict[str, int]:
+    """fn_index of the page's classify and of its heatmap event (inputs photo, task and the checkbox)."""
+    config = httpx.get(f"{url}/config", timeout=30).json()
+    kinds = {c["id"]: c["type"] for c in config["components"]}
+    found = {}
+    for index, dep in enumerate(config["dependencies"]):
+        inputs = [kinds.get(i) for i in dep["inputs"]]
+        if dep.get("api_name") == "classify":
+            found["classify"] = index
+        elif inputs[:1] == ["image"] and "checkbox" in inputs:
+            found.setdefault("heatmap", index)
+    return found
+
+
+def uploaded(url: str, name: str, data: bytes) -> dict:
+    response = httpx.post(f"{url}/gradio_api/upload", files={"files": (name, data)}, timeout=60)
+    response.raise_for_status()
+    return {"path": response.json()[0], "orig_name": name, "meta": {"_type": "gradio.FileData"}}
+
+
+def queue_flood(url: str, photo: bytes, joins: int = 2500) -> dict:
+    """`joins` POST /gradio_api/queue/join, each a fresh session_hash with nobody listening (about 2,100 once
+    stopped the page's queue for good), then the page's own call: how long after the flood it is answered."""
+    events = page_events(url)
+    data = [uploaded(url, "slow.png", photo), "cats_vs_dogs"]
+    codes = Counter()
+
+    def flood(offset):
+        with httpx.Client(timeout=30) as client:
+            for i in range(offset, joins, 4):
+                codes[client.post(f"{url}/gradio_api/queue/join", json={
+                    "data": data, "fn_index": events["classify"], "session_hash": f"flood{i}",
+                    "event_data": None}).status_code] += 1
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(flood, range(4)))
+    flood_s = time.perf_counter() - start
+    ended = time.perf_counter()
+    outcome = "not tried"
+    while time.perf_counter() - ended < 30:
+        outcome = page_event(url, events["classify"], data, f"honest{time.monotonic_ns()}")
+        if outcome == "ok":
+            break
+        time.sleep(0.1)
+    return {"joins": dict(Counter({str(k): v for k, v in codes.items()})), "flood_s": round(flood_s, 2),
+            "honest_call": outcome, "answered_s_after_flood": round(time.perf_counter() - ended, 2)}
+
+
+def queue_payload_floods(url: str, field: str, size: int, count: int = 100) -> dict:
+    """`count` joins carrying `size` bytes in `field` (event_data or session_hash), 10 at a time."""
+    events = page_events(url)
+    blob = "x" * size
+    body = {"data": [None, "cats_vs_dogs"], "fn_index": events["classify"], "session_hash": "payload",
+            "event_data": None, field: {"blob": blob} if field == "event_data" else blob}
+
+    def one(_):
+        try:
+            return httpx.post(f"{url}/gradio_api/queue/join", json=body, timeout=60).status_code
+        except httpx.HTTPError as exc:
+            return type(exc).__name__
+
+    with ThreadPoolExecutor(10) as pool:
+        return {"codes": dict(Counter(map(str, pool.map(one, range(count)))))}
+
+
+def page_with_heatmap(url: str, photo: bytes, name: str, concurrency: int) -> dict:
+    """The page's two calls for a photo (its classify, then its heatmap), for `concurrency` sessions at once."""
+    events = page_events(url)
+    data = [uploaded(url, name, photo), "cats_vs_dogs"]
+
+    def one(i):
+        first = page_event(url, events["classify"], data, f"page{i}{time.monotonic_ns()}")
+        return first, page_event(url, events["heatmap"], [*data, True], f"heat{i}{time.monotonic_ns()}")
+
+    with ThreadPoolExecutor(concurrency) as pool:
+        return {"answers": dict(Counter(map(str, pool.map(one, range(concurrency)))))}
+
+
+def crafted_export_case(registry_root: Path) -> dict:
+    """A copy of the registry whose version has no ONNX file and whose model.pt2 and pet_view.pt2 carry a shell
+    command in their guards_code (torch.export.load exec()s it): the server's loading, /api/health, and
+    predict.py --registry, each checked for the command having run."""
+    import shutil
+    import subprocess
+    import zipfile
+
+    from petlab.serving import ServedModels, ServingError
+
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / "registry"
+        shutil.copytree(registry_root, copy)
+        production = Registry(copy).production("cats_vs_dogs")
+        version = copy / "cats_vs_dogs" / f"v{production['version']}"
+        marker = Path(tmp) / "payload-ran"
+        for name in ("model.pt2", "pet_view.pt2"):
+            if not (version / name).exists():
+                continue
+            with zipfile.ZipFile(version / name) as source:
+                members = [(info, source.read(info.filename)) for info in source.infolist()]
+            with zipfile.ZipFile(version / name, "w") as out:
+                for info, data in members:
+                    if info.filename.endswith("models/model.json"):
+                        program = json.loads(data)
+                        program["guards_code"] = [f"__import__('os').system('touch {marker}') == 0 or True"]
+                        data = json.dumps(program).encode()
+                    out.writestr(info, data)
+        for onnx in version.glob("*.onnx"):
+            if onnx.name != "imagenet_view.onnx":
+                onnx.unlink()
+        models = ServedModels(Registry(copy))
+        try:
+            models.model("cats_vs_dogs")
+            served = "SERVED"
+        except ServingError as err:
+            served = f"{err.status} {err.code}"
+        health = models.health()["models"]["cats_vs_dogs"]
+        photo = next((version / "examples").iterdir())
+        predict = subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "experiments/predict.py"),
+                                  "--registry", str(copy), "--task", "cats_vs_dogs", str(photo)],
+                                 capture_output=True, text=True, timeout=300)
+        return {"server": served, "health_format": health["format"], "predict_exit": predict.returncode,
+                "code_ran": marker.exists()}
 
 
 def fill_upload_cache(url: str, uploads: Path, count: int = 300, size: int = 2 * 2**20) -> dict:
@@ -164,11 +345,11 @@ def post_chunked(url: str, route: str, field: str, total: int) -> dict:
     return {"status": status, "client_sent_mb": round(sent[0] / 2**20, 1)}
 
 
-def post_photos(url: str, task: str, files: list[tuple[str, bytes]], concurrency: int) -> list:
+def post_photos(url: str, task: str, files: list[tuple[str, bytes]], concurrency: int, per_request: int = 1) -> list:
     def one(item):
         name, data = item
         try:
-            return httpx.post(f"{url}/api/predict", files={"file": (name, data)}, data={"task": task},
+            return httpx.post(f"{url}/api/predict", files=[("file", (name, data))] * per_request, data={"task": task},
                               timeout=300).status_code
         except httpx.HTTPError as exc:
             return type(exc).__name__
@@ -177,18 +358,39 @@ def post_photos(url: str, task: str, files: list[tuple[str, bytes]], concurrency
         return list(pool.map(one, files))
 
 
-def measure(pid: int, upload_dir: Path, send) -> dict:
-    """Run one case; the server's peak RSS over its RSS before it, and what is left in the upload folder."""
+def measure(pid: int, upload_dir: Path, send, url: str, task: str, ordinary: list) -> dict:
+    """Run one case, with an ordinary client beside it sending photos one at a time; the server's peak RSS over
+    its RSS before the case, the ordinary client's p50, and what is left in the upload folder."""
+    import threading
+
     before_files = {p for p in upload_dir.rglob("*") if p.is_file()}
     Path(f"/proc/{pid}/clear_refs").write_text("5")  # resets VmHWM to the current RSS
     before = rss_kb(pid, "VmRSS")
+    done, latencies = threading.Event(), []
+
+    def ordinary_client():
+        with httpx.Client(timeout=300) as client:
+            for name, data in itertools.cycle(ordinary):
+                if done.is_set():
+                    return
+                start = time.perf_counter()
+                response = client.post(f"{url}/api/predict", files={"file": (name, data)}, data={"task": task})
+                latencies.append((time.perf_counter() - start, response.status_code))
+
+    beside = threading.Thread(target=ordinary_client, daemon=True)
     start = time.perf_counter()
+    beside.start()
     outcome = send()
     wall = time.perf_counter() - start
+    done.set()
+    beside.join()
     left = sorted(str(p.relative_to(upload_dir)) for p in upload_dir.rglob("*")
                   if p.is_file() and p not in before_files)
+    seconds = [t for t, code in latencies if code == 200]
     return {"outcome": outcome, "wall_s": round(wall, 2),
-            "peak_rss_growth_mb": round((rss_kb(pid, "VmHWM") - before) / 1024, 1), "files_left": left}
+            "peak_rss_growth_mb": round((rss_kb(pid, "VmHWM") - before) / 1024, 1), "files_left": left,
+            "ordinary_beside": {"answered": len(seconds), "failed": len(latencies) - len(seconds),
+                                "p50_s": round(statistics.median(seconds), 3) if seconds else None}}
 
 
 def summary(outcome) -> str:
@@ -203,7 +405,9 @@ def summary(outcome) -> str:
                 f"{outcome['folder_files']} files")
     if isinstance(outcome, list):
         return ", ".join(f"{n}x {code}" for code, n in sorted(Counter(map(str, outcome)).items()))
-    return f"{outcome['status']} after the client sent {outcome['client_sent_mb']} MB"
+    if isinstance(outcome, dict) and "client_sent_mb" in outcome:
+        return f"{outcome['status']} after the client sent {outcome['client_sent_mb']} MB"
+    return ", ".join(f"{k} {v}" for k, v in outcome.items())
 
 
 def main(argv=None) -> int:
@@ -225,6 +429,9 @@ def main(argv=None) -> int:
         return 2
     ordinary = [(p.name, p.read_bytes()) for p in photos]
     huge_png, big_png, eps_file, bombs = png(8000), png(6000), eps(), odd_mode_bombs()
+    thin = encoded(Image.new("RGB", (2047, 1), (200, 10, 10)), "PNG")  # 91 bytes: once a 524,032 x 255 resize
+    progressive = encoded(Image.new("RGB", (9450, 9450), (90, 140, 60)), "JPEG", progressive=True, subsampling=0,
+                          quality=95)  # about 1 MB: once 520 MB of coefficients, after draft() made it look small
     total = args.chunked_mb * 2**20
     cases = {
         f"chunked {args.chunked_mb} MB body to /api/predict":
@@ -244,6 +451,21 @@ def main(argv=None) -> int:
             lambda: hostile_beside_ordinary(url, args.task, bombs["16-bit grayscale PNGs"], ordinary),
         "the file-read attempt (/gradio_api/call/classify naming /etc/hostname)":
             lambda: file_read_attempt(url, uploads),
+        f"a {len(thin)}-byte 2047x1 PNG": lambda: post_photos(url, args.task, [("thin.png", thin)], 1),
+        "three 2047x1 PNGs at once": lambda: post_photos(url, args.task, [("thin.png", thin)] * 3, 3),
+        "ten 2047x1 PNGs at once": lambda: post_photos(url, args.task, [("thin.png", thin)] * 10, 10),
+        "16 2047x1 PNGs in one request": lambda: post_photos(url, args.task, [("thin.png", thin)], 1, 16),
+        "the page's classify and heatmap of a 2047x1 PNG": lambda: page_with_heatmap(url, thin, "thin.png", 1),
+        f"a {len(progressive) // 1024} KB progressive 4:4:4 JPEG of 9450x9450":
+            lambda: post_photos(url, args.task, [("p.jpg", progressive)], 1),
+        "four such JPEGs at once": lambda: post_photos(url, args.task, [("p.jpg", progressive)] * 4, 4),
+        "ten such JPEGs at once": lambda: post_photos(url, args.task, [("p.jpg", progressive)] * 10, 10),
+        "2,500 queue joins, nobody listening, then the page's own call":
+            lambda: queue_flood(url, ordinary[0][1]),
+        "100 joins with 8 MB of event_data, 10 at a time": lambda: queue_payload_floods(url, "event_data", 8 * 2**20),
+        "100 joins with a 4 MB session_hash, 10 at a time":
+            lambda: queue_payload_floods(url, "session_hash", 4 * 2**20),
+        "URL fetches: file/<URL>, file=<URL>, proxy=<URL>, a FileData naming a URL": lambda: url_fetch_attempts(url),
         FILL: lambda: fill_upload_cache(url, uploads),  # last: the files it leaves are the cache's, bounded
     }
     results = {}
@@ -255,12 +477,17 @@ def main(argv=None) -> int:
             post_photos(url, args.task, ordinary[:4], 1)  # warm: the first requests load what they need
             baseline_mb = round(rss_kb(proc.pid, "VmRSS") / 1024, 1)
             for name, send in cases.items():
-                results[name] = measure(proc.pid, uploads, send)
+                results[name] = measure(proc.pid, uploads, send, url, args.task, ordinary)
                 if not args.json:
                     r = results[name]
                     left = r["files_left"] if name != FILL else []
                     print(f"{name}: {summary(r['outcome'])}; {r['wall_s']} s; peak RSS +{r['peak_rss_growth_mb']} MB"
+                          f"; ordinary photos beside it: p50 {r['ordinary_beside']['p50_s']} s"
                           + (f"; LEFT ON DISK: {left}" if left else ""), flush=True)
+            results[CRAFTED] = {"outcome": crafted_export_case(registry.root), "wall_s": None,
+                                "peak_rss_growth_mb": 0.0, "files_left": [], "ordinary_beside": {}}
+            if not args.json:
+                print(f"{CRAFTED}: {summary(results[CRAFTED]['outcome'])}", flush=True)
             after = httpx.post(f"{url}/api/predict", files={"file": ordinary[0]}, data={"task": args.task}, timeout=60)
             alive = {"status": after.status_code, "top": after.json()["predictions"][0]["label"]
                      if after.status_code == 200 else after.text[:200], "server_running": proc.poll() is None}
@@ -275,9 +502,19 @@ def main(argv=None) -> int:
     flood = next(r["outcome"] for r in results.values() if isinstance(r["outcome"], dict)
                  and "ordinary_p50_s" in r["outcome"])
     read = next(r["outcome"] for r in results.values() if isinstance(r["outcome"], dict) and "copies" in r["outcome"])
+    joins = next(r["outcome"] for r in results.values() if isinstance(r["outcome"], dict)
+                 and "answered_s_after_flood" in r["outcome"])
+    fetches = next(r["outcome"] for r in results.values() if isinstance(r["outcome"], dict)
+                   and "urls_fetched" in r["outcome"])
+    beside = [r["ordinary_beside"]["p50_s"] for r in results.values() if r["ordinary_beside"].get("p50_s")]
     ok = (alive["status"] == 200 and worst < 1024 and flood["ordinary_p50_s"] < 2.0 and read["status"] == "refused"
           and not read["copies"] and results[FILL]["outcome"]["folder_mb"] <= 256
+          and joins["honest_call"] == "ok" and joins["answered_s_after_flood"] < 2.0 and fetches["urls_fetched"] == 0
+          and not results[CRAFTED]["outcome"]["code_ran"] and max(beside) < 2.0
           and not any(r["files_left"] for name, r in results.items() if name != FILL))
+    if not args.json:
+        print(f"worst peak RSS growth +{worst} MB; slowest ordinary p50 beside a case {max(beside)} s; "
+              f"{'all bounds held' if ok else 'A BOUND FAILED'}")
     return 0 if ok else 1
 
 

@@ -374,16 +374,19 @@ def test_a_flood_of_queue_joins_is_refused_while_it_lasts_and_the_page_answers_a
     """About 2,100 joins with fresh session hashes, nobody listening, once pushed Gradio's 2,000-session LRU past
     its end: its queue died ("Queue is stopped") until a restart. 2,500 joins here, then the page's own call."""
     url, log, _ = hostile_server
-    photo = upload(url, (shared / "cats_and_dogs_filtered/validation/cats/cat.2001.jpg").read_bytes())
+    cat = (shared / "cats_and_dogs_filtered/validation/cats/cat.2001.jpg").read_bytes()
     fn_index = classify_fn_index(url)
     codes = Counter()
     with httpx.Client(timeout=30) as client:
         for i in range(2500):
+            if i % 100 == 0:  # this server deletes uploads after 2 s (--upload-ttl-s 2)
+                photo = upload(url, cat)
             codes[client.post(f"{url}/gradio_api/queue/join", json={
                 "data": [photo, "cats_vs_dogs"], "fn_index": fn_index, "session_hash": f"flood{i}",
                 "event_data": None}).status_code] += 1
     assert set(codes) <= {200, 429, 503} and codes[429] + codes[503] > 0, codes  # bounded while it lasted
     deadline = time.monotonic() + 60  # the flood's accepted events drain; then the page's own call answers
+    photo = upload(url, cat)
     while True:
         text = queue_call(url, fn_index, [photo, "cats_vs_dogs"], session=f"honest{time.monotonic_ns()}")
         if '"success":true' in text or time.monotonic() > deadline:

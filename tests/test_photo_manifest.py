@@ -117,3 +117,27 @@ def test_the_manifest_rebuilds_every_shared_photo_byte_for_byte(shared, tmp_path
     assert sorted(build(out, rows, archives)) == sorted({row.set for row in rows})
     for row in rows:
         assert (out / row.set / row.path).read_bytes() == (shared / row.set / row.path).read_bytes(), row.path
+
+
+def test_a_member_larger_than_the_manifest_says_is_refused_while_it_streams(tmp_path, published):
+    """A 1.58 MB zip holding a 1.5 GB member once peaked at 3.9 GB: the member was read whole before its MD5
+    check. Now each member is read a block at a time, up to the size the manifest gives."""
+    import resource
+
+    rows, archives, data, _ = published
+    name = Path(rows[0].path).name
+    sized = [Row(*[*vars(row).values()][:6], len(data[Path(row.path).name]) if row.kind == "file" else None)
+             for row in rows]
+    served = tmp_path / "bomb"
+    served.mkdir()
+    bomb = served / "cats_and_dogs_filtered.zip"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as zf:
+        with zf.open(f"top/train/{name}", "w") as member:  # 200 MB of zeros: about 200 KB compressed
+            for _ in range(200):
+                member.write(bytes(2**20))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(DownloadError, match=f"{name} is over {len(data[name])} bytes"):
+        build(tmp_path / "data", sized, {**archives, ZIP: Archive(bomb.as_uri(), md5_of(bomb.read_bytes()))})
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100 * 1024  # KB: not the 200 MB
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [".downloads"]
+    assert all(row.size for row in read_manifest())  # the repository's manifest gives every file's size

@@ -326,6 +326,27 @@ def test_a_study_resumed_with_another_command_line_or_base_file_is_refused(tmp_p
         open_study(sweep, storage, "s", overrides={"train.epochs": 1})
 
 
+def test_a_study_resumed_on_other_photos_is_refused(tmp_path):
+    """A sweep resumed with --data-dir on other data once mixed trials of both in one study: the data folder's
+    file list and sizes are part of its identity (not its path: another machine keeps it elsewhere)."""
+    from petlab.search.runner import open_study
+    from petlab.search.space import grid_sweep, parse_grid
+
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump(BASE))
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    sweep = grid_sweep(base, parse_grid(["seed=0,1"]))
+    first = make_imagefolder(tmp_path / "first", {"train": 6, "val": 2})
+    open_study(sweep, storage, "s", overrides={"data.data_dir": str(first)})
+    import shutil
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(first, moved)  # the same photos on another path: the same study
+    open_study(sweep, storage, "s", overrides={"data.data_dir": str(moved)})
+    other = make_imagefolder(tmp_path / "other", {"train": 8, "val": 2})
+    with pytest.raises(ConfigError, match="data_files: stored"):
+        open_study(sweep, storage, "s", overrides={"data.data_dir": str(other)})
+
+
 @pytest.mark.parametrize("items, message", [
     (["model.dropout=0.1,2.0"], r"--grid model.dropout=2.0: "),  # once: 0.1 ran twice, 2.0 failed, exit 0
     (["seed=1,1.0"], "distinct"),

@@ -8,13 +8,9 @@ from petlab.export.exporter import (
     ExportError,
     export_and_verify,
     export_pet_view,
-    first_loadable,
     load_exported,
-    preference,
-    preferred_export,
 )
 from petlab.export.onnx import OnnxModel, runtime
 
 __all__ = ["EXPORT_FILES", "PET_VIEW_FILE", "PET_VIEW_FILES", "ExportError", "OnnxModel", "export_and_verify",
-           "export_pet_view", "first_loadable", "load_exported", "preference",
-           "preferred_export", "runtime"]
+           "export_pet_view", "load_exported", "runtime"]

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from petlab.errors import ExportError
-from petlab.export.onnx import ONNX_FILE, PET_VIEW_ONNX, OnnxModel, export_and_check, runtime
+from petlab.export.onnx import ONNX_FILE, PET_VIEW_ONNX, OnnxModel, export_and_check
 from petlab.inference.model import EXPORT_FILES, PET_VIEW_FILES
 
 log = logging.getLogger(__name__)
@@ -89,15 +89,11 @@ def save_torchscript(traced: torch.jit.ScriptModule, path: Path) -> None:
                 out.writestr(info, source.read(info.filename))
 
 
-def preference(device: str = "cpu") -> tuple[str, ...]:
-    """The formats a server tries, in order: ONNX first where ONNX Runtime is the runtime (a CPU)."""
-    torch_formats = ("torch_export", "torchscript")
-    return ("onnx", *torch_formats) if runtime(device) == "onnxruntime" else (*torch_formats, "onnx")
-
-
 def load_exported(path: str | Path):
-    """A saved export as a callable module: tensor [N, 3, H, W] -> logits. Nothing in the file runs code:
-    ONNX Runtime and TorchScript read graphs, and a .pt2 is read by `load_torch_export`."""
+    """A saved export as a callable module: tensor [N, 3, H, W] -> logits. For files petlab has just written
+    (the export's round-trip check) and benchmarks of them: a .pt2 or .ts runs code when loaded (torch.export
+    exec()s its guards_code, TorchScript its code), so no registry file is ever read with this (the server,
+    predict.py and evaluate.py read ONNX or a weights-only state dict)."""
     path = Path(path)
     if path.suffix == ".onnx":
         return OnnxModel(path)
@@ -143,30 +139,6 @@ def load_torch_export(path: Path) -> torch.export.ExportedProgram:
                 os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD", None)
             else:
                 os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = before
-
-
-def preferred_export(folder: Path, refused: dict[str, str] | None = None) -> tuple[str, object]:
-    """(format, module) for the first format in preference() that loads from `folder`."""
-    return first_loadable(folder, EXPORT_FILES, refused)
-
-
-def first_loadable(folder: Path, files: dict[str, str], refused: dict[str, str] | None = None) -> tuple[str, object]:
-    """(format, module) of the first of `files` (format -> file name) that loads, in preference() order;
-    each one tried before it that failed is added to `refused` (file name -> why)."""
-    errors = []
-    for fmt in (f for f in preference() if f in files):
-        path = Path(folder) / files[fmt]
-        if not path.is_file():
-            errors.append(f"{path.name}: missing")
-            continue
-        try:
-            return fmt, load_exported(path)
-        except Exception as exc:  # noqa: BLE001 - fall back to the next format
-            log.warning("could not load %s (%s: %s); trying the next format", path.name, type(exc).__name__, exc)
-            errors.append(f"{path.name}: {type(exc).__name__}: {exc}")
-            if refused is not None:
-                refused[path.name] = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
-    raise ExportError(f"no exported model loads from {Path(folder).name}: {'; '.join(errors)}")
 
 
 @torch.no_grad()

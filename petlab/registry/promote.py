@@ -28,7 +28,6 @@ from petlab.export import (
     ExportError,
     export_and_verify,
     export_pet_view,
-    preference,
 )
 from petlab.export.int8 import write_int8
 from petlab.export.onnx import ONNX_FILE, annotate
@@ -236,15 +235,20 @@ def _build_card(record: RunRecord, cfg, classes, pre, metric, value, n_candidate
         "created_at": now_iso(),
         "torch_version": torch.__version__,
         "files": {EXPORT_FILES["onnx"]: "ONNX, what a CPU serves from (onnxruntime.InferenceSession)",
-                  EXPORT_FILES["torch_export"]: "torch.export ExportedProgram (torch.export.load(...).module())",
-                  EXPORT_FILES["torchscript"]: "TorchScript, traced (torch.jit.load)",
+                  EXPORT_FILES["torch_export"]: "torch.export ExportedProgram (torch.export.load(...).module()); "
+                                                "loading it runs code (its guards are exec()'d): load only a file "
+                                                "you trust; petlab never loads it from a registry",
+                  EXPORT_FILES["torchscript"]: "TorchScript, traced (torch.jit.load); loading it runs the code it "
+                                               "holds: load only a file you trust; petlab never loads it from a "
+                                               "registry",
                   "state_dict.pt": f"the eager weights (petlab.models.rebuild_trained('{cfg.model.arch}', "
                                    f"{len(classes)}, state_dict, dropout={cfg.model.dropout}))",
                   "examples/": "real photos from the validation split, for the demo",
                   RELIABILITY_FIGURE: "reliability diagram of val and test, before and after temperature scaling"},
         "verification": verification,
-        "serving": {"cpu_order": [EXPORT_FILES[f] for f in preference("cpu")],
-                    "why": "ONNX Runtime measured several times faster than PyTorch on CPUs, README \"Speed\""},
+        "serving": {"cpu_order": [EXPORT_FILES["onnx"]],
+                    "why": "ONNX Runtime measured several times faster than PyTorch on CPUs (README \"Speed\"), and "
+                           "ONNX is inert: the PyTorch exports run code when loaded, so no server loads them"},
     }
 
 

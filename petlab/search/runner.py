@@ -18,11 +18,13 @@ import optuna
 from optuna.trial import TrialState
 
 from petlab.config import Config, load_config
+from petlab.data.datasets import dataset_dir, resolve_dataset_name
+from petlab.data.files import visible_files
 from petlab.engine.experiment import run_experiment
 from petlab.engine.hooks import Hook
 from petlab.engine.latency import measure_run_latency
 from petlab.engine.outcome import StopRun
-from petlab.errors import ConfigError
+from petlab.errors import ConfigError, DatasetError
 from petlab.monitor import Monitor
 from petlab.paths import relative_to_root, under_root
 from petlab.search.space import (
@@ -103,6 +105,24 @@ LOCAL_KEYS = ("output_dir", "tracking.", "train.threads", "train.device", "data.
               "data.num_workers")
 
 
+def data_fingerprint(sweep: SweepConfig, overrides: dict) -> str | None:
+    """What the trials train on: SHA-256 over the data folder's visible files (relative paths and sizes), so a
+    study resumed with --data-dir on other photos is refused instead of mixing two datasets. None where the
+    data is not on this machine yet (the first trial downloads it)."""
+    cfg = trial_config(sweep, "fingerprint", {}, overrides, [])
+    data = cfg.data
+    try:
+        dataset = resolve_dataset_name(data.dataset, cfg.task, data.data_dir, data.labels_csv)
+        root = (Path(data.labels_csv).expanduser().resolve().parent if dataset == "labels_csv"
+                else dataset_dir(dataset, data.data_dir, download=False))
+    except DatasetError:
+        return None
+    digest = hashlib.sha256()
+    for path in visible_files(root):
+        digest.update(f"{path.relative_to(root).as_posix()}\0{path.stat().st_size}\n".encode())
+    return digest.hexdigest()[:16]
+
+
 def sweep_definition(sweep: SweepConfig, overrides: dict | None = None) -> dict:
     """What makes a study's trials comparable: reusing its name with any of this changed mixes two searches.
     The base recipe counts by its content (SHA-256), not its path, so workers on other machines agree, and
@@ -126,6 +146,9 @@ def check_same_sweep(study: optuna.Study, sweep: SweepConfig, storage_url: str |
                           f"objective(s), this sweep {len(directions(sweep))} ({', '.join(objective_names(sweep))}); "
                           "pass --study-name NEW for a new study")
     definition = sweep_definition(sweep, overrides)
+    fingerprint = data_fingerprint(sweep, overrides)
+    if fingerprint is not None:
+        definition["data_files"] = fingerprint
     stored = study.user_attrs.get("sweep_definition")
     if stored is None:
         stored = {"direction": study.directions[0].name.lower()}  # a study from before definitions were stored

@@ -3,8 +3,10 @@
 tests/data/manifest.csv names every file of the four test sets (tests/data/README.md): the set, its path
 there, the public archive (URL) and the member it comes from, and its MD5. This fetches each archive once
 with petlab's own downloader (petlab/data/download.py: resumable, checked against the publisher's MD5),
-streams the named members out of it, checks each file's MD5, and moves each set into place only once all
-of it is there and right. A `lines` row is a list file cut down to the set: the member's lines that name
+streams the named members out of it (each read a block at a time, refused once past the size the manifest
+gives), checks each file's MD5, and moves each set into place only once all of it is there and right. So an
+archive left in `.downloads/` (where the publisher gives no MD5 for it, the downloader keeps it unchecked)
+can add nothing: every byte taken from it is checked against the manifest. A `lines` row is a list file cut down to the set: the member's lines that name
 one of the set's photos, in the member's order, its comment lines dropped.
 
     python -m tests.data.build --out ../shared/data           # what `make test-data` runs
@@ -34,7 +36,10 @@ from petlab.progress import progress
 HERE = Path(__file__).resolve().parent
 MANIFEST = HERE / "manifest.csv"
 README = HERE / "README.md"
-COLUMNS = ["set", "path", "archive", "member", "kind", "md5"]
+COLUMNS = ["set", "path", "archive", "member", "kind", "md5", "size"]
+# A `lines` row's member is a whole list file, larger than the set's cut of it: read up to this much.
+LIST_MEMBER_BYTES = 16 * 2**20
+MEMBER_BYTES = 64 * 2**20  # a row without a recorded size (an older manifest) reads at most this much
 
 CATS_AND_DOGS, OXFORD_IMAGES, OXFORD_ANNOTATIONS = (ARCHIVES["cats_and_dogs_filtered"][0].url,
                                                     *(a.url for a in ARCHIVES["oxford_iiit_pet"]))
@@ -52,6 +57,15 @@ class Row:
     member: str  # inside the archive
     kind: str  # "file": the member as it is; "lines": the member's lines that name the set's photos
     md5: str
+    size: int | None = None  # the file's size in bytes: a "file" member larger than this is refused unread
+
+    def __post_init__(self):
+        if isinstance(self.size, str):
+            object.__setattr__(self, "size", int(self.size) if self.size else None)
+
+    def member_limit(self) -> int:
+        """The most bytes of this row's member read before it is refused."""
+        return LIST_MEMBER_BYTES if self.kind == "lines" else self.size if self.size is not None else MEMBER_BYTES
 
 
 def md5_of(data: bytes) -> str:
@@ -67,17 +81,32 @@ def public_archives() -> dict[str, Archive]:
     return {archive.url: archive for archives in ARCHIVES.values() for archive in archives}
 
 
-def members(archive_file: Path, wanted: set[str]) -> Iterator[tuple[str, bytes]]:
-    """(name, bytes) of each wanted member, in one streaming pass (a 755 MB tar.gz is read once)."""
+def members(archive_file: Path, limits: dict[str, int]) -> Iterator[tuple[str, bytes]]:
+    """(name, bytes) of each wanted member (name -> the most bytes it may have), in one streaming pass (a
+    755 MB tar.gz is read once). A member is read a block at a time and refused once past its limit, so a
+    small archive holding a huge member (1.5 GB in a 1.6 MB zip once peaked at 3.9 GB) costs its limit."""
     if zipfile.is_zipfile(archive_file):
         with zipfile.ZipFile(archive_file) as zf:
-            for name in sorted(wanted & set(zf.namelist())):
-                yield name, zf.read(name)
+            for name in sorted(set(limits) & set(zf.namelist())):
+                with zf.open(name) as stream:
+                    yield name, bounded_read(stream, limits[name], f"{archive_file.name}:{name}")
         return
     with tarfile.open(archive_file, "r|*") as tf:
         for info in tf:
-            if info.isfile() and info.name.lstrip("./") in wanted:
-                yield info.name.lstrip("./"), tf.extractfile(info).read()
+            name = info.name.lstrip("./")
+            if info.isfile() and name in limits:
+                yield name, bounded_read(tf.extractfile(info), limits[name], f"{archive_file.name}:{name}")
+
+
+def bounded_read(stream, limit: int, what: str) -> bytes:
+    """All of `stream`, or DownloadError as soon as it passes `limit` bytes."""
+    chunks, total = [], 0
+    while block := stream.read(1 << 20):
+        total += len(block)
+        if total > limit:
+            raise DownloadError(f"{what} is over {limit} bytes, the size the manifest gives: not the published file")
+        chunks.append(block)
+    return b"".join(chunks)
 
 
 def set_lines(text: bytes, photos: set[str]) -> bytes:
@@ -135,7 +164,8 @@ def extract(archive_file: Path, rows: list[Row], photos: dict[str, set[str]], st
     for row in rows:
         rows_of[row.member].append(row)
     found = set()
-    for name, data in members(archive_file, set(rows_of)):
+    limits = {member: max(row.member_limit() for row in member_rows) for member, member_rows in rows_of.items()}
+    for name, data in members(archive_file, limits):
         found.add(name)
         for row in rows_of[name]:
             content = set_lines(data, photos[row.set]) if row.kind == "lines" else data
@@ -163,7 +193,8 @@ def manifest_rows(shared: Path) -> list[Row]:
 
     def add(set_name: str, path: Path, archive: str, member: str, kind: str = "file"):
         rel = path.relative_to(shared / set_name).as_posix()
-        rows.append(Row(set_name, rel, archive, member, kind, md5_of(path.read_bytes())))
+        data = path.read_bytes()
+        rows.append(Row(set_name, rel, archive, member, kind, md5_of(data), len(data)))
 
     for path in sorted((shared / "cats_and_dogs_filtered").rglob("*.jpg")):
         add("cats_and_dogs_filtered", path, CATS_AND_DOGS,
