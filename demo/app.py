@@ -136,7 +136,11 @@ def create_api(models: ServedModels, max_upload_bytes: int) -> FastAPI:
                                                               "send the others in further requests") from None
                 raise ServingError(400, "bad_form", f"could not parse the form: {exc}") from None
             uploads = form.getlist("file")
-            if not uploads or any(isinstance(u, str) for u in uploads):
+            if any(isinstance(u, str) for u in uploads):
+                raise ServingError(400, "bad_filename", "form field 'file' arrived as text, without a file name: "
+                                                        "send the photo as a file part with a name "
+                                                        "(curl -F file=@photo.jpg)")
+            if not uploads:
                 raise ServingError(400, "missing_file", "missing form field 'file': POST multipart/form-data "
                                                         "with the photo in a field named file (repeat it for "
                                                         f"up to {MAX_FILES_PER_REQUEST} photos)")

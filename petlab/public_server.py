@@ -39,6 +39,7 @@ from starlette.formparsers import MultiPartException
 
 log = logging.getLogger("petlab.demo")
 UPLOAD_ROUTE = "/gradio_api/upload"
+MULTIPART_ROUTES = (UPLOAD_ROUTE, "/api/predict")
 
 
 def log_request(**fields) -> None:
@@ -396,7 +397,9 @@ class UploadBudget:
     folder holds at most `max_bytes` and `max_files`: after each upload the oldest files are evicted until it
     fits (the files there when the server started, the page's example photos, are kept and not counted).
     Evicting rather than refusing means a flood cannot shut the page for the others; a fresh upload is the
-    newest file, so it survives until its prediction unless a flood writes the whole budget in between."""
+    newest file, so it survives until its prediction unless a flood writes the whole budget in between.
+    On both multipart routes (the upload route and /api/predict) the boundary must be unambiguous and each
+    file part must have a usable name (400 otherwise), checked while the body streams."""
 
     def __init__(self, app, max_bytes: int, max_files: int, max_files_per_request: int = 4):
         self.app, self.max_bytes, self.max_files = app, max_bytes, max_files
@@ -409,7 +412,9 @@ class UploadBudget:
         return [p for p in self.folder.rglob("*") if p.is_file()] if self.folder.is_dir() else []
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or not scope.get("path", "").endswith(UPLOAD_ROUTE):
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        upload = path == UPLOAD_ROUTE
+        if not (upload or path in MULTIPART_ROUTES) or scope.get("method") != "POST":
             return await self.app(scope, receive, send)
         content_types = [v for k, v in scope.get("headers") or [] if k.lower() == b"content-type"]
         try:
@@ -426,20 +431,20 @@ class UploadBudget:
             body = tail + chunk
             parts += body.count(boundary) if boundary else 0
             tail = body[-(len(boundary) - 1):] if boundary else b""
-            if parts - 1 > self.max_files_per_request:  # n files: n + 1 delimiters
+            if upload and parts - 1 > self.max_files_per_request:  # n files: n + 1 delimiters
                 return "too_many_files", (f"at most {self.max_files_per_request} files per upload request; "
                                           "send the others in further requests")
-            # each part's file name, from its header (a header may straddle two chunks: the last 16 KB are kept)
+            # each part's header line (one may straddle two chunks: the last 16 KB are kept with the next)
             window = headers_tail + chunk
-            for name in FILENAME.findall(window):
-                problem = filename_problem(name)
+            for disposition in DISPOSITION.findall(window):
+                problem = part_problem(disposition, files_only=upload)
                 if problem:
                     return "bad_filename", problem
             headers_tail = window[-16384:]
             return None
 
         async def send_after_eviction(message):
-            if message["type"] == "http.response.start":
+            if upload and message["type"] == "http.response.start":
                 self.evict()  # the upload is on disk: the folder fits its budget before the client hears of it
             await send(message)
 
@@ -476,7 +481,8 @@ class UploadBudget:
 
 BCHARS = rb"0-9A-Za-z'()+_,./:=?-"  # RFC 2046's boundary characters (and a space, not last)
 BOUNDARY = re.compile(rb"[%s][ %s]{0,68}[%s]|[%s]" % (BCHARS, BCHARS, BCHARS, BCHARS))
-FILENAME = re.compile(rb'\r\nContent-Disposition:[^\r\n]*?;\s*filename\*?=\s*("[^"\r\n]*"|[^;\r\n]*)', re.IGNORECASE)
+DISPOSITION = re.compile(rb"\r\nContent-Disposition:([^\r\n]*)\r\n", re.IGNORECASE)  # a part's header line
+FILENAME = re.compile(rb';\s*filename\*?=\s*("[^"\r\n]*"|[^;\r\n]*)', re.IGNORECASE)
 MAX_FILENAME_BYTES = 255  # what a Linux file system takes as one name
 
 
@@ -502,6 +508,15 @@ def multipart_boundary(content_type: bytes) -> bytes:
         raise BadMultipart("a multipart body needs exactly one boundary parameter of RFC 2046's characters "
                            "(letters, digits, '()+_,-./:=? and space), at most 70 of them")
     return b"--" + found[0]
+
+
+def part_problem(disposition: bytes, files_only: bool) -> str | None:
+    """Why a multipart part (its Content-Disposition line) cannot be taken, or None: a file needs a usable name,
+    and `files_only` (Gradio's upload route) takes nothing but files."""
+    found = FILENAME.search(disposition)
+    if found is None:
+        return "every part of an upload must be a file with a name (filename=...)" if files_only else None
+    return filename_problem(found.group(1))
 
 
 def filename_problem(name: bytes) -> str | None:

@@ -232,8 +232,8 @@ def load_version(registry, task: str, version: int, fallback: Callable | None = 
         if own_view and card["not_a_pet"].get("onnx"):
             pet_module, pet_fmt = load_served_onnx(folder, PET_VIEW_ONNX, int8, refused)
     if module is None and fallback is None:
-        raise ExportError(f"{task} v{version}: {MODEL_ONNX} does not load ({refused.get(MODEL_ONNX, 'missing')}); "
-                          "only ONNX is served (a PyTorch export runs code when loaded)")
+        raise ExportError(f"{task} v{version}: only ONNX is served (a PyTorch export runs code when loaded), and "
+                          f"{MODEL_ONNX} does not load ({refused.get(MODEL_ONNX, 'missing')})")
     if fallback is not None and (module is None or (own_view and pet_module is None)):
         found = fallback(registry, task, version, refused, need_model=module is None,
                          need_pet_view=own_view and pet_module is None)
