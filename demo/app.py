@@ -67,6 +67,7 @@ UPLOAD_TTL_S = 3600  # Gradio's copies of page uploads are deleted once this old
 UPLOAD_CACHE_MB, UPLOAD_CACHE_FILES = 256, 512  # and the folder holds at most this much (oldest evicted first)
 QUEUE_MAX_SIZE = 64  # events waiting in the page's queue, all clients together
 QUEUE_PER_CLIENT = 4  # events one client (address) may have waiting or running
+QUEUE_CONCURRENCY = 8  # page events of one kind running at once (Gradio's default is 1)
 
 
 def classify(models: ServedModels, data: bytes, filename: str | None, task: str | None, top_k: int,
@@ -287,8 +288,10 @@ def create_app(registry_dir: str | os.PathLike | None = None, max_upload_mb: flo
     examples = [str((registry.version_dir(task, version) / "examples").resolve())
                 for task, version in models.production().items()]
     page = build_page(models, upload_ttl_s)
-    # Gradio's queue holds at most QUEUE_MAX_SIZE waiting events (a join past it: 503); QueueGuard bounds the rest
-    page.queue(max_size=QUEUE_MAX_SIZE, default_concurrency_limit=1)
+    # Gradio's queue holds at most QUEUE_MAX_SIZE waiting events (a join past it: 503); QueueGuard bounds the rest.
+    # Several page events run at once, so an ordinary photo never waits in Gradio's line behind a costly one: the
+    # decode budget (serving.DecodeBudget) is what runs costly decodes one at a time, as it does for the API.
+    page.queue(max_size=QUEUE_MAX_SIZE, default_concurrency_limit=QUEUE_CONCURRENCY)
     app = gr.mount_gradio_app(app, page, path="/", allowed_paths=examples, max_file_size=max_bytes,
                               footer_links=["api"])
     mark_launched(page)  # Gradio checks every file an input names, as after launch() (petlab/public_server.py)
