@@ -102,6 +102,12 @@ def classify_files(models: ServedModels, files: list[tuple[bytes, str | None]], 
     return {"task": model.task, "model": served_model(model), "results": results}
 
 
+def default_task(tasks: list[str]) -> str | None:
+    """The page's task until a person picks another: cats vs dogs where it is served (petlab's first task),
+    else the first served; None while nothing is."""
+    return "cats_vs_dogs" if "cats_vs_dogs" in tasks else (sorted(tasks) or [None])[0]
+
+
 def create_api(models: ServedModels, max_upload_bytes: int) -> FastAPI:
     app = FastAPI(title="petlab", docs_url="/api/docs", openapi_url="/api/openapi.json", redoc_url=None)
 
@@ -208,7 +214,7 @@ def build_page(models: ServedModels, upload_ttl_s: int = UPLOAD_TTL_S) -> gr.Blo
 
     def on_load():
         served_now = sorted(models.production())
-        value = served_now[0] if served_now else None
+        value = default_task(served_now)
         return gr.Dropdown(choices=served_now, value=value, visible=len(served_now) > 1), *current_card(value)
 
     def on_image(path: str | None, task: str | None):
@@ -225,6 +231,7 @@ def build_page(models: ServedModels, upload_ttl_s: int = UPLOAD_TTL_S) -> gr.Blo
                     latency_ms=round(1000 * (time.perf_counter() - start), 2))
         verdict = (f"**Recognised as a pet** (ImageNet's view: {result['pet_probability']:.0%} a cat or dog)."
                    if result["recognised"] else f"**Not recognised:** {result['reason']}.")
+        verdict += f" Task `{result['task']}`, {result['model']['name']} v{result['model']['version']}."
         return {p["label"]: p["probability"] for p in result["predictions"]}, verdict
 
     def on_heatmap(path: str | None, task: str | None, show: bool):
@@ -244,7 +251,8 @@ def build_page(models: ServedModels, upload_ttl_s: int = UPLOAD_TTL_S) -> gr.Blo
     # delete_cache: Gradio keeps a copy of every page upload; without it /gradio_api/upload fills the disk.
     with gr.Blocks(title="petlab demo", delete_cache=(max(1, upload_ttl_s // 6), upload_ttl_s)) as page:
         gr.Markdown("# petlab\nUpload, paste or drag a pet photo: the production model names the class.")
-        task = gr.Dropdown(choices=tasks, value=tasks[0] if tasks else None, label="Task",
+        # the default is explicit (gradio_client's view_api() shows it), and each answer names its task
+        task = gr.Dropdown(choices=tasks, value=default_task(tasks), label=f"Task (default {default_task(tasks)})",
                            visible=len(tasks) > 1, interactive=True)
         with gr.Row():
             # filepath + image_mode=None: the untouched upload reaches petlab's own decoding.
@@ -253,7 +261,7 @@ def build_page(models: ServedModels, upload_ttl_s: int = UPLOAD_TTL_S) -> gr.Blo
             with gr.Column():
                 label = gr.Label(num_top_classes=5, label="Prediction", elem_id="prediction")
                 recognition = gr.Markdown("", label="verdict", elem_id="recognition")  # named in view_api()
-                summary_text, card_text = current_card(tasks[0] if tasks else None)
+                summary_text, card_text = current_card(default_task(tasks))
                 summary = gr.Markdown(summary_text, elem_id="served")
             with gr.Column():
                 show = gr.Checkbox(value=True, label="Show where the model looked (class-activation map)",

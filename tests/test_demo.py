@@ -238,9 +238,11 @@ def test_gradio_client_predicts(server, validation):
                                      api_name="/classify")
     assert result["label"] == "dog"
     assert {c["label"] for c in result["confidences"]} == {"cat", "dog"}
-    assert verdict.startswith("**Recognised as a pet**")
+    assert verdict.startswith("**Recognised as a pet**") and "Task `cats_vs_dogs`" in verdict  # it names its task
     endpoint = client.view_api(return_format="dict", print_info=False)["named_endpoints"]["/classify"]
     assert [r["label"] for r in endpoint["returns"]] == ["Prediction", "verdict"]  # no unnamed "value_7"
+    task = next(p for p in endpoint["parameters"] if p["parameter_name"] == "task")
+    assert task["parameter_default"] == "cats_vs_dogs" and "default cats_vs_dogs" in task["label"]  # said, not silent
 
 
 @pytest.mark.slow

@@ -325,7 +325,11 @@ def test_every_comet_archive_of_a_promoted_run_passes_comet_mls_own_checks(real_
     from tests.comet_archives import validate_archive
 
     key = json.loads((real_runs["lite0"] / "results.json").read_text())["tracking"]["key"]
-    training = real_runs["lite0"] / "comet" / f"{key}.zip"  # (other tests promote this run too: more archives)
+    training = real_runs["lite0"] / "comet" / f"{key}.01.zip"  # (other tests promote this run too: more archives)
+    in_the_run = list((real_runs["lite0"] / "comet").glob("*.zip"))
+    # `comet upload runs/<id>/comet/*.zip` (a glob, sorted by name) sends the training before any promotion
+    by_name, by_time = sorted(in_the_run), sorted(in_the_run, key=lambda p: p.stat().st_mtime)
+    assert by_name == by_time and by_name[0] == training
     (promotion,) = (promoted_registry.parent / "runs").glob("*/comet/*.zip")  # queued in the promoted clone
     assert promotion.name.startswith(key)  # the same experiment, continued
     archives = [training, promotion]

@@ -87,7 +87,7 @@ def test_offline_run_writes_an_archive_into_the_run_directory(offline_run):
     tracking = results["tracking"]
     assert tracking["backend"] == "comet" and tracking["mode"] == "offline" and tracking["url"] is None
     archive = Path(tracking["archive"])
-    assert archive.parent == run_dir / "comet" and archive.name == f"{tracking['key']}.zip"
+    assert archive.parent == run_dir / "comet" and archive.name == f"{tracking['key']}.01.zip"
     assert tracking["archives"] == [str(archive)]
     assert "comet upload" in stderr and str(archive) in (run_dir / "train.log").read_text()
 
@@ -160,3 +160,22 @@ def test_tracking_none_writes_the_local_record_only_and_profile_writes_a_trace(t
     trace = json.loads((run_dir / "profile" / "trace.json").read_text())
     assert any("conv" in event.get("name", "") for event in trace["traceEvents"])
     assert "Self CPU" in (run_dir / "profile" / "top_ops.txt").read_text() and "profiler: trace" in stderr
+
+
+def test_archives_are_numbered_in_the_order_they_were_written(tmp_path):
+    """comet_ml names a continued experiment's archive `<key>-<n>.zip`, which a shell glob sorts before
+    `<key>.zip`: `comet upload runs/<id>/comet/*.zip` sent a promotion before the run it continues."""
+    import os
+
+    from petlab.tracking.comet import number_archives
+
+    key = "0123456789abcdef0123456789abcdef"
+    (tmp_path / f"{key}.zip").write_bytes(b"run")
+    os.utime(tmp_path / f"{key}.zip", (1, 1))
+    assert number_archives(tmp_path) == [tmp_path / f"{key}.01.zip"]
+    (tmp_path / f"{key}-1.zip").write_bytes(b"resumed")
+    os.utime(tmp_path / f"{key}-1.zip", (2, 2))
+    (tmp_path / f"{key}-2.zip").write_bytes(b"promotion")
+    os.utime(tmp_path / f"{key}-2.zip", (3, 3))
+    number_archives(tmp_path)
+    assert [p.read_bytes() for p in sorted(tmp_path.glob("*.zip"))] == [b"run", b"resumed", b"promotion"]

@@ -10,7 +10,9 @@ served only when both pass (AGREEMENT_MIN, ACCURACY_DROP_MAX); the card shows th
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -37,6 +39,24 @@ class _Batches:
         return next(self._feeds, None)
 
 
+@contextlib.contextmanager
+def onnxruntime_info_hidden():
+    """ONNX Runtime's quantisation tools log through the root logger at INFO (160-286 "Increased scale..." lines
+    a promotion once printed): below WARNING, what they log is dropped while the block runs."""
+    def keep(record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or f"{os.sep}onnxruntime{os.sep}" not in record.pathname
+
+    root, own = logging.getLogger(), logging.getLogger("onnxruntime")  # `logging.info(...)`, and its named loggers
+    level = own.level
+    root.addFilter(keep)
+    own.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)
+        own.setLevel(level)
+
+
 def quantize_onnx(fp32: Path, out: Path, batches: Iterable[np.ndarray], method: str = DEFAULT_METHOD,
                   keep_classifier_fp32: bool = True) -> Path:
     """Static int8 quantisation of `fp32` into `out`, its activation ranges calibrated on `batches` (the run's
@@ -51,7 +71,7 @@ def quantize_onnx(fp32: Path, out: Path, batches: Iterable[np.ndarray], method: 
     reader = _Batches(source.graph.input[0].name, batches)
     calibrate = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
                  "entropy": CalibrationMethod.Entropy}[method]
-    with tempfile.TemporaryDirectory(prefix="petlab-int8-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="petlab-int8-") as tmp, onnxruntime_info_hidden():
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(fp32), str(prepared))  # shapes inferred and the graph folded: what quantises well
         classifier = [n.name for n in onnx.load(str(prepared)).graph.node if n.op_type in ("Gemm", "MatMul")]

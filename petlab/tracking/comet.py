@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 import threading
 import urllib.request
 from pathlib import Path
@@ -195,10 +196,12 @@ class CometTracker(Tracker):
         experiment, self.experiment = self.experiment, None  # ending twice is a no-op
         experiment.end()
         if self.mode == "offline":
+            number_archives(self.archive_dir)
             log.info("comet: offline archive written to %s", self.archive())
 
     def archives(self) -> list[str]:
-        """Oldest first: a resumed run adds one archive per part, all with the same experiment key."""
+        """Oldest first: a resumed run adds one archive per part, a promotion one more, all with the same
+        experiment key (number_archives makes their names sort so)."""
         return [str(p) for p in sorted(self.archive_dir.glob("*.zip"), key=lambda p: p.stat().st_mtime)]
 
     def archive(self) -> str | None:
@@ -209,6 +212,25 @@ class CometTracker(Tracker):
         offline = self.mode == "offline"
         return {**super().record(), "archive": self.archive() if offline else None,
                 "archives": self.archives() if offline else []}
+
+
+NUMBERED = re.compile(r"\.\d{2}\.zip$")
+
+
+def number_archives(folder: Path) -> list[Path]:
+    """Rename the archives comet_ml has just written in `folder` to `<key>.NN.zip`, numbered on from those
+    already there, so that `comet upload <folder>/*.zip` (a shell glob, sorted by name) sends a run's parts and
+    then its promotion in the order they were written: comet_ml names a continuation `<key>-<n>.zip`, which
+    sorts before `<key>.zip`, and a continuation sent first asks the server for an experiment it has not made."""
+    done = sorted(p for p in folder.glob("*.zip") if NUMBERED.search(p.name))
+    renamed = []
+    for archive in sorted((p for p in folder.glob("*.zip") if not NUMBERED.search(p.name)),
+                          key=lambda p: p.stat().st_mtime):
+        key = re.split(r"[-.]", archive.name, maxsplit=1)[0]
+        target = folder / f"{key}.{len(done) + len(renamed) + 1:02d}.zip"
+        archive.rename(target)
+        renamed.append(target)
+    return renamed
 
 
 def comet_api():

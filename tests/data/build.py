@@ -6,8 +6,9 @@ with petlab's own downloader (petlab/data/download.py: resumable, checked agains
 streams the named members out of it (each read a block at a time, refused once past the size the manifest
 gives), checks each file's MD5, and moves each set into place only once all of it is there and right. So an
 archive left in `.downloads/` (where the publisher gives no MD5 for it, the downloader keeps it unchecked)
-can add nothing: every byte taken from it is checked against the manifest. A `lines` row is a list file cut down to the set: the member's lines that name
-one of the set's photos, in the member's order, its comment lines dropped.
+can add nothing: every byte taken from it is checked against the manifest. A `lines` row is a list file cut
+down to the set: the member's lines that name one of the set's photos, in the member's order, its comment
+lines dropped.
 
     python -m tests.data.build --out ../shared/data           # what `make test-data` runs
     python -m tests.data.build --write-manifest ../shared/data  # a maintainer, after a set changed
