@@ -234,6 +234,10 @@ class QueueGuard:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope.get("method") != "POST" or scope.get("path") not in QUEUE_ROUTES:
             return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > QUEUE_BODY_BYTES:  # refused unread
+            return await answer(scope, send, 413, "too_large", f"a queue request's body is at most "
+                                                               f"{QUEUE_BODY_BYTES} bytes")
         body, more = b"", True
         while more:
             message = await receive()
