@@ -10,7 +10,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # the benchmarks run as scripts; the demo launcher lives with the tests
     sys.path.insert(0, str(REPO))
-from tests.servers import demo_process, demo_server  # noqa: E402 - needs the path above
+from tests.servers import demo_process, demo_server, recording_http_server  # noqa: E402, F401 - needs the path above
 
 __all__ = ["REPO", "demo_process", "demo_server", "median_call_seconds", "shared_data"]
 

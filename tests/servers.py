@@ -71,3 +71,30 @@ def route_table(routes, prefix: str = "") -> set[tuple[str, str]]:
         else:
             table |= {(m, prefix + r.path) for m in (getattr(r, "methods", None) or ["WEBSOCKET"])}
     return table
+
+
+@contextlib.contextmanager
+def recording_http_server(body: bytes = b""):
+    """A real HTTP server on 127.0.0.1 that answers every GET with `body` and records the paths it was asked
+    for: whether a server under test fetched a URL. Yields (its base URL, the list of paths)."""
+    import http.server
+    import threading
+
+    fetched: list[str] = []
+
+    class Recorder(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            fetched.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", fetched
+    finally:
+        server.shutdown()

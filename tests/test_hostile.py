@@ -24,7 +24,7 @@ import yaml
 from PIL import Image
 
 from tests.runs import REPO, script
-from tests.servers import demo_server, route_table
+from tests.servers import demo_server, recording_http_server, route_table
 
 LIMIT_MB = 1
 LIMIT = LIMIT_MB * 2**20 + 64 * 1024  # demo/app.py's MULTIPART_OVERHEAD on top of the file limit
@@ -198,26 +198,8 @@ def join(url: str, payload: dict) -> httpx.Response:
 @pytest.fixture
 def local_http():
     """A real HTTP server on 127.0.0.1 that records every path it is asked for: whether the demo fetched a URL."""
-    import http.server
-    import threading
-
-    fetched: list[str] = []
-
-    class Recorder(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 - http.server's name
-            fetched.append(self.path)
-            self.send_response(200)
-            self.send_header("Content-Type", "image/png")
-            self.end_headers()
-            self.wfile.write(rgba_png(16))
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", fetched
-    server.shutdown()
+    with recording_http_server(rgba_png(16)) as (listener, fetched):
+        yield listener, fetched
 
 
 @pytest.mark.slow
