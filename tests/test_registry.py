@@ -314,6 +314,7 @@ def test_the_hugging_face_card_parses_with_huggingface_hub_and_holds_the_test_ac
     accuracy = next(m for m in test["metrics"] if m["type"] == "accuracy")
     assert accuracy["value"] == pytest.approx(card["metrics"]["test"]["accuracy"])
     assert hf.data.license == "other" and "image-classification" in hf.data.tags
+    assert hf.data.license_name and hf.data.license_link == "README.md#license" and "## License" in hf.text
     assert "![reliability diagram](reliability.png)" in hf.text  # a file beside it, in the registry and the Space
 
 

@@ -206,6 +206,16 @@ def card_markdown(card: dict, figures: str = "") -> str:
 
 
 HF_CARD = "README.md"  # the model card in Hugging Face's format, beside card.md
+# license: other needs a name and a link (the Hub's card spec): the card's own License section says what it is
+LICENSE_NAME, LICENSE_LINK = "pretrained-weights-and-dataset-terms", "README.md#license"
+
+
+def dataset_name(card: dict) -> str | None:
+    """The dataset as the Hub should show it: a named layout, or for a folder of photos ("imagefolder") the
+    folder's name (oxford-pets-37breeds-5shot), which says which photos."""
+    if card.get("dataset") == "imagefolder" and card.get("dataset_root"):
+        return card["dataset_root"]
+    return card.get("dataset")
 
 
 def hugging_face_card(card: dict) -> str:
@@ -216,17 +226,20 @@ def hugging_face_card(card: dict) -> str:
     from huggingface_hub import EvalResult, ModelCardData
 
     metrics = card.get("metrics", {})
+    dataset = dataset_name(card)
     results = [EvalResult(task_type="image-classification", task_name="Image Classification",
-                          dataset_type=card.get("dataset", "unknown"), dataset_name=card.get("dataset", "unknown"),
+                          dataset_type=dataset or "unknown", dataset_name=dataset or "unknown",
                           dataset_split=split, metric_type=key, metric_value=float(value),
                           metric_name=f"{label} {key.replace('_', ' ')}")
                for split, label in (("test", "Test"), ("val", "Validation"))
                for key, value in (metrics.get(split) or {}).items() if key in ("accuracy", "balanced_accuracy")]
     data = ModelCardData(
-        model_name=f"{card['name']} v{card['version']}", license="other", library_name="onnx",
-        pipeline_tag="image-classification", datasets=[card["dataset"]] if card.get("dataset") else None,
+        model_name=f"{card['name']} v{card['version']}", license="other", license_name=LICENSE_NAME,
+        license_link=LICENSE_LINK, library_name="onnx",
+        pipeline_tag="image-classification", datasets=[dataset] if dataset else None,
         tags=["image-classification", "pets", "onnx", "petlab", card["arch"].replace("_", "-"), card["task"]],
         eval_results=results or None)
-    licence = ("License: other. The weights start from ImageNet-pretrained backbones and were trained on "
-               "public pet photos; check their terms before reuse.")
+    licence = ("## License\n\nOther (`license_name: " + LICENSE_NAME + "`): the weights start from "
+               "ImageNet-pretrained backbones and were trained on public pet photos, each under its publisher's "
+               "terms; check them before reuse.")
     return f"---\n{data.to_yaml()}\n---\n\n{card_markdown(card)}\n{licence}\n"
