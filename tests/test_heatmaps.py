@@ -2,6 +2,8 @@
 split over the map exactly, Grad-CAM agrees where both apply, every architecture gets one, a randomised head
 changes them, and they land on the photo's own frame."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -151,3 +153,21 @@ def test_the_maps_change_when_the_head_is_randomised(object_detector):
     rhos = [spearmanr(trained[i, 0].flatten(), random[i, 0].flatten()).statistic for i in range(len(photos))]
     assert np.median(np.abs(rhos)) < 0.5, rhos
     assert not torch.allclose(trained, random)
+
+
+@pytest.mark.slow
+def test_explain_onnx_declares_the_shapes_it_produces(promoted_registry):
+    """explain.onnx once declared class_maps [batch, C, batch, Divclass_maps_dim_3] while producing (N, C, 7, 7):
+    every output of every ONNX file of a version now says `batch` and then its real sizes, and ONNX's own
+    shape inference (strict) agrees."""
+    import onnx
+
+    version = promoted_registry / "cats_vs_dogs" / "v1"
+    classes = len(json.loads((version / "card.json").read_text())["classes"])
+    for path in sorted(version.glob("*.onnx")):
+        model = onnx.shape_inference.infer_shapes(onnx.load(str(path)), strict_mode=True)
+        for output in model.graph.output:
+            dims = [d.dim_param or d.dim_value for d in output.type.tensor_type.shape.dim]
+            assert dims[0] == "batch" and all(isinstance(d, int) and d > 0 for d in dims[1:]), (path.name, dims)
+    maps = next(o for o in onnx.load(str(version / "explain.onnx")).graph.output if o.name == "class_maps")
+    assert [d.dim_param or d.dim_value for d in maps.type.tensor_type.shape.dim][:2] == ["batch", classes]

@@ -60,7 +60,26 @@ def export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, outpu
                               dynamic_axes={name: {0: "batch"} for name in ("images", *outputs)})
     except Exception as exc:  # noqa: BLE001 - the exporter's errors are long; the first line says what broke
         raise ExportError(f"ONNX export failed: {str(exc).strip().splitlines()[0]}") from exc
+    with torch.no_grad(), torch.autocast("cpu", enabled=False):
+        produced = model(example.float().contiguous())
+    declare_output_shapes(path, [o.shape for o in (produced if isinstance(produced, tuple) else (produced,))])
     return Path(path)
+
+
+def declare_output_shapes(path: Path, shapes: list) -> None:
+    """Each output's declared shape: `batch`, then the sizes the model produced. The exporter's own guesses can be
+    wrong: explain.onnx once declared class_maps [batch, C, batch, Divclass_maps_dim_3] for (N, C, 7, 7), which
+    misleads anyone (or any tool) reading the graph's signature."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    for output, shape in zip(proto.graph.output, shapes, strict=True):
+        dims = output.type.tensor_type.shape.dim
+        del dims[:]
+        dims.add().dim_param = "batch"
+        for size in shape[1:]:
+            dims.add().dim_value = int(size)
+    onnx.save(proto, str(path))
 
 
 class OnnxModel:
