@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import re
 import threading
@@ -148,7 +149,11 @@ class CometTracker(Tracker):
 
     @guarded
     def log_metrics(self, metrics, step=None, epoch=None):
-        self.experiment.log_metrics(metrics, step=step, epoch=epoch)
+        # a metric that does not exist (a refit epoch has no validation split: NaN) is left out, not logged as
+        # NaN: comet_ml warns on each at upload (64 warnings for one breeds run) and its charts break
+        finite = {k: v for k, v in metrics.items() if is_finite(v)}
+        if finite:
+            self.experiment.log_metrics(finite, step=step, epoch=epoch)
 
     @guarded
     def log_confusion_matrix(self, matrix, labels, title):
@@ -212,6 +217,14 @@ class CometTracker(Tracker):
         offline = self.mode == "offline"
         return {**super().record(), "archive": self.archive() if offline else None,
                 "archives": self.archives() if offline else []}
+
+
+def is_finite(value) -> bool:
+    """False for a NaN or infinite number (a float, numpy's, a 0-d tensor); True for any other value."""
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return True
 
 
 NUMBERED = re.compile(r"\.\d{2}\.zip$")
