@@ -179,3 +179,20 @@ def test_archives_are_numbered_in_the_order_they_were_written(tmp_path):
     os.utime(tmp_path / f"{key}-2.zip", (3, 3))
     number_archives(tmp_path)
     assert [p.read_bytes() for p in sorted(tmp_path.glob("*.zip"))] == [b"run", b"resumed", b"promotion"]
+
+
+def test_a_metric_that_does_not_exist_is_not_logged_as_nan(tmp_path):
+    """A breeds run's refit epochs (no validation split) logged NaN validation metrics: 64 warnings on upload."""
+    import json
+    import zipfile
+
+    from petlab.tracking.comet import CometTracker
+
+    os.environ.pop("COMET_API_KEY", None)
+    tracker = CometTracker(tmp_path / "run", "petlab-test")
+    tracker.log_metrics({"train_loss": 0.5, "val_loss": float("nan"), "val_accuracy": float("inf")}, epoch=1)
+    tracker.end()
+    with zipfile.ZipFile(tracker.archive()) as archive:
+        messages = [json.loads(line) for line in archive.read("messages.json").decode().splitlines()]
+    logged = {m["payload"]["metric"]["metricName"] for m in messages if (m["payload"].get("metric") or {})}
+    assert "train_loss" in logged and not logged & {"val_loss", "val_accuracy"}
