@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import statistics
-import warnings
 from pathlib import Path
 
 import optuna
@@ -14,6 +13,7 @@ from matplotlib.ticker import FormatStrFormatter, NullFormatter
 from petlab.fileio import write_csv
 from petlab.reports.figures import pyplot
 from petlab.search.space import SweepConfig, config_params, is_grid, objective_names
+from petlab.search.storage import deliberately_experimental
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +41,7 @@ def write_study_report(study: optuna.Study, sweep: SweepConfig, out_dir: Path) -
     if is_grid(sweep.space):
         files.update(write_grid_summary(grid_summary(complete, sweep), sweep, out_dir))
     plt = pyplot()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    with deliberately_experimental():
         for name, function in PLOTS.items():
             if name == "param_importances" and (len(complete) < 2 or len(study.best_trial.params) < 2):
                 continue  # importances need at least two parameters and two finished trials
@@ -84,8 +83,7 @@ def write_pareto_front(study: optuna.Study, sweep: SweepConfig, out_dir: Path) -
     rows = pareto_rows(study, sweep)
     write_csv(files["pareto_front"], rows)
     plt = pyplot()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    with deliberately_experimental():
         ax = optuna.visualization.matplotlib.plot_pareto_front(study, target_names=names)
         fig = ax.get_figure()
         fig.set_size_inches(8, 5.5)

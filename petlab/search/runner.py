@@ -40,6 +40,7 @@ from petlab.search.space import (
 from petlab.search.storage import (
     admission_lock,
     counted_trials,
+    deliberately_experimental,
     heartbeat,
     open_storage,
     reap_dead_workers,
@@ -91,7 +92,8 @@ def open_study(sweep: SweepConfig, storage_url: str | None, study_name: str | No
                                 pruner=make_pruner(sweep.pruner))
     check_same_sweep(study, sweep, storage_url, overrides or {})
     if study.metric_names != objective_names(sweep):  # the dashboard names each objective so ("Objective 0" else)
-        study.set_metric_names(objective_names(sweep))
+        with deliberately_experimental():
+            study.set_metric_names(objective_names(sweep))
     seed = sweep.seed + 1000 * seed_offset + len(study.trials)
     if is_grid(sweep.space):  # each combination once, across workers and resumptions (the storage knows which ran)
         study.sampler = AskTellGridSampler({k: s["values"] for k, s in sweep.space.items()}, seed=seed)

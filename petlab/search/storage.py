@@ -16,6 +16,7 @@ import hashlib
 import re
 import socket
 import threading
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -86,8 +87,10 @@ def open_storage(url: str | None, heartbeat_s: int = 5, grace_s: int = 20) -> op
         raise ConfigError(f"--storage {redacted(url)!r}: expected sqlite:///FILE, journal:FILE or a database URL "
                           "such as postgresql://user:password@host/db")
     try:
-        return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat_s, grace_period=grace_s,
-                                          heartbeat_stale_trial_callback=RetryStale(max_retry=MAX_RETRY), **kwargs)
+        with deliberately_experimental():
+            return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat_s, grace_period=grace_s,
+                                              heartbeat_stale_trial_callback=RetryStale(max_retry=MAX_RETRY),
+                                              **kwargs)
     except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.ArgumentError, ImportError, ValueError) as exc:
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         raise ConfigError(f"--storage {redacted(url)}: cannot open the study storage ({redacted(url, reason)})") \
@@ -119,6 +122,16 @@ def admission_lock(url: str | None):
         yield
 
 
+@contextmanager
+def deliberately_experimental():
+    """Optuna's heartbeats and stale-trial retries are marked experimental, and each use warns (every sweep
+    printed them): petlab uses them on purpose (a killed worker's trial is retried), so their notices are not
+    shown; any other warning is."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        yield
+
+
 def counted_trials(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=COUNTED))
 
@@ -127,7 +140,8 @@ def reap_dead_workers(study: optuna.Study) -> None:
     """Fail and re-enqueue the trials of workers that died (kill -9, a lost machine)."""
     storage = study._storage  # noqa: SLF001 - optuna exposes no public accessor
     if hasattr(storage, "get_heartbeat_interval"):  # RDB storages (behind optuna's cache): heartbeats
-        optuna.storages.fail_stale_trials(study)
+        with deliberately_experimental():
+            optuna.storages.fail_stale_trials(study)
         return
     host = socket.gethostname()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -136,7 +150,8 @@ def reap_dead_workers(study: optuna.Study) -> None:
             study_id = storage.get_study_id_from_name(study.study_name)
             trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
             if storage.set_trial_state_values(trial_id, TrialState.FAIL):
-                RetryStale(max_retry=MAX_RETRY)(study, storage.get_trial(trial_id))
+                with deliberately_experimental():
+                    RetryStale(max_retry=MAX_RETRY)(study, storage.get_trial(trial_id))
 
 
 @contextmanager
