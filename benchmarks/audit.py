@@ -35,8 +35,10 @@ def measure(task: str, source: Path, fraction: float, leaks: int, work: Path) ->
     start = time.perf_counter()
     info = run_audit(str(data), task, work / "report" / source.name, cache_dir=str(work / "cache"), tracking="none")
     seconds = time.perf_counter() - start
-    rows = list(csv.DictReader(open(work / "report" / source.name / "findings.csv")))
-    ranked = [r["file"] for r in csv.DictReader(open(work / "report" / source.name / "label_ranking.csv"))
+    # files in the reports are relative to the data folder
+    rows = [{**r, "file": str(data / r["file"]), "partner_file": str(data / r["partner_file"])}
+            for r in csv.DictReader(open(work / "report" / source.name / "findings.csv"))]
+    ranked = [str(data / r["file"]) for r in csv.DictReader(open(work / "report" / source.name / "label_ranking.csv"))
               if r["split"] == "train"]  # every scored photo by margin, flagged or not: the top-N list
     top = ranked[:len(flipped)]
     hits = sum(f in flipped for f in top)

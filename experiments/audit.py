@@ -2,10 +2,12 @@
 
     python experiments/audit.py --data-dir DIR [--task T] [--labels-csv F] [--name NAME]
 
-Writes reports/audit/<name>/: index.html (thumbnails; open it), findings.csv (kind, split, file, label,
+Writes runs/audit/<name>/ (git-ignored; the committed examples in reports/audit/ were written with --out):
+index.html (thumbnails; open it), findings.csv (kind, split, file, label,
 suggested_label, score, partner_file), label_ranking.csv (every photo by how likely its label is wrong,
 flagged or not: review it top down) and summary.json, and logs the summary to Comet. Train without what it
-found: `python experiments/run.py ... --exclude reports/audit/<name>/findings.csv --exclude-kinds label_error`.
+found: `python experiments/run.py ... --exclude runs/audit/<name>/findings.csv --exclude-kinds label_error`.
+Files in the CSVs are relative to the data folder, so a report works on another machine.
 How each finding is decided: petlab/audit.py; the thresholds' measurements: README, "Know your data".
 """
 
@@ -16,7 +18,7 @@ from pathlib import Path
 
 from petlab.config import TASKS
 from petlab.errors import PetlabError, report_error
-from petlab.paths import reports_root
+from petlab.paths import runs_root
 
 
 def main(argv=None) -> int:
@@ -26,7 +28,7 @@ def main(argv=None) -> int:
     parser.add_argument("--labels-csv", help="a CSV of file,label[,split] rows instead of a folder layout")
     parser.add_argument("--task", default="cats_vs_dogs", choices=TASKS)
     parser.add_argument("--name", help="the report's folder name (default: the data folder's name)")
-    parser.add_argument("--out", type=Path, help="default: reports/audit/<name>")
+    parser.add_argument("--out", type=Path, help="default: runs/audit/<name> (git-ignored)")
     parser.add_argument("--tracking", default="comet", choices=["comet", "none"])
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -36,7 +38,7 @@ def main(argv=None) -> int:
     from petlab.audit import run_audit
 
     name = args.name or Path(args.data_dir or args.labels_csv or args.dataset).resolve().name.removesuffix(".csv")
-    out = args.out or reports_root() / "audit" / name
+    out = args.out or runs_root() / "audit" / name
     try:
         info = run_audit(args.data_dir, args.task, out, args.dataset, args.labels_csv, seed=args.seed,
                          tracking=args.tracking)

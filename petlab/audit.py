@@ -213,6 +213,17 @@ def summary(found: list[Finding], photos: Photos, splits: Splits, facts: dict) -
 RANKING_FIELDS = ["rank", "split", "file", "label", "suggested_label", "margin", "flagged"]
 
 
+def in_data_folder(row: dict, root: str | Path, keys: tuple[str, ...]) -> dict:
+    """`row` with each of `keys` that names a file under `root` made relative to it (POSIX separators)."""
+    root = Path(root).resolve()
+    out = dict(row)
+    for key in keys:
+        value = row.get(key)
+        if value and Path(value).is_absolute() and Path(value).resolve().is_relative_to(root):
+            out[key] = Path(value).resolve().relative_to(root).as_posix()
+    return out
+
+
 def write_rows(rows: list[dict], path: Path, fields: list[str]) -> None:
     write_csv(path, rows, fields)
 
@@ -295,11 +306,15 @@ def run_audit(data_dir: str | None, task: str, out_dir: Path, dataset: str | Non
         logits = model.get_submodule(ARCHS[AUDIT_ARCH].head)(torch.from_numpy(features)).numpy()
     photos, skipped = collect_photos(splits, decoded)
     found, facts = audit_findings(photos, splits.classes, features, logits, skipped, seed)
-    info = {"name": out_dir.name, "root": splits.root, "dataset": splits.dataset, "task": task,
+    # paths relative to the data folder (its name only in the summary): a report travels to another machine,
+    # and `--exclude findings.csv` resolves them against that run's own data folder
+    info = {"name": out_dir.name, "root": Path(splits.root).name, "dataset": splits.dataset, "task": task,
             "summary": summary(found, photos, splits, facts)}
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_rows([asdict(f) for f in found], out_dir / "findings.csv", list(Finding.__dataclass_fields__))
-    write_rows(facts["ranking"], out_dir / "label_ranking.csv", RANKING_FIELDS)
+    write_rows([in_data_folder(asdict(f), splits.root, ("file", "partner_file")) for f in found],
+               out_dir / "findings.csv", list(Finding.__dataclass_fields__))
+    write_rows([in_data_folder(row, splits.root, ("file",)) for row in facts["ranking"]], out_dir / "label_ranking.csv",
+               RANKING_FIELDS)
     write_html(found, photos, info, out_dir / "index.html")
     (out_dir / "summary.json").write_text(json.dumps(info, indent=2) + "\n")
     tracker = create_tracker(cfg, out_dir)

@@ -33,8 +33,15 @@ def card_text(registry: Path) -> str:
     return (registry / "cats_vs_dogs" / "v1" / "card.md").read_text()
 
 
-def findings(out: Path) -> list[dict]:
-    return list(csv.DictReader(open(out / "findings.csv")))
+def findings(out: Path, root: Path) -> list[dict]:
+    """The rows of a findings.csv, their files (relative to the data folder there) made absolute under `root`."""
+    rows = list(csv.DictReader(open(out / "findings.csv")))
+    for row in rows:
+        assert not Path(row["file"]).is_absolute(), row  # a report travels: paths relative to the data folder
+        for key in ("file", "partner_file"):
+            if row[key] and row["kind"] != "unreadable":
+                row[key] = str(root / row[key])
+    return rows
 
 
 @pytest.fixture(scope="module")
@@ -49,11 +56,12 @@ def audited(shared, tmp_path_factory):
     reports = {name: base / "reports" / name for name in ("clean", "dirty")}
     infos = {name: run_audit(str(folder), "cats_vs_dogs", reports[name], tracking="none")
              for name, folder in (("clean", clean), ("dirty", dirty))}
-    return {"reports": reports, "infos": infos, "flipped": flipped, "leaked": leaked}
+    return {"reports": reports, "infos": infos, "flipped": flipped, "leaked": leaked,
+            "folders": {"clean": clean, "dirty": dirty}}
 
 
 def test_injected_leaks_and_flipped_labels_are_found(audited):
-    rows = findings(audited["reports"]["dirty"])
+    rows = findings(audited["reports"]["dirty"], audited["folders"]["dirty"])
     leaks = {(r["file"], r["partner_file"]) for r in rows if r["kind"] == "leak"}
     assert set(audited["leaked"].items()) <= leaks  # every copy, with the train photo it came from
     assert audited["infos"]["dirty"]["summary"]["test_photos_with_a_near_copy_in_train"] == 3
@@ -67,7 +75,7 @@ def test_injected_leaks_and_flipped_labels_are_found(audited):
 
 
 def test_a_clean_folder_gives_no_false_leak(audited):
-    rows = findings(audited["reports"]["clean"])
+    rows = findings(audited["reports"]["clean"], audited["folders"]["clean"])
     assert [r for r in rows if r["kind"] in ("leak", "conflict", "duplicate")] == []
     summary = audited["infos"]["clean"]["summary"]
     assert summary["test_photos_with_a_near_copy_in_train"] == 0
@@ -76,7 +84,7 @@ def test_a_clean_folder_gives_no_false_leak(audited):
 
 def test_exclude_removes_exactly_the_listed_files(audited, tmp_path):
     dirty = Path(next(iter(audited["flipped"]))).parents[2]
-    rows = findings(audited["reports"]["dirty"])
+    rows = findings(audited["reports"]["dirty"], audited["folders"]["dirty"])
     listed = {r["file"] for r in rows if r["kind"] == "label_error"}
     assert listed
     before = load_run_splits(load_config(None, {"data.data_dir": str(dirty)}))
@@ -86,6 +94,12 @@ def test_exclude_removes_exactly_the_listed_files(audited, tmp_path):
     every = lambda s: {p for p, _ in s.train + s.val + s.test}  # noqa: E731
     assert every(before) - every(after) == listed
     assert {e["file"] for e in after.excluded} == listed and {e["kind"] for e in after.excluded} == {"label_error"}
+    moved = tmp_path / "elsewhere"  # the same photos on another machine's path: the report still applies
+    shutil.copytree(dirty, moved)
+    cfg = load_config(None, {"data.data_dir": str(moved), "data.exclude_kinds": ["label_error"],
+                             "data.exclude": str(audited["reports"]["dirty"] / "findings.csv")})
+    assert {Path(e["file"]).relative_to(moved) for e in load_run_splits(cfg).excluded} == \
+        {Path(f).relative_to(dirty) for f in listed}
     with pytest.raises(ConfigError, match="cannot read the audit's findings"):
         load_run_splits(load_config(None, {"data.data_dir": str(dirty), "data.exclude": str(tmp_path / "none.csv")}))
     with pytest.raises(ConfigError, match="must be one of"):

@@ -20,6 +20,7 @@ def read_findings_csv(path: str | Path, kinds: list[str] | None = None) -> list[
     return [r for r in rows if not kinds or r["kind"] in kinds]
 
 
-def excluded_files(path: str | Path, kinds: list[str] | None) -> dict[str, str]:
-    """{resolved file: kind} of the findings to leave out."""
-    return {str(Path(r["file"]).resolve()): r["kind"] for r in read_findings_csv(path, kinds)}
+def excluded_files(path: str | Path, kinds: list[str] | None, data_root: str | Path) -> dict[str, str]:
+    """{resolved file: kind} of the findings to leave out; a finding's file is relative to the data folder (as
+    the audit writes it, so a report travels between machines), or absolute (an older report)."""
+    return {str((Path(data_root) / r["file"]).resolve()): r["kind"] for r in read_findings_csv(path, kinds)}

@@ -142,7 +142,7 @@ def load_run_splits(cfg: Config) -> Splits:
 def exclude_audited(splits: Splits, findings: str, kinds: list[str]) -> None:
     """Drop the photos an audit's findings.csv lists (of the given kinds) from every split; splits.excluded records
     each one (split, file, kind), and the notes say how many left each split."""
-    listed = excluded_files(findings, kinds or None)
+    listed = excluded_files(findings, kinds or None, splits.root)
     for split in ("train", "val", "test"):
         kept, dropped = [], []
         for path, label in getattr(splits, split):
