@@ -348,12 +348,28 @@ print(sorted({m.split('.')[0] for m in sys.modules} & {"torch", "petlab", "torch
 """
 
 
+@pytest.fixture(scope="module")
+def int8_registry(real_runs, tmp_path_factory):
+    """The short Lite0 run promoted with --int8: its twins (model.int8.onnx and pet_view.int8.onnx) serve."""
+    from tests.registry import clone_run
+
+    base = tmp_path_factory.mktemp("int8")
+    clone_run(real_runs["lite0"], base / "runs" / real_runs["lite0"].name)
+    script("promote.py", "--registry", base / "registry", "--task", "cats_vs_dogs", "--runs-root", base / "runs",
+           "--int8")
+    return base / "registry"
+
+
 @pytest.mark.slow
-def test_the_models_readme_snippet_reproduces_petlabs_probabilities_without_petlab(promoted_registry, shared,
+@pytest.mark.parametrize("configuration", ["fp32", "int8 with its own pet view"])
+def test_the_models_readme_snippet_reproduces_petlabs_probabilities_without_petlab(configuration, request, shared,
                                                                                     tmp_path):
     """The card's "Input" paragraph was not enough: a stranger's usual PIL code got 0 of 378 crops identical
-    and probabilities 0.35 apart. The snippet in models/README.md, run where only onnxruntime, numpy and
-    Pillow can be imported, on real photos of several shapes, against what petlab serves."""
+    and probabilities 0.35 apart; and once int8 served, the snippet read model.onnx while the server answered
+    from pet_view.int8.onnx (5.1e-2 apart). The snippet in models/README.md, run where only onnxruntime, numpy
+    and Pillow can be imported, on real photos of several shapes, against what petlab serves, for each served
+    configuration: it reads the file that answers from the card."""
+    promoted_registry = request.getfixturevalue("promoted_registry" if configuration == "fp32" else "int8_registry")
     import importlib.util
     import re
 
@@ -386,6 +402,10 @@ def test_the_models_readme_snippet_reproduces_petlabs_probabilities_without_petl
     theirs = json.loads(theirs)
     served = ServedModels(Registry(promoted_registry))
     model = served.model("cats_vs_dogs")
+    card = json.loads((version / "card.json").read_text())
+    expected = {"fp32": ("pet_view.onnx", "onnx"), "int8 with its own pet view": ("pet_view.int8.onnx", "onnx_int8")}
+    assert (card["answers"]["served"]["logits"], model.pet_fmt) == expected[configuration]  # the card names it
+    assert all((version / name).is_file() for name in card["files"] if name != "examples/")  # nothing deleted named
     ours = model.probabilities([decode_photo(p) for p in photos])
     gaps = [abs(theirs[str(p)][name] - float(ours[row, col])) for row, p in enumerate(photos)
             for col, name in enumerate(model.classes)]

@@ -71,14 +71,27 @@ def write_int8(folder: Path, card: dict, pre, train: list[tuple[str, int]], pred
     int8 = served(folder, card, pre, int8_file(MODEL_ONNX), int8_file(pet_file) if pet_file else None)
     if not predictions.get("val"):
         raise ExportError("the int8 check needs the run's validation predictions to compare on")
-    calibrated = set(calibration)  # out-of-fold runs validate on train photos: never on a calibration one
+    # The agreement is checked on photos the served model never trained on: the validation photos, or where the
+    # run was refit on every training photo (cross-validation: its validation predictions are out-of-fold, but
+    # the served model saw those photos) the test photos, whose labels the agreement does not read.
+    trained_on = {str(f) for f, _ in train}
     kept = [(f, t) for f, t in zip(predictions["val"]["files"], predictions["val"]["targets"], strict=True)
-            if f not in calibrated]
+            if str(f) not in trained_on and f not in set(calibration)]
+    checked_photos = "validation photos (never trained on)"
+    if not kept and predictions.get("test"):
+        kept = list(zip(predictions["test"]["files"], predictions["test"]["targets"], strict=True))
+        checked_photos = ("test photos: the served model was refit on every training photo, so no validation "
+                          "photo is unseen (the agreement reads no label)")
+    if not kept:  # a sweep's trial, which never looks at test: its out-of-fold photos, said so
+        kept = [(f, t) for f, t in zip(predictions["val"]["files"], predictions["val"]["targets"], strict=True)
+                if f not in set(calibration)]
+        checked_photos = "out-of-fold validation photos (the refit trained on them; no test photo was used)"
     val, val_targets = [f for f, _ in kept], np.asarray([t for _, t in kept])
     (val32, pets32), (val8, pets8) = answers(fp32, val), answers(int8, val)
     agreement = float((top1(val32) == top1(val8)).mean())
     val_accuracy = {"val_accuracy_fp32": float((top1(val32) == val_targets).mean()),
-                    "val_accuracy_int8": float((top1(val8) == val_targets).mean())}
+                    "val_accuracy_int8": float((top1(val8) == val_targets).mean())} \
+        if checked_photos.startswith("validation") else {}
     fp32_test = int8_test = None
     if predictions.get("test"):
         test, targets = list(predictions["test"]["files"]), np.asarray(predictions["test"]["targets"])
@@ -88,7 +101,8 @@ def write_int8(folder: Path, card: dict, pre, train: list[tuple[str, int]], pred
     if pet_file:  # the "not a pet" verdict must agree as often as the top-1
         threshold = view["threshold"]
         extra = {"val_pet_verdict_agreement": float(((pets32 >= threshold) == (pets8 >= threshold)).mean())}
-    entry = {"files": [int8_file(f) for f in files], "checked_on": {"cpu": cpu_model(), "int8_kernels": int8_kernels()},
+    entry = {"files": [int8_file(f) for f in files], "checked_photos": checked_photos,
+             "checked_on": {"cpu": cpu_model(), "int8_kernels": int8_kernels()},
              "calibration": {
         "method": method, "photos": len(calibration), "from": calibrated_on,
         "recipe": "ONNX Runtime quantize_static, QDQ, int8 weights per channel, uint8 activations; the "
@@ -97,6 +111,7 @@ def write_int8(folder: Path, card: dict, pre, train: list[tuple[str, int]], pred
     if not entry["served"]:
         for name in entry["files"]:
             (folder / name).unlink(missing_ok=True)
+        entry["files"] = []  # deleted: never named
         log.warning("int8 is not served: %s", entry["why"])
     else:
         log.info("int8 serves: top-1 agreement %.2f%% on %d validation photos%s", 100 * agreement, len(val),

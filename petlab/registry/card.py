@@ -87,13 +87,62 @@ def not_a_pet_lines(check: dict | None) -> list[str]:
             f"below **{check['threshold']}**; the score comes from {where}.", ""]
 
 
+def answering_files(card: dict, folder) -> dict:
+    """The card's "answers": the exact file each part of a served answer comes from (`logits`, `pet_probability`,
+    and `mirror` for a flip-averaged card), as the server loads them (inference/model.py load_version): where
+    int8 serves, its twins, with what answers instead where int8 may not (`fp32`); and `explain`. `folder` is
+    the version's folder, for the files that may be absent (the separate view, explain.onnx)."""
+    from pathlib import Path
+
+    from petlab.inference.model import EXPLAIN_ONNX, MODEL_ONNX, PET_VIEW_ONNX, int8_file
+    from petlab.inference.pet import SEPARATE_VIEW_FILE
+
+    view = card.get("not_a_pet") or {}
+    own = bool(view.get("file") and view.get("onnx"))
+    separate = SEPARATE_VIEW_FILE if (Path(folder) / SEPARATE_VIEW_FILE).is_file() else "PyTorch ImageNet view"
+
+    def files(int8: bool) -> dict:
+        twin = int8_file if int8 else (lambda name: name)
+        logits = twin(PET_VIEW_ONNX if own else MODEL_ONNX)
+        entry = {"logits": logits, "pet_probability": logits if own else separate}
+        if card.get("tta") == "flip":  # each photo's softmax averaged with its mirror image's, through model.onnx
+            entry["mirror"] = twin(MODEL_ONNX)
+        return entry
+
+    int8 = bool((card.get("int8") or {}).get("served"))
+    answers = {"served": files(int8)}
+    if int8:
+        answers["fp32"] = files(False)
+        answers["fp32_when"] = ("a CPU whose int8 kernels differ from those the int8 check ran on (card's "
+                                "int8.checked_on), or PETLAB_RUNTIME=onnxruntime_fp32")
+    if (Path(folder) / EXPLAIN_ONNX).is_file():
+        answers["explain"] = EXPLAIN_ONNX
+    return answers
+
+
+def answers_lines(card: dict) -> list[str]:
+    answers = card.get("answers")
+    if not answers:
+        return []
+    served = answers["served"]
+    parts = [f"the logits from `{served['logits']}`", f"\"is it a pet?\" from `{served['pet_probability']}`"]
+    if served.get("mirror"):
+        parts.append(f"the mirror image's logits from `{served['mirror']}`")
+    lines = ["What answers: " + ", ".join(parts) + "."]
+    if answers.get("fp32"):
+        fp32 = answers["fp32"]
+        lines.append(f"On {answers['fp32_when']}: `{fp32['logits']}`" +
+                     (f" and `{fp32['mirror']}`" if fp32.get("mirror") else "") + " instead.")
+    return [" ".join(lines), ""]
+
+
 def serving_lines(card: dict) -> list[str]:
-    """Which export serves, and how each was checked against the eager model."""
+    """Which files answer, and how each was checked against the eager model."""
     serving, checks = card.get("serving"), card.get("verification") or {}
     if not serving:
         return []
-    lines = [f"On a CPU the server loads the first of {', '.join(f'`{f}`' for f in serving['cpu_order'])} that "
-             f"loads ({serving['why']}).", ""]
+    lines = [*answers_lines(card), f"On a CPU the server loads {', '.join(f'`{f}`' for f in serving['cpu_order'])} "
+             f"only ({serving['why']}).", ""]
     onnx = checks.get("onnx")
     if onnx:
         worst = max(onnx["max_abs_diff"].values())
@@ -113,10 +162,11 @@ def int8_lines(check: dict | None) -> list[str]:
         f"({check['test_accuracy_difference_points']:+.2f} points)")
     pet = "" if check.get("val_pet_verdict_agreement") is None else (
         f"; the \"not a pet\" verdict agrees on {_pct(check['val_pet_verdict_agreement'])}")
-    files = ", ".join(f"`{f}`" for f in check["files"])
+    files = ", ".join(f"`{f}`" for f in check["files"]) or "The int8 twins (not kept)"
+    photos = check.get("checked_photos") or "validation photos"
     return ["## int8",
             f"{files}: {c['recipe']}, calibrated ({c['method']}) on {c['photos']} of {c['from']}. Top-1 agreement "
-            f"with fp32 on {check['val_photos']} validation photos **{_pct(check['val_top1_agreement'])}**{test}{pet}. "
+            f"with fp32 on {check['val_photos']} {photos} **{_pct(check['val_top1_agreement'])}**{test}{pet}. "
             f"Served only with at least {100 * t['agreement_min']:.1f}% agreement and test accuracy within "
             f"{t['test_accuracy_within_points']:.1f} points: **{'served' if check['served'] else 'not served'}** "
             f"({check['why']}).{checked_on(check.get('checked_on'))}", ""]

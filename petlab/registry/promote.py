@@ -44,7 +44,7 @@ from petlab.models.pet_view import (
 from petlab.monitor import METRICS, Monitor
 from petlab.names import model_name
 from petlab.paths import runs_root as default_runs_root
-from petlab.registry.card import onnx_metadata, preprocessing_steps
+from petlab.registry.card import answering_files, onnx_metadata, preprocessing_steps
 from petlab.registry.gate import compare_with_production, explain
 from petlab.registry.store import Registry, RegistryError, now_iso
 from petlab.registry.torch_fallback import TorchAsNumpy
@@ -121,7 +121,7 @@ def select_best(records: list[RunRecord], metric: str, by_latency: bool = False)
 
     def as_served(record: RunRecord) -> float:  # a run timed as its int8 twin is scored as the twin, as in its sweep
         twin = (record.results.get("latency") or {}).get("int8") or {}
-        if by_latency and metric == "val_accuracy" and twin.get("served"):
+        if by_latency and metric == "val_accuracy" and twin.get("served") and "val_accuracy_int8" in twin:
             return twin["val_accuracy_int8"]
         return record.results["val"][monitor.key]
 
@@ -325,12 +325,13 @@ def promote(task: str, metric: str | None = None, runs_root: Path | None = None,
                 raise PromotionError(f"{best.path.name} answers within {max_latency_ms:g} ms as its int8 twin, which "
                                      f"failed its check here ({card['int8']['why']}); its fp32 files were not timed "
                                      "against the budget")
-            for name in card["int8"]["files"] if card["int8"]["served"] else ():
-                card["files"][name] = f"ONNX int8 twin of {name.replace('.int8', '')}, what the server answers with " \
-                                      "(checked: card's int8)"
+            for name in card["int8"]["files"]:  # only twins that passed are kept (and named)
+                card["files"][name] = f"ONNX int8 twin of {name.replace('.int8', '')} (checked: card's int8; what " \
+                                      "answers: card's answers)"
         if (staged / SEPARATE_VIEW_FILE).is_file():
             card["files"][SEPARATE_VIEW_FILE] = ("ONNX: ImageNet's separate view, its logits -> \"is this a pet?\" "
                                                  "(its preprocessing in its metadata)")
+        card["answers"] = answering_files(card, staged)
         int8_files = card["int8"]["files"] if card.get("int8", {}).get("served") else []
         for onnx_file in (ONNX_FILE, PET_VIEW_FILES["onnx"], EXPLAIN_ONNX, *int8_files):  # each describes itself
             if (staged / onnx_file).is_file():
