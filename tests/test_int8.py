@@ -65,7 +65,10 @@ def test_promote_int8_serves_the_twin_only_where_its_check_passes_and_the_card_s
     folder = Registry(registry).version_dir("cats_vs_dogs", 1)
     card = json.loads((folder / "card.json").read_text())
     check = card["int8"]
-    assert check["files"] == ["model.int8.onnx", "pet_view.int8.onnx"]  # Lite0: its own pet view is served too
+    # Lite0: its own pet view is served too; a twin that failed is deleted and never named
+    assert check["files"] == (["model.int8.onnx", "pet_view.int8.onnx"] if check["served"] else [])
+    assert check["checked_photos"].startswith("validation photos (never trained on)")
+    assert card["answers"]["served"]["logits"] == ("pet_view.int8.onnx" if check["served"] else "pet_view.onnx")
     assert check["calibration"]["photos"] > 0 and "training photos" in check["calibration"]["from"]
     assert check["val_photos"] > 0 and 0 <= check["val_top1_agreement"] <= 1
     assert check["val_pet_verdict_agreement"] is not None and check["test_accuracy_fp32"] is not None
@@ -116,7 +119,9 @@ def test_an_int8_twin_that_fails_its_check_is_not_served_and_the_card_says_why(p
     assert not check["served"] and check["val_top1_agreement"] < AGREEMENT_MIN
     assert check["why"].startswith("top-1 agreement") and "is under 99.5%" in check["why"]
     assert not (folder / "model.int8.onnx").exists() and not (folder / "pet_view.int8.onnx").exists()
+    assert check["files"] == []  # deleted: never named
     markdown = card_markdown({**card, "int8": check})
+    assert ".int8.onnx" not in markdown
     assert "**not served**" in markdown and check["why"] in markdown and "4 flat grey images" in markdown
     (folder / "card.json").write_text(json.dumps({**card, "int8": check}))  # as promotion would record it
     loaded = load_version(registry, "cats_vs_dogs", 1)
