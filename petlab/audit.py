@@ -237,8 +237,25 @@ def thumbnail(square: np.ndarray | None, size: int = 112) -> str:
     return f'<img src="data:image/jpeg;base64,{base64.b64encode(buffer.getvalue()).decode()}">'
 
 
+# What a finding's score means, per kind (the page says it above each kind's findings)
+SCORE_MEANS = {
+    "leak": "pixel match (normalised cross-correlation of the thumbnails, 0-1) with a training photo; 0.9+ is a copy",
+    "conflict": "pixel match (0-1) with a copy that carries another label",
+    "duplicate": "pixel match (0-1) with a copy in the same split",
+    "label_error": "margin: how much more likely the suggested class is than the given one, from models that never "
+                   "saw the photo (out-of-fold); the likeliest first",
+    "not_a_pet": "ImageNet's probability that a cat or dog is shown (below the threshold here); the likeliest "
+                 "strays first",
+    "unreadable": "0: the reason is in its place",
+    "tiny": "the photo's shorter side in pixels",
+    "extreme_aspect": "the long side over the short side",
+    "grayscale": "the colour spread of the photo (0: no colour at all)",
+}
+RANKING_ROWS = 20  # of the label ranking, on the page (label_ranking.csv has every photo)
+
+
 def write_html(found: list[Finding], photos: Photos, info: dict, path: Path,
-               per_kind: int = 60) -> None:
+               per_kind: int = 60, ranking: list[dict] | None = None) -> None:
     """One page: the summary, class counts, then each kind's findings (at most per_kind, in rank order) with
     thumbnails of the photo and its partner."""
     where = {f: i for i, f in enumerate(photos.files)}
@@ -250,9 +267,20 @@ def write_html(found: list[Finding], photos: Photos, info: dict, path: Path,
     for split, c in info["summary"]["classes"].items():
         parts.append(f"<tr><td>{split}</td><td>{c['imbalance']}</td><td>{e(str(c['counts']))}</td></tr>")
     parts.append("</table>")
+    if ranking:
+        parts.append(f"<h2>Label ranking: the {RANKING_ROWS} likeliest label errors</h2><p>Every scored photo by its "
+                     "margin (how much more likely the suggested class is than the given one, out-of-fold), flagged "
+                     "or not; all of them in label_ranking.csv. Review it top down.</p><table><tr><th>rank</th>"
+                     "<th>split</th><th>photo</th><th>label</th><th>suggested</th><th>margin</th><th>flagged</th>"
+                     "</tr>")
+        for row in ranking[:RANKING_ROWS]:
+            parts.append(f"<tr><td>{row['rank']}</td><td>{e(row['split'])}</td><td>{thumbnail(square(row['file']), 56)}"
+                         f" {e(Path(row['file']).name)}</td><td>{e(row['label'])}</td><td>{e(row['suggested_label'])}"
+                         f"</td><td>{row['margin']}</td><td>{'yes' if row['flagged'] else ''}</td></tr>")
+        parts.append("</table>")
     for kind in KINDS:
         rows = [f for f in found if f.kind == kind]
-        parts.append(f"<h2>{kind}: {len(rows)}</h2>")
+        parts.append(f"<h2>{kind}: {len(rows)}</h2><p><i>score: {e(SCORE_MEANS[kind])}</i></p>")
         for f in rows[:per_kind]:
             partner = thumbnail(square(f.partner_file)) if f.partner_file in where else ""
             parts.append(f'<div class="f">{thumbnail(square(f.file))}{partner}<p>{e(f.split)}: '
@@ -315,7 +343,7 @@ def run_audit(data_dir: str | None, task: str, out_dir: Path, dataset: str | Non
                out_dir / "findings.csv", list(Finding.__dataclass_fields__))
     write_rows([in_data_folder(row, splits.root, ("file",)) for row in facts["ranking"]], out_dir / "label_ranking.csv",
                RANKING_FIELDS)
-    write_html(found, photos, info, out_dir / "index.html")
+    write_html(found, photos, info, out_dir / "index.html", ranking=facts["ranking"])
     (out_dir / "summary.json").write_text(json.dumps(info, indent=2) + "\n")
     tracker = create_tracker(cfg, out_dir)
     tracker.add_tags(["audit", task])

@@ -72,6 +72,8 @@ def test_injected_leaks_and_flipped_labels_are_found(audited):
         assert top[file] == {"cats": "cat", "dogs": "dog"}[true_folder]
     page = (audited["reports"]["dirty"] / "index.html").read_text()
     assert page.count("data:image/jpeg;base64,") >= 3 * 2 + 4  # each leak beside its source, each flip
+    assert "Label ranking: the 20 likeliest label errors" in page  # the ranking's top rows, for a person
+    assert page.count("<i>score: ") == 9 and "margin: how much more likely" in page  # what each score means
 
 
 def test_a_clean_folder_gives_no_false_leak(audited):
