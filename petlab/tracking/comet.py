@@ -6,7 +6,8 @@ A run must never hang or fail because of tracking, so:
 - online mode is tried only after our own bounded check that the server answers (Comet's client
   retries a dead host for ~30 s); a bad key or no server falls back to offline with a warning;
 - every logging call is guarded: a tracker error is logged once and the run goes on.
-The offline archive is `<run>/comet/<key>.zip`; `comet upload <run>/comet/*.zip` sends it later.
+The offline archive is `<run>/comet/<key>.01.zip` (numbered in the order written); `comet upload
+<run>/comet/*.zip` sends it later, in that order.
 """
 
 from __future__ import annotations
