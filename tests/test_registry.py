@@ -232,10 +232,13 @@ def test_a_tracer_warning_fails_the_export(tmp_path):
 
 
 def test_a_dropout_model_served_from_its_state_dict_alone_answers_a_photo(tiny, tmp_path):
-    """The fallback when a version's exports are missing or damaged: its state dict, rebuilt with the
-    dropout head it was trained with (it used to be rebuilt without, and failed on mismatched keys)."""
+    """predict.py's fallback when a version's exports are missing or damaged: its state dict (weights only),
+    rebuilt with the dropout head it was trained with (it used to be rebuilt without, and failed on mismatched
+    keys). The server itself refuses such a version: it serves ONNX only."""
     from petlab.engine.experiment import run_experiment
-    from petlab.serving import ServedModels
+    from petlab.inference.model import load_version
+    from petlab.registry.torch_fallback import load_weights_only
+    from petlab.serving import ServedModels, ServingError
 
     outcome = run_experiment(tiny.shrink({"model.dropout": 0.2, "train.epochs": 1, "tracking.backend": "none"})
                              .config(output_dir=str(tmp_path / "runs")))
@@ -248,7 +251,9 @@ def test_a_dropout_model_served_from_its_state_dict_alone_answers_a_photo(tiny, 
     for export in [p for p in folder.iterdir() if p.suffix in (".onnx", ".pt2", ".ts")]:
         export.unlink()
     models = ServedModels(Registry(registry))
-    model = models.model(TASK)
+    with pytest.raises(ServingError, match="only ONNX is served"):
+        models.model(TASK)
+    model = load_version(Registry(registry), TASK, 1, fallback=load_weights_only)
     assert model.fmt == "eager"
     photo = sorted((tiny.data / "test" / "dogs").iterdir())[0]  # a real photo the model never trained on
     answer = models.classify(model, load_rgb(photo), 2)

@@ -107,13 +107,14 @@ def test_the_server_answers_from_model_onnx_and_refuses_a_version_where_it_is_mi
     (version / "model.onnx").write_bytes(b"\x00garbage")  # corrupt
     (version / "pet_view.onnx").unlink()  # missing
     fallback = load_version(Registry(registry), "cats_vs_dogs", 1, fallback=load_weights_only)
-    # the weights-only state dict, never model.pt2 or pet_view.pt2 (loading those runs code): named as refused
-    assert (fallback.fmt, fallback.pet_fmt) == ("eager", None)
+    # the weights-only state dict (its own pet view rebuilt from it), never model.pt2 or pet_view.pt2 (loading
+    # those runs code): named as refused
+    assert (fallback.fmt, fallback.pet_fmt) == ("eager", "eager")
     assert "runs code" in fallback.refused["model.pt2"] and "runs code" in fallback.refused["pet_view.pt2"]
-    answer = ServedModels(Registry(registry)).classify(fallback, photo, 2)  # the separate view answers "a pet?"
+    answer = ServedModels(Registry(registry)).classify(fallback, photo, 2)
     assert answer["model"]["format"] == "eager" and answer["predictions"][0]["label"] == "dog"
-    torch.testing.assert_close(torch.from_numpy(fallback.probabilities([photo])),
-                               torch.from_numpy(loaded.probabilities([photo])), **ONNX_TOLERANCE)
+    for a, b in zip(fallback.probabilities_and_pet([photo]), loaded.probabilities_and_pet([photo])):
+        torch.testing.assert_close(torch.from_numpy(a), torch.from_numpy(b), **ONNX_TOLERANCE)
     # the server takes no fallback: the version is refused, and health says why
     server = ServedModels(Registry(registry))
     with pytest.raises(ServingError) as refused:

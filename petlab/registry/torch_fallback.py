@@ -48,19 +48,27 @@ def load_eager(registry, task: str, version: int) -> torch.nn.Module:
 
 def load_weights_only(registry, task: str, version: int, refused: dict[str, str], need_model: bool,
                       need_pet_view: bool) -> dict:
-    """{"model": ("eager", callable)} when need_model, from the weights-only state dict, and {"pet_view": None}
-    when need_pet_view (the own-backbone pet view exists only as ONNX here: the separate ImageNet view answers
-    instead). The PyTorch exports of the version are named in `refused`, never loaded."""
+    """{"model": ("eager", callable)} when need_model, from the weights-only state dict, and when need_pet_view
+    {"pet_view": ("eager", x -> (logits, pet probability))}: the own-backbone view rebuilt from the same state
+    dict and the bundled ImageNet head (models/pet_view.py), as promotion built it, or None where that check no
+    longer holds (the separate view answers then). The PyTorch exports of the version are named in `refused`,
+    never loaded."""
     folder = registry.version_dir(task, version)
     for name in (*EXPORT_FILES.values(), *PET_VIEW_FILES.values()):
         if not name.endswith(".onnx") and (folder / name).is_file():
             refused.setdefault(name, NEVER_LOADED)
     found: dict = {}
+    model = load_eager(registry, task, version)
     if need_model:
         log.warning("%s v%d: predicting from its state dict (weights only)", task, version)
-        found["model"] = ("eager", TorchAsNumpy(load_eager(registry, task, version)))
+        found["model"] = ("eager", TorchAsNumpy(model))
     if need_pet_view:
-        found["pet_view"] = None
+        from petlab.models.pet_view import OwnBackboneView, own_backbone_head
+
+        card = registry.card(task, version)
+        head = own_backbone_head(model, card["arch"], card["preprocessing"]["image_size"])
+        found["pet_view"] = ("eager", TorchAsNumpy(OwnBackboneView(model, card["arch"], head, len(card["classes"])))) \
+            if head is not None else None
     return found
 
 
