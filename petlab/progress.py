@@ -11,7 +11,8 @@ from contextlib import contextmanager
 from tqdm import tqdm
 
 _shown = True
-QUIET_S = 10.0  # in a log, work shorter than this says nothing; longer work a line each tenth of the way
+QUIET_S = 10.0  # in a log, work shorter than this says nothing; longer work a line each tenth of the way,
+MIN_GAP_S = 5.0  # at most one every this many seconds (and the last)
 
 
 def hide_progress() -> None:
@@ -22,7 +23,8 @@ def hide_progress() -> None:
 
 class LineProgress:
     """tqdm's interface as petlab uses it (iterate, update, set_postfix, set_description, close, with), for a
-    log: once QUIET_S have passed, a line at each further tenth of `total` (every 60 s where there is none)."""
+    log: once QUIET_S have passed, a line at each further tenth of `total`, at most one every MIN_GAP_S, and the
+    last (every 60 s where there is no total)."""
 
     def __init__(self, iterable=None, total=None, desc: str = "", unit: str = "it", **_):
         self.iterable, self.desc, self.unit, self.n, self.postfix = iterable, desc or "progress", unit, 0, ""
@@ -48,7 +50,7 @@ class LineProgress:
             return
         if self.total:
             tenths = min(10, int(10 * self.n / self.total))
-            if tenths > self.tenths_said:
+            if tenths > self.tenths_said and (now - self.last >= MIN_GAP_S or tenths == 10):
                 self.tenths_said = tenths
                 self.say(now)
         elif now - self.last >= 60:
