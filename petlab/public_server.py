@@ -73,15 +73,10 @@ def uploaded_photo(**image_kwargs) -> gr.Image:
 
 def uploaded_file(path: str | os.PathLike | None) -> Path:
     """`path` if it is a file in Gradio's upload folder (symbolic links resolved), else gr.Error."""
-    folder = Path(get_upload_folder()).resolve()
-    try:
-        resolved = Path(path).resolve(strict=True)
-    except (OSError, TypeError, ValueError):
-        resolved = None
-    if resolved is None or not resolved.is_file() or not resolved.is_relative_to(folder):
+    if not inside(path, [get_upload_folder()]):
         raise gr.Error("only an uploaded photo can be classified: upload it through the page or "
                        "POST /gradio_api/upload first")
-    return resolved
+    return Path(path).resolve()
 
 
 def mark_launched(blocks: gr.Blocks) -> None:
@@ -154,8 +149,11 @@ class AllowedRoutes:
         return await self.app(scope, receive, send)
 
 
-def inside(path: str, folders) -> bool:
+def inside(path: str | os.PathLike | None, folders) -> bool:
     """Whether `path` is an existing file inside one of `folders` (symbolic links resolved); never a URL."""
+    if not isinstance(path, (str, os.PathLike)):
+        return False
+    path = os.fspath(path)
     if "://" in path or path.startswith(("http:", "https:", "data:", "file:")):
         return False
     try:
@@ -234,10 +232,10 @@ class QueueGuard:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope.get("method") != "POST" or scope.get("path") not in QUEUE_ROUTES:
             return await self.app(scope, receive, send)
+        too_large = (413, "too_large", f"a queue request's body is at most {QUEUE_BODY_BYTES} bytes")
         declared = dict(scope.get("headers") or []).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > QUEUE_BODY_BYTES:  # refused unread
-            return await answer(scope, send, 413, "too_large", f"a queue request's body is at most "
-                                                               f"{QUEUE_BODY_BYTES} bytes")
+            return await answer(scope, send, *too_large)
         body, more = b"", True
         while more:
             message = await receive()
@@ -246,8 +244,7 @@ class QueueGuard:
             body += message.get("body", b"")
             more = message.get("more_body", False)
             if len(body) > QUEUE_BODY_BYTES:
-                return await answer(scope, send, 413, "too_large", f"a queue request's body is at most "
-                                                                   f"{QUEUE_BODY_BYTES} bytes")
+                return await answer(scope, send, *too_large)
         try:
             payload = json.loads(body)
             check_payload(payload, self.photo_ok)
@@ -506,12 +503,17 @@ def multipart_boundary(content_type: bytes) -> bytes:
     for param in params.split(b";"):
         key, _, value = param.strip().partition(b"=")
         if key.strip().lower() == b"boundary":
-            value = value.strip()
-            found.append(value[1:-1] if len(value) >= 2 and value[:1] == value[-1:] == b'"' else value)
+            found.append(unquoted(value))
     if len(found) != 1 or not BOUNDARY.fullmatch(found[0]):
         raise BadMultipart("a multipart body needs exactly one boundary parameter of RFC 2046's characters "
                            "(letters, digits, '()+_,-./:=? and space), at most 70 of them")
     return b"--" + found[0]
+
+
+def unquoted(value: bytes) -> bytes:
+    """A header parameter's value, less the double quotes around it (if any) and the spaces outside them."""
+    value = value.strip()
+    return value[1:-1] if len(value) >= 2 and value[:1] == value[-1:] == b'"' else value
 
 
 def part_problem(disposition: bytes, files_only: bool) -> str | None:
@@ -525,9 +527,7 @@ def part_problem(disposition: bytes, files_only: bool) -> str | None:
 
 def filename_problem(name: bytes) -> str | None:
     """Why an uploaded file's name (as its part header gives it) cannot be kept, or None."""
-    name = name.strip()
-    name = name[1:-1] if len(name) >= 2 and name[:1] == name[-1:] == b'"' else name
-    base = name.replace(b"\\", b"/").rsplit(b"/", 1)[-1]
+    base = unquoted(name).replace(b"\\", b"/").rsplit(b"/", 1)[-1]
     if not base.strip(b". "):
         return "an uploaded file needs a name (the filename of its form part is empty)"
     if len(base) > MAX_FILENAME_BYTES:

@@ -39,7 +39,8 @@ MAX_TOP_K = 100
 # Decodes share a memory budget (DecodeBudget): one heavy decode at a time, and ordinary photos pass a
 # waiting heavy one, so RSS stays bounded and ordinary requests keep their pace however many hostile ones
 # arrive. CPU: decoding is linear in the pixels, so the 40 MP bound is the CPU bound too (the slowest
-# accepted photo, a 40 MP PNG, is measured by benchmarks/hostile_load.py). docs/demo.md#hostile-load.
+# accepted photo, a 36 MP PNG, about 2 s of a core, is measured by benchmarks/hostile_load.py).
+# docs/demo.md#hostile-load.
 UPLOAD_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")  # JPEG's plugin also opens phones' MPO files
 SERVING_MAX_SIDE = 1024
 SERVING_MAX_PIXELS = 40_000_000
@@ -252,7 +253,8 @@ def separate_view(folder: Path | None):
 
 
 def torch_weights_if_asked():
-    """load_weights_only where PETLAB_RUNTIME=torch asks for PyTorch (and it is installed), else None."""
+    """load_weights_only where PETLAB_RUNTIME=torch asks for PyTorch, else None (without torch installed, the
+    import fails and the version answers 503, saying so)."""
     if not torch_first():
         return None
     from petlab.registry.torch_fallback import load_weights_only

@@ -471,6 +471,13 @@ def resolve_dataset_name(dataset: str | None, task: str, data_dir: str | None, l
     return DEFAULT_DATASET[task]
 
 
+def dataset_root(dataset: str, data_dir: str | None, labels_csv: str | None, download: bool = True) -> Path:
+    """The folder a resolved dataset's photos are under: the labels CSV's folder, or dataset_dir's."""
+    if dataset == "labels_csv":
+        return Path(labels_csv).expanduser().resolve().parent
+    return dataset_dir(dataset, data_dir, download)
+
+
 def load_splits(dataset: str | None, task: str, data_dir: str | None = None, species: str | None = None,
                 val_fraction: float = 0.2, seed: int = 42, download: bool = True, carve: bool = True,
                 labels_csv: str | None = None) -> Splits:
@@ -480,8 +487,7 @@ def load_splits(dataset: str | None, task: str, data_dir: str | None = None, spe
     reader, _ = DATASETS[dataset]
     if dataset == "labels_csv" and not labels_csv:
         raise DatasetError("dataset labels_csv needs --labels-csv FILE")
-    root = Path(labels_csv).expanduser().resolve().parent if dataset == "labels_csv" else \
-        dataset_dir(dataset, data_dir, download)
+    root = dataset_root(dataset, data_dir, labels_csv, download)
     found = reader(root, task, species=species, seed=seed, val_fraction=val_fraction, labels_csv=labels_csv)
     classes = found["classes"]
     check_class_names(classes, labels_csv or str(root))

@@ -113,6 +113,7 @@ def jpeg_coefficient_bytes(img: Image.Image, width: int, height: int) -> int:
         return 0
     layers = getattr(img, "layer", None) or [("", 1, 1, 0)] * len(img.getbands())
     h_max, v_max = max(layer[1] for layer in layers), max(layer[2] for layer in layers)
+
     def blocks(side: int, factor: int, most: int) -> int:  # 8x8 blocks of a component subsampled factor/most
         return math.ceil(math.ceil(side * factor / most) / 8)
 
@@ -154,10 +155,10 @@ def load_rgb(source: str | os.PathLike | bytes | BinaryIO, *, max_side: int | No
                     img.draft(None, (max_side, max_side))  # JPEG only; a no-op for other formats
                 if img.width * img.height > max_pixels:
                     raise BadImageError("too_large", f"{img.width}x{img.height} px is over {max_pixels} pixels")
-                decoded = max(img.width * img.height * bytes_per_pixel(img.mode),
-                              jpeg_coefficient_bytes(img, *full_size))
+                coefficients = jpeg_coefficient_bytes(img, *full_size)
+                decoded = max(img.width * img.height * bytes_per_pixel(img.mode), coefficients)
                 if max_decoded_bytes and decoded > max_decoded_bytes:
-                    kind = "progressive JPEG" if jpeg_coefficient_bytes(img, *full_size) else img.mode
+                    kind = "progressive JPEG" if coefficients else img.mode
                     raise BadImageError("too_large", f"{full_size[0]}x{full_size[1]} px of {kind} is "
                                                      f"{decoded / 2**20:.0f} MB decoded, over "
                                                      f"{max_decoded_bytes / 2**20:.0f} MB")

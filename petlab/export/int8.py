@@ -74,17 +74,17 @@ def write_int8(folder: Path, card: dict, pre, train: list[tuple[str, int]], pred
     # The agreement is checked on photos the served model never trained on: the validation photos, or where the
     # run was refit on every training photo (cross-validation: its validation predictions are out-of-fold, but
     # the served model saw those photos) the test photos, whose labels the agreement does not read.
-    trained_on = {str(f) for f, _ in train}
-    kept = [(f, t) for f, t in zip(predictions["val"]["files"], predictions["val"]["targets"], strict=True)
-            if str(f) not in trained_on and f not in set(calibration)]
+    trained_on, calibrated = {str(f) for f, _ in train}, set(calibration)
+    val_pairs = [(f, t) for f, t in zip(predictions["val"]["files"], predictions["val"]["targets"], strict=True)
+                 if f not in calibrated]
+    kept = [(f, t) for f, t in val_pairs if str(f) not in trained_on]
     checked_photos = "validation photos (never trained on)"
     if not kept and predictions.get("test"):
         kept = list(zip(predictions["test"]["files"], predictions["test"]["targets"], strict=True))
         checked_photos = ("test photos: the served model was refit on every training photo, so no validation "
                           "photo is unseen (the agreement reads no label)")
     if not kept:  # a sweep's trial, which never looks at test: its out-of-fold photos, said so
-        kept = [(f, t) for f, t in zip(predictions["val"]["files"], predictions["val"]["targets"], strict=True)
-                if f not in set(calibration)]
+        kept = val_pairs
         checked_photos = "out-of-fold validation photos (the refit trained on them; no test photo was used)"
     val, val_targets = [f for f, _ in kept], np.asarray([t for _, t in kept])
     (val32, pets32), (val8, pets8) = answers(fp32, val), answers(int8, val)

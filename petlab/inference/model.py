@@ -210,9 +210,10 @@ def load_version(registry, task: str, version: int, fallback: Callable | None = 
                  explain_fallback: Callable | None = None) -> LoadedModel:
     """A registered version as it serves: model.onnx (and pet_view.onnx) on ONNX Runtime, or their int8 twins
     where the card's int8 check passed (export/int8.py); where one is
-    missing or does not load (or PETLAB_RUNTIME=torch), `fallback` loads the PyTorch exports
+    missing or does not load (or PETLAB_RUNTIME=torch), `fallback` loads the weights-only state dict
     (petlab/registry/torch_fallback.py: load_weights_only; the caller passes it, so this package never
-    imports torch). Without one, a version that ONNX Runtime cannot serve raises ExportError. Its explainer
+    imports torch; the server passes none, since it serves ONNX only). Without one, a version that ONNX
+    Runtime cannot serve raises ExportError. Its explainer
     (class-activation maps) is loaded on first use: explain.onnx, else `explain_fallback(registry, task,
     version)` (the eager model in PyTorch), else none."""
     card = registry.card(task, version)

@@ -332,7 +332,7 @@ def promote(task: str, metric: str | None = None, runs_root: Path | None = None,
             card["files"][SEPARATE_VIEW_FILE] = ("ONNX: ImageNet's separate view, its logits -> \"is this a pet?\" "
                                                  "(its preprocessing in its metadata)")
         card["answers"] = answering_files(card, staged)
-        int8_files = card["int8"]["files"] if card.get("int8", {}).get("served") else []
+        int8_files = (card.get("int8") or {}).get("files", [])  # only twins that passed are kept
         for onnx_file in (ONNX_FILE, PET_VIEW_FILES["onnx"], EXPLAIN_ONNX, *int8_files):  # each describes itself
             if (staged / onnx_file).is_file():
                 annotate(staged / onnx_file, onnx_metadata(card, task, onnx_file))

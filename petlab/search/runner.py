@@ -18,7 +18,7 @@ import optuna
 from optuna.trial import TrialState
 
 from petlab.config import Config, load_config
-from petlab.data.datasets import dataset_dir, resolve_dataset_name
+from petlab.data.datasets import dataset_root, resolve_dataset_name
 from petlab.data.files import visible_files
 from petlab.engine.experiment import run_experiment
 from petlab.engine.hooks import Hook
@@ -115,8 +115,7 @@ def data_fingerprint(sweep: SweepConfig, overrides: dict) -> str | None:
     data = cfg.data
     try:
         dataset = resolve_dataset_name(data.dataset, cfg.task, data.data_dir, data.labels_csv)
-        root = (Path(data.labels_csv).expanduser().resolve().parent if dataset == "labels_csv"
-                else dataset_dir(dataset, data.data_dir, download=False))
+        root = dataset_root(dataset, data.data_dir, data.labels_csv, download=False)
     except DatasetError:
         return None
     digest = hashlib.sha256()
