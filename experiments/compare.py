@@ -1,6 +1,6 @@
 """Compare runs: python experiments/compare.py [--runs runs] [--task T] [--arch A] [--tag X] [--since DATE]
 
-Writes reports/<name>/: leaderboard.md and .csv (best validation accuracy first), overlaid learning
+Writes runs/reports/<name>/ (git-ignored; --out DIR elsewhere): leaderboard.md and .csv (best validation accuracy first), overlaid learning
 curves, confusion matrices side by side, a per-class accuracy heatmap, and index.html showing them all.
 Reads local run directories; with COMET_API_KEY set it also reads the Comet project (--no-comet: don't).
 """
@@ -12,7 +12,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from petlab.paths import reports_root, runs_root
+from petlab.paths import runs_root
 from petlab.reports.compare import write_report
 from petlab.reports.runs import find_comet_runs, find_local_runs, select
 
@@ -30,7 +30,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=Path, nargs="+", default=[runs_root()], help="folders holding run directories")
     parser.add_argument("--name", help="report folder under --out (default: the task, or 'all')")
-    parser.add_argument("--out", type=Path, default=reports_root())
+    parser.add_argument("--out", type=Path, default=runs_root() / "reports",
+                        help="reports go to DIR/<name> (default runs/reports; the committed examples: --out reports)")
     parser.add_argument("--task")
     parser.add_argument("--arch")
     parser.add_argument("--tag", help="only runs with this tag, e.g. study:lr_sweep")

@@ -56,13 +56,18 @@ def parse(argv):
     return parser, parser.parse_args(argv)
 
 
-def main(argv=None) -> int:
-    parser, args = parse(argv)
+def check_arguments(parser, args) -> None:
+    """The rules between flags, before anything starts (tests/test_documented_commands.py asks them too)."""
     if args.config and not args.grid:  # --config means an experiment YAML, in every script
         parser.error("--config names an experiment YAML (run.py); the sweep file goes to --sweep "
                      "(its base experiment is named inside it), or give --grid KEY=V1,V2 for a grid over --config")
     if bool(args.config) == bool(args.sweep):
         parser.error("pass --sweep SWEEP_YAML, or --config EXPERIMENT_YAML with --grid")
+
+
+def main(argv=None) -> int:
+    parser, args = parse(argv)
+    check_arguments(parser, args)
     setup_logging()
     try:
         sweep = load_sweep(args.sweep) if args.sweep else None

@@ -4,7 +4,7 @@ The rule: every location petlab chooses for you hangs off one project root, neve
 current directory. The root is $PETLAB_HOME when set, else the checkout petlab is imported from
 (the folder holding `petlab/`, also in a Hugging Face Space). Relative paths in a config
 (`output_dir`, `data.cache_dir`) and in the PETLAB_* variables are relative to that root too;
-absolute paths are used as given. So `runs/`, `reports/`, `models/registry/`, `data/raw/`,
+absolute paths are used as given. So `runs/`, `models/registry/`, `data/raw/`,
 `data/cache/` and `runs/optuna.db` are one tree whichever folder a script starts in.
 
 Paths you type to name something that already exists (a config file, a run directory to resume or
@@ -57,10 +57,6 @@ def registry_root() -> Path:
 def runs_root(output_dir: str = "runs") -> Path:
     """Run directories: the config's output_dir (default runs/)."""
     return under_root(output_dir)
-
-
-def reports_root() -> Path:
-    return under_root("reports")
 
 
 def default_study_storage() -> str:
