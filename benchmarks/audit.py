@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import REPO, shared_data  # benchmarks/common.py (this script's folder)
+from common import REPO, benchmark_report_dir, shared_data  # benchmarks/common.py (this script's folder)
 
 from petlab.audit import run_audit
 from tests.dirty_data import copy_dataset, flip_labels, leak_into
@@ -82,7 +82,9 @@ def acting_on_it(data: Path, work: Path, fraction: float = 0.10) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", type=Path, default=None, help="the shared photos (default: ../shared/data)")
-    parser.add_argument("--out", type=Path, default=REPO / "reports" / "audit" / "benchmark.json")
+    parser.add_argument("--out", type=Path, default=benchmark_report_dir("reports/audit") / "benchmark.json",
+                        help="default runs/benchmarks/audit/benchmark.json; the committed one: "
+                             "reports/audit/benchmark.json")
     parser.add_argument("--act", action="store_true", help="also train lite0_features_cats_vs_dogs on 10%% flipped "
                                                              "labels, before and after excluding the audit's findings")
     args = parser.parse_args(argv)

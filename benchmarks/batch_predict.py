@@ -18,7 +18,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from common import REPO, shared_data  # benchmarks/common.py (this script's folder)
+from common import benchmark_report_dir, shared_data  # benchmarks/common.py (this script's folder)
 
 from petlab.batch_predict import decode, find_photos, model_identity, open_model, predict_photos
 from petlab.engine.speed import cpu_model
@@ -33,7 +33,7 @@ def main(argv=None) -> int:
     parser.add_argument("--limit", type=int, default=1000)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("--report", type=Path, default=REPO / "reports" / "speed" / "batch_predict.json",
+    parser.add_argument("--report", type=Path, default=benchmark_report_dir("reports/speed") / "batch_predict.json",
                         help="where the figures are written")
     args = parser.parse_args(argv)
     photos = find_photos([str(args.photos)])[:args.limit]

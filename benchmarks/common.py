@@ -12,7 +12,16 @@ if str(REPO) not in sys.path:  # the benchmarks run as scripts; the demo launche
     sys.path.insert(0, str(REPO))
 from tests.servers import demo_process, demo_server, recording_http_server  # noqa: E402, F401 - needs the path above
 
-__all__ = ["REPO", "demo_process", "demo_server", "median_call_seconds", "shared_data"]
+__all__ = ["REPO", "benchmark_report_dir", "demo_process", "demo_server", "median_call_seconds", "shared_data"]
+
+
+def benchmark_report_dir(committed: str) -> Path:
+    """Where a benchmark writes its figures by default: runs/benchmarks/<name>/, git-ignored. The committed
+    evidence (`committed`, e.g. reports/heatmaps) is rewritten only when asked for by name (reports/README.md
+    gives each regeneration command), so running a documented benchmark never changes a committed file."""
+    from petlab.paths import runs_root
+
+    return runs_root() / "benchmarks" / Path(committed).name
 
 
 def shared_data() -> Path:

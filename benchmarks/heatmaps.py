@@ -35,7 +35,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import torch
-from common import REPO, demo_process, shared_data  # benchmarks/common.py (this script's folder)
+from common import REPO, benchmark_report_dir, demo_process, shared_data  # benchmarks/common.py (this script's folder)
 from PIL import Image
 from scipy.ndimage import distance_transform_edt
 from scipy.stats import spearmanr
@@ -49,7 +49,6 @@ from petlab.registry import Registry
 from petlab.serving import decode_photo
 
 OXFORD = "oxford-iiit-pet-3breeds"
-OUT = REPO / "reports" / "heatmaps"
 PET, BORDER = 1, 3  # trimap values (2 is background)
 FIGURE_PHOTOS = 12
 
@@ -218,6 +217,9 @@ def main(argv=None) -> int:
     parser.add_argument("--breeds-run", type=Path)
     parser.add_argument("--requests", type=int, default=100)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--report-dir", type=Path, default=benchmark_report_dir("reports/heatmaps"),
+                        help="results.json and pointing_game.png (default runs/benchmarks/heatmaps; the committed "
+                             "figures: --report-dir reports/heatmaps)")
     args = parser.parse_args(argv)
     data = shared_data()
     oxford = data / OXFORD
@@ -249,13 +251,13 @@ def main(argv=None) -> int:
         results["models"][name] = {"pointing_game": pointing(frames, masks, cells),
                                    "sanity_randomised_head": sanity(run, images)}
     results["grad_cam_vs_exact"] = grad_cam_against_exact(breeds_run, images)
-    OUT.mkdir(parents=True, exist_ok=True)
+    args.report_dir.mkdir(parents=True, exist_ok=True)
     picks = [i for i in range(len(images)) if i % max(1, len(images) // FIGURE_PHOTOS) == 0][:FIGURE_PHOTOS]
     figure([images[i] for i in picks], [served_frames[0][i] for i in picks], [masks[i] for i in picks],
-           [served_frames[1][i] for i in picks], OUT / "pointing_game.png")
+           [served_frames[1][i] for i in picks], args.report_dir / "pointing_game.png")
     results["serving"] = serve_latency(registry, [p for p, _ in pairs[:50]], args.requests)
     results["predict_explain"] = predict_throughput(registry, oxford / "images")
-    (OUT / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (args.report_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
@@ -279,7 +281,7 @@ def main(argv=None) -> int:
     t = results["predict_explain"]
     print(f"predict.py on {t['photos']} photos: " + ", ".join(f"{k} {v:.1f} photos/s"
                                                             for k, v in t["photos_per_s"].items()))
-    print(f"figure: {OUT / 'pointing_game.png'}")
+    print(f"figure: {args.report_dir / 'pointing_game.png'}")
     return 0
 
 

@@ -21,14 +21,13 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from common import REPO, shared_data  # benchmarks/common.py (this script's folder)
+from common import REPO, benchmark_report_dir, shared_data  # benchmarks/common.py (this script's folder)
 
 from petlab.config import load_config
 from petlab.engine.experiment import run_experiment
 from petlab.engine.speed import cpu_model
 from petlab.reports.figures import pyplot
 
-REPORT_DIR = REPO / "reports" / "imbalance"
 VARIANTS = {"none": {}, "class weights": {"train.class_weights": "balanced"},
             "balanced sampler": {"train.sampler": "balanced"}}
 
@@ -114,16 +113,18 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--cut", nargs="+", choices=sorted(CUTS), default=list(CUTS))
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--report-dir", type=Path, default=benchmark_report_dir("reports/imbalance"),
+                        help="default runs/benchmarks/imbalance; the committed figures: --report-dir reports/imbalance")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="petlab-imbalance-") as tmp:
         results = {"cpu": cpu_model(), "seeds": args.seeds,
                    "cuts": {cut: measure(cut, args.seeds, Path(tmp)) for cut in args.cut}}
-    REPORT_DIR.mkdir(parents=True, exist_ok=True)
-    (REPORT_DIR / "imbalance.json").write_text(json.dumps(results, indent=2))
-    plot(results, REPORT_DIR / "imbalance.png")
+    args.report_dir.mkdir(parents=True, exist_ok=True)
+    (args.report_dir / "imbalance.json").write_text(json.dumps(results, indent=2))
+    plot(results, args.report_dir / "imbalance.png")
     if args.json:
         print(json.dumps(results, indent=2))
-    print(f"-> {REPORT_DIR / 'imbalance.json'}, {REPORT_DIR / 'imbalance.png'}")
+    print(f"-> {args.report_dir / 'imbalance.json'}, {args.report_dir / 'imbalance.png'}")
     return 0
 
 

@@ -29,9 +29,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import REPO, shared_data  # benchmarks/common.py (this script's folder)
-
-REPORT_DIR = REPO / "reports" / "speed"
+from common import REPO, benchmark_report_dir, shared_data  # benchmarks/common.py (this script's folder)
 
 
 @dataclass(frozen=True)
@@ -88,15 +86,15 @@ def run_recipe(name: str, out: Path, env_extra: dict | None = None) -> dict:
             "measured_at": time.strftime("%Y-%m-%d %H:%M")}
 
 
-def save_report(measured: dict) -> Path:
+def save_report(measured: dict, report_dir: Path) -> Path:
     """Merge into the kept figures (latest measurement per recipe) and redraw the chart."""
-    REPORT_DIR.mkdir(parents=True, exist_ok=True)
-    path = REPORT_DIR / "time_to_accuracy.json"
+    report_dir.mkdir(parents=True, exist_ok=True)
+    path = report_dir / "time_to_accuracy.json"
     kept = json.loads(path.read_text()) if path.is_file() else {}
     kept.update({name: {k: v for k, v in r.items() if k != "run_dir"} for name, r in measured.items()})
     kept = {name: kept[name] for name in [*RECIPES, *kept] if name in kept}  # the recipes' order, then any old ones
     path.write_text(json.dumps(kept, indent=2) + "\n")
-    draw(kept, REPORT_DIR / "time_to_accuracy.png")
+    draw(kept, report_dir / "time_to_accuracy.png")
     return path
 
 
@@ -153,7 +151,9 @@ def main(argv=None) -> int:
     parser.add_argument("--recipe", nargs="+", choices=list(RECIPES), default=list(RECIPES), metavar="NAME",
                         help=f"one or more of: {', '.join(RECIPES)} (default: all)")
     parser.add_argument("--output-dir", type=Path, help="keep the runs and caches here (default: a temp folder)")
-    parser.add_argument("--no-report", action="store_true", help="do not update reports/speed/")
+    parser.add_argument("--no-report", action="store_true", help="write no figures")
+    parser.add_argument("--report-dir", type=Path, default=benchmark_report_dir("reports/speed"),
+                        help="default runs/benchmarks/speed; the committed figures: --report-dir reports/speed")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--before-after", action="store_true",
                         help="each recipe on PyTorch alone (as before ONNX Runtime), then as now, side by side")
@@ -164,7 +164,7 @@ def main(argv=None) -> int:
         out = args.output_dir or Path(tmp)
         results = {name: run_recipe(name, out / name) for name in args.recipe}
     if not args.no_report:
-        save_report(results)
+        save_report(results, args.report_dir)
     if args.json:
         print(json.dumps(results))
         return 0

@@ -33,9 +33,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import REPO, shared_data  # benchmarks/common.py (this script's folder)
-
-REPORT_DIR = REPO / "reports" / "toolkit"
+from common import REPO, benchmark_report_dir, shared_data  # benchmarks/common.py (this script's folder)
 
 
 @dataclass(frozen=True)
@@ -260,7 +258,8 @@ def main(argv=None) -> int:
     parser.add_argument("--lr-find", action="store_true", help="also lr_find.py and a run at its suggestion")
     parser.add_argument("--output-dir", type=Path, default=Path("/tmp/petlab-toolkit"),
                         help="the runs and caches (default /tmp/petlab-toolkit)")
-    parser.add_argument("--report-dir", type=Path, default=REPORT_DIR)
+    parser.add_argument("--report-dir", type=Path, default=benchmark_report_dir("reports/toolkit"),
+                        help="default runs/benchmarks/toolkit; the committed figures: --report-dir reports/toolkit")
     args = parser.parse_args(argv)
     args.report_dir.mkdir(parents=True, exist_ok=True)
     path = args.report_dir / "toolkit.json"

@@ -1,7 +1,8 @@
 """Compare runs: python experiments/compare.py [--runs runs] [--task T] [--arch A] [--tag X] [--since DATE]
 
-Writes runs/reports/<name>/ (git-ignored; --out DIR elsewhere): leaderboard.md and .csv (best validation accuracy first), overlaid learning
-curves, confusion matrices side by side, a per-class accuracy heatmap, and index.html showing them all.
+Writes runs/reports/<name>/ (git-ignored; --out DIR elsewhere): leaderboard.md and .csv (best validation
+accuracy first), overlaid learning curves, confusion matrices side by side, a per-class accuracy heatmap,
+and index.html showing them all.
 Reads local run directories; with COMET_API_KEY set it also reads the Comet project (--no-comet: don't).
 """
 

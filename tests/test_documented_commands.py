@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import os
 import re
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 from unittest import mock
