@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-DOCUMENTS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+DOCUMENTS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), REPO / "reports" / "README.md"]
 BLOCK_STARTS = ("python ", "make ", "curl ", "torchrun ")
 INLINE_STARTS = ("python experiments/", "python benchmarks/", "python demo/", "make ", "torchrun ")
 
