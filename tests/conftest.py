@@ -95,15 +95,19 @@ def real_runs(shared, tmp_path_factory) -> dict[str, Path]:
 def promoted_registry(real_runs, tmp_path_factory) -> Path:
     """A registry whose cats_vs_dogs production model is the short real Lite0 run, promoted as a user does.
 
-    The run is cloned first (sharing its checkpoints), so the Comet archive the promotion queues
-    lands in the clone; tests only read this registry.
+    The run is cloned first (sharing its checkpoints, with its own copy of its Comet archive), so the archive
+    the promotion queues lands in the clone beside the training's, as in a user's run folder; tests only read
+    this registry.
     """
+    import shutil
+
     from tests.registry import clone_run
     from tests.runs import script
 
     promoted = tmp_path_factory.mktemp("promoted")  # runs/ beside registry/: tests find the Comet archives
     runs, registry = promoted / "runs", promoted / "registry"
-    clone_run(real_runs["lite0"], runs / real_runs["lite0"].name)
+    clone = clone_run(real_runs["lite0"], runs / real_runs["lite0"].name)
+    shutil.copytree(real_runs["lite0"] / "comet", clone / "comet")
     script("promote.py", "--registry", registry, "--task", "cats_vs_dogs", "--runs-root", runs)
     return registry
 

@@ -98,3 +98,62 @@ def recording_http_server(body: bytes = b""):
         yield f"http://127.0.0.1:{server.server_address[1]}", fetched
     finally:
         server.shutdown()
+
+
+@contextlib.contextmanager
+def comet_stub_server():
+    """A real HTTP server on 127.0.0.1 that answers comet_ml's sender (`comet upload`) as Comet's does where
+    order matters: `logger/add/run` creates an experiment, and `logger/get/run` (an archive that continues
+    one) answers 400 "not found" (comet_ml's NO_WRITE_ACCESS_TO_EXPERIMENT) for an experiment not created
+    yet; every other call is accepted. Yields (the URL for COMET_URL_OVERRIDE, the log of ("create"|"get",
+    key) and (method, path))."""
+    import http.server
+    import json
+    import threading
+
+    created, log = set(), []
+    accepted = {"is_alive_beat_duration_millis": 60000, "gpu_monitor_interval_millis": 60000,
+                "cpu_monitor_interval_millis": 60000, "parameter_update_interval_millis": 60000,
+                "msg": "ok", "code": 200, "version": "9.0.0"}
+
+    class Comet(http.server.BaseHTTPRequestHandler):
+        def answer(self, status: int, body: dict):
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_POST(self):  # noqa: N802 - http.server's name
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length)
+            path = self.path.split("?")[0]
+            handshake = {"runId": "run", "projectId": "project", "focusUrl": "http://127.0.0.1/", "lastOffset": 0}
+            if path.endswith("/logger/add/run"):
+                key = json.loads(body)["experimentKey"]
+                created.add(key)
+                log.append(("create", key))
+                return self.answer(200, handshake)
+            if path.endswith("/logger/get/run"):
+                key = json.loads(body)["previousExperiment"]
+                log.append(("get", key))
+                if key not in created:
+                    return self.answer(400, {"sdk_error_code": 90210, "msg": f"experiment {key} not found"})
+                return self.answer(200, handshake)
+            log.append(("POST", path))
+            return self.answer(200, accepted)
+
+        def do_GET(self):  # noqa: N802
+            log.append(("GET", self.path.split("?")[0]))
+            return self.answer(200, accepted)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Comet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/clientlib/", log
+    finally:
+        server.shutdown()

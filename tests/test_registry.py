@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -336,12 +337,48 @@ def test_every_comet_archive_of_a_promoted_run_passes_comet_mls_own_checks(real_
     # `comet upload runs/<id>/comet/*.zip` (a glob, sorted by name) sends the training before any promotion
     by_name, by_time = sorted(in_the_run), sorted(in_the_run, key=lambda p: p.stat().st_mtime)
     assert by_name == by_time and by_name[0] == training
-    (promotion,) = (promoted_registry.parent / "runs").glob("*/comet/*.zip")  # queued in the promoted clone
+    (promotion,) = (promoted_registry.parent / "runs").glob(f"*/comet/{key}.02.zip")  # queued in the clone
     assert promotion.name.startswith(key)  # the same experiment, continued
     archives = [training, promotion]
     counts = [validate_archive(archive, tmp_path) for archive in archives]
     assert counts[0]["parameter_msg"] > 50 and counts[0]["metric_msg"] > 0 and counts[0]["file_upload"] > 0
     assert counts[1]["register_model"] == 1 and counts[1]["file_upload"] >= 3  # model.pt2, card.json, card.md
+
+
+def comet_upload(archives_glob: str, url: str) -> subprocess.CompletedProcess:
+    """`comet upload <glob>` as a user types it (the shell expands the glob, sorted by name), against `url`."""
+    env = {**os.environ, "COMET_URL_OVERRIDE": url, "COMET_API_KEY": "stub-key", "COMET_DISABLE_AUTO_LOGGING": "1",
+           "COMET_ERROR_TRACKING_ENABLE": "false"}
+    comet = Path(sys.executable).parent / "comet"
+    return subprocess.run(f"{comet} upload {archives_glob}", shell=True, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.mark.slow
+def test_comet_upload_of_a_run_folder_sends_the_training_before_its_promotion(real_runs, promoted_registry,
+                                                                              tmp_path):
+    """`comet upload runs/<id>/comet/*.zip` with comet_ml's own sender against a local server that, like
+    Comet's, refuses to continue an experiment it has not created: the training archive creates it, the
+    promotion's continues it. The same two archives under comet_ml's own names (`<key>.zip`, a continuation
+    `<key>-1.zip`) are sent continuation first, and the server refuses it: the stub tells the orders apart."""
+    from tests.servers import comet_stub_server
+
+    key = json.loads((real_runs["lite0"] / "results.json").read_text())["tracking"]["key"]
+    (folder,) = {archive.parent for archive in (promoted_registry.parent / "runs").glob("*/comet/*.zip")}
+    assert sorted(p.name for p in folder.glob("*.zip")) == [f"{key}.01.zip", f"{key}.02.zip"]
+    with comet_stub_server() as (url, log):
+        proc = comet_upload(f"{folder}/*.zip", url)
+        assert proc.returncode == 0 and "Number of uploaded experiments: 2" in proc.stderr, proc.stderr[-2000:]
+        assert [entry for entry in log if entry[0] in ("create", "get")] == [("create", key), ("get", key)]
+        assert ("POST", "/clientlib/batch/logger/experiment/metric") in log  # the run's metrics went too
+    unnumbered = tmp_path / "comet_ml_names"
+    unnumbered.mkdir()
+    shutil.copy(folder / f"{key}.01.zip", unnumbered / f"{key}.zip")
+    shutil.copy(folder / f"{key}.02.zip", unnumbered / f"{key}-1.zip")
+    with comet_stub_server() as (url, log):
+        proc = comet_upload(f"{unnumbered}/*.zip", url)
+        assert [entry for entry in log if entry[0] in ("create", "get")][0] == ("get", key)
+        assert "failed experiment uploads: 1" in proc.stderr, proc.stderr[-2000:]
 
 
 SNIPPET_HARNESS = """
