@@ -53,22 +53,16 @@ space: setup
 # .ci/test-deps installs (as root) or names (otherwise) the system packages the tests use for real.
 test: setup
 	bash .ci/test-deps
+	$(PY) -m pytest --full $(ARGS)
+
+# The in-process tier, minutes: bare `pytest` (tests/conftest.py leaves out the tests marked slow, browser,
+# postgres or distributed; tests/runs.py refuses a process to a test without those marks). A test that
+# needs the shared real photos skips, saying so, where there are none.
+test-fast: setup
 	$(PY) -m pytest $(ARGS)
 
-# The in-process tier, minutes: every module on tiny data; no subprocess, server, browser, PostgreSQL or
-# torchrun (tests/runs.py refuses a process to a test without the mark that allows it).
-# A clone without the shared real photos runs the tests on generated photos only, and says so.
-FAST := not slow and not browser and not postgres and not distributed
-REAL_PHOTOS = $(or $(PETLAB_DATA_DIR),../shared/data)
-test-fast: setup
-	@if [ -d "$(REAL_PHOTOS)/cats_and_dogs_filtered" ]; then \
-		$(PY) -m pytest -m "$(FAST)" $(ARGS); \
-	else \
-		echo "no real test photos at $(REAL_PHOTOS): the tests on generated photos only (make test-data builds them there)"; \
-		$(PY) -m pytest -m "$(FAST) and not real_photos" $(ARGS); \
-	fi
-
 # The real test photos (tests/data/README.md), from the public archives: about 1.6 GB to fetch once.
+REAL_PHOTOS = $(or $(PETLAB_DATA_DIR),../shared/data)
 test-data: setup
 	$(PY) -m tests.data.build --out $(REAL_PHOTOS)
 

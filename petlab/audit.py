@@ -24,6 +24,8 @@ import base64
 import html
 import io
 import logging
+import os
+import urllib.parse
 import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -261,6 +263,12 @@ def write_html(found: list[Finding], photos: Photos, info: dict, path: Path,
     where = {f: i for i, f in enumerate(photos.files)}
     square = lambda f: photos.squares[where[f]] if f in where else None  # noqa: E731
     e = html.escape
+
+    def shown(file: str, size: int = 112) -> str:
+        """The photo's thumbnail, linked to the full photo: a path relative to the page, so the link holds
+        wherever the page and the data folder move together (reports/audit/ beside ../shared/data)."""
+        href = urllib.parse.quote(os.path.relpath(file, path.parent))
+        return f'<a href="{e(href)}" title="{e(Path(file).name)}">{thumbnail(square(file), size)}</a>'
     parts = [f"<h1>Audit of {e(info['name'])}</h1><p>{e(info['root'])}: {info['summary']['photos']} photos; "
              f"test photos with a near-copy in train: <b>{info['summary']['test_photos_with_a_near_copy_in_train']}"
              "</b></p><h2>Class counts</h2><table><tr><th>split</th><th>imbalance</th><th>counts</th></tr>"]
@@ -274,7 +282,7 @@ def write_html(found: list[Finding], photos: Photos, info: dict, path: Path,
                      "<th>split</th><th>photo</th><th>label</th><th>suggested</th><th>margin</th><th>flagged</th>"
                      "</tr>")
         for row in ranking[:RANKING_ROWS]:
-            parts.append(f"<tr><td>{row['rank']}</td><td>{e(row['split'])}</td><td>{thumbnail(square(row['file']), 56)}"
+            parts.append(f"<tr><td>{row['rank']}</td><td>{e(row['split'])}</td><td>{shown(row['file'], 56)}"
                          f" {e(Path(row['file']).name)}</td><td>{e(row['label'])}</td><td>{e(row['suggested_label'])}"
                          f"</td><td>{row['margin']}</td><td>{'yes' if row['flagged'] else ''}</td></tr>")
         parts.append("</table>")
@@ -282,8 +290,8 @@ def write_html(found: list[Finding], photos: Photos, info: dict, path: Path,
         rows = [f for f in found if f.kind == kind]
         parts.append(f"<h2>{kind}: {len(rows)}</h2><p><i>score: {e(SCORE_MEANS[kind])}</i></p>")
         for f in rows[:per_kind]:
-            partner = thumbnail(square(f.partner_file)) if f.partner_file in where else ""
-            parts.append(f'<div class="f">{thumbnail(square(f.file))}{partner}<p>{e(f.split)}: '
+            partner = shown(f.partner_file) if f.partner_file in where else ""
+            parts.append(f'<div class="f">{shown(f.file)}{partner}<p>{e(f.split)}: '
                          f"{e(Path(f.file).name)}<br>label {e(f.label)}"
                          + (f" &rarr; {e(f.suggested_label)}" if f.suggested_label not in ("", f.label) else "")
                          + f"<br>score {f.score}" + (f"<br>{e(Path(f.partner_file).name)}" if f.partner_file else "")

@@ -4,8 +4,16 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-# What a test may need beyond one process (pyproject.toml describes each); `make test-fast` runs the rest.
+# What a test may need beyond one process (pyproject.toml describes each). Bare `pytest` runs the rest, the
+# fast tier; `pytest --full` (`make test`, what CI runs) runs everything.
 NEEDS_MORE_THAN_A_PROCESS = {"slow", "browser", "postgres", "distributed"}
+# Named on purpose (as .ci/run does): missing photos there are a failure, not a reason to skip.
+DATA_DIR_NAMED = "PETLAB_DATA_DIR" in os.environ
+
+
+def pytest_addoption(parser):
+    parser.addoption("--full", action="store_true",
+                     help="the whole suite: also the tests marked " + ", ".join(sorted(NEEDS_MORE_THAN_A_PROCESS)))
 
 
 @pytest.hookimpl(wrapper=True)
@@ -28,17 +36,33 @@ def pytest_runtest_protocol(item, nextitem):
 
 def pytest_collection_modifyitems(config, items):
     """A test that needs the shared real photos (the `shared` fixture, itself or through another fixture) is
-    marked real_photos: `make test-fast` on a clone without them deselects those, saying so."""
+    marked real_photos. Without --full or a -m of one's own, the tests that need more than a process are
+    deselected: bare `pytest` is the fast tier."""
     for item in items:
         if "shared" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.real_photos)
+    if config.getoption("--full") or config.getoption("-m"):
+        return
+    kept = [item for item in items if not NEEDS_MORE_THAN_A_PROCESS & {m.name for m in item.iter_markers()}]
+    if len(kept) < len(items):
+        config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+        items[:] = kept
+
+
+def pytest_report_header(config):
+    if not (config.getoption("--full") or config.getoption("-m")):
+        return ["the fast tier (in process): `pytest --full` or `make test` runs the whole suite"]
 
 
 def shared_data() -> Path:
-    """The shared real photos: $PETLAB_DATA_DIR (as .ci/run sets it) or ../shared/data."""
+    """The shared real photos: $PETLAB_DATA_DIR (as .ci/run sets it) or ../shared/data. Missing, a test that
+    needs them skips, saying why, unless PETLAB_DATA_DIR named them: then it fails."""
     path = (REPO / os.environ.get("PETLAB_DATA_DIR", "../shared/data")).resolve()  # relative: to the repo
-    assert (path / "cats_and_dogs_filtered").is_dir(), \
-        f"shared real photos not found at {path}: `make test-data` builds them, or set PETLAB_DATA_DIR to a copy"
+    if not (path / "cats_and_dogs_filtered").is_dir():
+        why = f"shared real photos not found at {path}: `make test-data` builds them, or set PETLAB_DATA_DIR"
+        if DATA_DIR_NAMED:
+            pytest.fail(why)
+        pytest.skip(why)
     return path
 
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import csv
+import html
 import random
+import re
 import shutil
+import urllib.parse
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +77,10 @@ def test_injected_leaks_and_flipped_labels_are_found(audited):
     assert page.count("data:image/jpeg;base64,") >= 3 * 2 + 4  # each leak beside its source, each flip
     assert "Label ranking: the 20 likeliest label errors" in page  # the ranking's top rows, for a person
     assert page.count("<i>score: ") == 9 and "margin: how much more likely" in page  # what each score means
+    links = re.findall(r'<a href="([^"]+)"', page)  # every thumbnail opens the full photo, relative to the page
+    assert len(links) == page.count("data:image/jpeg;base64,") and not any(link.startswith("/") for link in links)
+    page_dir = audited["reports"]["dirty"]
+    assert all((page_dir / urllib.parse.unquote(html.unescape(link))).resolve().is_file() for link in links)
 
 
 def test_a_clean_folder_gives_no_false_leak(audited):

@@ -1,6 +1,7 @@
 """--time-budget: training ends at the deadline and the schedule reaches its end there."""
 
 import json
+import random
 
 import pytest
 import torch
@@ -49,6 +50,60 @@ def test_an_epoch_that_ends_just_short_of_the_cut_off_ends_the_schedule_with_its
     assert budget.horizon() == pytest.approx(55.4)
 
 
+class SimulatedClock:
+    """The budget's clock in a test: time moves only when the simulated loop says a step or a pass took it."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def simulate_budgeted_training(seconds: float, steps_per_epoch: int, step_s, val_s) -> dict:
+    """The loop as BudgetHook and the step drive the Budget (engine/budget.py, engine/step.py): before each step
+    the stop check and the horizon, the step's lr from the schedule's progress, the validation pass after each
+    epoch measured into the reserve. step_s and val_s give each duration (a loaded machine: uneven)."""
+    clock = SimulatedClock()
+    budget = Budget(seconds, clock=clock)
+    budget.start()
+    lrs, epochs, vals = [], 0, []
+    while True:
+        epoch_start, stopped = clock.now, False
+        for step in range(steps_per_epoch):
+            if step:
+                budget.estimate_reserve((clock.now - epoch_start) / (step * 8), 40)
+            if budget.spent():
+                stopped = True
+                break
+            rate = (clock.now - epoch_start) / step if step else None
+            budget.expect_epoch_end((steps_per_epoch - step) * rate if rate else None)
+            lrs.append(lr_factor("cosine", budget.progress(), 0.0))
+            clock.now += step_s()
+        vals.append(val_s())
+        clock.now += vals[-1]
+        budget.measured_reserve(vals[-1])
+        epochs += 1
+        if stopped or budget.spent():
+            return {"used": budget.used(), "lrs": lrs, "epochs": epochs, "vals": vals}
+
+
+def test_the_budget_stops_in_time_and_ends_the_schedule_on_a_quiet_and_on_a_loaded_machine():
+    """The budget's logic on a simulated clock, so no test of it depends on the machine being quiet. Even
+    steps and passes: training ends within one step of the budget, leaving at most the reserved validation
+    pass unused, with the schedule at its end. Steps and passes that vary threefold at random (other work on
+    the machine): the overshoot is at most a step and the difference between two validation passes."""
+    quiet = simulate_budgeted_training(60, 20, lambda: 0.5, lambda: 4.0)
+    assert 60 - 4.0 - 0.5 <= quiet["used"] <= 60 + 0.5 and quiet["epochs"] >= 3  # at most the reserve unused
+    assert quiet["lrs"][-1] < 0.02 and quiet["lrs"] == sorted(quiet["lrs"], reverse=True)
+    rng = random.Random(0)
+    for _ in range(200):
+        loaded = simulate_budgeted_training(60, 20, lambda: 0.5 * rng.uniform(1, 3), lambda: 4.0 * rng.uniform(1, 3))
+        overshoot_bound = 1.5 + max(loaded["vals"]) - min(loaded["vals"])
+        assert 60 - 12 - 1.5 <= loaded["used"] <= 60 + overshoot_bound, loaded["used"]
+        assert loaded["lrs"][-1] < 0.25 and loaded["lrs"][0] == 1.0
+
+
 @pytest.mark.slow
 def test_a_60s_budget_on_the_custom_cnn_stops_at_60s_with_the_schedule_at_its_end(shared, tiny, tmp_path):
     seed_cnn = tiny.shrink({**SEED_CNN, "train.lr": 0.001, "train.scheduler": "cosine"})
@@ -58,12 +113,14 @@ def test_a_60s_budget_on_the_custom_cnn_stops_at_60s_with_the_schedule_at_its_en
     results = json.loads((run_dir / "results.json").read_text())
     budget = results["time_budget"]
     assert budget["budget_s"] == 60 and budget["reached"] and results["stopped_by"] == "time_budget"
-    # within a few seconds of the budget: training stops once what is left would not fit the validation
-    # pass after it (the last one's duration, reserved), so no more than that is left unused
-    assert 60 - budget["reserved_s"] - 1 <= budget["used_s"] <= 63 and budget["reserved_s"] < 10, budget
+    # training stops once what is left would not fit the validation pass after it (the last one's duration,
+    # reserved), so no more than that is left unused. The upper bound holds on a loaded machine (other work on
+    # both cores): the last pass may take up to twice the one before (the logic itself: the simulated test above)
+    assert 60 - budget["reserved_s"] - 1 <= budget["used_s"] <= 60 + budget["reserved_s"] + 5, budget
     rows = read_metrics(run_dir)
     assert len(rows) == budget["epochs_completed"] == results["epochs_completed"] >= 2
-    assert sum(float(r["epoch_seconds"]) for r in rows) == pytest.approx(budget["used_s"], abs=3)
+    assert sum(float(r["epoch_seconds"]) for r in rows) == pytest.approx(budget["used_s"],
+                                                                         abs=max(3, 0.1 * budget["used_s"]))
     # cosine anneals to 0 at the deadline, not at train.epochs (20 here, far beyond 60 s, where the third epoch's
     # lr would still be 94% of the first's). The last epoch ends where the budget cut it, a few seconds short of
     # the deadline at most, so its lr is near 0 rather than 0: 2.4e-5 in one CI run, which 1e-5 called a failure.

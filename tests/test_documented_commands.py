@@ -237,3 +237,8 @@ def test_the_readme_chain_runs_as_written_and_leaves_git_clean(shared, tiny_phot
             ran.append(text)
     assert changed_by_commands(repo) == []
     print("\n".join(["documented commands run, each followed by a clean `git status`:", *ran]))
+
+
+def test_the_readme_stays_a_guide():
+    """What to run first and where things are; the measurements live beside their figures in docs/."""
+    assert len((REPO / "README.md").read_text().splitlines()) <= 400

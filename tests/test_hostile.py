@@ -674,14 +674,13 @@ def test_a_version_that_cannot_load_answers_503_at_once_instead_of_reloading_per
         if file.suffix in (".onnx", ".pt2", ".ts", ".pt"):
             file.write_bytes(b"damaged on disk")
     models = ServedModels(Registry(registry_dir))
-    for attempt in range(3):
-        start = time.perf_counter()
+    for _ in range(3):
         with pytest.raises(ServingError) as raised:
             models.model("cats_vs_dogs")
         assert raised.value.status == 503 and raised.value.code == "model_unavailable"
         assert "cats_vs_dogs v1 could not be loaded" in raised.value.message
-        if attempt:
-            assert time.perf_counter() - start < 0.05  # answered from the remembered failure
+    # one load tried, the two later requests answered from the remembered failure (counted, not timed: a timing
+    # would depend on the machine being quiet)
     assert sum("could not load cats_vs_dogs v1" in r.getMessage() for r in caplog.records) == 1
 
 
@@ -813,10 +812,9 @@ def test_a_version_that_is_still_loading_does_not_hold_up_the_others(promoted_re
         assert slow.is_alive()  # blocked in its load, holding whatever it holds
         answered = []
         fast = threading.Thread(target=lambda: answered.append(models.model("cats_vs_dogs").task), daemon=True)
-        start = time.perf_counter()
         fast.start()
-        fast.join(timeout=10)
-        assert answered == ["cats_vs_dogs"] and time.perf_counter() - start < 1.0
+        fast.join(timeout=30)  # the slow load is blocked for good until the fifo is written: any answer is "not held"
+        assert answered == ["cats_vs_dogs"]
     finally:
         with open(card, "w") as fifo:  # lets the slow load finish
             fifo.write(text)

@@ -348,7 +348,7 @@ def test_every_comet_archive_of_a_promoted_run_passes_comet_mls_own_checks(real_
 def comet_upload(archives_glob: str, url: str) -> subprocess.CompletedProcess:
     """`comet upload <glob>` as a user types it (the shell expands the glob, sorted by name), against `url`."""
     env = {**os.environ, "COMET_URL_OVERRIDE": url, "COMET_API_KEY": "stub-key", "COMET_DISABLE_AUTO_LOGGING": "1",
-           "COMET_ERROR_TRACKING_ENABLE": "false"}
+           "COMET_ERROR_TRACKING_ENABLE": "false", "COMET_LOGGING_CONSOLE": "INFO"}  # a user's shell, not petlab's
     comet = Path(sys.executable).parent / "comet"
     return subprocess.run(f"{comet} upload {archives_glob}", shell=True, env=env, capture_output=True, text=True,
                           timeout=300)

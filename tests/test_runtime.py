@@ -145,7 +145,7 @@ def test_sigterm_during_the_final_evaluation_ends_the_run_within_seconds_and_res
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=120)
     took = time.monotonic() - sent
-    assert took < 10 and proc.returncode == 130, (took, stderr[-2000:])
+    assert took < 30 and proc.returncode == 130, (took, stderr[-2000:])  # not the whole evaluation; any machine
     run_dir = only_run_dir(out)
     partial = json.loads((run_dir / "results.json").read_text())
     assert partial["status"] == "interrupted" and partial["epochs_completed"] == 1 and partial["test"] is None

@@ -54,8 +54,9 @@ EVAL_SHARE = 0.4
 
 
 class Budget:
-    def __init__(self, seconds: float, used: float = 0.0):
+    def __init__(self, seconds: float, used: float = 0.0, clock=time.perf_counter):
         self.seconds = seconds
+        self.clock = clock  # seconds, monotonic; a test drives a simulated one
         self.used_before = used  # spent by earlier parts of a resumed run
         self.reserve = 0.0  # seconds kept for the last validation pass (the last one's duration)
         self.reserve_measured = False
@@ -71,10 +72,10 @@ class Budget:
         self.reserve, self.reserve_measured = seconds, True
 
     def start(self) -> None:
-        self._started = time.perf_counter()
+        self._started = self.clock()
 
     def used(self) -> float:
-        return self.used_before + (time.perf_counter() - self._started if self._started is not None else 0.0)
+        return self.used_before + (self.clock() - self._started if self._started is not None else 0.0)
 
     def expect_epoch_end(self, seconds_from_now: float | None) -> None:
         """Where this epoch's training steps will end, at the rate so far (None: not known yet)."""

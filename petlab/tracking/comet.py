@@ -43,6 +43,9 @@ def configure_comet_environment() -> None:
     os.environ["COMET_AUTO_LOG_ENV_HOST"] = "false"
     os.environ.setdefault("COMET_TIMEOUT_CLEANING", "30")  # end() waits up to an hour by default
     os.environ.setdefault("COMET_TIMEOUT_UPLOAD", "120")
+    # comet_ml's INFO and WARNING lines are about itself (a deprecated key it sets, "may take several seconds")
+    # and name the archive before number_archives renames it; petlab logs where the archive is and how to send it
+    os.environ.setdefault("COMET_LOGGING_CONSOLE", "ERROR")
 
 
 def server_answers(timeout: float) -> bool:
