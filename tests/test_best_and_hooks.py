@@ -3,6 +3,7 @@ objective and promotion's choice alike. And hooks (petlab/engine/hooks.py): a me
 loop without an edit of the engine."""
 
 import csv
+import json
 import math
 
 import pytest
@@ -153,6 +154,71 @@ def test_a_step_level_hook_reads_the_gradient_norm_and_ends_an_epoch_between_ste
     outcome = run_experiment(cfg, hooks=[hook])
     assert outcome.exit_code == 0 and hook.stopped_at == (1, 2)
     assert len(hook.norms) == 3 + 2 and all(isinstance(n, float) and math.isfinite(n) for n in hook.norms)
+
+
+# A mechanism with state, written here and nowhere in petlab: it counts every training batch the run has trained
+# on, across a kill and a resume. It kills its own process (SIGKILL: no handler, no last words) in the middle of
+# epoch 3, after two batches it has counted in memory but that no checkpoint holds.
+STATEFUL_HOOK_RUN = """
+import json, os, signal, sys
+from pathlib import Path
+from petlab.config import load_config
+from petlab.engine.experiment import run_experiment
+from petlab.engine.hooks import Hook
+
+class BatchCounter(Hook):
+    def __init__(self):
+        self.batches = 0
+    def state_dict(self):
+        return {"batches": self.batches}
+    def load_state_dict(self, state):
+        self.batches = state["batches"]
+    def results(self, trainer):
+        return {"batches_trained": self.batches}
+    def on_batch_end(self, trainer, at):
+        self.batches += 1
+        if at.epoch == 2 and at.step == 1 and os.environ.get("KILL_IN_EPOCH_3"):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+mode, arg = sys.argv[1], sys.argv[2]
+if mode == "start":
+    outcome = run_experiment(load_config(None, json.loads(arg)), hooks=[BatchCounter()])
+else:
+    outcome = run_experiment(resume=Path(arg), hooks=[BatchCounter()])
+print(json.dumps(outcome.results["batches_trained"]))
+"""
+
+
+@pytest.mark.slow
+def test_a_stateful_hook_written_here_survives_a_kill_and_a_resume(data, tmp_path):
+    """Each hook owns its state (engine/hooks.py): this one, unknown to the trainer, the checkpoint and the
+    outcome, is saved in last.pt under its own key, given back on --resume and reports its own results.json
+    key. The killed epoch's counted batches are not in last.pt, so the resumed run counts exactly 4 epochs."""
+    import os
+    import subprocess
+    import sys
+
+    import torch
+
+    script = tmp_path / "stateful_hook_run.py"
+    script.write_text(STATEFUL_HOOK_RUN)
+    overrides = Recipe(TINY).on(data).shrink({"train.epochs": 4, "tracking.backend": "none"}).overrides(
+        output_dir=str(tmp_path / "runs"))
+    env = {**os.environ, "KILL_IN_EPOCH_3": "1"}
+    killed = subprocess.run([sys.executable, str(script), "start", json.dumps(overrides)], env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    last = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)
+    steps = 3  # 12 training photos a class at batch 8: 3 batches an epoch
+    assert last["state"]["epoch"] == 2 and last["hooks"]["BatchCounter"] == {"batches": 2 * steps}
+    env.pop("KILL_IN_EPOCH_3")
+    resumed = subprocess.run([sys.executable, str(script), "resume", str(run_dir)], env=env, capture_output=True,
+                             text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["epochs_completed"] == 4 and results["batches_trained"] == 4 * steps
+    assert json.loads(resumed.stdout.strip().splitlines()[-1]) == 4 * steps
 
 
 def test_the_standard_mechanisms_are_hooks_built_from_their_config_sections():

@@ -127,5 +127,5 @@ def test_a_60s_budget_on_the_custom_cnn_stops_at_60s_with_the_schedule_at_its_en
     lrs = [float(r["lr"]) for r in rows]
     assert lrs[0] > 0.5e-3 and lrs[-1] < 0.05 * lrs[0] and lrs == sorted(lrs, reverse=True), lrs
     # the budget used is in the checkpoint, so a resume spends only what is left
-    state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)["state"]
-    assert state["budget_used_s"] == pytest.approx(budget["used_s"])
+    hooks = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)["hooks"]
+    assert hooks["BudgetHook"]["used_s"] == pytest.approx(budget["used_s"])

@@ -36,7 +36,7 @@ def fit(tmp_path, data, model=None, slow_loader_s=0.0, tracker=None, **overrides
     if slow_loader_s:
         trainer.loaders["train"].dataset.__class__ = type("SlowImages", (SlowImages,), {"delay": slow_loader_s})
     state = trainer.fit()
-    return {e["rule"]: e for e in state.events}, state
+    return {e["rule"]: e for e in trainer.hook_results()["diagnostics"]}, state
 
 
 class SlowImages(CachedImages):

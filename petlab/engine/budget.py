@@ -109,9 +109,23 @@ class BudgetHook(Hook):
 
     def __init__(self, budget: Budget, val_images: int):
         self.budget, self.val_images = budget, val_images
+        self.used_s = 0.0  # budget time spent by the epochs recorded so far (kept across resumes)
+
+    def state_dict(self) -> dict:
+        return {"used_s": self.used_s}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.used_s = state["used_s"]
+
+    def results(self, trainer) -> dict:
+        state = trainer.state
+        return {"time_budget": {
+            "budget_s": self.budget.seconds, "used_s": self.used_s, "reached": state.stopped_by == "time_budget",
+            "epochs_completed": state.epoch, "reserved_s": self.budget.reserve,  # kept for the last validation
+            "trained_images": round(sum(r["images_per_second"] * r["train_seconds"] for r in state.history))}}
 
     def on_fit_start(self, trainer) -> None:
-        self.budget.used_before = trainer.state.budget_used_s  # only what is left of the budget
+        self.budget.used_before = self.used_s  # only what is left of the budget
         self.budget.start()
 
     def wants_stop(self, trainer, at: BatchAt) -> bool:
@@ -127,7 +141,7 @@ class BudgetHook(Hook):
         self.budget.measured_reserve(val.seconds)  # the last validation must fit in the budget too
 
     def on_epoch_trained(self, trainer, row: dict) -> None:
-        trainer.state.budget_used_s = self.budget.used()
+        self.used_s = self.budget.used()
 
     def stop_reason(self, trainer) -> str | None:
         if not self.budget.spent():

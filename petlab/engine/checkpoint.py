@@ -5,6 +5,7 @@ petlab.rundir.load_checkpoint."""
 from __future__ import annotations
 
 import random
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -90,11 +91,12 @@ class CheckpointSaver:
         if self.run_dir is not None:
             checkpoint_path(self.run_dir).parent.mkdir(parents=True, exist_ok=True)
 
-    def save(self, name: str, model: nn.Module, state: dict, step=None) -> None:
-        """step: the TrainStep, for a resumable checkpoint; None for best.pt."""
+    def save(self, name: str, model: nn.Module, state: dict, step=None, hooks: dict | None = None) -> None:
+        """step: the TrainStep, for a resumable checkpoint; None for best.pt. hooks: each stateful hook's
+        state_dict by its key (Trainer.hook_states)."""
         if not self.writes_files:
             return
-        ckpt = {"model": model.state_dict(), "state": state, "config": self.cfg.to_dict(),
+        ckpt = {"model": model.state_dict(), "state": state, "hooks": hooks or {}, "config": self.cfg.to_dict(),
                 "classes": self.classes, "preprocessing": self.pre.to_dict(), "arch": self.cfg.model.arch,
                 **({"class_photos": self.class_photos} if self.class_photos else {})}
         if step is not None:
@@ -103,13 +105,13 @@ class CheckpointSaver:
 
     def restore(self, path: Path, model: nn.Module, step) -> dict:
         """Loads last.pt into the model and the step and the RNGs, once check_resumable agrees; returns the
-        saved TrainState's fields."""
+        checkpoint: its "state" (the TrainState's fields) and "hooks" (each hook's state by its key)."""
         ckpt = load_checkpoint(path)
         check_resumable(ckpt, path, self.classes, self.cfg.to_dict(), self.class_photos)
         model.load_state_dict(ckpt["model"])
         step.load_state_dict(ckpt)
         set_rng_state(ckpt["rng"])
-        return ckpt["state"]
+        return ckpt
 
 
 class Checkpointing(Hook):
@@ -122,9 +124,10 @@ class Checkpointing(Hook):
         self.saver = saver
 
     def _save(self, trainer, best: bool) -> None:
+        state, hooks = asdict(trainer.state), trainer.hook_states()
         if best:
-            self.saver.save("best.pt", trainer.eval_model, trainer.state.__dict__)
-        self.saver.save("last.pt", trainer.model, trainer.state.__dict__, trainer.step)
+            self.saver.save("best.pt", trainer.eval_model, state, hooks=hooks)
+        self.saver.save("last.pt", trainer.model, state, trainer.step, hooks)
 
     def on_epoch_trained(self, trainer, row: dict) -> None:
         self._save(trainer, best=trainer.state.best_epoch == row["epoch"])

@@ -144,16 +144,26 @@ class Diagnostics:
 class DiagnosticsHook(Hook):
     """The rules in the training loop: dead activations and the initial loss on a fresh run's first batch, the
     gradient norm wherever it is read (per layer every check_every_steps), the epoch rules after each epoch.
-    What fired is kept in the training state (so in last.pt and results.json) and sent to the tracker."""
+    What fired is kept in its state (so in last.pt), in results.json's diagnostics and sent to the tracker."""
 
     def __init__(self, cfg: DiagnosticsConfig, num_classes: int, tracker):
         self.cfg, self.num_classes, self.tracker = cfg, num_classes, tracker
         self.diagnostics: Diagnostics | None = None
+        self.events: list[dict] = []  # the rules that fired, in order
+
+    def state_dict(self) -> dict:
+        return {"events": self.events}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.events = list(state["events"])
+
+    def results(self, trainer) -> dict:
+        return {"diagnostics": self.events}
 
     def on_fit_start(self, trainer) -> None:
         def emit(event):
             self.tracker.log_event(event["rule"], event["message"], {"epoch": event["epoch"]})
-        self.diagnostics = Diagnostics(self.cfg, self.num_classes, trainer.state.events, emit)
+        self.diagnostics = Diagnostics(self.cfg, self.num_classes, self.events, emit)
 
     def on_batch_start(self, trainer, at: BatchAt) -> None:
         if at.first_of_run:

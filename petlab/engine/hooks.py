@@ -11,6 +11,11 @@ every hook in that order:
     run_experiment(cfg, hooks=[StopAtEpoch()])
 A hook that raises StopRun ends the run with that status (a sweep's pruning does so). Cross-validation keeps
 its held-out predictions with on_validation_end, and the learning-rate range test is a hook too.
+
+A hook owns its state, as lightning's Callback does: `state_dict()` is saved in last.pt under its `state_key`
+(the class's name unless set) and given back to `load_state_dict()` on --resume, and `results()` is its part
+of results.json. So a stateful mechanism is a hook alone, with no edit to the trainer, the checkpoint or the
+outcome (tests/test_best_and_hooks.py has one that survives a kill and a resume).
 """
 
 from __future__ import annotations
@@ -59,6 +64,23 @@ class Validation:
 
 
 class Hook:
+    state_key: str | None = None  # where last.pt keeps this hook's state (default: the class's name)
+
+    @property
+    def key(self) -> str:
+        return self.state_key or type(self).__name__
+
+    def state_dict(self) -> dict:
+        """What a resumed run needs of this hook (JSON-like values); saved in last.pt after every epoch."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """On --resume, before on_fit_start: what state_dict returned when last.pt was written."""
+
+    def results(self, trainer) -> dict:
+        """This hook's keys in results.json, at any ending (completed, interrupted, stopped)."""
+        return {}
+
     def on_fit_start(self, trainer) -> None:
         """Before the first epoch of this fit (a resumed run starts here too, with its state restored)."""
 

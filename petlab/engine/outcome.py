@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from petlab import rundir
+from petlab.monitor import VAL_ACCURACY
 
 EXIT_INTERRUPTED = 130  # what a shell reports for Ctrl-C
 
@@ -59,27 +60,21 @@ def write_results(run, trainer, status: str, reason: str | None = None, final: d
         "epochs_completed": state.epoch,
         "best_epoch": state.best_epoch if state.best_epoch >= 0 else None,
         # NaN (a refit has no val) becomes null
-        "best_val_accuracy": None if state.best_epoch <= 0 or math.isnan(state.best_val_accuracy)
-        else state.best_val_accuracy,
+        "best_val_accuracy": None if state.best_epoch <= 0 or math.isnan(state.best.get(VAL_ACCURACY, math.nan))
+        else state.best[VAL_ACCURACY],
         "epoch0": state.initial or None,
         "tta": run.cfg.train.tta,
         "stopped_by": state.stopped_by,
-        "compile_seconds": state.compile_seconds if run.cfg.train.compile else None,
-        "time_budget": {"budget_s": trainer.budget.seconds, "used_s": state.budget_used_s,
-                        "reached": state.stopped_by == "time_budget", "epochs_completed": state.epoch,
-                        "reserved_s": trainer.budget.reserve,  # kept for the last validation pass
-                        "trained_images": round(sum(r["images_per_second"] * r["train_seconds"]
-                                                    for r in state.history))}
-        if trainer.budget is not None else None,
         "val": final.get("val"),
         "test": final.get("test"),
-        "diagnostics": state.events,
+        **trainer.hook_results(),  # each mechanism's own part: time_budget, compile_seconds, diagnostics, ...
         "wall_time_s": time.perf_counter() - run.started,
     }
     if not run.is_main:
         return RunOutcome(status, run.run_dir)
-    if results["time_budget"]:
-        run.tracker.log_others({f"time_budget.{k}": v for k, v in results["time_budget"].items()})
+    for key, part in trainer.hook_results().items():  # a hook's record (the time budget's) as Comet's others too
+        if isinstance(part, dict):
+            run.tracker.log_others({f"{key}.{k}": v for k, v in part.items()})
     run.tracker.log_others({"status": status, "epochs_completed": state.epoch, "wall_time_s": results["wall_time_s"],
                             **({"best_epoch": results["best_epoch"]} if status == "completed" else {})})
     run.tracker.end()  # the offline archive's name is known once tracking ends

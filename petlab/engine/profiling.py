@@ -95,11 +95,21 @@ def torch_trace(out_dir: Path, steps: int, enabled: bool):
 
 
 class CompileTimer(Hook):
-    """--compile: the step that compiles is timed into the state's compile_seconds and left out of the epoch's
-    training time (so images_per_second is the compiled model's)."""
+    """--compile: the step that compiles is timed into results.json's compile_seconds and left out of the
+    epoch's training time (so images_per_second is the compiled model's)."""
 
     def __init__(self):
         self.compiling, self.started = False, None
+        self.seconds = 0.0  # every compiling step's time, across resumes
+
+    def state_dict(self) -> dict:
+        return {"seconds": self.seconds}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.seconds = state["seconds"]
+
+    def results(self, trainer) -> dict:
+        return {"compile_seconds": self.seconds}
 
     def on_train_epoch_start(self, trainer, epoch: int) -> None:
         self.compiling = trainer.trainable.compiles_next_step()
@@ -112,7 +122,7 @@ class CompileTimer(Hook):
             return
         at.loss.item()  # wait for the step, to time it
         seconds, self.started = time.perf_counter() - self.started, None
-        trainer.state.compile_seconds += seconds
+        self.seconds += seconds
         at.profile.exclude(seconds)
 
 

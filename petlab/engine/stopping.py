@@ -17,9 +17,20 @@ class EarlyStopping(Hook):
 
     def __init__(self, patience: int, monitor: Monitor):
         self.patience, self.monitor = patience, monitor
+        self.epochs_without_improvement = 0
+
+    def state_dict(self) -> dict:
+        return {"epochs_without_improvement": self.epochs_without_improvement}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epochs_without_improvement = state["epochs_without_improvement"]
+
+    def on_epoch_trained(self, trainer, row: dict) -> None:
+        improved = trainer.state.best_epoch == row["epoch"]  # the trainer judged it by the same Monitor
+        self.epochs_without_improvement = 0 if improved else self.epochs_without_improvement + 1
 
     def stop_reason(self, trainer) -> str | None:
-        if trainer.state.epochs_without_improvement < self.patience:
+        if self.epochs_without_improvement < self.patience:
             return None
         log.info("early stopping: %s has not improved for %d epochs", self.monitor.metric, self.patience)
         return "early_stopping"

@@ -47,18 +47,24 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TrainState:
+    """What the loop itself knows. Every mechanism's own state (early stopping's patience, the time budget
+    spent, compile time, diagnostics) lives in its hook (Hook.state_dict), saved beside this in last.pt."""
     epoch: int = 0  # epochs completed
-    best_val_accuracy: float = -1.0
-    best_val_loss: float = math.inf
-    best_epoch: int = -1
-    epochs_without_improvement: int = 0
+    history: list[dict] = field(default_factory=list)  # each epoch's metrics row
+    best: dict[str, float] = field(default_factory=dict)  # each metric (monitor.METRICS) at the best epoch
+    best_epoch: int = -1  # by train.monitor; 0: the model as initialised (cross-validation chose no training)
     finished: bool = False  # all epochs done or stopped early: nothing left to resume
-    history: list[dict] = field(default_factory=list)
-    events: list[dict] = field(default_factory=list)  # diagnostics that fired
+    stopped_by: str | None = None  # the reason a stop was asked for ("time_budget", "early_stopping", ...)
     initial: dict = field(default_factory=dict)  # {"val": {...}, "test": {...}} before any training (epoch 0)
-    budget_used_s: float = 0.0  # training time spent, for --time-budget (kept across resumes)
-    compile_seconds: float = 0.0  # --compile: time of the steps that compiled, left out of train_seconds
-    stopped_by: str | None = None  # "time_budget" or "early_stopping" when either ended training
+
+    @classmethod
+    def from_saved(cls, saved: dict) -> TrainState:
+        """A last.pt's state; one written before hooks kept their own (best_val_accuracy and the like) is read
+        as far as it goes, its mechanisms' state starting afresh."""
+        known = {k: v for k, v in saved.items() if k in cls.__dataclass_fields__}
+        if "best" not in saved:
+            known["best"] = {m: saved[f"best_{m}"] for m in METRICS if f"best_{m}" in saved}
+        return cls(**known)
 
 
 class EpochTotals:
@@ -158,8 +164,20 @@ class Trainer:
         return [getattr(hook, event)(self, *args) for hook in self.hooks]
 
     def resume(self, path: Path) -> None:
-        self.state = TrainState(**self.saver.restore(path, self.model, self.step))
+        saved = self.saver.restore(path, self.model, self.step)
+        self.state = TrainState.from_saved(saved["state"])
+        for hook in self.hooks:  # each hook's own state, by its key
+            if hook.key in saved.get("hooks", {}):
+                hook.load_state_dict(saved["hooks"][hook.key])
         log.info("resumed from %s after epoch %d", path, self.state.epoch)
+
+    def hook_states(self) -> dict:
+        """Every stateful hook's state_dict, by its key: what last.pt keeps beside the TrainState."""
+        return {hook.key: state for hook in self.hooks if (state := hook.state_dict())}
+
+    def hook_results(self) -> dict:
+        """Every hook's part of results.json."""
+        return {key: value for hook in self.hooks for key, value in hook.results(self).items()}
 
     # ------------------------------------------------------------------ loops
     def train_epoch(self, epoch: int) -> dict:
@@ -287,16 +305,10 @@ class Trainer:
         """The epoch in the state (history, and best_* where train.monitor says it improved), then every hook's
         on_epoch_trained: the recording hooks, last, write best.pt, last.pt and metrics.csv."""
         s = self.state
-        best = {m: getattr(s, f"best_{m}") for m in METRICS} if s.best_epoch > 0 else {}
         s.epoch = epoch + 1
         s.history.append(row)
-        if self.monitor.improved(row, best):  # train.monitor: what best.pt and early stopping follow
-            for m in METRICS:  # best_val_accuracy, best_val_loss
-                setattr(s, f"best_{m}", row[m])
-            s.best_epoch = epoch + 1
-            s.epochs_without_improvement = 0
-        else:
-            s.epochs_without_improvement += 1
+        if self.monitor.improved(row, s.best if s.best_epoch > 0 else {}):  # train.monitor: what best.pt follows
+            s.best, s.best_epoch = {m: row[m] for m in METRICS}, epoch + 1
         self._call("on_epoch_trained", row)
 
 
