@@ -141,11 +141,10 @@ def test_a_step_level_hook_reads_the_gradient_norm_and_ends_an_epoch_between_ste
             if at.group_end:
                 self.norms.append(at.grad_norm)
 
-        def wants_stop(self, trainer, at):
+        def before_step(self, trainer, at):
             if at.epoch == 1 and at.step == 2:
                 self.stopped_at = (at.epoch, at.step)
-                return True
-            return False
+                trainer.request_stop("norms_read", now=True)
 
     hook = NormsThenStop()
     # 12 training photos a class at batch 8 (val takes none from train here): 3 batches an epoch

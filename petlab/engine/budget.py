@@ -88,8 +88,11 @@ class Budget:
     def horizon(self) -> float:
         """Where the schedule ends: the cut-off, or the end of this epoch's steps when no training can follow
         them (its validation pass will take the epoch past the cut-off). Without the second case, an epoch
-        that ends naturally just short of the cut-off would stop training with the schedule unfinished."""
-        if self.epoch_end is not None and self.epoch_end + self.reserve >= self.cutoff():
+        that ends naturally just short of the cut-off would stop training with the schedule unfinished. Only
+        once a validation pass has been timed: an estimate (from the training steps' speed, before the first
+        pass) that is too long, on a machine whose load changes, ended the schedule an epoch early, and the
+        next epoch then trained at a learning rate risen from near 0."""
+        if self.reserve_measured and self.epoch_end is not None and self.epoch_end + self.reserve >= self.cutoff():
             return min(self.cutoff(), self.epoch_end)
         return self.cutoff()
 
@@ -124,14 +127,22 @@ class BudgetHook(Hook):
             "epochs_completed": state.epoch, "reserved_s": self.budget.reserve,  # kept for the last validation
             "trained_images": round(sum(r["images_per_second"] * r["train_seconds"] for r in state.history))}}
 
+    def _stop_if_spent(self, trainer, now: bool = False) -> None:
+        if self.budget.spent():
+            if not now:
+                log.info("time budget reached: %.1f s of %.0f s used, %d epochs", self.budget.used(),
+                         self.budget.seconds, trainer.state.epoch)
+            trainer.request_stop("time_budget", now=now)
+
     def on_fit_start(self, trainer) -> None:
         self.budget.used_before = self.used_s  # only what is left of the budget
         self.budget.start()
+        self._stop_if_spent(trainer)  # a resumed run whose budget is spent trains no more
 
-    def wants_stop(self, trainer, at: BatchAt) -> bool:
+    def before_step(self, trainer, at: BatchAt) -> None:
         if at.seen:
             self.budget.estimate_reserve(at.profile.elapsed() / at.seen, self.val_images)
-        return self.budget.spent()
+        self._stop_if_spent(trainer, now=True)
 
     def on_batch_start(self, trainer, at: BatchAt) -> None:
         # where this epoch's steps will end, at this epoch's rate so far: the schedule's horizon
@@ -143,9 +154,5 @@ class BudgetHook(Hook):
     def on_epoch_trained(self, trainer, row: dict) -> None:
         self.used_s = self.budget.used()
 
-    def stop_reason(self, trainer) -> str | None:
-        if not self.budget.spent():
-            return None
-        log.info("time budget reached: %.1f s of %.0f s used, %d epochs", self.budget.used(), self.budget.seconds,
-                 trainer.state.epoch)
-        return "time_budget"
+    def on_epoch_end(self, trainer, row: dict) -> None:
+        self._stop_if_spent(trainer)  # checked last, once the epoch is written: no epoch starts past the cut-off

@@ -9,7 +9,10 @@ every hook in that order:
             if row["epoch"] >= 3:
                 trainer.request_stop("stop_at_epoch_3")     # results.json: "stopped_by": "stop_at_epoch_3"
     run_experiment(cfg, hooks=[StopAtEpoch()])
-A hook that raises StopRun ends the run with that status (a sweep's pruning does so). Cross-validation keeps
+One way to stop training, from any event: trainer.request_stop(reason), after this epoch, or with now=True
+at the next optimizer step (before_step); `reason` is results.json's stopped_by and the first asked is kept.
+A hook that raises StopRun ends the run itself, with that status (a sweep's pruning does so); a signal ends
+it as interrupted (signals.py). Cross-validation keeps
 its held-out predictions with on_validation_end, and the learning-rate range test is a hook too.
 
 A hook owns its state, as lightning's Callback does: `state_dict()` is saved in last.pt under its `state_key`
@@ -87,10 +90,9 @@ class Hook:
     def on_train_epoch_start(self, trainer, epoch: int) -> None:
         """Before an epoch's first training batch."""
 
-    def wants_stop(self, trainer, at: BatchAt) -> bool:
-        """Asked between optimizer steps (under torchrun only at logged ones, every rank at the same step):
-        True ends this epoch's training here, once any rank's hook says so."""
-        return False
+    def before_step(self, trainer, at: BatchAt) -> None:
+        """Between optimizer steps (under torchrun only at logged ones, every rank at the same step), where
+        trainer.request_stop(reason, now=True) ends this epoch's training, once any rank asked."""
 
     def on_batch_start(self, trainer, at: BatchAt) -> None:
         """Before a batch's forward pass."""
@@ -113,14 +115,9 @@ class Hook:
         say whether it is the best so far), inside the write that a signal may not cut short. The recording
         hooks come last, so what an earlier hook adds to the state is saved in last.pt with it."""
 
-    def stop_reason(self, trainer) -> str | None:
-        """Asked after each epoch is recorded, and before each epoch starts: a reason (results.json's
-        stopped_by) ends training."""
-        return None
-
     def on_epoch_end(self, trainer, row: dict) -> None:
         """After an epoch is trained, validated and recorded (best.pt, last.pt, metrics.csv written); `row` is
-        its metrics.csv row. trainer.request_stop(reason) ends training after this epoch."""
+        its metrics.csv row."""
 
     def on_fit_end(self, trainer) -> None:
         """After the last epoch of a fit that ran to its end (not after a stop by exception), trainer.state.finished

@@ -48,8 +48,9 @@ class RangeTest(Hook):
     def done(self) -> bool:
         return self.diverged or len(self.lrs) >= self.steps
 
-    def wants_stop(self, trainer, at: BatchAt) -> bool:
-        return self.done
+    def before_step(self, trainer, at: BatchAt) -> None:
+        if self.done:
+            trainer.request_stop("lr_range_test", now=True)
 
     def on_batch_end(self, trainer, at: BatchAt) -> None:
         value = at.loss.item()
@@ -61,8 +62,6 @@ class RangeTest(Hook):
             log.info("lr range test: the loss diverged at lr %.2e (step %d)", at.lr, len(self.lrs) - 1)
             self.diverged = True
 
-    def stop_reason(self, trainer) -> str | None:
-        return "lr_range_test" if self.done else None
 
 
 def find_lr(run: RunContext, start_lr: float = 1e-7, end_lr: float = 10.0, steps: int = 200) -> dict:

@@ -70,10 +70,9 @@ class SignalStop(Hook):
     """Ctrl-C or SIGTERM that the flag only recorded (under torchrun, or during a write): the run ends at the next
     step every rank agrees on, or after the epoch is recorded. trainer.stop_flag is the fit's StopFlag."""
 
-    def wants_stop(self, trainer, at: BatchAt) -> bool:
+    def before_step(self, trainer, at: BatchAt) -> None:
         if trainer.dist.any(trainer.stop_flag.requested):  # a collective: every rank asks at the same step
             raise Interrupted
-        return False
 
     def on_epoch_end(self, trainer, row: dict) -> None:
         if trainer.stop_flag.requested:

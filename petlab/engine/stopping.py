@@ -28,9 +28,6 @@ class EarlyStopping(Hook):
     def on_epoch_trained(self, trainer, row: dict) -> None:
         improved = trainer.state.best_epoch == row["epoch"]  # the trainer judged it by the same Monitor
         self.epochs_without_improvement = 0 if improved else self.epochs_without_improvement + 1
-
-    def stop_reason(self, trainer) -> str | None:
-        if self.epochs_without_improvement < self.patience:
-            return None
-        log.info("early stopping: %s has not improved for %d epochs", self.monitor.metric, self.patience)
-        return "early_stopping"
+        if self.epochs_without_improvement >= self.patience:
+            log.info("early stopping: %s has not improved for %d epochs", self.monitor.metric, self.patience)
+            trainer.request_stop("early_stopping")

@@ -113,7 +113,7 @@ class Trainer:
         self.run_dir, self.classes = run_dir, classes
         self.dist = dist or Distributed()
         self.tracker = tracker or Tracker()
-        self._stop_requested: str | None = None
+        self._stop: tuple[str, bool] | None = None  # (reason, now): request_stop's, the first asked
         self.stop_flag = StopFlag()  # fit() sets the one in force
         self.trainable = trainable or Trainable(model, cfg.model, device, features=features, dist=self.dist,
                                                 channels_last=cfg.train.channels_last, compile=cfg.train.compile)
@@ -191,9 +191,10 @@ class Trainer:
                 at = self._batch_at(epoch, step, totals, profile)
                 # a hook may end the epoch between optimizer steps (the budget, a signal), every rank at the same
                 # step: agreeing across processes is a collective, so under torchrun only at logged steps
-                if at.group_start and (not self.dist.enabled or at.logged_group) and \
-                        self.dist.any(any(self._call("wants_stop", at))):
-                    break
+                if at.group_start and (not self.dist.enabled or at.logged_group):
+                    self._call("before_step", at)
+                    if self.dist.any(self._stop is not None and self._stop[1]):
+                        break
                 self._call("on_batch_start", at)
                 if at.group_start:
                     self.step.zero_grad()
@@ -244,7 +245,7 @@ class Trainer:
         last_epoch = until_epoch if until_epoch is not None else \
             (sys.maxsize if self.budget is not None else self.cfg.train.epochs)
         with nullcontext(stop) if stop is not None else StopFlag(immediate=not self.dist.enabled) as stop:
-            self.stop_flag = stop
+            self.stop_flag, self._stop = stop, None
             self._call("on_fit_start")
             for epoch in range(self.state.epoch, last_epoch):
                 if self._should_stop():  # a resumed run whose budget is spent
@@ -292,14 +293,19 @@ class Trainer:
             **train,  # images_per_second is training throughput only, plus the epoch's profile
         }
 
-    def request_stop(self, reason: str) -> None:
-        """End training after the current epoch (a hook's way to stop it); `reason` is results.json's stopped_by."""
-        self._stop_requested = reason
+    def request_stop(self, reason: str, now: bool = False) -> None:
+        """The one way to stop training (early stopping, the time budget, a hook of a run's own): after the
+        current epoch, or with now=True at the next optimizer step (between steps; under torchrun at the next
+        one every rank checks). `reason` is results.json's stopped_by; the first request is the one kept."""
+        if self._stop is None:
+            self._stop = (reason, now)
+        elif now and not self._stop[1]:
+            self._stop = (self._stop[0], True)
 
     def _should_stop(self) -> bool:
-        """A hook's request or reason (early stopping, the time budget spent); says which in the state."""
-        self.state.stopped_by = self._stop_requested or next(filter(None, self._call("stop_reason")), None)
-        return self.state.stopped_by is not None
+        """Whether a stop was asked for; says why in the state."""
+        self.state.stopped_by = self._stop[0] if self._stop is not None else None
+        return self._stop is not None
 
     def _record(self, epoch: int, row: dict) -> None:
         """The epoch in the state (history, and best_* where train.monitor says it improved), then every hook's
