@@ -11,7 +11,7 @@ from pathlib import Path
 
 from petlab.paths import registry_root, relative_to_root, runs_root
 from petlab.registry import Registry
-from petlab.reports.runs import find_local_runs
+from petlab.reports.runs import find_local_runs, ranking_monitor
 
 
 def shown(path) -> str:
@@ -44,7 +44,8 @@ def main(argv=None) -> int:
         return 2
     lines = [f"\n== petlab: {len(records)} {args.task} runs in {shown(args.runs)} =="]
     archives = []
-    for r in sorted(records, key=lambda r: r.results["val"]["accuracy"], reverse=True):
+    ranking = ranking_monitor(records)  # train.monitor, as the leaderboard and promotion rank
+    for r in sorted(records, key=lambda r: ranking.sort_key(r.metrics("val").get(ranking.key, ranking.worst()))):
         res = r.results
         budget = res.get("time_budget")
         note = f", budget {budget['budget_s']:.0f} s, {res['epochs_completed']} epoch(s)" if budget else ""

@@ -19,7 +19,7 @@ import yaml
 
 from petlab.errors import ConfigError
 from petlab.monitor import DEFAULT as DEFAULT_MONITOR
-from petlab.monitor import METRICS as MONITORED
+from petlab.monitor import metric_names
 from petlab.names import AUDIT_KINDS, SPECIES
 
 TASKS = ("cats_vs_dogs", "breeds")
@@ -185,7 +185,7 @@ class TrainConfig(_Section):
                                 "(torch.utils.data.WeightedRandomSampler)")
     early_stopping_patience: int | None = setting(None, check=POSITIVE, flag=True,
                                                   help="epochs without improvement of train.monitor; default off")
-    monitor: str = setting(DEFAULT_MONITOR, choices=tuple(MONITORED), flag=True,
+    monitor: str = setting(DEFAULT_MONITOR, choices=metric_names, flag=True,
                            help="the validation metric that decides what is best: best.pt, early stopping, a "
                                 "sweep's objective and promotion follow it (petlab/monitor.py)")
     precision: str = setting("auto", choices=PRECISIONS, flag=True,

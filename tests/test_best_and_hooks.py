@@ -100,6 +100,48 @@ def test_train_monitor_val_loss_decides_best_pt_early_stopping_the_sweep_and_pro
         load_sweep(sweep_file)
 
 
+def test_a_metric_added_here_is_monitored_end_to_end(data, tmp_path):
+    """A metric is one entry in monitor.METRICS: this one, registered here and nowhere in petlab, is computed
+    each epoch, written to metrics.csv, chooses best.pt, survives an interruption and a resume, is a sweep's
+    objective, and ranks the leaderboard, the summary and the promotion."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    from petlab.engine.hooks import Hook
+    from petlab.engine.outcome import Interrupted
+    from petlab.monitor import METRICS, VAL_LOSS, Metric, register
+
+    name = "val_balanced_accuracy"
+    register(Metric(name, "max", lambda t, p, loss: float(balanced_accuracy_score(t, p.argmax(1))),
+                    "balanced_accuracy", tie_breaker=VAL_LOSS))
+    try:
+        class InterruptAfterEpoch2(Hook):
+            def on_epoch_end(self, trainer, row):
+                if row["epoch"] == 2:
+                    raise Interrupted("as Ctrl-C would")
+
+        cfg = Recipe(TINY).on(data).shrink({"train.monitor": name, "train.epochs": 4, "train.lr": 0.05,
+                                            "tracking.backend": "none"}).config(output_dir=str(tmp_path / "runs"))
+        assert run_experiment(cfg, hooks=[InterruptAfterEpoch2()]).status == "interrupted"
+        (run_dir,) = (tmp_path / "runs").iterdir()
+        outcome = run_experiment(resume=run_dir)
+        rows = history(outcome.run_dir)
+        assert outcome.exit_code == 0 and len(rows) == 4 and all(name in row for row in rows)
+        best_epoch, _ = replay(rows, Monitor(name), patience=99)
+        assert outcome.results["best_epoch"] == best_epoch  # best.pt by the new metric, across the resume
+        record = read_local_run(outcome.run_dir)
+        assert record.monitor == Monitor(name) and chosen_metric(None, [record]) == name
+        assert select_best([record], name)[1] == record.results["val"]["balanced_accuracy"]
+        board = leaderboard([record])
+        assert board.loc[0, f"best_{name}"] == record.results["val"]["balanced_accuracy"]
+        base = tmp_path / "base.yaml"
+        base.write_text(yaml.safe_dump({"name": "tiny", "task": "cats_vs_dogs", **Recipe(TINY).shrink(
+            {**HEAD_ONLY, "train.monitor": name}).yaml()}))
+        sweep = grid_sweep(base, {"seed": {"type": "grid", "values": [0, 1]}})
+        assert (sweep.metric, sweep.direction) == (name, "maximize")
+    finally:
+        METRICS.pop(name)
+
+
 def test_a_hook_defined_here_changes_the_training_without_an_edit_of_the_engine(data, tmp_path):
     """A new mechanism joins the loop as a hook (petlab/engine/hooks.py): this one stops after epoch 1 of 4."""
     from petlab.engine.hooks import Hook

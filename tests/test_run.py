@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from petlab.engine.epoch_log import METRIC_COLUMNS
+from petlab.engine.epoch_log import metric_columns
 from tests.imaging import make_imagefolder, write_bad_files
 from tests.runs import REPO, only_run_dir, read_metrics, script
 
@@ -27,7 +27,7 @@ def test_smoke_run_on_real_photos_writes_every_file(real_runs):
         assert (run_dir / name).is_file(), name
     assert "Total params: 2,668,418" in (run_dir / "model_summary.txt").read_text()
     rows = read_metrics(run_dir)
-    assert len(rows) == 1 and list(rows[0]) == METRIC_COLUMNS
+    assert len(rows) == 1 and list(rows[0]) == metric_columns()
     assert 0 <= float(rows[0]["data_wait_fraction"]) < 1 and float(rows[0]["peak_rss_mb"]) > 100
     results = json.loads((run_dir / "results.json").read_text())
     assert results["status"] == "completed" and results["classes"] == ["cat", "dog"]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from petlab.engine.hooks import BatchAt, Hook
 from petlab.fileio import write_csv
+from petlab.monitor import METRICS as METRIC_TABLE
 from petlab.monitor import VAL_ACCURACY, VAL_LOSS
 from petlab.progress import progress
 from petlab.rundir import METRICS
@@ -16,15 +17,19 @@ from petlab.tracking import Tracker
 
 log = logging.getLogger("petlab.engine.trainer")  # cross-validation quietens this logger for its folds
 
-METRIC_COLUMNS = ["epoch", "train_loss", "train_accuracy", VAL_LOSS, VAL_ACCURACY, "lr",
-                  "epoch_seconds", "images_per_second", "train_seconds", "data_seconds", "compute_seconds",
-                  "data_wait_fraction", "cpu_utilisation", "peak_rss_mb"]
+PROFILE_COLUMNS = ["epoch_seconds", "images_per_second", "train_seconds", "data_seconds", "compute_seconds",
+                   "data_wait_fraction", "cpu_utilisation", "peak_rss_mb"]
+
+
+def metric_columns() -> list[str]:
+    """metrics.csv's columns: the training figures, every validation metric of monitor.METRICS, the profile."""
+    return ["epoch", "train_loss", "train_accuracy", *METRIC_TABLE, "lr", *PROFILE_COLUMNS]
 
 
 def write_metrics_csv(path: Path, history: list[dict], initial: dict | None = None) -> None:
     """One row per epoch; with `initial`, an epoch-0 row first: val and test before any training."""
-    columns = METRIC_COLUMNS + (["test_loss", "test_accuracy"] if initial else [])
-    rows = [{k: row[k] for k in METRIC_COLUMNS} for row in history]
+    columns = metric_columns() + (["test_loss", "test_accuracy"] if initial else [])
+    rows = [{k: row[k] for k in metric_columns()} for row in history]
     if initial:
         rows.insert(0, {"epoch": 0, **{f"{split}_{m}": initial[split][m] for split in initial
                                         for m in ("loss", "accuracy")}})

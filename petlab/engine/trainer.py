@@ -39,7 +39,7 @@ from petlab.engine.stopping import EarlyStopping
 from petlab.engine.trainable import Trainable
 from petlab.errors import ConfigError
 from petlab.export.onnx import CheckedOnnx
-from petlab.monitor import METRICS, VAL_ACCURACY, VAL_LOSS, Monitor
+from petlab.monitor import METRICS, Monitor, validation_metrics
 from petlab.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -286,8 +286,7 @@ class Trainer:
             "epoch": epoch + 1,
             "train_loss": train.pop("train_loss"),
             "train_accuracy": train.pop("train_accuracy"),
-            VAL_LOSS: val_loss,
-            VAL_ACCURACY: float((targets == probs.argmax(1)).mean()) if len(targets) else math.nan,
+            **validation_metrics(targets, probs, val_loss),  # every metric of monitor.METRICS, by name
             "lr": self.step.lr,
             "epoch_seconds": time.perf_counter() - start,
             **train,  # images_per_second is training throughput only, plus the epoch's profile

@@ -14,7 +14,7 @@ import yaml
 from petlab import rundir
 from petlab.config import dotted_to_nested
 from petlab.monitor import DEFAULT as DEFAULT_MONITOR
-from petlab.monitor import Monitor
+from petlab.monitor import METRICS, Monitor
 from petlab.tracking.comet import experiment_summaries
 
 log = logging.getLogger(__name__)
@@ -149,8 +149,8 @@ def leaderboard(records: list[RunRecord]) -> pd.DataFrame:
             "epochs": r.results.get("epochs_completed"),
             "wall_time_s": r.results.get("wall_time_s"),
             "monitor": r.monitor.metric,
-            "best_val_accuracy": r.results["val"]["accuracy"],  # of the best checkpoint by its monitor
-            "best_val_loss": r.metrics("val").get("loss"),
+            # every metric of the table, of the best checkpoint by its monitor: best_val_accuracy, best_val_loss, ...
+            **{f"best_{name}": r.metrics("val").get(metric.results_key) for name, metric in METRICS.items()},
             "test_accuracy": r.metrics("test").get("accuracy"),
             "test_top5_accuracy": r.metrics("test").get("top5_accuracy"),
             "test_balanced_accuracy": r.metrics("test").get("balanced_accuracy"),
@@ -160,7 +160,7 @@ def leaderboard(records: list[RunRecord]) -> pd.DataFrame:
             "source": r.source,
         })
     columns = ["run", "task", "arch", "pretrained", "params", "epochs", "wall_time_s", "monitor",
-               "best_val_accuracy", "best_val_loss", "test_accuracy", "test_top5_accuracy", "test_balanced_accuracy",
+               *(f"best_{name}" for name in METRICS), "test_accuracy", "test_top5_accuracy", "test_balanced_accuracy",
                "test_copies_in_train", "tags", "source"]
     table = pd.DataFrame(rows, columns=columns)
     ranking = ranking_monitor(records)
