@@ -31,6 +31,7 @@ from petlab.data.transforms import Preprocessing
 from petlab.errors import MissingFileError, UnsafeFileError
 from petlab.fileio import atomic_write, write_json
 from petlab.models import rebuild_trained
+from petlab.records import checked_results
 
 CONFIG, RESULTS, PREDICTIONS, METRICS, CV = "config.yaml", "results.json", "predictions.npz", "metrics.csv", "cv.json"
 
@@ -53,15 +54,19 @@ def write_config(run_dir: Path, cfg: Config, note: str = "") -> Path:
 
 
 def read_results(run_dir: Path) -> dict:
-    """results.json; {} when there is none yet, or it cannot be read (a run killed before writing it)."""
+    """results.json, checked against its schema (records.py: a RecordError says what is wrong); {} when there
+    is none yet, or it cannot be read (a run killed before writing it)."""
+    path = Path(run_dir) / RESULTS
     try:
-        return json.loads((Path(run_dir) / RESULTS).read_text())
+        data = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
+    return checked_results(data, path)
 
 
 def write_results(run_dir: Path, results: dict) -> Path:
-    return write_json(Path(run_dir) / RESULTS, results)
+    path = Path(run_dir) / RESULTS
+    return write_json(path, checked_results(results, path))
 
 
 def write_predictions(run_dir: Path, classes: list[str], splits: dict[str, tuple[list[str], np.ndarray, np.ndarray]]

@@ -24,6 +24,7 @@ from petlab.errors import PromotionError, RegistryError
 from petlab.fileio import atomic_write, file_lock, pid_alive
 from petlab.names import model_name
 from petlab.paths import registry_root
+from petlab.records import checked_card
 
 # The statuses Comet's model registry uses, lower-cased.
 STATUSES = ("none", "staging", "production", "archived")
@@ -68,7 +69,7 @@ class Registry:
         raise RegistryError(f"{task} has no version {version} in {self.root} (versions: {known or 'none'})")
 
     def card(self, task: str, version: int) -> dict:
-        card = json.loads((self.version_dir(task, version) / "card.json").read_text())
+        card = read_card(self.version_dir(task, version))
         card["status"] = self.entry(task, version)["status"]  # the index is the truth
         return card
 
@@ -150,14 +151,14 @@ class Registry:
         self._commit(task, index)
         for entry in changed:  # cards mirror the index (rewritten after it, so a crash leaves the truth)
             folder = self.version_dir(task, entry["version"])
-            card = json.loads((folder / "card.json").read_text())
+            card = read_card(folder)
             write_card(folder, {**card, "status": entry["status"]})
 
     def annotate(self, task: str, version: int, **fields) -> None:
         """Add fields to a version's card (e.g. its Comet registration, known only after it is added)."""
         with self._locked():
             folder = self.version_dir(task, version)
-            card = json.loads((folder / "card.json").read_text())
+            card = read_card(folder)
             write_card(folder, {**card, **fields, "status": self.entry(task, version)["status"]})
 
     def _commit(self, task: str, index: dict) -> None:
@@ -173,10 +174,17 @@ def _check_status(status: str) -> None:
         raise RegistryError(f"unknown status {status!r}; one of {STATUSES}")
 
 
+def read_card(folder: Path) -> dict:
+    """A version's card.json, checked against its schema (records.py)."""
+    path = Path(folder) / "card.json"
+    return checked_card(json.loads(path.read_text()), path)
+
+
 def write_card(folder: Path, card: dict) -> None:
-    """card.json, and the same as card.md and as Hugging Face's README.md."""
+    """card.json (checked against its schema first), and the same as card.md and as Hugging Face's README.md."""
     from petlab.registry.card import HF_CARD, card_markdown, hugging_face_card
 
+    card = checked_card(card, Path(folder) / "card.json")
     atomic_write(folder / "card.json", json.dumps(card, indent=2) + "\n")
     atomic_write(folder / "card.md", card_markdown(card))
     atomic_write(folder / HF_CARD, hugging_face_card(card))

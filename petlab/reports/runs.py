@@ -15,6 +15,7 @@ from petlab import rundir
 from petlab.config import dotted_to_nested
 from petlab.monitor import DEFAULT as DEFAULT_MONITOR
 from petlab.monitor import METRICS, Monitor
+from petlab.records import RecordError, checked_results
 from petlab.tracking.comet import experiment_summaries
 
 log = logging.getLogger(__name__)
@@ -63,10 +64,10 @@ def read_local_run(run_dir: Path) -> RunRecord | None:
     cannot be read (damaged, unreadable, not what petlab writes) is skipped with a warning that says why, so
     one bad folder never stops a comparison or a promotion over the others."""
     try:
-        results = json.loads((run_dir / rundir.RESULTS).read_text())
+        results = checked_results(json.loads((run_dir / rundir.RESULTS).read_text()), run_dir / rundir.RESULTS)
         config = yaml.safe_load((run_dir / rundir.CONFIG).read_text())
-        if not isinstance(results, dict) or not isinstance(config, dict):
-            raise ValueError(f"{rundir.RESULTS} and {rundir.CONFIG} must each hold a mapping")
+        if not isinstance(config, dict):
+            raise ValueError(f"{rundir.CONFIG} must hold a mapping")
         if results.get("status") != "completed":
             log.info("skipping %s: status %s", run_dir, results.get("status"))
             return None
@@ -75,7 +76,7 @@ def read_local_run(run_dir: Path) -> RunRecord | None:
         started = results.get("started_at")
         started = datetime.fromisoformat(started) if started else datetime.fromtimestamp(
             (run_dir / rundir.CONFIG).stat().st_mtime)
-    except (OSError, ValueError, TypeError, yaml.YAMLError, pd.errors.ParserError) as exc:
+    except (OSError, ValueError, TypeError, RecordError, yaml.YAMLError, pd.errors.ParserError) as exc:
         log.warning("skipping %s: it cannot be read (%s: %s)", run_dir, type(exc).__name__, str(exc)[:200])
         return None
     return RunRecord(run_dir.name, config, results, history, started, path=run_dir)
