@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 class InProcessOnlyPopen(subprocess.Popen):
     """subprocess.Popen while a test without a process mark runs (conftest.py puts it in place for that test
-    alone): it refuses petlab's own processes (a script, a server, torchrun), so `make test-fast` stays in
+    alone): it refuses petlab's own processes (a script, a server, torchrun), so the fast tier (bare `pytest`) stays in
     process however a test starts its child. What decides is who asks (`started_by_petlab`): a library's
     internal child, such as inductor's probe of the CPU on a machine's first compile, is not refused, and
     neither are other programs (git, lscpu, mount)."""
@@ -22,7 +22,7 @@ class InProcessOnlyPopen(subprocess.Popen):
         argv = [args] if isinstance(args, str | os.PathLike) else list(args)
         if starts_python(argv) and started_by_petlab():
             raise AssertionError(f"this test starts {' '.join(map(str, argv[:3]))}: mark it slow (or browser, "
-                                 "postgres, distributed), so that `make test-fast` stays in process")
+                                 "postgres, distributed), so that the fast tier (bare `pytest`) stays in process")
         super().__init__(args, *rest, **kw)
 
 

@@ -111,9 +111,9 @@ class Hook:
         """After an epoch's validation pass: its predictions, loss and time."""
 
     def on_epoch_trained(self, trainer, row: dict) -> None:
-        """After an epoch is trained, validated and added to trainer.state.history (its best_* fields already
-        say whether it is the best so far), inside the write that a signal may not cut short. The recording
-        hooks come last, so what an earlier hook adds to the state is saved in last.pt with it."""
+        """After an epoch is trained, validated and added to trainer.state.history (its best and best_epoch
+        already say whether it is the best so far), inside the write that a signal may not cut short. The
+        recording hooks come last, so what a hook keeps (its state_dict) is saved in last.pt with it."""
 
     def on_epoch_end(self, trainer, row: dict) -> None:
         """After an epoch is trained, validated and recorded (best.pt, last.pt, metrics.csv written); `row` is

@@ -307,8 +307,8 @@ class Trainer:
         return self._stop is not None
 
     def _record(self, epoch: int, row: dict) -> None:
-        """The epoch in the state (history, and best_* where train.monitor says it improved), then every hook's
-        on_epoch_trained: the recording hooks, last, write best.pt, last.pt and metrics.csv."""
+        """The epoch in the state (history, and best and best_epoch where train.monitor says it improved), then
+        every hook's on_epoch_trained: the recording hooks, last, write best.pt, last.pt and metrics.csv."""
         s = self.state
         s.epoch = epoch + 1
         s.history.append(row)
