@@ -13,7 +13,8 @@ RESULTS = {"status": "completed", "reason": None, "epochs_completed": 3, "best_e
            "wall_time_s": 12.5, "diagnostics": [], "time_budget": {"used_s": 10.0}}
 CARD = {"name": "petlab-cats-vs-dogs", "task": "cats_vs_dogs", "version": 1, "status": "production",
         "arch": "efficientnet_lite0", "created_at": "2026-12-08T01:00:00+00:00", "source_run": "run",
-        "selected_by": {"metric": "val_accuracy", "value": 0.99}, "classes": ["cat", "dog"], "preprocessing": {"image_size": 224},
+        "selected_by": {"metric": "val_accuracy", "value": 0.99}, "classes": ["cat", "dog"],
+        "preprocessing": {"image_size": 224},
         "files": {"model.onnx": "sha256:0"}, "metrics": {"val": {"accuracy": 0.99}, "test": None},
         "answers": {"served": {"logits": "model.onnx"}}}
 
