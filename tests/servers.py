@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import http.server
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -73,31 +75,39 @@ def route_table(routes, prefix: str = "") -> set[tuple[str, str]]:
     return table
 
 
+class QuietHandler(http.server.BaseHTTPRequestHandler):
+    """A test server's request handler: it writes no access log."""
+
+    def log_message(self, *args):
+        pass
+
+
+@contextlib.contextmanager
+def local_server(handler: type[http.server.BaseHTTPRequestHandler]):
+    """A real HTTP server for `handler` on 127.0.0.1 at a free port, in a thread; yields its base URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+
+
 @contextlib.contextmanager
 def recording_http_server(body: bytes = b""):
     """A real HTTP server on 127.0.0.1 that answers every GET with `body` and records the paths it was asked
     for: whether a server under test fetched a URL. Yields (its base URL, the list of paths)."""
-    import http.server
-    import threading
-
     fetched: list[str] = []
 
-    class Recorder(http.server.BaseHTTPRequestHandler):
+    class Recorder(QuietHandler):
         def do_GET(self):  # noqa: N802 - http.server's name
             fetched.append(self.path)
             self.send_response(200)
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", fetched
-    finally:
-        server.shutdown()
+    with local_server(Recorder) as url:
+        yield url, fetched
 
 
 @contextlib.contextmanager
@@ -107,16 +117,14 @@ def comet_stub_server():
     one) answers 400 "not found" (comet_ml's NO_WRITE_ACCESS_TO_EXPERIMENT) for an experiment not created
     yet; every other call is accepted. Yields (the URL for COMET_URL_OVERRIDE, the log of ("create"|"get",
     key) and (method, path))."""
-    import http.server
     import json
-    import threading
 
     created, log = set(), []
     accepted = {"is_alive_beat_duration_millis": 60000, "gpu_monitor_interval_millis": 60000,
                 "cpu_monitor_interval_millis": 60000, "parameter_update_interval_millis": 60000,
                 "msg": "ok", "code": 200, "version": "9.0.0"}
 
-    class Comet(http.server.BaseHTTPRequestHandler):
+    class Comet(QuietHandler):
         def answer(self, status: int, body: dict):
             data = json.dumps(body).encode()
             self.send_response(status)
@@ -148,12 +156,5 @@ def comet_stub_server():
             log.append(("GET", self.path.split("?")[0]))
             return self.answer(200, accepted)
 
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Comet)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/clientlib/", log
-    finally:
-        server.shutdown()
+    with local_server(Comet) as url:
+        yield f"{url}/clientlib/", log

@@ -274,11 +274,11 @@ def test_an_unreadable_run_is_skipped_with_its_reason_and_the_others_still_compe
         (folder / "results.json").write_text(results)
         (folder / "config.yaml").write_text(config)
 
-    done = '"status": "completed", "epochs_completed": 1, "wall_time_s": 1.0'  # what results.json's schema needs
-    run("good", '{%s, "val": {"accuracy": 0.9}}' % done)
+    done = {"status": "completed", "epochs_completed": 1, "wall_time_s": 1.0}  # what results.json's schema needs
+    run("good", json.dumps({**done, "val": {"accuracy": 0.9}}))
     run("a-list", "[1, 2]")
-    run("bad-date", '{%s, "started_at": "yesterday", "val": {"accuracy": 0.95}}' % done)
-    run("bad-config", '{%s}' % done, config="[unclosed")
+    run("bad-date", json.dumps({**done, "started_at": "yesterday", "val": {"accuracy": 0.95}}))
+    run("bad-config", json.dumps(done), config="[unclosed")
     run("no-schema", '{"status": "completed", "val": {"accuracy": 0.99}}')  # no epochs_completed, no wall time
     with caplog.at_level(logging.WARNING):
         records = candidate_runs("cats_vs_dogs", tmp_path)

@@ -28,8 +28,9 @@ def metric_columns() -> list[str]:
 
 def write_metrics_csv(path: Path, history: list[dict], initial: dict | None = None) -> None:
     """One row per epoch; with `initial`, an epoch-0 row first: val and test before any training."""
-    columns = metric_columns() + (["test_loss", "test_accuracy"] if initial else [])
-    rows = [{k: row[k] for k in metric_columns()} for row in history]
+    per_epoch = metric_columns()
+    columns = per_epoch + (["test_loss", "test_accuracy"] if initial else [])
+    rows = [{k: row[k] for k in per_epoch} for row in history]
     if initial:
         rows.insert(0, {"epoch": 0, **{f"{split}_{m}": initial[split][m] for split in initial
                                         for m in ("loss", "accuracy")}})

@@ -52,7 +52,7 @@ def write_results(run, trainer, status: str, reason: str | None = None, final: d
 
     run: the RunContext; trainer: its Trainer (its state holds the epochs, the best one, diagnostics);
     final: {"val": metrics, "test": metrics} of the best checkpoint (completed runs only)."""
-    state, final = trainer.state, final or {}
+    state, final, hooks = trainer.state, final or {}, trainer.hook_results()
     results = {
         **(extra or {}),
         "status": status,
@@ -67,12 +67,12 @@ def write_results(run, trainer, status: str, reason: str | None = None, final: d
         "stopped_by": state.stopped_by,
         "val": final.get("val"),
         "test": final.get("test"),
-        **trainer.hook_results(),  # each mechanism's own part: time_budget, compile_seconds, diagnostics, ...
+        **hooks,  # each mechanism's own part: time_budget, compile_seconds, diagnostics, ...
         "wall_time_s": time.perf_counter() - run.started,
     }
     if not run.is_main:
         return RunOutcome(status, run.run_dir)
-    for key, part in trainer.hook_results().items():  # a hook's record (the time budget's) as Comet's others too
+    for key, part in hooks.items():  # a hook's record (the time budget's) as Comet's others too
         if isinstance(part, dict):
             run.tracker.log_others({f"{key}.{k}": v for k, v in part.items()})
     run.tracker.log_others({"status": status, "epochs_completed": state.epoch, "wall_time_s": results["wall_time_s"],
